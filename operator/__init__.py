@@ -1,0 +1,3 @@
+"""kubetune's kopf operator (imported as ``hpo_operator``; ``operator`` is a stdlib module)."""
+
+from __future__ import annotations

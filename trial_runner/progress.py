@@ -1,0 +1,228 @@
+"""Where a study stands, computed from its trials alone (pure; no storage access).
+
+Every runner process, the local CLI and the operator read a study's state through
+:func:`summarize`, so they agree on the budget, the current stage and the best trial without
+talking to each other: the storage is the only shared state.
+
+Budget rules:
+    * ``maxTrials`` counts trials that finished COMPLETE or PRUNED, plus those RUNNING or
+      WAITING (they will finish). A claim is refused once that sum reaches the budget.
+    * A FAIL trial that was retried (a WAITING/RUNNING/finished copy names it in
+      ``retry_history``) is not counted as a failure: the retry stands in for it.
+    * ``maxFailedTrials``, ``timeout``: once reached, nothing new is claimed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = [
+    "STAGE_ATTR",
+    "BudgetState",
+    "Claim",
+    "StageSummary",
+    "StudyProgress",
+    "plan_claim",
+    "summarize",
+]
+
+#: Trial user attribute holding the index of the stage a trial belongs to.
+STAGE_ATTR = "kubetune.stage"
+
+Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "TimedOut"]
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """The live budget, as stored in the study (edits to the HPOStudy update it)."""
+
+    max_trials: int
+    max_failed_trials: int | None = None
+    timeout_seconds: float | None = None
+    stage_trials: tuple[int | None, ...] = ()  # per stage; None = the rest of the budget
+
+    def stage_quotas(self) -> list[int]:
+        if not self.stage_trials:
+            return [self.max_trials]
+        fixed = sum(t for t in self.stage_trials if t is not None)
+        quotas = [
+            t if t is not None else max(self.max_trials - fixed, 0) for t in self.stage_trials
+        ]
+        return quotas
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    index: int
+    quota: int
+    complete: int
+    pruned: int
+    active: int  # running + waiting
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_trial: int | None
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    complete: int
+    pruned: int
+    failed: int  # not retried
+    running: int
+    waiting: int
+    max_trials: int
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_trial: int | None
+    current_stage: int
+    stages: tuple[StageSummary, ...]
+    outcome: Outcome
+    elapsed_seconds: float | None
+    stage_best_params: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    @property
+    def active(self) -> int:
+        return self.running + self.waiting
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will run: the outcome is final and no trial is still in flight."""
+        return self.outcome != "Running" and self.active == 0
+
+
+def _retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    retried: set[int] = set()
+    for t in trials:
+        retried.update(int(n) for n in t.system_attrs.get("retry_history", []))
+    return retried
+
+
+def _better(direction: str, a: float, b: float) -> bool:
+    return a > b if direction == "Maximize" else a < b
+
+
+def summarize(
+    trials: Sequence[FrozenTrial],
+    budget: BudgetState,
+    direction: Literal["Maximize", "Minimize"],
+    elapsed_seconds: float | None = None,
+) -> StudyProgress:
+    retried = _retried_numbers(trials)
+    counts = {s: 0 for s in TrialState}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.number in retried:
+            continue
+        counts[t.state] += 1
+
+    quotas = budget.stage_quotas()
+    stage_rows: list[StageSummary] = []
+    for index, quota in enumerate(quotas):
+        mine = [t for t in trials if int(t.user_attrs.get(STAGE_ATTR, 0)) == index]
+        best = _best(mine, direction)
+        stage_rows.append(
+            StageSummary(
+                index=index,
+                quota=quota,
+                complete=sum(t.state == TrialState.COMPLETE for t in mine),
+                pruned=sum(t.state == TrialState.PRUNED for t in mine),
+                active=sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in mine),
+                best_value=best.value if best else None,
+                best_params=dict(best.params) if best else None,
+                best_trial=best.number if best else None,
+            )
+        )
+    current = len(quotas) - 1
+    for row in stage_rows:
+        if row.complete + row.pruned + row.active < row.quota:
+            current = row.index
+            break
+
+    best = _best(trials, direction)
+    claimed = (
+        counts[TrialState.COMPLETE]
+        + counts[TrialState.PRUNED]
+        + counts[TrialState.RUNNING]
+        + counts[TrialState.WAITING]
+    )
+    outcome: Outcome = "Running"
+    failed = counts[TrialState.FAIL]
+    # Reaching maxFailedTrials failures stops the study (0: the first failure does).
+    if budget.max_failed_trials is not None and failed > 0 and failed >= budget.max_failed_trials:
+        outcome = "TooManyFailures"
+    if outcome == "Running" and claimed >= budget.max_trials and counts[TrialState.WAITING] == 0:
+        outcome = "BudgetSpent"
+    if (
+        outcome == "Running"
+        and budget.timeout_seconds is not None
+        and elapsed_seconds is not None
+        and elapsed_seconds >= budget.timeout_seconds
+    ):
+        outcome = "TimedOut"
+    return StudyProgress(
+        complete=counts[TrialState.COMPLETE],
+        pruned=counts[TrialState.PRUNED],
+        failed=counts[TrialState.FAIL],
+        running=counts[TrialState.RUNNING],
+        waiting=counts[TrialState.WAITING],
+        max_trials=budget.max_trials,
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else None,
+        best_trial=best.number if best else None,
+        current_stage=current,
+        stages=tuple(stage_rows),
+        outcome=outcome,
+        elapsed_seconds=elapsed_seconds,
+    )
+
+
+def _best(trials: Sequence[FrozenTrial], direction: str) -> FrozenTrial | None:
+    best: FrozenTrial | None = None
+    for t in trials:
+        if t.state != TrialState.COMPLETE or t.value is None or math.isnan(t.value):
+            continue
+        if best is None or _better(direction, t.value, best.value):  # type: ignore[arg-type]
+            best = t
+    return best
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a runner should do next: run a trial of ``stage``, wait, or stop."""
+
+    action: Literal["Run", "Wait", "Stop"]
+    stage: int = 0
+    reason: str = ""
+
+
+def plan_claim(progress: StudyProgress) -> Claim:
+    """Decide, under the study's claim lock, whether this runner may start another trial."""
+    if progress.outcome == "TooManyFailures":
+        return Claim("Stop", reason="maxFailedTrials reached")
+    if progress.outcome == "TimedOut":
+        return Claim("Stop", reason="timeout reached")
+    if progress.waiting > 0:
+        # A retried trial is waiting: run it (it keeps its own stage).
+        return Claim("Run", stage=progress.current_stage, reason="retry")
+    if progress.outcome == "BudgetSpent":
+        if progress.running > 0:
+            # Another runner may still die mid-trial; stay to pick up its retry.
+            return Claim("Wait", reason="budget claimed; trials still running elsewhere")
+        return Claim("Stop", reason="budget spent")
+    stage = progress.stages[progress.current_stage]
+    if stage.complete + stage.pruned + stage.active >= stage.quota:
+        # The current stage is fully claimed but not finished: the next stage needs its
+        # best parameters, so wait for the running trials.
+        return Claim("Wait", reason="waiting for the stage's running trials")
+    earlier = progress.stages[: progress.current_stage]
+    if any(s.active > 0 for s in earlier):
+        return Claim("Wait", reason="waiting for the previous stage to finish")
+    return Claim("Run", stage=progress.current_stage)

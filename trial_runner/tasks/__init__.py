@@ -1,0 +1,1 @@
+"""Built-in tasks that run offline on CPU."""
