@@ -149,8 +149,11 @@ if [[ ! -x "${bin_dir}/kube-apiserver" || ! -x "${bin_dir}/kube-controller-manag
   release_json="$(cd "${work}" && go mod download -json "k8s.io/kubernetes@${kubernetes_version}")"
   release_gomod="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["GoMod"])' \
     "${release_json}")"
-  release_time="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["Time"])' \
-    "${release_json}")"
+  # The release's publication time (from the proxy's .info file) is the build date: stable
+  # across rebuilds, unlike the time of this build.
+  release_time="$(python3 -c 'import json, sys
+with open(json.loads(sys.argv[1])["Info"]) as info:
+    print(json.load(info)["Time"])' "${release_json}")"
   # The release's go.mod requires its staging modules at v0.0.0 and replaces them with
   # ./staging/src/...; outside the kubernetes repo each must be replaced by its published
   # v0.Y.Z tag instead. Read the list from the release itself so a version bump needs no edit.
