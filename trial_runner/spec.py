@@ -189,7 +189,11 @@ class Training(_Model):
     )
     validation_every: int = Field(default=1, ge=1, description="Validate every N epochs.")
     early_stopping: EarlyStopping | None = None
-    precision: Literal["BF16", "FP16", "FP32"] = "BF16"
+    precision: Literal["Auto", "BF16", "FP16", "FP32"] = Field(
+        default="Auto",
+        description="Auto: BF16 autocast on GPUs that support it, FP32 on CPUs (where BF16 is "
+        "usually slower without native support); BF16 forces autocast on CPU too.",
+    )
     tf32: bool = True
     cudnn_benchmark: bool = True
     fused_optimizer: bool = True

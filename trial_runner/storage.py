@@ -18,12 +18,10 @@ every runner reads the same budget from the storage.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -46,12 +44,13 @@ __all__ = [
     "DEFAULT_LOCAL_STORAGE",
     "GRACE_PERIOD",
     "HEARTBEAT_INTERVAL",
+    "MAX_RETRY",
     "STARTED_ATTR",
     "STORAGE_ENV",
     "WORKER_ATTR",
+    "ClaimLock",
     "StorageError",
     "budget_from_spec",
-    "claim_lock",
     "ensure_study",
     "open_storage",
     "read_budget",
@@ -139,44 +138,77 @@ def open_storage(url: str, *, heartbeat: bool = True) -> BaseStorage:
     )
 
 
-@contextlib.contextmanager
-def claim_lock(url: str, study_name: str) -> Iterator[None]:
-    """Serialise "check the budget, then create a trial" across every runner of a study.
+class ClaimLock:
+    """Serialises "check the budget, then create a trial" across every runner of a study.
 
     Without it, two runners that both see 49 of 50 trials claimed would both start one.
-    PostgreSQL: a session advisory lock keyed by the study name. Files: ``flock`` beside
-    the journal.
+    PostgreSQL: a session advisory lock keyed by the study name, on a connection of its own.
+    Files: ``flock`` on a file beside the journal. ``release`` is idempotent, so the runner
+    can release as soon as its trial exists and again in a ``finally``.
     """
-    if _is_postgres(url):
-        import psycopg2
 
-        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
-        conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_lock(%s)", (key,))
-            try:
-                yield
-            finally:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        finally:
-            conn.close()
-        return
-    if url.startswith("journal:"):
-        lock_path = _journal_path(url).with_suffix(".claims.lock")
-    elif url.startswith("sqlite:///"):
-        lock_path = Path(url[len("sqlite:///") :] + ".claims.lock")
-    else:
-        raise StorageError(f"no claim lock for storage {redact(url)!r}")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    def __init__(self, url: str, study_name: str) -> None:
+        self._url = url
+        self._key = int.from_bytes(
+            hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True
+        )
+        self._conn: Any = None
+        self._handle: Any = None
+        self._held = False
+        if _is_postgres(url):
+            self._lock_path: Path | None = None
+        elif url.startswith("journal:"):
+            self._lock_path = _journal_path(url).with_suffix(".claims.lock")
+        elif url.startswith("sqlite:///"):
+            self._lock_path = Path(url[len("sqlite:///") :] + ".claims.lock")
+        else:
+            raise StorageError(f"no claim lock for storage {redact(url)!r}")
+
+    def acquire(self) -> None:
+        if self._held:
+            return
+        if self._lock_path is None:
+            if self._conn is None or self._conn.closed:
+                import psycopg2
+
+                self._conn = psycopg2.connect(_libpq_url(self._url))
+                self._conn.autocommit = True
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(%s)", (self._key,))
+        else:
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self._lock_path, "a+")  # noqa: SIM115 - held across calls
+            fcntl.flock(self._handle, fcntl.LOCK_EX)
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self._lock_path is None:
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+        else:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def close(self) -> None:
+        self.release()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> ClaimLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def _libpq_url(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1]
 
 
 def budget_from_spec(spec: StudySpec) -> BudgetState:

@@ -1,0 +1,225 @@
+"""Search space, samplers and pruners built from the spec, with Optuna's own classes.
+
+Pruner step numbering (what the pruner sees; see README "Pruning"):
+    * ``reportEvery: Fold`` — step ``k`` (0-based) after fold ``k``; the value is the mean score
+      of folds ``0..k``, so successive steps are comparable across trials and the last step
+      equals the trial's final value. Hyperband's resource is then "folds trained".
+    * ``reportEvery: Epoch`` — step ``k * E + e`` after epoch ``e`` of fold ``k`` (``E`` is the
+      largest epoch count of the schedule); the value is that fold's validation score.
+    * Wilcoxon always sees step ``k`` = fold ``k`` with that fold's own score: its paired test
+      compares per-fold scores of a trial with the best trial's on the same folds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    NopPruner,
+    PatientPruner,
+    PercentilePruner,
+    SuccessiveHalvingPruner,
+    WilcoxonPruner,
+)
+from optuna.samplers import (
+    BaseSampler,
+    CmaEsSampler,
+    GPSampler,
+    PartialFixedSampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
+
+from trial_runner.spec import Parameter, StudySpec, parse_number
+from trial_runner.spec import Pruner as PrunerSpec
+from trial_runner.spec import Sampler as SamplerSpec
+
+__all__ = [
+    "build_pruner",
+    "build_sampler",
+    "default_value",
+    "distribution",
+    "fixed_params_for_stage",
+    "max_pruning_steps",
+    "searched_names",
+    "suggest_all",
+]
+
+
+def _as_value(p: Parameter, raw: int | str) -> Any:
+    if p.type == "Int":
+        return int(float(raw))
+    if p.type == "Float":
+        return parse_number(raw)
+    return raw
+
+
+def distribution(p: Parameter) -> BaseDistribution:
+    """The Optuna distribution of one parameter of a validated spec."""
+    if p.type == "Categorical":
+        assert p.choices is not None
+        return CategoricalDistribution(list(p.choices))
+    assert p.low is not None and p.high is not None
+    log = p.scale == "Log"
+    if p.type == "Int":
+        step = int(float(p.step)) if p.step is not None else 1
+        return IntDistribution(int(float(p.low)), int(float(p.high)), log=log, step=step)
+    step_f = parse_number(p.step) if p.step is not None else None
+    return FloatDistribution(parse_number(p.low), parse_number(p.high), log=log, step=step_f)
+
+
+def default_value(p: Parameter) -> Any:
+    """The declared default, or the middle of the range / first choice."""
+    if p.default is not None:
+        return _as_value(p, p.default)
+    if p.type == "Categorical":
+        assert p.choices is not None
+        return p.choices[0]
+    dist = distribution(p)
+    assert isinstance(dist, FloatDistribution | IntDistribution)
+    mid = (dist.low * dist.high) ** 0.5 if dist.log else (dist.low + dist.high) / 2
+    return round(mid) if p.type == "Int" else float(mid)
+
+
+def suggest_all(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """Ask the trial for every parameter; a PartialFixedSampler answers the fixed ones."""
+    return {p.name: trial._suggest(p.name, distribution(p)) for p in spec.search_space}
+
+
+def searched_names(spec: StudySpec, stage: int) -> set[str]:
+    if not spec.stages:
+        return {p.name for p in spec.search_space}
+    groups = set(spec.stages[stage].groups)
+    return {p.name for p in spec.search_space if p.group in groups}
+
+
+def fixed_params_for_stage(
+    spec: StudySpec, stage: int, best_earlier: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Values of the parameters a stage does not search.
+
+    A parameter searched in an earlier stage takes the value of the best trial of the earlier
+    stages; one not searched yet takes its declared default.
+    """
+    if not spec.stages:
+        return {}
+    searched_now = searched_names(spec, stage)
+    searched_before: set[str] = set()
+    for earlier in range(stage):
+        searched_before |= searched_names(spec, earlier)
+    fixed: dict[str, Any] = {}
+    for p in spec.search_space:
+        if p.name in searched_now:
+            continue
+        if p.name in searched_before and best_earlier and p.name in best_earlier:
+            fixed[p.name] = best_earlier[p.name]
+        else:
+            fixed[p.name] = default_value(p)
+    return fixed
+
+
+def build_sampler(
+    sampler: SamplerSpec, *, seed_offset: int = 0, fixed: Mapping[str, Any] | None = None
+) -> BaseSampler:
+    """The spec's sampler; ``seed_offset`` (the next trial number) keeps parallel runners apart.
+
+    Runners build a sampler per trial under the study's claim lock. Offsetting the seed by the
+    trial number makes runs reproducible with one runner and keeps several runners from
+    drawing the same values. QMC keeps one seed: its sequence index is the trial number.
+    """
+    seed = None if sampler.seed is None else (sampler.seed + 7919 * seed_offset) % 2**31
+    base: BaseSampler
+    if sampler.type == "TPE":
+        kwargs: dict[str, Any] = {}
+        if sampler.n_startup_trials is not None:
+            kwargs["n_startup_trials"] = sampler.n_startup_trials
+        base = TPESampler(
+            seed=seed,
+            constant_liar=sampler.constant_liar,
+            multivariate=sampler.multivariate,
+            **kwargs,
+        )
+    elif sampler.type == "Random":
+        base = RandomSampler(seed=seed)
+    elif sampler.type == "CMAES":
+        kwargs = {}
+        if sampler.n_startup_trials is not None:
+            kwargs["n_startup_trials"] = sampler.n_startup_trials
+        base = CmaEsSampler(seed=seed, warn_independent_sampling=False, **kwargs)
+    elif sampler.type == "GP":
+        kwargs = {}
+        if sampler.n_startup_trials is not None:
+            kwargs["n_startup_trials"] = sampler.n_startup_trials
+        base = GPSampler(seed=seed, **kwargs)
+    else:
+        base = QMCSampler(seed=sampler.seed, warn_independent_sampling=False)
+    if fixed:
+        return PartialFixedSampler(dict(fixed), base)
+    return base
+
+
+def max_pruning_steps(spec: StudySpec) -> int:
+    training = spec.training
+    if training.report_every == "Fold" or spec.pruner.type == "Wilcoxon":
+        return training.folds
+    epochs = max(
+        [training.epochs] + [e.epochs for e in training.epoch_schedule or []],
+    )
+    return training.folds * epochs
+
+
+def build_pruner(spec: StudySpec) -> BasePruner:
+    p: PrunerSpec = spec.pruner
+    steps = max_pruning_steps(spec)
+    startup = p.n_startup_trials
+    warmup = p.n_warmup_steps
+    pruner: BasePruner
+    if p.type == "Nop":
+        pruner = NopPruner()
+    elif p.type == "Median":
+        pruner = MedianPruner(
+            n_startup_trials=5 if startup is None else startup,
+            n_warmup_steps=0 if warmup is None else warmup,
+        )
+    elif p.type == "Percentile":
+        assert p.percentile is not None
+        pruner = PercentilePruner(
+            parse_number(p.percentile),
+            n_startup_trials=5 if startup is None else startup,
+            n_warmup_steps=0 if warmup is None else warmup,
+        )
+    elif p.type == "Hyperband":
+        pruner = HyperbandPruner(
+            min_resource=p.min_resource or 1,
+            max_resource=p.max_resource or max(steps, 2),
+            reduction_factor=p.reduction_factor or 3,
+        )
+    elif p.type == "SuccessiveHalving":
+        pruner = SuccessiveHalvingPruner(
+            min_resource=p.min_resource or 1,
+            reduction_factor=p.reduction_factor or 3,
+        )
+    else:
+        pruner = WilcoxonPruner(
+            p_threshold=parse_number(p.p_threshold) if p.p_threshold is not None else 0.1,
+            n_startup_steps=0 if warmup is None else warmup,
+        )
+    if p.patience is not None:
+        pruner = PatientPruner(
+            pruner,
+            patience=p.patience,
+            min_delta=parse_number(p.min_delta) if p.min_delta is not None else 0.0,
+        )
+    return pruner
