@@ -1,0 +1,133 @@
+"""The operator's settings, read once from its environment.
+
+Every setting is an environment variable so the same image serves the Helm chart, a laptop
+(``kopf run``) and the tests:
+
+``KUBETUNE_RUNNER_IMAGE``
+    Image of runner and estimate pods when ``spec.task.image`` is not set.
+``KUBETUNE_IMAGE_PULL_POLICY``
+    ``IfNotPresent`` (default), ``Always`` or ``Never``.
+``KUBETUNE_RUNNER_UID``
+    Numeric user (and group) the pods run as; default 65532.
+``KUBETUNE_RUNNER_EXTRA_LABELS``
+    ``key=value,key=value`` added to every pod the operator creates (the e2e tests add
+    ``kubetune.dev/test-execute=true`` so the test executor runs the pods).
+``KUBETUNE_RUNNER_EXTRA_ENV``
+    ``NAME=value,NAME=value`` added to every runner and estimate container.
+``KUBETUNE_RUNNER_TOLERATIONS``
+    ``key[=value]:Effect,...`` tolerations added to every pod (GPU pods always tolerate
+    ``nvidia.com/gpu``).
+``KUBETUNE_GRACE_PERIOD``
+    ``terminationGracePeriodSeconds`` of runner pods (default 60): time to finish or release
+    the running trial.
+``KUBETUNE_ESTIMATE_CPU`` / ``KUBETUNE_ESTIMATE_MEMORY``
+    Requests and limits of the estimate pod (default ``1`` / ``4Gi``).
+``KUBETUNE_DEFAULT_STORAGE_SECRET``
+    ``name`` or ``name/key`` of a Secret (in the study's namespace) holding the storage URL,
+    used when ``spec.storage.secretRef`` is not set.
+``KUBETUNE_STORAGE_URL``
+    The storage URL itself, used when neither is set: the operator stores it in a Secret
+    ``<study>-storage`` owned by the study, so runner pods get it by ``secretKeyRef``.
+``KUBETUNE_RECONCILE_INTERVAL``
+    Seconds between two looks at a study (default 5).
+``KUBETUNE_MAX_RUNNER_FAILURES``
+    Failed runner pods (not OOMKilled) after which a study is Failed (default 5, plus the
+    parallelism).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["DEFAULT_IMAGE", "OperatorConfig", "parse_pairs"]
+
+DEFAULT_IMAGE = "ghcr.io/kubetune/kubetune:0.1.0-cpu"
+
+
+def parse_pairs(text: str, what: str) -> dict[str, str]:
+    """``"a=1,b=2"`` → ``{"a": "1", "b": "2"}``; ``what`` names the setting in errors."""
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what}: expected key=value[,key=value...], got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _tolerations(text: str) -> tuple[dict[str, str], ...]:
+    out: list[dict[str, str]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        head, _, effect = item.partition(":")
+        key, sep, value = head.partition("=")
+        toleration = {"key": key, "operator": "Equal" if sep else "Exists"}
+        if sep:
+            toleration["value"] = value
+        if effect:
+            toleration["effect"] = effect
+        out.append(toleration)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Settings of one operator process (see the module docstring)."""
+
+    runner_image: str = DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    run_as_user: int = 65532
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, str], ...] = ()
+    grace_period_seconds: int = 60
+    estimate_cpu: str = "1"
+    estimate_memory: str = "4Gi"
+    default_storage_secret: tuple[str, str] | None = None
+    default_storage_url: str | None = None
+    reconcile_interval: float = 5.0
+    max_runner_failures: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Read the settings; a malformed value raises ``ValueError`` naming the variable."""
+        env = os.environ if env is None else env
+        secret: tuple[str, str] | None = None
+        if env.get("KUBETUNE_DEFAULT_STORAGE_SECRET"):
+            name, _, key = env["KUBETUNE_DEFAULT_STORAGE_SECRET"].partition("/")
+            secret = (name, key or "url")
+        policy = env.get("KUBETUNE_IMAGE_PULL_POLICY", "IfNotPresent")
+        if policy not in ("IfNotPresent", "Always", "Never"):
+            raise ValueError(
+                "KUBETUNE_IMAGE_PULL_POLICY: expected IfNotPresent, Always or Never, "
+                f"got {policy!r}"
+            )
+        try:
+            return cls(
+                runner_image=env.get("KUBETUNE_RUNNER_IMAGE") or DEFAULT_IMAGE,
+                image_pull_policy=policy,
+                run_as_user=int(env.get("KUBETUNE_RUNNER_UID", "65532")),
+                extra_labels=parse_pairs(
+                    env.get("KUBETUNE_RUNNER_EXTRA_LABELS", ""), "KUBETUNE_RUNNER_EXTRA_LABELS"
+                ),
+                extra_env=parse_pairs(
+                    env.get("KUBETUNE_RUNNER_EXTRA_ENV", ""), "KUBETUNE_RUNNER_EXTRA_ENV"
+                ),
+                tolerations=_tolerations(env.get("KUBETUNE_RUNNER_TOLERATIONS", "")),
+                grace_period_seconds=int(env.get("KUBETUNE_GRACE_PERIOD", "60")),
+                estimate_cpu=env.get("KUBETUNE_ESTIMATE_CPU", "1"),
+                estimate_memory=env.get("KUBETUNE_ESTIMATE_MEMORY", "4Gi"),
+                default_storage_secret=secret,
+                default_storage_url=env.get("KUBETUNE_STORAGE_URL") or None,
+                reconcile_interval=float(env.get("KUBETUNE_RECONCILE_INTERVAL", "5")),
+                max_runner_failures=int(env.get("KUBETUNE_MAX_RUNNER_FAILURES", "5")),
+            )
+        except ValueError as exc:
+            raise ValueError(f"operator settings: {exc}") from None

@@ -1,0 +1,398 @@
+"""Manifests of the objects the operator creates for a study (pure: dicts in, dicts out).
+
+Every child has a deterministic name derived from the study, so "already exists" means
+"already done" after an operator restart, and an owner reference to the study, so the garbage
+collector removes what the finalizer misses.
+
+Runner pods follow the ``restricted`` Pod Security Standard: non-root numeric user, no
+privilege escalation, all capabilities dropped, ``RuntimeDefault`` seccomp and a read-only root
+filesystem with an ``emptyDir`` on ``/tmp`` for caches. The storage URL reaches the container
+only through a ``secretKeyRef``; the study document through a ``configMapKeyRef`` (env, not a
+volume, so the pod runs the same under the e2e test executor).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from hpo_operator.config import OperatorConfig
+from hpo_operator.sizing import GPU, SizingDecision
+
+from trial_runner.spec import API_VERSION, KIND, StudySpec
+from trial_runner.storage import STORAGE_ENV
+
+__all__ = [
+    "COMPONENT_ESTIMATE",
+    "COMPONENT_LABEL",
+    "COMPONENT_RUNNER",
+    "ESTIMATE_KEY_ANNOTATION",
+    "INDEX_LABEL",
+    "MEMORY_ANNOTATION",
+    "RESOURCE_ANNOTATION",
+    "STUDY_ENV",
+    "STUDY_LABEL",
+    "best_configmap",
+    "best_configmap_name",
+    "estimate_pod",
+    "estimate_pod_name",
+    "optuna_study_name",
+    "owner_reference",
+    "runner_index",
+    "runner_pod",
+    "runner_pod_name",
+    "spec_configmap",
+    "spec_configmap_name",
+    "storage_secret",
+    "storage_secret_name",
+    "study_document",
+]
+
+STUDY_ENV = "KUBETUNE_STUDY"
+STUDY_KEY = "study.yaml"
+STUDY_LABEL = "kubetune.dev/study"
+INDEX_LABEL = "kubetune.dev/runner-index"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+COMPONENT_RUNNER = "trial-runner"
+COMPONENT_ESTIMATE = "memory-estimate"
+RESOURCE_ANNOTATION = "kubetune.dev/resource"
+MEMORY_ANNOTATION = "kubetune.dev/memory-bytes"
+KIND_ANNOTATION = "kubetune.dev/sizing-kind"
+ESTIMATE_KEY_ANNOTATION = "kubetune.dev/estimate-key"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def runner_pod_name(study: str, index: int) -> str:
+    return f"{study}-runner-{index}"
+
+
+def runner_index(study: str, pod_name: str) -> int | None:
+    """The index in a runner pod name of ``study``, or ``None`` if it is not one."""
+    prefix = f"{study}-runner-"
+    tail = pod_name[len(prefix) :] if pod_name.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def estimate_pod_name(study: str) -> str:
+    return f"{study}-estimate"
+
+
+def spec_configmap_name(study: str) -> str:
+    return f"{study}-spec"
+
+
+def best_configmap_name(study: str) -> str:
+    return f"{study}-best"
+
+
+def storage_secret_name(study: str) -> str:
+    return f"{study}-storage"
+
+
+def optuna_study_name(namespace: str, name: str) -> str:
+    """The Optuna study of an HPOStudy: unique per namespace and name."""
+    return f"{namespace}.{name}"
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """A controller owner reference to ``owner`` (an HPOStudy body)."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner.get("apiVersion", API_VERSION),
+        "kind": owner.get("kind", KIND),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _labels(study: str, component: str, extra: Mapping[str, str]) -> dict[str, str]:
+    return {
+        **extra,
+        "app.kubernetes.io/name": "kubetune",
+        "app.kubernetes.io/instance": study,
+        "app.kubernetes.io/managed-by": "kubetune-operator",
+        COMPONENT_LABEL: component,
+        STUDY_LABEL: study,
+    }
+
+
+def _metadata(
+    owner: Mapping[str, Any],
+    name: str,
+    component: str,
+    extra_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    study = owner["metadata"]["name"]
+    return {
+        "name": name,
+        "namespace": owner["metadata"]["namespace"],
+        "labels": _labels(study, component, extra_labels or {}),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def study_document(name: str, namespace: str, spec: StudySpec) -> str:
+    """The HPOStudy YAML document a runner reads from ``KUBETUNE_STUDY``."""
+    document = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def spec_configmap(owner: Mapping[str, Any], spec: StudySpec) -> dict[str, Any]:
+    """ConfigMap ``<study>-spec`` holding the study document for the pods."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, spec_configmap_name(meta["name"]), "study-spec"),
+        "data": {STUDY_KEY: study_document(meta["name"], meta["namespace"], spec)},
+    }
+
+
+def best_configmap(
+    owner: Mapping[str, Any],
+    spec: StudySpec,
+    value: float,
+    params: Mapping[str, Any],
+    trial: int,
+) -> dict[str, Any]:
+    """ConfigMap ``<study>-best``: the best trial's value, number and parameters.
+
+    ``params.json`` holds the parameters with their types; each parameter is also a key of its
+    own (as text) so a pod can take one by ``configMapKeyRef`` or all by ``envFrom``.
+    """
+    meta = owner["metadata"]
+    data = {str(k): _text(v) for k, v in params.items()}
+    data.update(
+        {
+            "params.json": json.dumps(dict(params), sort_keys=True),
+            "value": repr(float(value)),
+            "trial": str(trial),
+            "metric": spec.objective.metric,
+            "direction": spec.objective.direction,
+        }
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, best_configmap_name(meta["name"]), "best-params"),
+        "data": data,
+    }
+
+
+def _text(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def storage_secret(owner: Mapping[str, Any], url: str) -> dict[str, Any]:
+    """Secret ``<study>-storage`` with the operator's default storage URL (key ``url``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(owner, storage_secret_name(owner["metadata"]["name"]), "storage"),
+        "stringData": {"url": url},
+    }
+
+
+def _pod_security(config: OperatorConfig) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": config.run_as_user,
+        "runAsGroup": config.run_as_user,
+        "fsGroup": config.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _env(owner: Mapping[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
+    study = owner["metadata"]["name"]
+    env: list[dict[str, Any]] = [
+        {
+            "name": STUDY_ENV,
+            "valueFrom": {
+                "configMapKeyRef": {"name": spec_configmap_name(study), "key": STUDY_KEY}
+            },
+        },
+        # Caches (torch, inductor, matplotlib) go to the writable /tmp volume.
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "KUBETUNE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    env.extend({"name": k, "value": v} for k, v in sorted(config.extra_env.items()))
+    return env
+
+
+def _resources(spec: StudySpec, sizing: SizingDecision) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.resources.cpu:
+        requests["cpu"] = spec.resources.cpu
+    if sizing.kind == "CPU":
+        requests["memory"] = limits["memory"] = sizing.quantity
+    else:
+        # Extended resources are requested through limits (requests default to them).
+        limits[sizing.resource] = sizing.quantity
+        if spec.resources.memory:
+            requests["memory"] = limits["memory"] = spec.resources.memory
+    out: dict[str, Any] = {"limits": limits}
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _tolerations(sizing: SizingDecision | None, config: OperatorConfig) -> list[dict[str, str]]:
+    tolerations = [dict(t) for t in config.tolerations]
+    if sizing is not None and sizing.kind != "CPU":
+        tolerations.append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _pod(
+    owner: Mapping[str, Any],
+    name: str,
+    component: str,
+    container: dict[str, Any],
+    config: OperatorConfig,
+    sizing: SizingDecision | None,
+    grace_period: int,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        # The operator replaces failed runners itself: a runner that was OOMKilled must come
+        # back on a larger resource, which a kubelet restart cannot do.
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": grace_period,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(config),
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    tolerations = _tolerations(sizing, config)
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(owner, name, component, config.extra_labels),
+        "spec": spec,
+    }
+
+
+def runner_pod(
+    owner: Mapping[str, Any],
+    spec: StudySpec,
+    index: int,
+    sizing: SizingDecision,
+    storage_secret_ref: tuple[str, str],
+    config: OperatorConfig,
+) -> dict[str, Any]:
+    """Runner pod ``<study>-runner-<index>``.
+
+    Args:
+        owner: The HPOStudy body (apiVersion, kind, metadata with name, namespace, uid).
+        spec: The validated study spec.
+        index: The runner's index, ``0 <= index < parallelism``.
+        sizing: The resource it requests.
+        storage_secret_ref: ``(secret name, key)`` holding the storage URL.
+        config: The operator's settings.
+    """
+    meta = owner["metadata"]
+    secret_name, secret_key = storage_secret_ref
+    env = _env(owner, config)
+    env.insert(
+        0,
+        {
+            "name": STORAGE_ENV,
+            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key}},
+        },
+    )
+    container = {
+        "name": "runner",
+        "image": spec.task.image or config.runner_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": [
+            "kubetune",
+            "runner",
+            "--study-name",
+            optuna_study_name(meta["namespace"], meta["name"]),
+        ],
+        "env": env,
+        "resources": _resources(spec, sizing),
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod = _pod(
+        owner,
+        runner_pod_name(meta["name"], index),
+        COMPONENT_RUNNER,
+        container,
+        config,
+        sizing,
+        config.grace_period_seconds,
+    )
+    pod["metadata"]["labels"][INDEX_LABEL] = str(index)
+    pod["metadata"]["annotations"] = {
+        RESOURCE_ANNOTATION: sizing.resource,
+        MEMORY_ANNOTATION: str(sizing.memory_bytes),
+        KIND_ANNOTATION: sizing.kind,
+    }
+    return pod
+
+
+def estimate_pod(
+    owner: Mapping[str, Any], spec: StudySpec, key: str, config: OperatorConfig
+) -> dict[str, Any]:
+    """Pod ``<study>-estimate``: runs ``kubetune estimate`` once on CPU.
+
+    It prints the peak training memory of the largest configuration as JSON and writes it to
+    its termination message, where the operator reads it. ``key`` (see
+    :func:`hpo_operator.sizing.estimate_key`) tells whether a finished estimate pod still
+    describes the current spec.
+    """
+    meta = owner["metadata"]
+    container = {
+        "name": "estimate",
+        "image": spec.task.image or config.runner_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": [
+            "kubetune",
+            "estimate",
+            "--json",
+            "--termination-message-path",
+            TERMINATION_LOG,
+        ],
+        "env": _env(owner, config),
+        "resources": {
+            "requests": {"cpu": config.estimate_cpu, "memory": config.estimate_memory},
+            "limits": {"memory": config.estimate_memory},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod = _pod(
+        owner, estimate_pod_name(meta["name"]), COMPONENT_ESTIMATE, container, config, None, 10
+    )
+    pod["metadata"]["annotations"] = {ESTIMATE_KEY_ANNOTATION: key}
+    return pod
