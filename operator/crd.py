@@ -253,8 +253,7 @@ _PATH_RULES: Mapping[str, list[dict[str, str]]] = {
 _NAME_RULES: list[dict[str, str]] = [
     {
         "rule": f"size(self.metadata.name) <= {MAX_STUDY_NAME}",
-        "message": f"metadata.name: at most {MAX_STUDY_NAME} characters, so runner pod "
-        "names fit",
+        "message": f"metadata.name: at most {MAX_STUDY_NAME} characters, so runner pod names fit",
     },
     {
         "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",

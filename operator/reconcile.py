@@ -568,7 +568,8 @@ def decide(
     # ---------------------------------------------------------------- runners
     claimable = progress.outcome == "Running"
     desired = parallelism if claimable else 0
-    present = {p.index for p in alive if p.index is not None}
+    # A pod deleted in this pass still holds its name: it is replaced on a later pass.
+    present = {p.index for p in runners if p.index is not None}
     for pod in alive:
         if pod.deleting:
             continue

@@ -322,9 +322,7 @@ def _no_fit_text(need_text: str, pool: list[Candidate], accelerator: str) -> str
     if largest.kind == "CPU":
         what = f"node {largest.nodes[0]} with {format_bytes(largest.memory_bytes)} of memory"
     else:
-        what = (
-            f"{largest.resource} with {format_bytes(largest.memory_bytes)} on {largest.nodes[0]}"
-        )
+        what = f"{largest.resource} with {format_bytes(largest.memory_bytes)} on {largest.nodes[0]}"
     return (
         f"{need_text}, but the largest {kinds[accelerator]} in the cluster is {what} "
         f"(spec.resources.accelerator: {accelerator}); shrink the search space's largest "

@@ -23,8 +23,13 @@ def spec_mapping(**overrides: Any) -> dict[str, Any]:
         "objective": {"metric": "accuracy", "direction": "Maximize"},
         "task": {"entrypoint": "trial_runner.tasks.digits:DigitsMLP", "image": "img:1"},
         "searchSpace": [
-            {"name": "learning_rate", "type": "Float", "low": "1e-4", "high": "1e-1",
-             "scale": "Log"},
+            {
+                "name": "learning_rate",
+                "type": "Float",
+                "low": "1e-4",
+                "high": "1e-1",
+                "scale": "Log",
+            },
             {"name": "batch_size", "type": "Categorical", "choices": [32, 64]},
         ],
         "budget": {"maxTrials": 4},
@@ -62,8 +67,9 @@ def make_progress(
         best_params=params,
         best_trial=trial,
         current_stage=stage,
-        stages=(StageSummary(0, max_trials, complete, pruned, running + waiting, value, params,
-                             trial),),
+        stages=(
+            StageSummary(0, max_trials, complete, pruned, running + waiting, value, params, trial),
+        ),
         outcome=outcome,  # type: ignore[arg-type]
         elapsed_seconds=1.0,
     )

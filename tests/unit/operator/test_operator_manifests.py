@@ -6,7 +6,6 @@ import json
 
 import yaml
 from helpers_operator import OWNER, make_spec
-
 from hpo_operator.config import OperatorConfig
 from hpo_operator.manifests import (
     best_configmap,
@@ -17,6 +16,7 @@ from hpo_operator.manifests import (
     storage_secret,
 )
 from hpo_operator.sizing import Peak, SizingDecision
+
 from trial_runner.spec import study_from_mapping
 
 MIG = SizingDecision(
@@ -79,9 +79,9 @@ def test_runner_requests_the_sized_mig_slice_and_tolerates_gpu_taint() -> None:
         "limits": {"nvidia.com/mig-2g.20gb": "1", "memory": "8Gi"},
         "requests": {"memory": "8Gi"},
     }
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
-        "spec"
-    ]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"][
+        "tolerations"
+    ]
 
 
 def test_cpu_runner_gets_memory_requests_and_limits() -> None:

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from helpers_operator import make_spec
-
 from hpo_operator.sizing import (
     NodeInfo,
     NoFit,

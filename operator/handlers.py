@@ -1,0 +1,449 @@
+"""kopf handlers: gather the inputs, call :func:`hpo_operator.reconcile.decide`, apply the plan.
+
+Run the operator with either of::
+
+    kopf run -m hpo_operator.handlers --all-namespaces      # or --namespace NS (repeatable)
+    python -m hpo_operator --all-namespaces
+
+It needs a kubeconfig (or the in-cluster service account) allowed to: get/list/watch/patch
+``hpostudies`` and patch ``hpostudies/status``; create/delete/list pods; create/get/update
+configmaps; create/get/update secrets (only for the default-storage Secret) and get the
+secrets named by studies; list nodes; create events. Settings are environment variables (see
+:mod:`hpo_operator.config`). ``KUBETUNE_RECONCILE_INTERVAL`` is read when this module is
+imported, because kopf fixes timer intervals at registration.
+
+Every pass over a study is the same idempotent reconcile, run on create, resume, spec update
+and every ``KUBETUNE_RECONCILE_INTERVAL`` seconds. Children have deterministic names, so a
+restarted operator finds its pods and "already exists" means "already done".
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import kubernetes
+import optuna
+from hpo_operator.config import OperatorConfig
+from hpo_operator.crd import GROUP, PLURAL, VERSION
+from hpo_operator.manifests import (
+    COMPONENT_ESTIMATE,
+    STUDY_LABEL,
+    best_configmap,
+    estimate_pod,
+    optuna_study_name,
+    runner_pod,
+    spec_configmap,
+    storage_secret,
+    storage_secret_name,
+)
+from hpo_operator.reconcile import (
+    CreateEstimatePod,
+    CreateRunner,
+    DeletePod,
+    Event,
+    ObservedPod,
+    Plan,
+    SizingInput,
+    WriteBest,
+    decide,
+    observe_pod,
+    set_condition,
+)
+from hpo_operator.sizing import Peak, choose_resource, estimate_key, node_info, resolve_peak
+from kubernetes.client.exceptions import ApiException
+from optuna.storages import BaseStorage, fail_stale_trials
+
+from trial_runner.progress import StudyProgress
+from trial_runner.spec import SpecError, StudySpec, validate_spec_mapping
+from trial_runner.storage import StorageError, ensure_study, open_storage, read_progress, redact
+
+__all__ = ["configure", "on_change", "on_delete", "on_tick", "reconcile_study"]
+
+INTERVAL = float(os.environ.get("KUBETUNE_RECONCILE_INTERVAL", "5"))
+FINALIZER = "kubetune.dev/finalizer"
+RESOURCE = (GROUP, VERSION, PLURAL)
+
+# Set by configure() at startup.
+_config = OperatorConfig()
+_client: Any = None
+# One reconcile at a time per study (change handlers and the timer run concurrently).
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+# Open storages by URL, and the generation whose budget each study has written.
+_storages: dict[str, BaseStorage] = {}
+_ensured: dict[str, int] = {}
+_spec_written: dict[str, str] = {}
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+# The kubernetes client's type hints want V1* models; plain dicts are accepted.
+k8s: Any = kubernetes
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
+    """Every operator setting in one place."""
+    global _config, _client
+    _config = OperatorConfig.from_env()
+    try:
+        k8s.config.load_incluster_config()
+        _client = k8s.client.ApiClient()
+    except k8s.config.ConfigException:
+        _client = k8s.config.new_client_from_config()
+    settings.persistence.finalizer = FINALIZER
+    # Keep kopf's bookkeeping out of the user-facing status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "kubetune-operator"
+    settings.peering.standalone = True
+    settings.watching.server_timeout = 60
+    settings.networking.request_timeout = 30
+    logger.info(
+        "kubetune operator: reconcile every %ss, runner image %s, extra labels %s",
+        INTERVAL,
+        _config.runner_image,
+        dict(_config.extra_labels),
+    )
+
+
+@kopf.on.cleanup()
+def close(**_: Any) -> None:
+    """Release storage connections (tests start and stop the operator in one process)."""
+    for storage in _storages.values():
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+    _storages.clear()
+    _ensured.clear()
+    _spec_written.clear()
+
+
+@kopf.on.create(*RESOURCE)
+@kopf.on.resume(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+def on_change(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
+    """React at once to a new or edited study (the timer would within its interval)."""
+    reconcile_study(body, patch, logger)
+
+
+@kopf.timer(*RESOURCE, interval=INTERVAL)
+def on_tick(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
+    """Follow the study's progress: trials finish without any Kubernetes event."""
+    reconcile_study(body, patch, logger)
+
+
+@kopf.on.delete(*RESOURCE)
+def on_delete(body: kopf.Body, logger: Logger, **_: Any) -> None:
+    """Stop the runners; delete the Optuna study only with ``deletionPolicy: Delete``."""
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    core = k8s.client.CoreV1Api(_client)
+    pods = _list_pods(core, name, namespace)
+    for pod in pods:
+        if not pod.deleting:
+            _delete_pod(core, namespace, pod.name)
+    if pods:
+        raise kopf.TemporaryError(f"waiting for {len(pods)} pod(s) to stop", delay=2)
+    try:
+        spec = validate_spec_mapping(dict(body.get("spec") or {}))
+    except SpecError:
+        return
+    if spec.storage.deletion_policy != "Delete":
+        logger.info(
+            "keeping Optuna study %s (deletionPolicy Retain)", optuna_study_name(namespace, name)
+        )
+        return
+    try:
+        url, _ref = _storage_url(core, body, spec)
+        optuna.delete_study(study_name=optuna_study_name(namespace, name), storage=_storage(url))
+        kopf.info(
+            body, reason="StudyDeleted", message="deleted the Optuna study (deletionPolicy Delete)"
+        )
+    except KeyError:
+        pass  # never created
+    except (StorageError, ApiException, ValueError) as error:
+        kopf.warn(
+            body, reason="StudyNotDeleted", message=f"could not delete the Optuna study: {error}"
+        )
+    _forget(str(meta.get("uid")))
+
+
+# --------------------------------------------------------------------------- one pass
+
+
+def _lock(uid: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(uid, threading.Lock())
+
+
+def _forget(uid: str) -> None:
+    _ensured.pop(uid, None)
+    _spec_written.pop(uid, None)
+    with _locks_guard:
+        _locks.pop(uid, None)
+
+
+def reconcile_study(body: kopf.Body, patch: kopf.Patch, logger: Logger) -> None:
+    """One idempotent pass over a study: observe, decide, act, write status."""
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return
+    uid = str(meta["uid"])
+    with _lock(uid):
+        plan, extra = _plan(body, logger)
+        _apply(body, plan, logger)
+        _patch_status(patch, body.get("status") or {}, {**plan.status, **extra})
+        for event in plan.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def _plan(body: Mapping[str, Any], logger: Logger) -> tuple[Plan, dict[str, Any]]:
+    meta = body["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], str(meta["uid"])
+    generation = int(meta.get("generation") or 1)
+    status: Mapping[str, Any] = body.get("status") or {}
+    study_name = optuna_study_name(namespace, name)
+    core = k8s.client.CoreV1Api(_client)
+    now = dt.datetime.now(dt.UTC)
+    try:
+        spec = validate_spec_mapping(dict(body.get("spec") or {}))
+    except SpecError as error:
+        return _invalid_plan(status, generation, error, now), {"studyName": study_name}
+
+    progress: StudyProgress | None = None
+    storage_error: str | None = None
+    try:
+        url, _secret_ref = _storage_url(core, body, spec)
+        _ensure_spec_configmap(core, body, spec)
+        progress = _progress(url, uid, generation, study_name, spec)
+    except (StorageError, _StorageMissing) as error:
+        storage_error = str(error)
+    except Exception as error:  # sqlalchemy/psycopg2 raise many kinds; never leak the URL
+        storage_error = f"{type(error).__name__}: {_first_line(error)}"
+    if storage_error:
+        logger.warning("study %s: storage unavailable: %s", study_name, storage_error)
+
+    children = _list_pods(core, name, namespace)
+    sizing = _sizing(core, spec, status, children)
+    plan = decide(
+        spec,
+        status,
+        generation,
+        children,
+        progress,
+        sizing,
+        now,
+        storage_error=storage_error,
+        max_runner_failures=_config.max_runner_failures,
+    )
+    return plan, {"studyName": study_name}
+
+
+class _StorageMissing(Exception):
+    """No storage URL can be found for a study; the message says where it was looked for."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return redact(text[0]) if text else ""
+
+
+def _invalid_plan(
+    status: Mapping[str, Any], generation: int, error: SpecError, now: dt.datetime
+) -> Plan:
+    message = "; ".join(str(e) for e in error.errors)[:4000]
+    conditions = set_condition(
+        status.get("conditions") or [], "Ready", False, "InvalidSpec", message, generation, now
+    )
+    return Plan(
+        (),
+        {"conditions": conditions, "observedGeneration": generation},
+        (Event("Warning", "InvalidSpec", message),),
+    )
+
+
+def _read_secret(core: Any, namespace: str, name: str, key: str) -> str:
+    try:
+        secret = core.read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            raise _StorageMissing(f"Secret {namespace}/{name} not found") from None
+        raise
+    data = secret.data or {}
+    if key not in data:
+        raise _StorageMissing(
+            f"Secret {namespace}/{name} has no key {key!r} (keys: {', '.join(sorted(data))})"
+        )
+    return base64.b64decode(data[key]).decode().strip()
+
+
+def _storage_url(
+    core: Any, body: Mapping[str, Any], spec: StudySpec
+) -> tuple[str, tuple[str, str]]:
+    """The storage URL and the ``(secret, key)`` runner pods read it from."""
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    ref = spec.storage.secret_ref
+    if ref is not None:
+        return _read_secret(core, namespace, ref.name, ref.key), (ref.name, ref.key)
+    if _config.default_storage_secret is not None:
+        name, key = _config.default_storage_secret
+        return _read_secret(core, namespace, name, key), (name, key)
+    if _config.default_storage_url:
+        secret = storage_secret(body, _config.default_storage_url)
+        _create_or_replace(
+            lambda: core.create_namespaced_secret(namespace, secret),
+            lambda: core.replace_namespaced_secret(secret["metadata"]["name"], namespace, secret),
+        )
+        return _config.default_storage_url, (storage_secret_name(meta["name"]), "url")
+    raise _StorageMissing(
+        "no storage: set spec.storage.secretRef, or run the operator with "
+        "KUBETUNE_DEFAULT_STORAGE_SECRET or KUBETUNE_STORAGE_URL"
+    )
+
+
+def _storage(url: str) -> BaseStorage:
+    storage = _storages.get(url)
+    if storage is None:
+        # Heartbeats on: the operator fails the trials of runners that died (and retries them)
+        # even when no runner is left to notice.
+        storage = _storages[url] = open_storage(url, heartbeat=True)
+    return storage
+
+
+def _progress(
+    url: str, uid: str, generation: int, study_name: str, spec: StudySpec
+) -> StudyProgress:
+    storage = _storage(url)
+    if _ensured.get(uid) != generation:
+        study = ensure_study(storage, study_name, spec)  # writes an edited budget
+        _ensured[uid] = generation
+    else:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    fail_stale_trials(study)
+    return read_progress(study, spec)
+
+
+def _ensure_spec_configmap(core: Any, body: Mapping[str, Any], spec: StudySpec) -> None:
+    configmap = spec_configmap(body, spec)
+    uid = str(body["metadata"]["uid"])
+    content = configmap["data"]["study.yaml"]
+    if _spec_written.get(uid) == content:
+        return
+    namespace = body["metadata"]["namespace"]
+    _create_or_replace(
+        lambda: core.create_namespaced_config_map(namespace, configmap),
+        lambda: core.replace_namespaced_config_map(
+            configmap["metadata"]["name"], namespace, configmap
+        ),
+    )
+    _spec_written[uid] = content
+
+
+def _create_or_replace(create: Any, replace: Any) -> None:
+    try:
+        create()
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        replace()
+
+
+def _list_pods(core: Any, name: str, namespace: str) -> list[ObservedPod]:
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{STUDY_LABEL}={name}")
+    return [observe_pod(_client.sanitize_for_serialization(p)) for p in pods.items]
+
+
+def _sizing(
+    core: Any, spec: StudySpec, status: Mapping[str, Any], children: list[ObservedPod]
+) -> SizingInput:
+    key = estimate_key(spec)
+    message: str | None = None
+    failed: str | None = None
+    for pod in children:
+        if pod.component != COMPONENT_ESTIMATE or pod.estimate_key != key or pod.deleting:
+            continue
+        if pod.phase == "Succeeded":
+            message = pod.message
+        elif pod.phase == "Failed":
+            detail = pod.message.splitlines()[-1] if pod.message else "no termination message"
+            failed = (
+                f"estimate pod exited with code {pod.exit_code}: {detail[:500]}; fix the task "
+                "or set spec.resources.peakMemory"
+            )
+    recorded = status.get("sizing") or {}
+    peak = resolve_peak(spec, recorded, message, failed)
+    if not isinstance(peak, Peak):
+        return peak
+    nodes = [node_info(_client.sanitize_for_serialization(n)) for n in core.list_node().items]
+    floor = int(recorded.get("floorBytes") or 0)
+    return choose_resource(nodes, spec, peak, floor)
+
+
+# --------------------------------------------------------------------------- acting
+
+
+def _apply(body: Mapping[str, Any], plan: Plan, logger: Logger) -> None:
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    core = k8s.client.CoreV1Api(_client)
+    spec: StudySpec | None = None
+    secret_ref: tuple[str, str] | None = None
+    for action in plan.actions:
+        if isinstance(action, DeletePod):
+            logger.info("deleting pod %s: %s", action.name, action.reason)
+            _delete_pod(core, namespace, action.name)
+            continue
+        if spec is None:
+            spec = validate_spec_mapping(dict(body["spec"]))
+        if isinstance(action, CreateRunner):
+            if secret_ref is None:
+                secret_ref = _storage_url(core, body, spec)[1]
+            pod = runner_pod(body, spec, action.index, action.sizing, secret_ref, _config)
+            _create(lambda pod=pod: core.create_namespaced_pod(namespace, pod))
+        elif isinstance(action, CreateEstimatePod):
+            pod = estimate_pod(body, spec, action.key, _config)
+            _create(lambda pod=pod: core.create_namespaced_pod(namespace, pod))
+        elif isinstance(action, WriteBest):
+            configmap = best_configmap(body, spec, action.value, action.params, action.trial)
+            _create_or_replace(
+                lambda cm=configmap: core.create_namespaced_config_map(namespace, cm),
+                lambda cm=configmap: core.replace_namespaced_config_map(
+                    cm["metadata"]["name"], namespace, cm
+                ),
+            )
+
+
+def _create(create: Any) -> None:
+    try:
+        create()
+    except ApiException as error:
+        if error.status != 409:  # already exists: done before a restart or by a racing pass
+            raise
+
+
+def _delete_pod(core: Any, namespace: str, name: str) -> None:
+    try:
+        core.delete_namespaced_pod(name, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def _patch_status(patch: kopf.Patch, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Write ``new`` as the status; nested keys that disappeared are removed (merge patch)."""
+    for key, value in new.items():
+        previous = old.get(key)
+        if isinstance(value, dict) and isinstance(previous, Mapping):
+            value = {**{k: None for k in previous if k not in value}, **value}
+        patch.status[key] = value
