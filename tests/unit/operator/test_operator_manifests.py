@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import yaml
-from helpers_operator import OWNER, make_spec
 from hpo_operator.config import OperatorConfig
 from hpo_operator.manifests import (
     best_configmap,
@@ -17,6 +16,7 @@ from hpo_operator.manifests import (
 )
 from hpo_operator.sizing import Peak, SizingDecision
 
+from tests.unit.operator.helpers_operator import OWNER, make_spec
 from trial_runner.spec import study_from_mapping
 
 MIG = SizingDecision(

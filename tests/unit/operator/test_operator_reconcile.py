@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from helpers_operator import NOW, make_progress, make_spec
 from hpo_operator.reconcile import (
     CreateEstimatePod,
     CreateRunner,
@@ -18,6 +17,8 @@ from hpo_operator.reconcile import (
     set_condition,
 )
 from hpo_operator.sizing import NoFit, Peak, PeakFailed, PeakPending, SizingDecision
+
+from tests.unit.operator.helpers_operator import NOW, make_progress, make_spec
 
 CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "cpu 1Gi")
 MIG1 = SizingDecision(

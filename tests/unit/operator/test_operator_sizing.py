@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers_operator import make_spec
 from hpo_operator.sizing import (
     NodeInfo,
     NoFit,
@@ -19,6 +18,8 @@ from hpo_operator.sizing import (
     node_info,
     resolve_peak,
 )
+
+from tests.unit.operator.helpers_operator import make_spec
 
 GIB = 2**30
 
