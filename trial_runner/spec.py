@@ -60,7 +60,7 @@ QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
-GROUP_PATTERN = r"^[A-Za-z][A-Za-z0-9]*$"
+GROUP_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
 
 # Study names become pod names "<name>-runner-<n>" and Optuna study names, so they must be
 # DNS-1123 labels with room for the suffix.
