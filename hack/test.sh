@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The one command that runs kubetune's whole test suite on a fresh machine:
+#   bash hack/test.sh [pytest args...]
+# It installs what the suite needs (PostgreSQL from Debian's packages, a Python virtualenv
+# with the pinned dependencies, the control plane built from upstream Go modules), then runs
+# ruff, mypy (strict on hpo_operator and trial_runner) and pytest. Slow things are cached under
+# ${KUBETUNE_CACHE:-~/.cache/kubetune}, keyed by what they are built from.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+cache="${KUBETUNE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetune}"
+mkdir -p "$cache"
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+step "PostgreSQL server (for the integration and end-to-end tests)"
+if ! compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null; then
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+  # The suite starts its own throwaway servers; the distribution's cluster is not needed.
+  as_root sh -c 'command -v pg_ctlcluster >/dev/null && pg_ctlcluster --force "$(ls /etc/postgresql)" main stop' || true
+fi
+ls -d /usr/lib/postgresql/*/bin/pg_ctl >&2
+
+step "Python environment"
+python="${PYTHON:-python3}"
+key="$("$python" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')-$(sha256sum pyproject.toml | cut -c1-12)"
+venv="$cache/venv-$key"
+if [[ ! -f "$venv/.complete" ]]; then
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -e ".[dev]"
+  touch "$venv/.complete"
+else
+  # Point the cached environment's editable install at this checkout.
+  "$venv/bin/pip" install -q --no-deps -e . 2>&1 | grep -v "^\s*$" >&2 || true
+fi
+export PATH="$venv/bin:$PATH"
+echo "$venv" >&2
+
+step "Control plane from upstream Go modules (cached after the first build)"
+KUBETUNE_CONTROL_PLANE_BIN="$(bash hack/control-plane/build.sh --print-bin-dir)"
+export KUBETUNE_CONTROL_PLANE_BIN
+echo "$KUBETUNE_CONTROL_PLANE_BIN" >&2
+
+step "ruff"
+ruff check .
+ruff format --check .
+
+step "mypy"
+mypy --strict -p hpo_operator -p trial_runner
+
+step "pytest"
+exec python -m pytest -p no:cacheprovider -ra "$@"
