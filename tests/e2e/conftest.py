@@ -1,0 +1,148 @@
+"""Fixtures for end-to-end tests against a real control plane with simulated GPU nodes.
+
+- ``control_plane`` (session): a started :class:`controlplane.ControlPlane` with kwok.
+- ``namespace`` (function): a fresh namespace name, deleted after the test.
+- ``simulated_cluster`` (function): ``create(groups) -> node names``; nodes deleted after.
+- ``pod_executor`` (session): a running :class:`pod_executor.PodExecutor`.
+
+The binaries come from ``KUBETUNE_CONTROL_PLANE_BIN`` or the build cache of
+``hack/control-plane/build.sh``. Without them the tests are skipped, except under ``CI=true``,
+where they fail: CI must never pass without having run them. A control plane that does not start
+always fails the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.e2e.controlplane import (
+    BUILD_SCRIPT,
+    REPO_ROOT,
+    ControlPlane,
+    find_bin_dir,
+    missing_binaries,
+)
+from tests.e2e.pod_executor import PodExecutor
+from tests.e2e.simulated_cluster import NodeGroup, create_nodes, delete_nodes
+
+# The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
+k8s: Any = kubernetes
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BUILD_HINT = (
+    f"build them with `bash {BUILD_SCRIPT.relative_to(REPO_ROOT)}` (the first build takes about "
+    "25 minutes on 2 cores; see hack/control-plane/README.md)"
+)
+
+
+def _unavailable(message: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing control plane is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def control_plane_bin_dir() -> Path:
+    """The directory with etcd, kube-*, kwok and helm."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        _unavailable(f"the control-plane binaries are not built; {BUILD_HINT}")
+        raise AssertionError("unreachable")
+    missing = missing_binaries(bin_dir)
+    if missing:
+        _unavailable(f"{bin_dir} lacks {', '.join(missing)}; {BUILD_HINT}")
+    return bin_dir
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    control_plane_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, for the session."""
+    plane = ControlPlane(control_plane_bin_dir, tmp_path_factory.mktemp("control-plane"))
+    try:
+        plane.start()
+    except Exception as error:
+        pytest.fail(f"the control plane did not start: {error}", pytrace=False)
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+def _namespace_name(test_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"e2e-{slug}-{uuid.uuid4().hex[:5]}"
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new namespace for the test (pods can be created at once); deleted afterwards."""
+    name = _namespace_name(request.node.name)
+    with control_plane.api_client() as client:
+        core = k8s.client.CoreV1Api(client)
+        core.create_namespace({"metadata": {"name": name, "labels": {"kubetune.dev/e2e": "true"}}})
+        # The ServiceAccount admission plugin rejects pods until the controller manager has
+        # made the namespace's default service account.
+        _wait_for(lambda: core.read_namespaced_service_account("default", name), 30.0)
+        try:
+            yield name
+        finally:
+            try:
+                core.delete_namespace(name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+
+
+def _wait_for(probe: Callable[[], object], timeout: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            probe()
+            return
+        except ApiException as error:
+            if error.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def simulated_cluster(control_plane: ControlPlane) -> Iterator[Callable[..., list[str]]]:
+    """``create(groups: Sequence[NodeGroup]) -> list[str]`` makes Ready simulated nodes.
+
+    The nodes made through it are deleted when the test ends.
+    """
+    created: list[str] = []
+    client = control_plane.api_client()
+
+    def create(groups: Sequence[NodeGroup], timeout: float = 60.0) -> list[str]:
+        names = create_nodes(client, groups, timeout=timeout)
+        created.extend(names)
+        return names
+
+    try:
+        yield create
+    finally:
+        delete_nodes(client, created)
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def pod_executor(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PodExecutor]:
+    """Runs pods labelled ``kubetune.dev/test-execute=true`` as local processes."""
+    with PodExecutor(control_plane.api_client, tmp_path_factory.mktemp("pods")) as executor:
+        yield executor
