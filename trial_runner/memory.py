@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import math
 import os
 import sys
@@ -58,6 +59,7 @@ __all__ = [
     "measure_training_peak",
     "plan_for_config",
     "plan_micro_batch",
+    "resolve_precision",
     "run_estimate",
     "sample_batch",
 ]
@@ -233,11 +235,25 @@ def effective_batch_size(spec: StudySpec, config: Mapping[str, Any]) -> int:
 # --------------------------------------------------------------------------- the training step
 
 
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``Auto`` as the engine resolves it: BF16 on GPUs that support it, FP32 elsewhere."""
+    import torch
+
+    if requested != "Auto":
+        return requested
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "BF16"
+    return "FP32"
+
+
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     import torch
 
+    precision = resolve_precision(precision, device)
     if precision == "FP32":
         return contextlib.nullcontext()
+    if precision not in ("BF16", "FP16"):
+        raise ValueError(f"unknown precision {precision!r} (Auto, BF16, FP16 or FP32)")
     dtype = torch.bfloat16 if precision == "BF16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -409,11 +425,51 @@ def _estimate_fake(
     accumulation_steps: int,
     fused: bool | None,
 ) -> MemoryEstimate:
+    use_fused, use_foreach = _optimizer_flags(device, fused)
+    with _quiet("torch._subclasses.fake_tensor"):
+        return _fake_step(
+            task,
+            params,
+            micro_batch,
+            sample_input,
+            sample_target,
+            precision,
+            device,
+            accumulation_steps,
+            use_fused,
+            use_foreach,
+        )
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence a logger: fake tensors log a traceback for every op they cannot run, and that
+    is an expected way for the FakeTensor estimate to fail."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _fake_step(
+    task: Task,
+    params: Mapping[str, Any],
+    micro_batch: int,
+    sample_input: torch.Tensor,
+    sample_target: torch.Tensor,
+    precision: str,
+    device: torch.device,
+    accumulation_steps: int,
+    use_fused: bool,
+    use_foreach: bool,
+) -> MemoryEstimate:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    use_fused, use_foreach = _optimizer_flags(device, fused)
     # Built on the meta device (no memory, no fake tensors yet: deep copies of fake
     # parameters, as nn.TransformerEncoder makes, would belong to another fake mode), then
     # given fake storage on the target device.
@@ -701,6 +757,7 @@ def plan_for_config(
     precision: str,
     device: torch.device,
     max_micro_batch: int | None = None,
+    fused: bool | None = None,
 ) -> tuple[MicroBatchPlan, MemoryEstimate]:
     """The micro-batch plan of one configuration and the estimate of its chosen micro-batch.
 
@@ -721,6 +778,7 @@ def plan_for_config(
                 precision=precision,
                 device=device,
                 accumulation_steps=plan.accumulation_steps,
+                fused=fused,
             )
         return estimates[micro]
 
@@ -755,6 +813,7 @@ def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
     config = largest_configuration(spec)
     effective = effective_batch_size(spec, config)
     headroom = parse_number(spec.resources.memory_headroom)
+    precision = resolve_precision(spec.training.precision, device)
     plan, estimate = plan_for_config(
         task,
         config,
@@ -763,9 +822,10 @@ def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
         headroom=headroom,
         sample_input=sample_input,
         sample_target=sample_target,
-        precision=spec.training.precision,
+        precision=precision,
         device=device,
         max_micro_batch=spec.training.max_micro_batch,
+        fused=spec.training.fused_optimizer and device.type == "cuda",
     )
     data_bytes = 0
     for value in (data.inputs, data.targets):
@@ -781,6 +841,7 @@ def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
         "headroomBytes": int(estimate.peak_bytes * headroom),
         "dataBytes": data_bytes,
         "device": str(device),
+        "precision": precision,
         "detail": estimate.detail,
     }
 
@@ -819,7 +880,7 @@ def format_estimate(study: HPOStudy, result: Mapping[str, Any]) -> str:
         ("Task", study.spec.task.entrypoint),
         ("Device", str(result.get("device", ""))),
         ("Largest config", config),
-        ("Precision", study.spec.training.precision),
+        ("Precision", str(result.get("precision", study.spec.training.precision))),
         (
             "Batch",
             f"effective {result['effectiveBatch']} = micro-batch {result['microBatch']} "
