@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,11 +93,9 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
     """Every operator setting in one place."""
     global _config, _client
     _config = OperatorConfig.from_env()
-    try:
-        k8s.config.load_incluster_config()
-        _client = k8s.client.ApiClient()
-    except k8s.config.ConfigException:
-        _client = k8s.config.new_client_from_config()
+    # Heartbeats and fail_stale_trials are "experimental" in Optuna; kubetune relies on them.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    _client = _api_client()
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping out of the user-facing status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -114,6 +113,26 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
         _config.runner_image,
         dict(_config.extra_labels),
     )
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The service account in a pod, else ``$KUBECONFIG`` as it is now.
+
+    kopf's default login goes through the kubernetes client, which reads ``KUBECONFIG`` once
+    at import; reading it at login lets one process (a test) point the operator elsewhere.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def _api_client() -> Any:
+    """A kubernetes client for the operator's own requests, configured like :func:`login`."""
+    try:
+        configuration = k8s.client.Configuration()
+        k8s.config.load_incluster_config(client_configuration=configuration)
+        return k8s.client.ApiClient(configuration)
+    except k8s.config.ConfigException:
+        return k8s.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
 
 
 @kopf.on.cleanup()

@@ -1,0 +1,178 @@
+"""Helpers for the operator's end-to-end tests: run the operator, apply studies, wait.
+
+The operator runs in this process through ``kopf.testing.KopfRunner`` (kopf's own test tool,
+a real ``kopf run`` in a thread) against the control plane of ``conftest.py``; runner pods are
+executed for real by the session's ``PodExecutor`` when the operator labels them
+``kubetune.dev/test-execute=true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+import yaml
+from kopf.testing import KopfRunner
+
+from tests.e2e.controlplane import ControlPlane
+
+__all__ = [
+    "CRD_FILE",
+    "EXAMPLES",
+    "StudyClient",
+    "finished_trials",
+    "operator_env",
+    "run_operator",
+    "wait_until",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "kubetune.dev_hpostudies.yaml"
+EXAMPLES = REPO / "examples"
+T = TypeVar("T")
+
+
+def wait_until(
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+    diagnose: Callable[[], str] | None = None,
+) -> T:
+    """Call ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            details = diagnose() if diagnose else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{details}")
+        time.sleep(interval)
+
+
+def operator_env(
+    plane: ControlPlane, *, execute: bool, storage_url: str | None = None, **extra: str
+) -> dict[str, str]:
+    """Environment of an operator under test (set with ``monkeypatch`` before it starts)."""
+    env = {
+        "KUBECONFIG": str(plane.kubeconfig),
+        "KUBETUNE_RECONCILE_INTERVAL": "1",
+        "KUBETUNE_GRACE_PERIOD": "20",
+        "KUBETUNE_RUNNER_IMAGE": "kubetune:e2e",
+        "KUBETUNE_IMAGE_PULL_POLICY": "Never",
+        # The executor runs `kubetune` from this interpreter's venv.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "KUBETUNE_RUNNER_EXTRA_LABELS": "kubetune.dev/test-execute=true" if execute else "",
+        "KUBETUNE_RUNNER_EXTRA_ENV": "KUBETUNE_HEARTBEAT_INTERVAL=2,OMP_NUM_THREADS=1",
+    }
+    if storage_url:
+        env["KUBETUNE_STORAGE_URL"] = storage_url
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def run_operator(namespace: str) -> Iterator[KopfRunner]:
+    """``kopf run -m hpo_operator.handlers`` watching ``namespace``, stopped on exit."""
+    args = ["run", "-m", "hpo_operator.handlers", "--namespace", namespace, "--standalone"]
+    with KopfRunner(args, timeout=120) as runner:
+        yield runner
+    assert runner.exception is None, runner.output[-4000:]
+    assert runner.exit_code == 0, runner.output[-4000:]
+
+
+def finished_trials(storage_url: str, study_name: str) -> dict[str, int]:
+    """Trial counts by state in the Optuna storage, read directly (not through the operator)."""
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+class StudyClient:
+    """kubectl on one namespace, with the reads the operator tests need."""
+
+    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+        self.plane = plane
+        self.namespace = namespace
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> Any:
+        return self.plane.kubectl("-n", self.namespace, *args, check=check, input=input)
+
+    def apply(self, document: Mapping[str, Any] | str, check: bool = True) -> Any:
+        # JSON, not YAML: PyYAML writes the string "3e-2" bare, which kubectl reads as a number.
+        text = document if isinstance(document, str) else json.dumps(document)
+        return self.kubectl("apply", "-f", "-", input=text, check=check)
+
+    def study(self, name: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", "hpostudy", name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        study = self.study(name) or {}
+        for cond in (study.get("status") or {}).get("conditions") or []:
+            if cond["type"] == type_:
+                return dict(cond)
+        return {}
+
+    def pods(self, name: str, component: str = "trial-runner") -> list[dict[str, Any]]:
+        selector = f"kubetune.dev/study={name},app.kubernetes.io/component={component}"
+        result = self.kubectl("get", "pods", "-l", selector, "-o", "json")
+        return list(json.loads(result.stdout)["items"])
+
+    def configmap(self, name: str) -> dict[str, str] | None:
+        result = self.kubectl("get", "configmap", name, "-o", "json", check=False)
+        return json.loads(result.stdout).get("data") if result.returncode == 0 else None
+
+    def wait_condition(
+        self, name: str, type_: str, status: str, timeout: float, reason: str | None = None
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            cond = self.condition(name, type_)
+            ok = cond.get("status") == status and (reason is None or cond.get("reason") == reason)
+            return cond if ok else None
+
+        return wait_until(
+            probe, timeout, f"{name}: {type_}={status} {reason or ''}", diagnose=self.diagnose
+        )
+
+    def diagnose(self) -> str:
+        parts = []
+        for args in (
+            ("get", "hpostudies", "-o", "yaml"),
+            ("get", "pods", "-o", "wide"),
+            ("get", "events", "--sort-by=.lastTimestamp"),
+        ):
+            result = self.kubectl(*args, check=False)
+            parts.append(f"$ kubectl {' '.join(args)}\n{result.stdout[-6000:]}{result.stderr}")
+        return "\n".join(parts)
+
+
+def load_example(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
+    return document
+
+
+def small_cpu_study(name: str, max_trials: int = 6, parallelism: int = 2) -> dict[str, Any]:
+    """The digits example cut down to seconds: no stages, 1 fold, 2 epochs."""
+    study = load_example("digits-cpu.yaml")
+    study["metadata"] = {"name": name}
+    spec = study["spec"]
+    spec["searchSpace"] = [
+        {k: v for k, v in p.items() if k not in ("group", "default")} for p in spec["searchSpace"]
+    ]
+    spec.pop("stages", None)
+    spec["budget"] = {"maxTrials": max_trials, "maxFailedTrials": 3}
+    spec["pruner"] = {"type": "Nop"}
+    spec["training"] = {"epochs": 3, "folds": 1}
+    spec["resources"]["parallelism"] = parallelism
+    return study
