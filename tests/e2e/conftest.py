@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import kubernetes
 import pytest
@@ -40,11 +41,11 @@ k8s: Any = kubernetes
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BUILD_HINT = (
     f"build them with `bash {BUILD_SCRIPT.relative_to(REPO_ROOT)}` (the first build takes about "
-    "25 minutes on 2 cores; see hack/control-plane/README.md)"
+    "20 minutes on 2 cores; see hack/control-plane/README.md)"
 )
 
 
-def _unavailable(message: str) -> None:
+def _unavailable(message: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{message} (CI=true: a missing control plane is a failure)", pytrace=False)
     pytest.skip(message)
@@ -56,7 +57,6 @@ def control_plane_bin_dir() -> Path:
     bin_dir = find_bin_dir()
     if bin_dir is None:
         _unavailable(f"the control-plane binaries are not built; {BUILD_HINT}")
-        raise AssertionError("unreachable")
     missing = missing_binaries(bin_dir)
     if missing:
         _unavailable(f"{bin_dir} lacks {', '.join(missing)}; {BUILD_HINT}")
@@ -105,8 +105,6 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
 
 
 def _wait_for(probe: Callable[[], object], timeout: float) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         try:

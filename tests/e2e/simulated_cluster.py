@@ -16,7 +16,6 @@ Example, 2 nodes with 8 H100 each, 1 A100-80GB node with 7 x 1g.10gb per GPU, 3 
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -171,5 +170,8 @@ def delete_nodes(api_client: Any, names: Sequence[str]) -> None:
     """Delete the nodes (those already gone are fine)."""
     core = k8s.client.CoreV1Api(api_client)
     for name in names:
-        with contextlib.suppress(ApiException):
+        try:
             core.delete_node(name)
+        except ApiException as error:
+            if error.status != 404:
+                raise

@@ -61,7 +61,9 @@ def process_groups_alive(groups: set[int]) -> list[str]:
 
 
 def port_is_free(port: int) -> bool:
+    """Nothing listens on ``port`` (connections of the old server in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
