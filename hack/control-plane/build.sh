@@ -185,7 +185,7 @@ for r in json.load(sys.stdin).get("Replace") or []:
     ldflags+=" -X ${pkg}.gitTreeState=archive -X ${pkg}.buildDate=${release_time}"
   done
   log "kubernetes ${kubernetes_version}: compiling kube-apiserver, kube-controller-manager," \
-    "kube-scheduler (the slow part: ~20-40 min on 2 cores)"
+    "kube-scheduler (the slow part: 10-20 min on 2 cores)"
   go_build "${work}" "${ldflags}" k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
   for b in kube-apiserver kube-controller-manager kube-scheduler; do

@@ -242,6 +242,7 @@ class _PodRun(threading.Thread):
         self._restarts = 0
         self._last_state: dict[str, Any] | None = None
         self._waiting_message = ""
+        self._log_offset = 0
 
     # -- signals from the watch thread and the executor
 
@@ -336,6 +337,8 @@ class _PodRun(threading.Thread):
         working_dir = self.container.working_dir
         cwd = working_dir if working_dir and os.path.isdir(working_dir) else str(self.dir)
         with self.log_path.open("ab") as log_file:
+            # The log-tail fallback of the termination message reads this run's output only.
+            self._log_offset = log_file.tell()
             try:
                 self.process = subprocess.Popen(
                     command,
@@ -385,7 +388,9 @@ class _PodRun(threading.Thread):
         message = data.decode(errors="replace")
         policy = self.container.termination_message_policy or "File"
         if not message and exit_code != 0 and policy == "FallbackToLogsOnError":
-            lines = self.log_path.read_bytes().splitlines()[-FALLBACK_LOG_LINES:]
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(self._log_offset)
+                lines = log_file.read().splitlines()[-FALLBACK_LOG_LINES:]
             message = b"\n".join(lines)[-FALLBACK_LOG_BYTES:].decode(errors="replace")
         return message
 
@@ -595,10 +600,10 @@ class PodExecutor:
             ):
                 if event["type"] == "ERROR":
                     return  # usually 410 Gone: list again
-                pod = event["object"]
-                version = pod.metadata.resource_version
+                # A BOOKMARK's object is not a full pod; the raw object always has the version.
+                version = event["raw_object"]["metadata"]["resourceVersion"]
                 if event["type"] != "BOOKMARK":
-                    self._handle(pod, deleted=event["type"] == "DELETED")
+                    self._handle(event["object"], deleted=event["type"] == "DELETED")
                 if self._stopping.is_set():
                     watch.stop()
 

@@ -16,6 +16,7 @@ Example, 2 nodes with 8 H100 each, 1 A100-80GB node with 7 x 1g.10gb per GPU, 3 
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -101,7 +102,7 @@ class NodeGroup:
         return labels
 
 
-def node_manifest(name: str, group: NodeGroup) -> dict[str, Any]:
+def node_manifest(name: str, group: NodeGroup, internal_ip: str) -> dict[str, Any]:
     """The Node object for one node of ``group``; status included, as kwok expects."""
     capacity = group.capacity()
     capacity.setdefault("ephemeral-storage", "500Gi")
@@ -121,8 +122,24 @@ def node_manifest(name: str, group: NodeGroup) -> dict[str, Any]:
             },
         },
         "spec": {"taints": [dict(t) for t in group.taints]} if group.taints else {},
-        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+        "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            "addresses": [
+                {"type": "InternalIP", "address": internal_ip},
+                {"type": "Hostname", "address": name},
+            ],
+        },
     }
+
+
+# Addresses of simulated nodes, unique within a test run (kwok's pod IPs are in 10.244.0.0/16).
+_node_numbers = itertools.count(1)
+
+
+def _next_internal_ip() -> str:
+    number = next(_node_numbers)
+    return f"10.200.{number // 250 % 250}.{number % 250 + 1}"
 
 
 def _schedulable(node: Any) -> bool:
@@ -147,7 +164,7 @@ def create_nodes(
         batch = uuid.uuid4().hex[:5]
         for index in range(group.count):
             name = f"{group.prefix}-{batch}-{index}"
-            core.create_node(node_manifest(name, group))
+            core.create_node(node_manifest(name, group, _next_internal_ip()))
             names.append(name)
     deadline = time.monotonic() + timeout
     pending = set(names)
