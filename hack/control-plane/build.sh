@@ -75,6 +75,7 @@ if [[ "${mode}" == check ]]; then
 fi
 
 if cache_complete; then
+  log "cached: ${bin_dir}"
   [[ "${mode}" == print ]] && echo "${bin_dir}"
   exit 0
 fi
