@@ -44,6 +44,7 @@ k8s: Any = kubernetes
 __all__ = [
     "BINARIES",
     "REPO_ROOT",
+    "CommandError",
     "ControlPlane",
     "ControlPlaneError",
     "find_bin_dir",
@@ -61,6 +62,13 @@ ADMIN_USER = "kubetune-e2e-admin"
 
 class ControlPlaneError(RuntimeError):
     """A component did not build, start or become ready; the message carries its log tail."""
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A ``kubectl``/``helm`` command failed; unlike its base class, ``str()`` shows stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{self.stderr or ''}".rstrip()
 
 
 def find_bin_dir() -> Path | None:
@@ -362,7 +370,7 @@ class ControlPlane:
     # -- clients
 
     def api_client(self, token: str | None = None) -> Any:
-        """A ``k8s.client.ApiClient`` as admin, or with a bearer ``token`` if given."""
+        """A ``kubernetes.client.ApiClient`` as admin, or with a bearer ``token`` if given."""
         if token is None:
             return k8s.config.new_client_from_config(config_file=str(self.kubeconfig))
         assert self._ca is not None, "the control plane is not started"
@@ -382,8 +390,8 @@ class ControlPlane:
         """Run the installed ``kubectl`` against this control plane; text output captured.
 
         Raises:
-            subprocess.CalledProcessError: with ``check`` and a non-zero exit; its ``stderr``
-                holds kubectl's message.
+            CommandError: with ``check`` and a non-zero exit (a ``CalledProcessError`` whose
+                message includes kubectl's stderr).
         """
         return self._run(["kubectl", *args], check=check, input=input, timeout=timeout)
 
@@ -425,9 +433,7 @@ class ControlPlane:
             cwd=cwd,
         )
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(
-                result.returncode, argv, output=result.stdout, stderr=result.stderr
-            )
+            raise CommandError(result.returncode, argv, output=result.stdout, stderr=result.stderr)
         return result
 
     # -- components

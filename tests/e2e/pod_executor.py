@@ -29,6 +29,7 @@ The process output goes to ``<work_dir>/<namespace>_<name>_<uid>/log``; see :met
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import logging
@@ -140,8 +141,6 @@ class _Resolver:
                     obj = self._core.read_namespaced_secret(
                         name, self._namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS
                     )
-                    import base64
-
                     data = {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
                 else:
                     obj = self._core.read_namespaced_config_map(
@@ -494,7 +493,7 @@ class PodExecutor:
     """Plays the kubelet for pods matching ``label_selector``; see the module docstring.
 
     Args:
-        api_client_factory: Makes a ``k8s.client.ApiClient`` (admin); called twice, for the
+        api_client_factory: Makes a ``kubernetes.client.ApiClient`` (admin); called twice, for the
             watch and for the pod updates, so the two never share a connection.
         work_dir: Where each pod gets a directory (its HOME, log and termination-message file).
         label_selector: Which pods to run, in every namespace.
