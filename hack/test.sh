@@ -56,4 +56,10 @@ step "mypy"
 mypy --strict -p hpo_operator -p trial_runner
 
 step "pytest"
-exec python -m pytest -p no:cacheprovider -ra "$@"
+# A base temp of its own: pytest prunes old directories under the shared default, which would
+# pull the data directory from under another session's PostgreSQL.
+basetemp="$(mktemp -d "${TMPDIR:-/tmp}/kubetune-tests.XXXXXX")"
+status=0
+python -m pytest -p no:cacheprovider -ra --basetemp "$basetemp" "$@" || status=$?
+rm -rf "$basetemp" || true
+exit "$status"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import signal
 import socket
 import threading
@@ -46,6 +47,10 @@ from trial_runner.task import load_task_class
 __all__ = ["RunnerSummary", "run_runner", "worker_id"]
 
 log = logging.getLogger("kubetune.runner")
+
+# fail_stale_trials and the retry callback are marked experimental but are the documented way
+# to recover trials of killed processes; the warning would repeat on every claim.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 TELEMETRY_PREFIX = "kubetune."
 WAIT_SECONDS = float(os.environ.get("KUBETUNE_WAIT_SECONDS", "2"))

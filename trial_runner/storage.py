@@ -37,7 +37,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from trial_runner.progress import BudgetState, StudyProgress, summarize
-from trial_runner.spec import StudySpec, parse_duration
+from trial_runner.spec import FieldError, SpecError, StudySpec, parse_duration
 
 __all__ = [
     "BUDGET_ATTR",
@@ -254,9 +254,15 @@ def ensure_study(storage: BaseStorage, name: str, spec: StudySpec) -> optuna.Stu
     )
     existing = study.direction.name.lower()
     if existing != direction:
-        raise StorageError(
-            f"spec.objective.direction: study {name!r} already exists with direction "
-            f"{existing}; the objective cannot change"
+        raise SpecError(
+            [
+                FieldError(
+                    "spec.objective.direction",
+                    f"study {name!r} already exists in the storage with direction "
+                    f"{existing.capitalize()}; the objective of a study cannot change "
+                    "(use a new metadata.name)",
+                )
+            ]
         )
     if STARTED_ATTR not in study.user_attrs:
         study.set_user_attr(STARTED_ATTR, datetime.now(UTC).isoformat())
