@@ -81,6 +81,8 @@ _locks_guard = threading.Lock()
 _storages: dict[str, BaseStorage] = {}
 _ensured: dict[str, int] = {}
 _spec_written: dict[str, str] = {}
+# The last status written per study, with the resourceVersion of the body it was decided on.
+_written: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -145,6 +147,7 @@ def close(**_: Any) -> None:
     _storages.clear()
     _ensured.clear()
     _spec_written.clear()
+    _written.clear()
 
 
 @kopf.on.create(*RESOURCE)
@@ -208,6 +211,7 @@ def _lock(uid: str) -> threading.Lock:
 def _forget(uid: str) -> None:
     _ensured.pop(uid, None)
     _spec_written.pop(uid, None)
+    _written.pop(uid, None)
     with _locks_guard:
         _locks.pop(uid, None)
 
@@ -219,18 +223,27 @@ def reconcile_study(body: kopf.Body, patch: kopf.Patch, logger: Logger) -> None:
         return
     uid = str(meta["uid"])
     with _lock(uid):
-        plan, extra = _plan(body, logger)
+        status: Mapping[str, Any] = body.get("status") or {}
+        version, written = _written.get(uid, ("", {}))
+        if version == meta.get("resourceVersion"):
+            # Our last status patch is not in this body yet (a timer and a change handler
+            # ran back to back): decide from what was written, not from the older status.
+            status = written
+        plan, extra = _plan(body, status, logger)
         _apply(body, plan, logger)
-        _patch_status(patch, body.get("status") or {}, {**plan.status, **extra})
+        new_status = {**plan.status, **extra}
+        _patch_status(patch, status, new_status)
+        _written[uid] = (str(meta.get("resourceVersion")), new_status)
         for event in plan.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-def _plan(body: Mapping[str, Any], logger: Logger) -> tuple[Plan, dict[str, Any]]:
+def _plan(
+    body: Mapping[str, Any], status: Mapping[str, Any], logger: Logger
+) -> tuple[Plan, dict[str, Any]]:
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], str(meta["uid"])
     generation = int(meta.get("generation") or 1)
-    status: Mapping[str, Any] = body.get("status") or {}
     study_name = optuna_study_name(namespace, name)
     core = k8s.client.CoreV1Api(_client)
     now = dt.datetime.now(dt.UTC)

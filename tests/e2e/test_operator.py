@@ -125,8 +125,9 @@ def test_cpu_example_runs_to_success(
         )
         assert {p["metadata"]["name"] for p in pods} == {f"{name}-runner-0", f"{name}-runner-1"}
         assert {p["spec"]["nodeName"] for p in pods} <= set(cpu_nodes)
+        memory = example["spec"]["resources"]["memory"]
         assert all(
-            p["spec"]["containers"][0]["resources"]["limits"]["memory"] == "1Gi" for p in pods
+            p["spec"]["containers"][0]["resources"]["limits"]["memory"] == memory for p in pods
         )
         wait_until(
             lambda: _trials_done(studies, name) > 0,
@@ -465,9 +466,11 @@ def test_suspend_resume_and_live_budget_edit(
         )
         studies.wait_condition(name, "Suspended", "True", 30)
         wait_until(lambda: not studies.pods(name), 60, "runners drained", diagnose=studies.diagnose)
-        frozen = _trials_done(studies, name)
+        # Nothing runs while suspended: the storage (the truth) does not move.
+        frozen = finished_trials(postgres_url, f"{studies.namespace}.{name}")
+        assert frozen.get("RUNNING", 0) == 0, frozen
         time.sleep(3)
-        assert _trials_done(studies, name) == frozen
+        assert finished_trials(postgres_url, f"{studies.namespace}.{name}") == frozen
         assert studies.condition(name, "Succeeded").get("status") != "True"
 
         # Resume with a larger budget: the same study continues to the new budget.
@@ -506,6 +509,7 @@ def test_deletion_removes_runners_and_keeps_or_deletes_the_optuna_study(
         studies.kubectl("delete", "hpostudy", "kept", "dropped", "--timeout=90s")
         assert studies.pods("kept") == [] and studies.pods("dropped") == []
         assert studies.study("kept") is None
-    assert isinstance(finished_trials(postgres_url, f"{studies.namespace}.kept"), dict)
+    # Retain (the default): the Optuna study and its trials are still in the storage.
+    assert finished_trials(postgres_url, f"{studies.namespace}.kept") is not None
     with pytest.raises(KeyError):
         finished_trials(postgres_url, f"{studies.namespace}.dropped")
