@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from trial_runner.entrypoints import TaskLoadError, check_entrypoint
 from trial_runner.spec import HPOStudy, SpecError, load_study, study_from_mapping
 from trial_runner.storage import (
     DEFAULT_LOCAL_STORAGE,
@@ -133,11 +134,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = args.study_name or study_doc.name
     if args.workers < 1:
         raise CliError("--workers: must be at least 1")
+    if args.trials is not None and args.trials < 1:
+        raise CliError("--trials: must be at least 1")
+    # Checked before the storage is touched, so a typo in the entrypoint changes nothing.
+    check_entrypoint(spec.task.entrypoint)
     storage = open_storage(url, heartbeat=False)
     study = ensure_study(storage, name, spec)
     if args.trials is not None:
-        if args.trials < 1:
-            raise CliError("--trials: must be at least 1")
         budget = budget_from_spec(spec)
         write_budget(
             study,
@@ -166,11 +169,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     view = _ProgressView(enabled=not args.no_progress)
     try:
         supervisor.start()
-        while supervisor.running():
+        while True:
             if interrupted:
                 supervisor.terminate()
                 break
+            # Exits are handled before asking whether anything still runs, so a runner that
+            # died is re-queued and replaced even when it was the last one running.
             supervisor.check(study)
+            if supervisor.config_error or not supervisor.running():
+                break
             view.update(read_progress(study, spec))
             time.sleep(0.5)
     finally:
@@ -493,9 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         print(f"kubetune: {exc}", file=sys.stderr)
         return EXIT_STORAGE
-    except CliError as exc:
+    except (CliError, TaskLoadError) as exc:
         print(f"kubetune: {exc}", file=sys.stderr)
-        return exc.code
+        return exc.code if isinstance(exc, CliError) else EXIT_INPUT
     return code
 
 

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-__all__ = ["Task", "TaskData", "TaskLoadError", "load_task_class"]
+from trial_runner.entrypoints import TaskLoadError, check_entrypoint
+
+__all__ = ["Task", "TaskData", "TaskLoadError", "check_entrypoint", "load_task_class"]
 
 
 @dataclass
@@ -88,10 +90,6 @@ class Task:
         """Metrics over a whole validation split (default: accuracy for classification)."""
         predicted = outputs.argmax(dim=-1)
         return {"accuracy": float((predicted == targets).float().mean().item())}
-
-
-class TaskLoadError(RuntimeError):
-    """``spec.task.entrypoint`` cannot be imported or is not a Task."""
 
 
 def load_task_class(entrypoint: str) -> type[Task]:
