@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 import signal
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
