@@ -25,7 +25,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from trial_runner.accumulation import micro_slices
+from trial_runner.memory import (
+    MicroBatchPlan,
+    NoMicroBatchFits,
+    available_memory,
+    effective_batch_size,
+    largest_configuration,
+    plan_for_config,
+    resolve_precision,
+    sample_batch,
+)
 from trial_runner.search import max_pruning_steps
 from trial_runner.spec import StudySpec, parse_number
 from trial_runner.task import Task, TaskData
@@ -157,6 +166,7 @@ class Engine:
         *,
         stop_requested: threading.Event | None = None,
         seed: int = 0,
+        memory_capacity_bytes: int | None = None,
     ) -> None:
         self.task = task
         self.spec = spec
@@ -164,7 +174,9 @@ class Engine:
         self.device = device or _pick_device(spec)
         self.stop_requested = stop_requested or threading.Event()
         self.seed = seed
-        self.precision = _resolve_precision(spec.training.precision, self.device)
+        # What training may use on the device; measured when not given.
+        self.memory_capacity_bytes = memory_capacity_bytes
+        self.precision = resolve_precision(spec.training.precision, self.device)
         self._gpu = GpuMonitor.create(self.device)
         self._configure_numerics()
 
@@ -183,6 +195,8 @@ class Engine:
             self._loader = self._build_loader()
         self.setup_seconds = time.perf_counter() - started
         self._micro_cap: dict[int, int] = {}  # effective batch -> largest micro-batch that ran
+        self._largest_estimate: tuple[bool, int | None] | None = None
+        self._sample = sample_batch(self.data)
         self.trials_run = 0
 
     # ------------------------------------------------------------------ setup
@@ -272,16 +286,80 @@ class Engine:
     # ------------------------------------------------------------------ trials
 
     def effective_batch(self, params: Mapping[str, Any]) -> int:
-        value = params.get(self.training.batch_size_parameter)
-        if value is not None:
-            return int(value)
-        return self.training.effective_batch_size or 32
+        return effective_batch_size(self.spec, params)
 
-    def initial_micro_batch(self, effective: int) -> int:
-        cap = self._micro_cap.get(effective, effective)
-        if self.training.max_micro_batch is not None:
-            cap = min(cap, self.training.max_micro_batch)
-        return max(1, min(effective, cap))
+    def plan_micro_batch(self, params: Mapping[str, Any], effective: int) -> tuple[int, int | None]:
+        """The micro-batch for a configuration and the estimated peak memory behind it.
+
+        Estimate first: once per process the largest configuration of the search space is
+        estimated; when it fits the device at its full effective batch, every configuration
+        does and trials skip the estimate. Otherwise each configuration is planned from its
+        own estimate. An OOM that still happens halves the micro-batch (see ``run_trial``), and
+        the size that worked is remembered for the next trial with the same effective batch.
+        """
+        upper = min(effective, self.training.max_micro_batch or effective)
+        upper = min(upper, self._micro_cap.get(effective, upper))
+        if self._largest_estimate is None:
+            self._largest_estimate = self._estimate_largest()
+        fits_all, peak = self._largest_estimate
+        if fits_all or peak is None:
+            return upper, peak
+        try:
+            plan, estimate = plan_for_config(
+                self.task,
+                params,
+                effective,
+                capacity_bytes=self._capacity(),
+                headroom=parse_number(self.spec.resources.memory_headroom),
+                sample_input=self._sample[0],
+                sample_target=self._sample[1],
+                precision=self.precision,
+                device=self.device,
+                max_micro_batch=upper,
+                fused=self._fused(),
+            )
+        except NoMicroBatchFits:
+            return 1, None  # the OOM path decides: retry at 1, then prune
+        return plan.micro_batch, estimate.peak_bytes
+
+    def _capacity(self) -> int:
+        if self.memory_capacity_bytes is not None:
+            return self.memory_capacity_bytes
+        return available_memory(self.device)
+
+    def _estimate_largest(self) -> tuple[bool, int | None]:
+        config = largest_configuration(self.spec)
+        effective = effective_batch_size(self.spec, config)
+        upper = min(effective, self.training.max_micro_batch or effective)
+        try:
+            plan, estimate = plan_for_config(
+                self.task,
+                config,
+                effective,
+                capacity_bytes=self._capacity(),
+                headroom=parse_number(self.spec.resources.memory_headroom),
+                sample_input=self._sample[0],
+                sample_target=self._sample[1],
+                precision=self.precision,
+                device=self.device,
+                max_micro_batch=upper,
+                fused=self._fused(),
+            )
+        except NoMicroBatchFits:
+            log.info("the largest configuration does not fit: planning each trial's micro-batch")
+            return False, 0
+        except Exception as exc:  # estimation is advisory; OOM halving still protects trials
+            log.warning("memory estimate failed (%s); relying on OOM retries", exc)
+            return True, None
+        fits_all = plan.micro_batch == upper
+        log.info(
+            "largest configuration: %.1f MiB peak (%s) at micro-batch %d; %s",
+            estimate.peak_bytes / 2**20,
+            estimate.method,
+            plan.micro_batch,
+            "every configuration fits" if fits_all else "planning each trial's micro-batch",
+        )
+        return fits_all, estimate.peak_bytes
 
     def run_trial(
         self,
@@ -298,7 +376,10 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         effective = self.effective_batch(params)
-        micro = min(micro_batch or self.initial_micro_batch(effective), effective)
+        if micro_batch is None:
+            micro, estimated_peak_bytes = self.plan_micro_batch(params, effective)
+        else:
+            micro = min(micro_batch, effective)
         epochs = epochs_for_trial(self.spec, trial_number)
         clock = _Clock()
         fold_scores: list[float] = []
@@ -370,7 +451,7 @@ class Engine:
         mean_metrics = {m: float(np.mean([fm[m] for fm in fold_metrics])) for m in metric_names}
         value = float(np.mean(fold_scores)) if fold_scores else float("nan")
         wall = time.perf_counter() - wall_start
-        accumulation = math.ceil(effective / micro)
+        accumulation = MicroBatchPlan.for_sizes(effective, micro).accumulation_steps
         telemetry: dict[str, Any] = {
             "wall_seconds": round(wall, 4),
             "train_seconds": round(clock.train, 4),
@@ -522,11 +603,15 @@ class Engine:
     ) -> None:
         """One optimizer step over an effective batch, accumulated over micro-batches."""
         batch = int(inputs.shape[0])
-        for start, stop, weight in micro_slices(batch, micro):
+        plan = MicroBatchPlan.for_sizes(batch, micro)
+        start = 0
+        for size, weight in zip(plan.sizes(), plan.loss_weights(), strict=True):
+            stop = start + size
             with self._autocast():
                 outputs = model(inputs[start:stop])
                 loss = self.task.loss(outputs, targets[start:stop]) * weight
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            start = stop
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -581,14 +666,6 @@ class _EarlyStopper:
             return False
         self.bad += 1
         return self.bad >= self.patience
-
-
-def _resolve_precision(requested: str, device: torch.device) -> str:
-    if requested != "Auto":
-        return requested
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "BF16"
-    return "FP32"
 
 
 def _pick_device(spec: StudySpec) -> torch.device:

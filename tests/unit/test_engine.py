@@ -212,3 +212,29 @@ def test_loader_workers_persist_across_trials_and_batch_sizes() -> None:
     assert [w.pid for w in loader._iterator._workers] == pids
     assert result.telemetry["effective_batch"] == 64
     engine.close()
+
+
+class Wide(Blobs):
+    """Activations dominate (each sample becomes 32k features): micro-batches matter."""
+
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        return nn.Sequential(nn.Linear(2, 32768), nn.ReLU(), nn.Linear(32768, 3))
+
+
+def test_micro_batch_is_planned_from_the_memory_estimate() -> None:
+    spec = make_spec({"epochs": 1, "precision": "FP32"})
+    roomy = Engine(Wide({}), spec)
+    full = roomy.run_trial({**PARAMS, "batch_size": 64}, trial_number=0)
+    assert full.telemetry["micro_batch"] == 64  # everything fits in the machine's memory
+    peak = full.telemetry["estimated_peak_bytes"]
+    assert peak and peak > 64 * 32768 * 4  # at least the hidden activations of 64 samples
+
+    # A device with room for about half of that (after the 10% headroom).
+    capacity = int(peak * 1.1 * 0.5)
+    tight = Engine(Wide({}), spec, memory_capacity_bytes=capacity)
+    result = tight.run_trial({**PARAMS, "batch_size": 64}, trial_number=0)
+    t = result.telemetry
+    assert 8 <= t["micro_batch"] < 64
+    assert t["accumulation_steps"] == -(-64 // t["micro_batch"])
+    assert t["estimated_peak_bytes"] * 1.1 <= capacity
+    assert t["oom_retries"] == 0

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from trial_runner.accumulation import micro_slices
 from trial_runner.memory import (
     TERMINATION_MESSAGE_LIMIT,
     MemoryEstimate,
@@ -180,15 +179,6 @@ def test_plan_raises_when_nothing_fits() -> None:
         plan_micro_batch(1, lambda m: False, max_micro_batch=None)
     with pytest.raises(ValueError):
         plan_micro_batch(0, lambda m: True, max_micro_batch=None)
-
-
-def test_plan_matches_the_engines_accumulation_slices() -> None:
-    for effective in (1, 7, 64, 100, 129):
-        for micro in (1, 3, 32, 64, 200):
-            plan = MicroBatchPlan.for_sizes(effective, micro)
-            slices = micro_slices(effective, micro)
-            assert plan.sizes() == [stop - start for start, stop, _ in slices]
-            assert plan.loss_weights() == pytest.approx([w for _, _, w in slices])
 
 
 # --------------------------------------------------------------------------- search space

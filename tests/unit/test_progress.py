@@ -8,7 +8,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.accumulation import accumulation_steps, micro_slices
+from trial_runner.memory import MicroBatchPlan
 from trial_runner.progress import STAGE_ATTR, BudgetState, plan_claim, summarize
 
 
@@ -101,9 +101,9 @@ def test_stage_transition_waits_for_the_previous_stage() -> None:
 
 
 def test_accumulation_weights_sum_to_one_with_a_partial_step() -> None:
-    assert accumulation_steps(100, 32) == 4
-    slices = micro_slices(100, 32)
-    assert [(a, b) for a, b, _ in slices] == [(0, 32), (32, 64), (64, 96), (96, 100)]
-    assert abs(sum(w for *_, w in slices) - 1.0) < 1e-12
-    assert slices[-1][2] == 4 / 100
-    assert micro_slices(8, 16) == [(0, 8, 1.0)]
+    plan = MicroBatchPlan.for_sizes(100, 32)
+    assert plan.accumulation_steps == 4
+    assert plan.sizes() == [32, 32, 32, 4]
+    assert abs(sum(plan.loss_weights()) - 1.0) < 1e-12
+    assert plan.loss_weights()[-1] == 4 / 100
+    assert MicroBatchPlan.for_sizes(8, 16).sizes() == [8]
