@@ -63,7 +63,7 @@ __all__ = [
 STORAGE_ENV = "KUBETUNE_STORAGE_URL"
 DEFAULT_LOCAL_STORAGE = "journal:.kubetune/studies.journal"
 HEARTBEAT_INTERVAL = int(os.environ.get("KUBETUNE_HEARTBEAT_INTERVAL", "10"))
-GRACE_PERIOD = int(os.environ.get("KUBETUNE_GRACE_PERIOD", str(3 * HEARTBEAT_INTERVAL)))
+GRACE_PERIOD = int(os.environ.get("KUBETUNE_HEARTBEAT_GRACE_PERIOD", str(3 * HEARTBEAT_INTERVAL)))
 MAX_RETRY = 3
 
 BUDGET_ATTR = "kubetune.budget"

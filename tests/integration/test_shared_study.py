@@ -59,7 +59,7 @@ def test_killed_runner_trial_is_failed_and_retried_by_another(
     )
     path = write_study(doc)
     study = ensure_study(open_storage(postgres_url), "killed", load_study(path).spec)
-    heartbeat = {"KUBETUNE_HEARTBEAT_INTERVAL": "1", "KUBETUNE_GRACE_PERIOD": "4"}
+    heartbeat = {"KUBETUNE_HEARTBEAT_INTERVAL": "1", "KUBETUNE_HEARTBEAT_GRACE_PERIOD": "4"}
     victim = start_runner(path, postgres_url, "killed", tmp_path / "victim.log", **heartbeat)
 
     def running() -> list[optuna.trial.FrozenTrial]:
