@@ -150,3 +150,57 @@ def test_stages_advance_across_processes_with_the_best_earlier_values(
     assert [s["stage"] for s in best["stages"]] == [1, 2]
     assert best["stages"][0]["bestValue"] == best_first.value
     assert best["trials"]["complete"] == 7
+
+
+def test_sigterm_releases_the_running_trial_for_another_runner(
+    postgres_url: str, write_study: Callable[[dict[str, Any]], Path], tmp_path: Path
+) -> None:
+    """A pod being deleted (suspend, scale-down) hands its trial back instead of losing it."""
+    doc = digits_study(
+        "drained",
+        budget={"maxTrials": 2},
+        training={
+            "epochSchedule": [{"fromTrial": 0, "epochs": 400}, {"fromTrial": 1, "epochs": 1}]
+        },
+    )
+    path = write_study(doc)
+    study = ensure_study(open_storage(postgres_url), "drained", load_study(path).spec)
+    log = tmp_path / "drained.log"
+    runner = start_runner(path, postgres_url, "drained", log)
+    wait_until(lambda: bool(study.get_trials(states=(TrialState.RUNNING,))), 120, "a running trial")
+    released = study.get_trials(states=(TrialState.RUNNING,))[0].number
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=60) == 0, log.read_text()[-2000:]
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[released].state == TrialState.FAIL
+    queued = [t for t in trials.values() if t.system_attrs.get("failed_trial") == released]
+    assert len(queued) == 1 and queued[0].state == TrialState.WAITING
+
+    log2 = tmp_path / "resumed.log"
+    finish([start_runner(path, postgres_url, "drained", log2)], [log2])
+    final = study.get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in final) == 2
+    assert queued[0].number in {t.number for t in final if t.state == TrialState.COMPLETE}
+
+
+def test_best_checkpoint_is_kept_by_several_runners(
+    postgres_url: str, write_study: Callable[[dict[str, Any]], Path], tmp_path: Path
+) -> None:
+    import torch
+
+    ckpt = tmp_path / "best-model"
+    doc = digits_study("ckpt", budget={"maxTrials": 6})
+    doc["spec"]["training"]["checkpoint"] = {"directory": str(ckpt)}
+    path = write_study(doc)
+    study = ensure_study(open_storage(postgres_url), "ckpt", load_study(path).spec)
+    logs = [tmp_path / f"ckpt-{i}.log" for i in range(2)]
+    finish([start_runner(path, postgres_url, "ckpt", log) for log in logs], logs)
+    best = study.best_trial
+    assert sorted(p.name for p in ckpt.iterdir() if not p.name.startswith(".")) == [
+        "best.json",
+        "best.pt",
+    ]
+    saved = torch.load(ckpt / "best.pt", weights_only=False)
+    assert saved["trial"] == best.number and saved["value"] == best.value
+    assert saved["params"] == best.params
+    assert not list(ckpt.glob(".best-*")), "no temporary files left behind"
