@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from trial_runner.memory import (
+    MemoryEstimate,
     MicroBatchPlan,
     NoMicroBatchFits,
     available_memory,
@@ -305,22 +306,27 @@ class Engine:
         if fits_all or peak is None:
             return upper, peak
         try:
-            plan, estimate = plan_for_config(
-                self.task,
-                params,
-                effective,
-                capacity_bytes=self._capacity(),
-                headroom=parse_number(self.spec.resources.memory_headroom),
-                sample_input=self._sample[0],
-                sample_target=self._sample[1],
-                precision=self.precision,
-                device=self.device,
-                max_micro_batch=upper,
-                fused=self._fused(),
-            )
+            plan, estimate = self._plan(params, effective, upper)
         except NoMicroBatchFits:
             return 1, None  # the OOM path decides: retry at 1, then prune
         return plan.micro_batch, estimate.peak_bytes
+
+    def _plan(
+        self, params: Mapping[str, Any], effective: int, upper: int
+    ) -> tuple[MicroBatchPlan, MemoryEstimate]:
+        return plan_for_config(
+            self.task,
+            params,
+            effective,
+            capacity_bytes=self._capacity(),
+            headroom=parse_number(self.spec.resources.memory_headroom),
+            sample_input=self._sample[0],
+            sample_target=self._sample[1],
+            precision=self.precision,
+            device=self.device,
+            max_micro_batch=upper,
+            fused=self._fused(),
+        )
 
     def _capacity(self) -> int:
         if self.memory_capacity_bytes is not None:
@@ -332,19 +338,7 @@ class Engine:
         effective = effective_batch_size(self.spec, config)
         upper = min(effective, self.training.max_micro_batch or effective)
         try:
-            plan, estimate = plan_for_config(
-                self.task,
-                config,
-                effective,
-                capacity_bytes=self._capacity(),
-                headroom=parse_number(self.spec.resources.memory_headroom),
-                sample_input=self._sample[0],
-                sample_target=self._sample[1],
-                precision=self.precision,
-                device=self.device,
-                max_micro_batch=upper,
-                fused=self._fused(),
-            )
+            plan, estimate = self._plan(config, effective, upper)
         except NoMicroBatchFits:
             log.info("the largest configuration does not fit: planning each trial's micro-batch")
             return False, 0
