@@ -530,6 +530,8 @@ def decide(
     elif _is_true(status, "Suspended"):
         b.condition("Suspended", False, "Resumed", "spec.suspend is false")
         b.event("Normal", "Resumed", "creating runners again; the study continues")
+    elif _condition(status, "Suspended").get("reason") == "Resumed":
+        b.condition("Suspended", False, "Resumed", "spec.suspend is false")
     else:
         b.condition("Suspended", False, "NotSuspended", "spec.suspend is false")
 

@@ -266,6 +266,11 @@ def test_suspend_drains_runners_and_resume_recreates_them() -> None:
     assert condition(resumed, "Suspended")["status"] == "False"
     assert condition(resumed, "Suspended")["reason"] == "Resumed"
     assert any(e.reason == "Resumed" for e in resumed.events)
+    # The reason stays (a user who looks later still sees the study was resumed), the event
+    # is not repeated.
+    later = run([], make_progress(waiting=2), resumed.status, generation=3)
+    assert condition(later, "Suspended")["reason"] == "Resumed"
+    assert not any(e.reason == "Resumed" for e in later.events)
 
 
 def test_unknown_peak_starts_one_estimate_pod() -> None:
