@@ -81,6 +81,7 @@ _locks_guard = threading.Lock()
 _storages: dict[str, BaseStorage] = {}
 _ensured: dict[str, int] = {}
 _spec_written: dict[str, str] = {}
+_secret_written: dict[str, str] = {}
 # The last status written per study, with the resourceVersion of the body it was decided on.
 _written: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
@@ -147,6 +148,7 @@ def close(**_: Any) -> None:
     _storages.clear()
     _ensured.clear()
     _spec_written.clear()
+    _secret_written.clear()
     _written.clear()
 
 
@@ -176,28 +178,26 @@ def on_delete(body: kopf.Body, logger: Logger, **_: Any) -> None:
             _delete_pod(core, namespace, pod.name)
     if pods:
         raise kopf.TemporaryError(f"waiting for {len(pods)} pod(s) to stop", delay=2)
+    _forget(str(meta.get("uid")))
     try:
         spec = validate_spec_mapping(dict(body.get("spec") or {}))
     except SpecError:
         return
+    study_name = optuna_study_name(namespace, name)
     if spec.storage.deletion_policy != "Delete":
-        logger.info(
-            "keeping Optuna study %s (deletionPolicy Retain)", optuna_study_name(namespace, name)
-        )
+        logger.info("keeping Optuna study %s (deletionPolicy Retain)", study_name)
         return
     try:
-        url, _ref = _storage_url(core, body, spec)
-        optuna.delete_study(study_name=optuna_study_name(namespace, name), storage=_storage(url))
-        kopf.info(
-            body, reason="StudyDeleted", message="deleted the Optuna study (deletionPolicy Delete)"
-        )
+        url, _ref = _storage_url(core, body, spec, write_secret=False)
+        optuna.delete_study(study_name=study_name, storage=_storage(url))
     except KeyError:
-        pass  # never created
-    except (StorageError, ApiException, ValueError) as error:
-        kopf.warn(
-            body, reason="StudyNotDeleted", message=f"could not delete the Optuna study: {error}"
-        )
-    _forget(str(meta.get("uid")))
+        return  # the study was never created
+    except (StorageError, _StorageMissing, ApiException) as error:
+        # Do not hold the HPOStudy forever for a storage that is gone; say so instead.
+        message = f"could not delete Optuna study {study_name}: {_first_line(error)}"
+        kopf.warn(body, reason="StudyNotDeleted", message=message)
+        return
+    kopf.info(body, reason="StudyDeleted", message=f"deleted Optuna study {study_name}")
 
 
 # --------------------------------------------------------------------------- one pass
@@ -211,6 +211,7 @@ def _lock(uid: str) -> threading.Lock:
 def _forget(uid: str) -> None:
     _ensured.pop(uid, None)
     _spec_written.pop(uid, None)
+    _secret_written.pop(uid, None)
     _written.pop(uid, None)
     with _locks_guard:
         _locks.pop(uid, None)
@@ -320,9 +321,13 @@ def _read_secret(core: Any, namespace: str, name: str, key: str) -> str:
 
 
 def _storage_url(
-    core: Any, body: Mapping[str, Any], spec: StudySpec
+    core: Any, body: Mapping[str, Any], spec: StudySpec, *, write_secret: bool = True
 ) -> tuple[str, tuple[str, str]]:
-    """The storage URL and the ``(secret, key)`` runner pods read it from."""
+    """The storage URL and the ``(secret, key)`` runner pods read it from.
+
+    With the operator's own ``KUBETUNE_STORAGE_URL``, the Secret ``<study>-storage`` is
+    written for the pods (once per process and study, unless ``write_secret`` is false).
+    """
     meta = body["metadata"]
     namespace = meta["namespace"]
     ref = spec.storage.secret_ref
@@ -332,11 +337,16 @@ def _storage_url(
         name, key = _config.default_storage_secret
         return _read_secret(core, namespace, name, key), (name, key)
     if _config.default_storage_url:
-        secret = storage_secret(body, _config.default_storage_url)
-        _create_or_replace(
-            lambda: core.create_namespaced_secret(namespace, secret),
-            lambda: core.replace_namespaced_secret(secret["metadata"]["name"], namespace, secret),
-        )
+        uid = str(meta["uid"])
+        if write_secret and _secret_written.get(uid) != _config.default_storage_url:
+            secret = storage_secret(body, _config.default_storage_url)
+            _create_or_replace(
+                lambda: core.create_namespaced_secret(namespace, secret),
+                lambda: core.replace_namespaced_secret(
+                    secret["metadata"]["name"], namespace, secret
+                ),
+            )
+            _secret_written[uid] = _config.default_storage_url
         return _config.default_storage_url, (storage_secret_name(meta["name"]), "url")
     raise _StorageMissing(
         "no storage: set spec.storage.secretRef, or run the operator with "
