@@ -569,7 +569,9 @@ def decide(
 
     # ---------------------------------------------------------------- runners
     claimable = progress.outcome == "Running"
-    desired = parallelism if claimable else 0
+    # Once every trial is claimed the study wants only the runners still finishing one.
+    finishing = sum(not p.deleting and (p.index or 0) < parallelism for p in alive)
+    desired = parallelism if claimable else finishing
     # A pod deleted in this pass still holds its name: it is replaced on a later pass.
     present = {p.index for p in runners if p.index is not None}
     for pod in alive:

@@ -384,7 +384,7 @@ def test_valid_spec_is_accepted_and_objective_is_immutable(studies: StudyClient)
 # --------------------------------------------------------------------------- failures and restarts
 
 
-def test_deleted_runner_pod_is_replaced_and_budget_is_exact(
+def test_deleted_runner_pod_is_replaced_parallelism_edit_applies_and_budget_is_exact(
     studies: StudyClient, cpu_nodes: list[str], executing_operator: Any, postgres_url: str
 ) -> None:
     name, budget = "replace", 6
@@ -409,6 +409,21 @@ def test_deleted_runner_pod_is_replaced_and_budget_is_exact(
             ),
             90,
             "a new runner-0",
+            diagnose=studies.diagnose,
+        )
+        # Lowering parallelism takes effect live: runner-1 goes, the study goes on.
+        studies.kubectl(
+            "patch",
+            "hpostudy",
+            name,
+            "--type=merge",
+            "-p",
+            '{"spec":{"resources":{"parallelism":1}}}',
+        )
+        wait_until(
+            lambda: set(_runner_names(studies, name)) <= {f"{name}-runner-0"},
+            60,
+            "runner-1 removed",
             diagnose=studies.diagnose,
         )
         studies.wait_condition(name, "Succeeded", "True", STUDY_TIMEOUT)

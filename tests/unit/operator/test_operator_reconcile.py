@@ -197,7 +197,7 @@ def test_budget_claimed_creates_no_new_pods_but_keeps_running_ones() -> None:
     assert deletes(plan) == ["digits-runner-1"]
     assert condition(plan, "Ready")["reason"] == "Finishing"
     assert condition(plan, "Succeeded")["status"] == "False"
-    assert plan.status["runners"]["desired"] == 0
+    assert plan.status["runnersSummary"] == "1/1"  # runner-0 finishes its trial
 
 
 def test_finished_runner_is_replaced_while_trials_remain() -> None:
