@@ -68,6 +68,8 @@ from trial_runner.storage import StorageError, ensure_study, open_storage, read_
 __all__ = ["configure", "on_change", "on_delete", "on_tick", "reconcile_study"]
 
 INTERVAL = float(os.environ.get("KUBETUNE_RECONCILE_INTERVAL", "5"))
+# After a failed pass (API or storage hiccup), try again soon rather than kopf's default 60 s.
+BACKOFF = max(INTERVAL, 5.0)
 FINALIZER = "kubetune.dev/finalizer"
 RESOURCE = (GROUP, VERSION, PLURAL)
 
@@ -152,15 +154,15 @@ def close(**_: Any) -> None:
     _written.clear()
 
 
-@kopf.on.create(*RESOURCE)
-@kopf.on.resume(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
+@kopf.on.create(*RESOURCE, backoff=BACKOFF)
+@kopf.on.resume(*RESOURCE, backoff=BACKOFF)
+@kopf.on.update(*RESOURCE, field="spec", backoff=BACKOFF)
 def on_change(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
     """React at once to a new or edited study (the timer would within its interval)."""
     reconcile_study(body, patch, logger)
 
 
-@kopf.timer(*RESOURCE, interval=INTERVAL)
+@kopf.timer(*RESOURCE, interval=INTERVAL, backoff=BACKOFF)
 def on_tick(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
     """Follow the study's progress: trials finish without any Kubernetes event."""
     reconcile_study(body, patch, logger)
@@ -298,11 +300,12 @@ def _invalid_plan(
     conditions = set_condition(
         status.get("conditions") or [], "Ready", False, "InvalidSpec", message, generation, now
     )
-    return Plan(
-        (),
-        {"conditions": conditions, "observedGeneration": generation},
-        (Event("Warning", "InvalidSpec", message),),
+    old: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
     )
+    repeated = old.get("reason") == "InvalidSpec" and old.get("message") == message
+    events = () if repeated else (Event("Warning", "InvalidSpec", message),)
+    return Plan((), {"conditions": conditions, "observedGeneration": generation}, events)
 
 
 def _read_secret(core: Any, namespace: str, name: str, key: str) -> str:

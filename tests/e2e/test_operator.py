@@ -528,3 +528,32 @@ def test_deletion_removes_runners_and_keeps_or_deletes_the_optuna_study(
     assert finished_trials(postgres_url, f"{studies.namespace}.kept") is not None
     with pytest.raises(KeyError):
         finished_trials(postgres_url, f"{studies.namespace}.dropped")
+
+
+def test_missing_storage_secret_is_reported_then_recovered(
+    studies: StudyClient,
+    cpu_nodes: list[str],
+    scheduling_operator: Any,
+    postgres_url: str,
+) -> None:
+    study = small_cpu_study("secret")
+    study["spec"]["storage"] = {"secretRef": {"name": "team-postgres", "key": "dsn"}}
+    with scheduling_operator():
+        studies.apply(study)
+        ready = studies.wait_condition("secret", "Ready", "False", 30, "StorageUnavailable")
+        assert "team-postgres" in ready["message"] and "not found" in ready["message"]
+        assert studies.pods("secret") == []
+        studies.kubectl(
+            "create", "secret", "generic", "team-postgres", f"--from-literal=dsn={postgres_url}"
+        )
+        pods = wait_until(
+            lambda: len(studies.pods("secret")) == 2 and studies.pods("secret"),
+            30,
+            "runners once the Secret exists",
+            diagnose=studies.diagnose,
+        )
+        env = {e["name"]: e for e in pods[0]["spec"]["containers"][0]["env"]}
+        assert env["KUBETUNE_STORAGE_URL"]["valueFrom"] == {
+            "secretKeyRef": {"name": "team-postgres", "key": "dsn"}
+        }
+        assert postgres_url not in studies.kubectl("get", "pods", "-o", "yaml").stdout
