@@ -65,7 +65,7 @@ from trial_runner.progress import StudyProgress
 from trial_runner.spec import SpecError, StudySpec, validate_spec_mapping
 from trial_runner.storage import StorageError, ensure_study, open_storage, read_progress, redact
 
-__all__ = ["configure", "on_change", "on_delete", "on_tick", "reconcile_study"]
+__all__ = ["close", "configure", "login", "on_change", "on_delete", "on_tick", "reconcile_study"]
 
 INTERVAL = float(os.environ.get("KUBETUNE_RECONCILE_INTERVAL", "5"))
 # After a failed pass (API or storage hiccup), try again soon rather than kopf's default 60 s.
@@ -358,12 +358,13 @@ def _storage_url(
 
 
 def _storage(url: str) -> BaseStorage:
-    storage = _storages.get(url)
-    if storage is None:
-        # Heartbeats on: the operator fails the trials of runners that died (and retries them)
-        # even when no runner is left to notice.
-        storage = _storages[url] = open_storage(url, heartbeat=True)
-    return storage
+    with _locks_guard:
+        storage = _storages.get(url)
+        if storage is None:
+            # Heartbeats on: the operator fails the trials of runners that died (and retries
+            # them) even when no runner is left to notice.
+            storage = _storages[url] = open_storage(url, heartbeat=True)
+        return storage
 
 
 def _progress(
