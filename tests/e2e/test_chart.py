@@ -4,8 +4,9 @@ The chart is linted and rendered by the ``helm`` built with the control plane, i
 fresh namespaces, and its operator pod must be admitted by a namespace that enforces the
 ``restricted`` Pod Security Standard. RBAC is checked with ``kubectl auth can-i`` as the chart's
 service account, both for what the operator does (see ``operator/handlers.py``) and for what it
-must not be able to do. The pods are not run (there are no nodes): being created is what
-admission decides.
+must not be able to do; finally the real operator runs with a token of that ServiceAccount.
+The chart's pods are not run (kwok at most simulates them): being created is what admission
+decides.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.e2e.controlplane import REPO_ROOT, ControlPlane
-from tests.e2e.operator_fixtures import wait_until
+from tests.e2e.operator_fixtures import StudyClient, run_operator, small_cpu_study, wait_until
+from tests.e2e.simulated_cluster import NodeGroup
 
 pytestmark = pytest.mark.e2e
 
@@ -367,3 +370,87 @@ def test_namespaced_install_grants_only_the_watched_namespace(
         ("get", "secrets", ""),
     ]
     _assert_rbac(control_plane, user, [], elsewhere, other)
+
+
+def _token_kubeconfig(plane: ControlPlane, token: str, path: Path) -> Path:
+    """The admin kubeconfig's cluster, with a bearer token as the only credential."""
+    admin = yaml.safe_load(plane.kubeconfig.read_text())
+    (cluster,) = admin["clusters"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_operator_works_with_the_charts_rbac_and_settings(
+    control_plane: ControlPlane,
+    make_namespace: Callable[..., str],
+    install: Callable[..., str],
+    simulated_cluster: Callable[..., list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The real operator, logged in as the chart's ServiceAccount with the installed
+    Deployment's environment, handles a study: finalizer, status, ConfigMap, pods, deletion."""
+    simulated_cluster([NodeGroup(count=1, cpu="8", memory="32Gi")])  # kwok runs the pods
+    namespace = make_namespace()
+    name = install(namespace, "--set", f"watchNamespaces={{{namespace}}}")
+    fullname = f"{name}-kubetune"
+    token = control_plane.kubectl("create", "token", fullname, "--namespace", namespace).stdout
+    kubeconfig = _token_kubeconfig(control_plane, token.strip(), tmp_path / "sa.kubeconfig")
+
+    deployment = json.loads(
+        control_plane.kubectl(
+            "get", "deployment", f"{fullname}-operator", "--namespace", namespace, "-o", "json"
+        ).stdout
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    for variable in container["env"]:
+        if "value" in variable:
+            monkeypatch.setenv(variable["name"], variable["value"])
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("KUBETUNE_RECONCILE_INTERVAL", "1")
+    # The default storage Secret the chart points the operator at, in the study's namespace.
+    storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    control_plane.kubectl(
+        *("create", "secret", "generic", "kubetune-postgres", "--namespace", namespace),
+        f"--from-literal=url={storage_url}",
+    )
+
+    studies = StudyClient(control_plane, namespace)
+    study = small_cpu_study("chart-rbac")
+    with run_operator(namespace) as runner:
+        studies.apply(study)
+
+        def handled() -> dict[str, Any] | None:
+            body = studies.study("chart-rbac") or {}
+            status = body.get("status") or {}
+            runners = studies.pods("chart-rbac")
+            done = status.get("observedGeneration") and len(runners) == 2
+            return body if done else None
+
+        body = wait_until(
+            handled, 60, "the operator to handle the study", diagnose=studies.diagnose
+        )
+        assert "kubetune.dev/finalizer" in body["metadata"]["finalizers"]
+        assert studies.configmap("chart-rbac-spec")
+        pod = studies.pods("chart-rbac")[0]
+        assert pod["spec"]["containers"][0]["image"] == _env(container)["KUBETUNE_RUNNER_IMAGE"]
+
+        studies.kubectl("delete", "hpostudy", "chart-rbac", "--wait=false")
+        wait_until(
+            lambda: studies.study("chart-rbac") is None,
+            60,
+            "the operator to finish the deleted study",
+            diagnose=studies.diagnose,
+        )
+    forbidden = [
+        line for line in runner.output.splitlines() if "Forbidden" in line or " 403" in line
+    ]
+    assert not forbidden, "the operator was refused:\n" + "\n".join(forbidden[:20])
