@@ -107,6 +107,18 @@ _PARAMETER_RULES: list[dict[str, str]] = [
         "fieldPath": ".type",
     },
     {
+        "rule": "self.type != 'Int' || !has(self.step) || type(self.step) == int "
+        "|| string(self.step).matches('^[-+]?[0-9]+$')",
+        "message": "must be an integer for an Int parameter",
+        "fieldPath": ".step",
+    },
+    {
+        "rule": "self.type != 'Int' || !has(self.default) || type(self.default) == int "
+        "|| string(self.default).matches('^[-+]?[0-9]+$')",
+        "message": "must be an integer for an Int parameter",
+        "fieldPath": ".default",
+    },
+    {
         "rule": "!has(self.step) || double(self.step) > 0.0",
         "message": "must be above 0",
         "fieldPath": ".step",
@@ -265,6 +277,8 @@ _NAME_RULES: list[dict[str, str]] = [
 _PATH_EXTRAS: Mapping[str, Mapping[str, Any]] = {
     "searchSpace": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     "task.config": {"x-kubernetes-preserve-unknown-fields": True},
+    # A set: the API server rejects a repeated choice (semantic_errors: "must not repeat").
+    "searchSpace[].choices": {"x-kubernetes-list-type": "set"},
 }
 
 

@@ -338,6 +338,18 @@ INVALID = [
         id="percentile-missing",
     ),
     pytest.param(
+        lambda s: _param(s, 1).update(choices=[32, 64, 32]),
+        "spec.searchSpace[1].choices",
+        "Duplicate value",
+        id="repeated-choice",
+    ),
+    pytest.param(
+        lambda s: _param(s, 2).update(step="0.5"),
+        "spec.searchSpace[2].step",
+        "integer for an Int parameter",
+        id="fractional-int-step",
+    ),
+    pytest.param(
         lambda s: _param(s, 1).update(choices=["small", "large"]),
         "spec.searchSpace",
         "positive integers",
