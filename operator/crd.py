@@ -50,14 +50,8 @@ NUMBER_MAX_LENGTH = 64
 
 #: Bounds the CRD adds where the model has none, keyed by field path ("[]" = list items).
 CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
-    "objective.metric": {"maxLength": 253},
-    "searchSpace[].group": {"maxLength": 63},
-    "searchSpace[].choices": {"maxItems": 256},
+    # The model bounds string choices; int-or-string items carry no maxLength from the union.
     "searchSpace[].choices[]": {"maxLength": 253},
-    "stages[].groups": {"maxItems": 64},
-    "stages[].groups[]": {"maxLength": 63},
-    "training.epochSchedule": {"maxItems": 64},
-    "training.batchSizeParameter": {"maxLength": 63},
 }
 
 # CEL helpers: int-or-string numbers compare as doubles.

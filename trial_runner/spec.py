@@ -66,9 +66,10 @@ GROUP_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
 # DNS-1123 labels with room for the suffix.
 MAX_STUDY_NAME = 48
 
-Number = Annotated[str, Field(pattern=NUMBER_PATTERN)]
-IntOrNumber = int | Annotated[str, Field(pattern=NUMBER_PATTERN)]
-ChoiceValue = int | str
+# Bounds on lengths and counts also keep the CRD's CEL rules within the API server's cost budget.
+Number = Annotated[str, Field(pattern=NUMBER_PATTERN, max_length=64)]
+IntOrNumber = int | Annotated[str, Field(pattern=NUMBER_PATTERN, max_length=64)]
+ChoiceValue = int | Annotated[str, Field(max_length=253)]
 
 
 class _Model(BaseModel):
@@ -84,7 +85,9 @@ class _Model(BaseModel):
 
 
 class Objective(_Model):
-    metric: str = Field(min_length=1, description="Name of the metric the task returns.")
+    metric: str = Field(
+        min_length=1, max_length=253, description="Name of the metric the task returns."
+    )
     direction: Literal["Maximize", "Minimize"] = Field(
         default="Maximize", description="Whether larger or smaller metric values are better."
     )
@@ -111,9 +114,11 @@ class Parameter(_Model):
     step: IntOrNumber | None = Field(default=None, description="Discretisation step.")
     scale: Literal["Linear", "Log"] = Field(default="Linear")
     choices: list[ChoiceValue] | None = Field(
-        default=None, description="Values of a Categorical parameter (integers or strings)."
+        default=None,
+        max_length=256,
+        description="Values of a Categorical parameter (integers or strings).",
     )
-    group: str = Field(default="Default", pattern=GROUP_PATTERN)
+    group: str = Field(default="Default", pattern=GROUP_PATTERN, max_length=63)
     default: IntOrNumber | None = Field(
         default=None, description="Value used while the parameter's group is not searched."
     )
@@ -121,7 +126,9 @@ class Parameter(_Model):
 
 class Stage(_Model):
     name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=63)
-    groups: list[Annotated[str, Field(pattern=GROUP_PATTERN)]] = Field(min_length=1)
+    groups: list[Annotated[str, Field(pattern=GROUP_PATTERN, max_length=63)]] = Field(
+        min_length=1, max_length=64
+    )
     trials: int | None = Field(
         default=None, ge=1, description="Trials of this stage; the last stage may take the rest."
     )
@@ -181,7 +188,9 @@ class Checkpoint(_Model):
 class Training(_Model):
     epochs: int = Field(default=10, ge=1, le=100000)
     epoch_schedule: list[EpochScheduleEntry] | None = Field(
-        default=None, description="Epochs by trial number; overrides epochs where it applies."
+        default=None,
+        max_length=64,
+        description="Epochs by trial number; overrides epochs where it applies.",
     )
     folds: int = Field(default=1, ge=1, le=50, description="k-fold CV; 1 means a holdout split.")
     report_every: Literal["Fold", "Epoch"] = Field(
@@ -205,6 +214,7 @@ class Training(_Model):
     batch_size_parameter: str = Field(
         default="batch_size",
         pattern=PARAM_NAME_PATTERN,
+        max_length=63,
         description="Search-space parameter holding the effective batch size, if present.",
     )
     max_micro_batch: int | None = Field(
