@@ -436,7 +436,7 @@ def test_operator_works_with_the_charts_rbac_and_settings(
             return body if done else None
 
         body = wait_until(
-            handled, 60, "the operator to handle the study", diagnose=studies.diagnose
+            handled, 180, "the operator to handle the study", diagnose=studies.diagnose
         )
         assert "kubetune.dev/finalizer" in body["metadata"]["finalizers"]
         assert studies.configmap("chart-rbac-spec")
@@ -446,7 +446,7 @@ def test_operator_works_with_the_charts_rbac_and_settings(
         studies.kubectl("delete", "hpostudy", "chart-rbac", "--wait=false")
         wait_until(
             lambda: studies.study("chart-rbac") is None,
-            60,
+            180,
             "the operator to finish the deleted study",
             diagnose=studies.diagnose,
         )

@@ -555,7 +555,7 @@ def test_missing_storage_secret_is_reported_then_recovered(
     study["spec"]["storage"] = {"secretRef": {"name": "team-postgres", "key": "dsn"}}
     with scheduling_operator():
         studies.apply(study)
-        ready = studies.wait_condition("secret", "Ready", "False", 30, "StorageUnavailable")
+        ready = studies.wait_condition("secret", "Ready", "False", 60, "StorageUnavailable")
         assert "team-postgres" in ready["message"] and "not found" in ready["message"]
         assert studies.pods("secret") == []
         studies.kubectl(
