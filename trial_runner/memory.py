@@ -509,7 +509,13 @@ def _fake_step(
                 before_forward=tracker.reset_mod_stats,
             )
         snapshot = tracker.get_tracker_snapshot("peak")
-    per_device = snapshot.get(device) or next(iter(snapshot.values()), {})
+    # The training device's entry; "cuda" matches "cuda:0". Other devices (AdamW's step
+    # counters stay on the CPU) are not the memory this estimate sizes.
+    per_device: dict[Any, int] = {}
+    for tracked, values in snapshot.items():
+        if tracked.type == device.type and device.index in (None, tracked.index):
+            per_device = dict(values)
+            break
     peak = int(per_device.get("Total", 0))
     parts = ", ".join(
         f"{getattr(key, 'value', key)}={_mib(int(value))}"
@@ -733,12 +739,23 @@ def available_memory(device: torch.device) -> int:
         for line in f:
             if line.startswith("MemAvailable:"):
                 candidates.append(int(line.split()[1]) * 1024)
-    with contextlib.suppress(OSError, ValueError):
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        if limit != "max":
-            with open("/sys/fs/cgroup/memory.current") as f:
-                candidates.append(int(limit) - int(f.read().strip()))
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        (  # cgroup v1
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            if limit != "max" and int(limit) < 2**60:  # v1 says "no limit" with a huge number
+                with open(usage_file) as f:
+                    candidates.append(int(limit) - int(f.read().strip()))
+        break
     if not candidates:
         page = os.sysconf("SC_PAGE_SIZE")
         candidates.append(int(os.sysconf("SC_AVPHYS_PAGES")) * page)
