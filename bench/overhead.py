@@ -292,7 +292,8 @@ def run_warm(
         previous = t.datetime_complete
     values = [t.value for t in finished if t.value is not None]
     row = _row(way, total, trials, values)
-    row["startup"] = (finished[0].datetime_start - started_at).total_seconds() if finished else 0
+    first_start = finished[0].datetime_start if finished else None
+    row["startup"] = (first_start - started_at).total_seconds() if first_start else 0.0
     row["epochs"] = sum(t["epochs"] for t in trials)
     row["pruned"] = sum(1 for t in finished if t.state.name == "PRUNED")
     return row
@@ -451,8 +452,8 @@ def main() -> None:
         pruner={"type": "Nop"},
         sampler={"type": "Random", "seed": args.seed},
     )
-    plain = study_document(name=STUDY_NAME, workers=0, **common)  # type: ignore[arg-type]
-    loaders = study_document(name=STUDY_NAME, workers=args.workers, **common)  # type: ignore[arg-type]
+    plain = study_document(name=STUDY_NAME, workers=0, **common)
+    loaders = study_document(name=STUDY_NAME, workers=args.workers, **common)
     params = fixed_params(plain, args.trials, args.seed)
 
     def log(message: str) -> None:
@@ -489,7 +490,7 @@ def main() -> None:
         log("pruning off")
         off = run_warm(
             "pruning off",
-            study_document(name=STUDY_NAME, pruner={"type": "Nop"}, **base),  # type: ignore[arg-type]
+            study_document(name=STUDY_NAME, pruner={"type": "Nop"}, **base),
             None,
             workdir,
         )
@@ -497,7 +498,7 @@ def main() -> None:
         hyperband = {"type": "Hyperband", "minResource": 1, "reductionFactor": 3}
         on = run_warm(
             "pruning on",
-            study_document(name=STUDY_NAME, pruner=hyperband, **base),  # type: ignore[arg-type]
+            study_document(name=STUDY_NAME, pruner=hyperband, **base),
             None,
             workdir,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import resource
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from trial_runner.memory import (
     MemoryEstimate,
     MicroBatchPlan,
     NoMicroBatchFits,
+    available_memory,
     effective_batch_size,
     estimate_for_study,
     estimate_training_peak,
@@ -149,11 +150,12 @@ def test_plan_finds_the_exact_largest_size_not_only_a_power_of_two() -> None:
 
 
 def test_plan_is_exact_for_every_threshold() -> None:
+    def below(limit: int) -> Callable[[int], bool]:
+        return lambda m: m <= limit
+
     for effective in range(1, 70):
         for limit in range(1, effective + 1):
-            plan = plan_micro_batch(
-                effective, lambda m, limit=limit: m <= limit, max_micro_batch=None
-            )
+            plan = plan_micro_batch(effective, below(limit), max_micro_batch=None)
             assert plan.micro_batch == limit, (effective, limit)
             assert plan.accumulation_steps == math.ceil(effective / limit)
             assert sum(plan.sizes()) == effective
@@ -430,3 +432,9 @@ def test_termination_message_stays_under_the_kubernetes_limit() -> None:
     decoded = json.loads(text)
     assert decoded["peakBytes"] == 1 and decoded["method"] == "FakeTensor"
     assert "config" in decoded
+
+
+def test_available_cpu_memory_is_positive_and_below_the_machine_total() -> None:
+    with open("/proc/meminfo") as f:
+        total = int(f.readline().split()[1]) * 1024
+    assert 0 < available_memory(CPU) <= total
