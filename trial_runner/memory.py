@@ -813,10 +813,14 @@ def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
     """The estimate ``kubetune estimate`` prints and the operator reads.
 
     Keys: ``peakBytes`` (the training step's peak at the chosen micro-batch), ``method``,
-    ``config`` (the largest configuration), ``microBatch``, ``accumulationSteps``,
+    ``config`` (the largest configuration), ``microBatch``, ``accumulationSteps`` (the largest
+    micro-batch whose peak plus headroom fits this device's free memory),
     ``effectiveBatch``, ``headroomBytes`` (``peakBytes`` x ``resources.memoryHeadroom``),
-    ``dataBytes`` (the task's tensors as loaded; they stay resident in the runner) and
-    ``device``.
+    ``fullBatchPeakBytes`` (the peak without splitting the batch beyond
+    ``training.maxMicroBatch``: what a device sized by the operator needs to train unsplit),
+    ``fitsDevice`` (false when not even one sample fits here; ``peakBytes`` is then the
+    one-sample peak), ``dataBytes`` (the task's tensors as loaded; they stay resident in the
+    runner), ``device`` and ``precision`` (as resolved on this device).
     """
     import torch
 
@@ -831,19 +835,55 @@ def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
     effective = effective_batch_size(spec, config)
     headroom = parse_number(spec.resources.memory_headroom)
     precision = resolve_precision(spec.training.precision, device)
-    plan, estimate = plan_for_config(
+    fused = spec.training.fused_optimizer and device.type == "cuda"
+    capacity = available_memory(device)
+    upper = min(effective, spec.training.max_micro_batch or effective)
+    full_plan = MicroBatchPlan.for_sizes(effective, upper)
+    full = estimate_training_peak(
         task,
         config,
-        effective,
-        capacity_bytes=available_memory(device),
-        headroom=headroom,
+        upper,
         sample_input=sample_input,
         sample_target=sample_target,
         precision=precision,
         device=device,
-        max_micro_batch=spec.training.max_micro_batch,
-        fused=spec.training.fused_optimizer and device.type == "cuda",
+        accumulation_steps=full_plan.accumulation_steps,
+        fused=fused,
     )
+    fits_device = True
+    if full.peak_bytes * (1 + headroom) <= capacity:
+        plan, estimate = full_plan, full
+    else:
+        try:
+            plan, estimate = plan_for_config(
+                task,
+                config,
+                effective,
+                capacity_bytes=capacity,
+                headroom=headroom,
+                sample_input=sample_input,
+                sample_target=sample_target,
+                precision=precision,
+                device=device,
+                max_micro_batch=upper,
+                fused=fused,
+            )
+        except NoMicroBatchFits:
+            # This machine cannot train it, but the operator sizes another one: report the
+            # smallest need (micro-batch 1) instead of failing.
+            fits_device = False
+            plan = MicroBatchPlan.for_sizes(effective, 1)
+            estimate = estimate_training_peak(
+                task,
+                config,
+                1,
+                sample_input=sample_input,
+                sample_target=sample_target,
+                precision=precision,
+                device=device,
+                accumulation_steps=plan.accumulation_steps,
+                fused=fused,
+            )
     data_bytes = 0
     for value in (data.inputs, data.targets):
         if isinstance(value, torch.Tensor):
@@ -856,6 +896,8 @@ def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
         "accumulationSteps": plan.accumulation_steps,
         "effectiveBatch": effective,
         "headroomBytes": int(estimate.peak_bytes * headroom),
+        "fullBatchPeakBytes": full.peak_bytes,
+        "fitsDevice": fits_device,
         "dataBytes": data_bytes,
         "device": str(device),
         "precision": precision,
@@ -910,6 +952,11 @@ def format_estimate(study: HPOStudy, result: Mapping[str, Any]) -> str:
             f"{_mib(int(result['headroomBytes']))} ({study.spec.resources.memory_headroom})",
         ),
         ("Peak + headroom", _mib(int(result["peakBytes"]) + int(result["headroomBytes"]))),
+        (
+            "Peak, batch unsplit",
+            f"{_mib(int(result.get('fullBatchPeakBytes', 0)))}"
+            + ("" if result.get("fitsDevice", True) else " (does not fit this device)"),
+        ),
         ("Data held in memory", _mib(int(result.get("dataBytes", 0)))),
         ("Detail", str(result.get("detail", ""))),
     ]

@@ -76,9 +76,8 @@ class HugeOnlyOnMeta(SmallMLP):
     def build_model(self, params: Mapping[str, Any]) -> nn.Module:
         if torch.get_default_device().type != "meta":
             raise RuntimeError("this test model may only be built on the meta device")
-        return nn.Sequential(
-            nn.Linear(32, 30_000), nn.Linear(30_000, 30_000), nn.Linear(30_000, 10)
-        )
+        width = int(self.config.get("width", 30_000))
+        return nn.Sequential(nn.Linear(32, width), nn.Linear(width, width), nn.Linear(width, 10))
 
 
 def _sample(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,6 +383,8 @@ def test_estimate_for_study_uses_the_largest_configuration() -> None:
     assert result["effectiveBatch"] == 64
     assert result["microBatch"] == 64 and result["accumulationSteps"] == 1
     assert result["headroomBytes"] == int(result["peakBytes"] * 0.1)
+    assert result["fitsDevice"] is True
+    assert result["fullBatchPeakBytes"] == result["peakBytes"]  # the whole batch fits here
     assert result["dataBytes"] == 32 * 16 * 4 * 4 + 32 * 8
     x, y = _sample(SequenceTransformer(study.spec.task.config))
     direct = estimate_training_peak(
@@ -438,3 +439,19 @@ def test_available_cpu_memory_is_positive_and_below_the_machine_total() -> None:
     with open("/proc/meminfo") as f:
         total = int(f.readline().split()[1]) * 1024
     assert 0 < available_memory(CPU) <= total
+
+
+def test_estimate_for_a_model_larger_than_this_machine_reports_instead_of_failing() -> None:
+    # Weights, grads and AdamW's moments of the middle layer alone: 16 x width^2 bytes, made
+    # twice what this machine has free.
+    width = math.ceil(math.sqrt(2 * available_memory(CPU) / 16))
+    study = _study(
+        task={"entrypoint": f"{__name__}:HugeOnlyOnMeta", "config": {"width": width}},
+        searchSpace=[{"name": "batch_size", "type": "Categorical", "choices": [8, 16]}],
+    )
+    result = estimate_for_study(study, CPU)
+    assert result["method"] == "FakeTensor"
+    assert result["fitsDevice"] is False
+    assert result["microBatch"] == 1 and result["accumulationSteps"] == 16
+    assert result["peakBytes"] >= 16 * width * width
+    assert result["fullBatchPeakBytes"] >= result["peakBytes"]
