@@ -253,6 +253,7 @@ def run_warm(
     """The runner against a fresh journal storage; ``params`` are enqueued first if given."""
     import optuna
 
+    from trial_runner.runner import TELEMETRY_ATTR
     from trial_runner.spec import study_from_mapping
     from trial_runner.storage import ensure_study, open_storage
 
@@ -280,13 +281,13 @@ def run_warm(
     for t in finished:
         assert t.datetime_start is not None and t.datetime_complete is not None
         begin = previous or t.datetime_start
-        attrs = t.user_attrs
+        attrs = t.user_attrs[TELEMETRY_ATTR]
         trials.append(
             {
                 "wall": (t.datetime_complete - begin).total_seconds(),
-                "step": float(attrs["kubetune.bench_step_seconds"]),
-                "eval": float(attrs["kubetune.eval_seconds"]),
-                "epochs": float(attrs["kubetune.epochs_run"]),
+                "step": float(attrs["bench_step_seconds"]),
+                "eval": float(attrs["eval_seconds"]),
+                "epochs": float(attrs["epochs_run"]),
             }
         )
         previous = t.datetime_complete

@@ -83,6 +83,10 @@ def _open_study(url: str, name: str) -> Any:
         ) from None
 
 
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
@@ -340,6 +344,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     study = _open_study(url, name)
     progress = read_progress(study, spec)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # wide enough for the trials table in logs and pipes
     summary = Table(title=f"study {name}", show_header=False)
     for label, value in [
         ("outcome", progress.outcome),
@@ -368,7 +374,8 @@ def cmd_results(args: argparse.Namespace) -> int:
             )
         console.print(stages)
     trials = Table(title=f"top {args.top} trials")
-    cols = ["#", "state", "value", "epochs", "folds", "micro×acc", "wall s", "overhead s", "stop"]
+    cols = ["#", "state", "value", "epochs", "folds", "micro×acc", "wall s", "overhead s"]
+    cols += ["peak MiB", "precision", "stop"]
     for col in cols:
         trials.add_column(col)
     from optuna.trial import TrialState
@@ -383,17 +390,19 @@ def cmd_results(args: argparse.Namespace) -> int:
         ),
     )
     for t in ranked[: args.top]:
-        a = t.user_attrs
+        a = t.user_attrs.get("kubetune.telemetry") or {}
         trials.add_row(
             str(t.number),
             t.state.name,
             _fmt(t.value),
-            str(a.get("kubetune.epochs_run", "-")),
-            str(a.get("kubetune.folds_run", "-")),
-            f"{a.get('kubetune.micro_batch', '-')}×{a.get('kubetune.accumulation_steps', '-')}",
-            _fmt(a.get("kubetune.wall_seconds")),
-            _fmt(a.get("kubetune.overhead_seconds")),
-            str(a.get("kubetune.stop_reason", "-")),
+            str(a.get("epochs_run", "-")),
+            str(a.get("folds_run", "-")),
+            f"{a.get('micro_batch', '-')}×{a.get('accumulation_steps', '-')}",
+            _fmt(a.get("wall_seconds")),
+            _fmt(a.get("overhead_seconds")),
+            _mib(a.get("peak_memory_bytes")),
+            str(a.get("precision", "-")),
+            str(a.get("stop_reason", "-")),
         )
     console.print(trials)
     if args.output:

@@ -198,6 +198,8 @@ class Engine:
         self._micro_cap: dict[int, int] = {}  # effective batch -> largest micro-batch that ran
         self._largest_estimate: tuple[bool, int | None] | None = None
         self._sample = sample_batch(self.data)
+        # Estimated at start-up, so the one-off cost is the process's, not the first trial's.
+        self._largest_estimate = self._estimate_largest()
         self.trials_run = 0
 
     # ------------------------------------------------------------------ setup
@@ -240,6 +242,9 @@ class Engine:
             persistent_workers=workers > 0,
             pin_memory=self.training.pin_memory and self.device.type == "cuda",
             multiprocessing_context="spawn" if workers > 0 else None,
+            # Its own generator: creating an iterator must not consume the global one that
+            # seeds each trial's model and dropout.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def reset_loaders(self) -> None:
@@ -264,9 +269,10 @@ class Engine:
             if shuffle:
                 gen = torch.Generator().manual_seed(seed)
                 order = order[torch.randperm(len(order), generator=gen).to(self.device)]
+            # One gather per epoch, then contiguous views: no per-batch index_select.
+            inputs, targets = self._inputs[order], self._targets[order]
             for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                yield self._inputs[chunk], self._targets[chunk]
+                yield inputs[start : start + batch_size], targets[start : start + batch_size]
             return
         assert self._loader is not None
         self._sampler.configure(indices, batch_size, shuffle, seed)
@@ -448,9 +454,12 @@ class Engine:
         accumulation = MicroBatchPlan.for_sizes(effective, micro).accumulation_steps
         telemetry: dict[str, Any] = {
             "wall_seconds": round(wall, 4),
-            "train_seconds": round(clock.train, 4),
+            "step_seconds": round(clock.step, 4),
+            "data_wait_seconds": round(max(clock.train - clock.step, 0.0), 4),
             "eval_seconds": round(clock.eval, 4),
-            "overhead_seconds": round(max(wall - clock.train - clock.eval, 0.0), 4),
+            # Everything that is not training or validation compute: batches, model build,
+            # estimates, bookkeeping.
+            "overhead_seconds": round(max(wall - clock.step - clock.eval, 0.0), 4),
             "epochs_run": epochs_run,
             "epochs_budget": epochs,
             "folds_run": len(fold_scores),
@@ -551,7 +560,9 @@ class Engine:
                 for inputs, targets in self._batches(
                     train_idx, effective, True, seed * 997 + epoch
                 ):
+                    step_started = time.perf_counter()
                     self._step(model, optimizer, scaler, inputs, targets, micro)
+                    clock.step += time.perf_counter() - step_started
                     if self.stop_requested.is_set():
                         raise Interrupted
             except Interrupted:
@@ -633,7 +644,8 @@ class Engine:
 
 @dataclass
 class _Clock:
-    train: float = 0.0
+    step: float = 0.0  # forward, backward and optimizer steps
+    train: float = 0.0  # the training loop: steps plus waiting for batches
     eval: float = 0.0
 
 

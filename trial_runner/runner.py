@@ -44,7 +44,7 @@ from trial_runner.storage import (
 )
 from trial_runner.task import load_task_class
 
-__all__ = ["RunnerSummary", "run_runner", "worker_id"]
+__all__ = ["TELEMETRY_ATTR", "RunnerSummary", "run_runner", "worker_id"]
 
 log = logging.getLogger("kubetune.runner")
 
@@ -52,7 +52,8 @@ log = logging.getLogger("kubetune.runner")
 # to recover trials of killed processes; the warning would repeat on every claim.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-TELEMETRY_PREFIX = "kubetune."
+#: Trial user attribute holding the engine's telemetry (a JSON object).
+TELEMETRY_ATTR = "kubetune.telemetry"
 WAIT_SECONDS = float(os.environ.get("KUBETUNE_WAIT_SECONDS", "2"))
 
 
@@ -155,10 +156,8 @@ def run_runner(
                 lock.release()  # the trial exists: other runners may claim now
                 params = suggest_all(trial, spec)
                 result = engine.run_trial(params, trial_number=trial.number, reporter=trial)
-                for key, value in result.telemetry.items():
-                    trial.set_user_attr(TELEMETRY_PREFIX + key, value)
-                for key, value in result.metrics.items():
-                    trial.set_user_attr(f"{TELEMETRY_PREFIX}metric.{key}", value)
+                # One attribute, one storage write: the telemetry and the task's metrics.
+                trial.set_user_attr(TELEMETRY_ATTR, {**result.telemetry, "metrics": result.metrics})
                 if result.pruned:
                     raise optuna.TrialPruned(result.stop_reason)
                 if checkpoint is not None and result.model is not None:

@@ -172,7 +172,7 @@ def test_killed_local_worker_is_requeued_by_the_supervisor(
         except KeyError:
             continue
         running = [t for t in study.trials if t.state.name == "RUNNING"]
-        if running and "kubetune.worker" in running[0].user_attrs:
+        if running and "kubetune.worker" in running[0].user_attrs and running[0].params:
             victim = running[0]
     assert victim is not None, "no trial started"
     pid = int(str(victim.user_attrs["kubetune.worker"]).rsplit(":", 1)[1])

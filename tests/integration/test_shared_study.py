@@ -43,8 +43,10 @@ def test_two_runners_finish_exactly_the_budget_without_duplicates(
     # Every trial ran in exactly one process, and no trial is a re-run of another.
     assert all("failed_trial" not in t.system_attrs for t in trials)
     assert sorted(t.number for t in trials) == list(range(8))
-    assert all(t.user_attrs["kubetune.trial_in_process"] >= 1 for t in trials)
-    assert max(t.user_attrs["kubetune.trial_in_process"] for t in trials) >= 2, "warm reuse"
+    telemetry = [t.user_attrs["kubetune.telemetry"] for t in trials]
+    assert all(x["trial_in_process"] >= 1 for x in telemetry)
+    assert max(x["trial_in_process"] for x in telemetry) >= 2, "warm reuse"
+    assert all(x["metrics"]["accuracy"] == t.value for x, t in zip(telemetry, trials, strict=True))
 
 
 def test_killed_runner_trial_is_failed_and_retried_by_another(
@@ -65,7 +67,8 @@ def test_killed_runner_trial_is_failed_and_retried_by_another(
     def running() -> list[optuna.trial.FrozenTrial]:
         return study.get_trials(states=(TrialState.RUNNING,))
 
-    wait_until(lambda: bool(running()), 120, "the first trial to start")
+    # Mid-trial: its parameters are chosen and it is training.
+    wait_until(lambda: any(t.params for t in running()), 120, "the first trial to train")
     killed = running()[0].number
     victim.send_signal(signal.SIGKILL)
     victim.wait()
