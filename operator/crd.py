@@ -54,6 +54,9 @@ CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
     "searchSpace[].choices[]": {"maxLength": 253},
 }
 
+# NUMBER_PATTERN without backslashes, so it can sit in a CEL string literal.
+_CEL_NUMBER = "^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$"
+
 # CEL helpers: int-or-string numbers compare as doubles.
 _PARAMETER_RULES: list[dict[str, str]] = [
     {
@@ -123,8 +126,16 @@ _PARAMETER_RULES: list[dict[str, str]] = [
         "fieldPath": ".step",
     },
     {
+        "rule": "self.type == 'Categorical' || !has(self.default) || type(self.default) == int "
+        f"|| string(self.default).matches('{_CEL_NUMBER}')",
+        "message": "must be a number for a Float or Int parameter",
+        "fieldPath": ".default",
+    },
+    {
         "rule": "self.type == 'Categorical' || !has(self.default) || !has(self.low) "
-        "|| !has(self.high) || (double(self.default) >= double(self.low) "
+        "|| !has(self.high) || !(type(self.default) == int "
+        f"|| string(self.default).matches('{_CEL_NUMBER}')) "
+        "|| (double(self.default) >= double(self.low) "
         "&& double(self.default) <= double(self.high))",
         "message": "must lie within [low, high]",
         "fieldPath": ".default",

@@ -119,8 +119,10 @@ class Parameter(_Model):
         description="Values of a Categorical parameter (integers or strings).",
     )
     group: str = Field(default="Default", pattern=GROUP_PATTERN, max_length=63)
-    default: IntOrNumber | None = Field(
-        default=None, description="Value used while the parameter's group is not searched."
+    default: ChoiceValue | None = Field(
+        default=None,
+        description="Value used while the parameter's group is not searched: a number for "
+        "Float and Int, one of the choices for Categorical.",
     )
 
 

@@ -320,6 +320,14 @@ INVALID = [
         id="default-outside-range",
     ),
     pytest.param(
+        lambda s: s["searchSpace"].append(
+            {"name": "weight_decay", "type": "Float", "low": "0", "high": "0.5", "default": "lo"}
+        ),
+        "spec.searchSpace[4].default",
+        "must be a number for a Float",
+        id="default-not-a-number",
+    ),
+    pytest.param(
         lambda s: s["resources"].update(memoryHeadroom="9"),
         "spec.resources.memoryHeadroom",
         "between 0 and 4",

@@ -100,6 +100,8 @@ INVALID: list[tuple[str, Any, str, str]] = [
         "not searched in the first stage",
     ),
     ("spec.searchSpace[2].group", "model", "spec.searchSpace[2].group", "CamelCase"),
+    ("spec.searchSpace[2].default", "lots", "spec.searchSpace[2].default", "must be a number"),
+    ("spec.searchSpace[1].default", 48, "spec.searchSpace[1].default", "one of the choices"),
     (
         "spec.searchSpace[2].choices",
         [1, 2],
@@ -228,3 +230,18 @@ def test_duration_and_quantity_parsing() -> None:
     assert parse_quantity("2G") == 2 * 10**9
     with pytest.raises(ValueError):
         parse_quantity("2 GB")
+
+
+def test_categorical_string_default_for_a_later_stage() -> None:
+    doc = base()
+    doc["spec"]["searchSpace"].append(
+        {
+            "name": "activation",
+            "type": "Categorical",
+            "choices": ["relu", "gelu"],
+            "group": "Model",
+            "default": "gelu",
+        }
+    )
+    study = study_from_mapping(doc)
+    assert study.spec.search_space[3].default == "gelu"
