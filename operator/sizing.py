@@ -218,6 +218,13 @@ class NoFit:
 Sizing = SizingDecision | NoFit
 
 
+#: What a CPU runner needs besides its training step: the Python process with torch imported
+#: (about 640 MiB resident), the task's data and the allocator's cached memory (10-40% above the
+#: live tensors on CPU, see docs/benchmarks.md). GPU runners keep these in host memory, which
+#: the device-memory sizing does not cover.
+RUNNER_PROCESS_BYTES = 2**30
+
+
 def required_bytes(peak_bytes: int, headroom: str, floor_bytes: int = 0) -> int:
     """Peak plus the fractional headroom, at least ``floor_bytes`` (raised after an OOM)."""
     return max(math.ceil(peak_bytes * (1 + parse_number(headroom))), floor_bytes)
@@ -279,17 +286,28 @@ def choose_resource(
             reason=f"CPU runner with spec.resources.memory {resources.memory}",
         )
 
-    fitting = [c for c in pool if c.memory_bytes >= need]
+    cpu_need = max(need + RUNNER_PROCESS_BYTES, floor_bytes)
+    cpu_only = {c.kind for c in pool} == {"CPU"}
+    if cpu_only:
+        need_text = _need_text(peak, resources.memory_headroom, cpu_need, floor_bytes, cpu=True)
+
+    def needed(c: Candidate) -> int:
+        return cpu_need if c.kind == "CPU" else need
+
+    fitting = [c for c in pool if c.memory_bytes >= needed(c)]
     if not fitting:
-        return NoFit(need, peak, _no_fit_text(need_text, pool, accelerator))
+        return NoFit(
+            cpu_need if cpu_only else need, peak, _no_fit_text(need_text, pool, accelerator)
+        )
     order = {"MIG": 0, "GPU": 1, "CPU": 2}
     best = min(fitting, key=lambda c: (c.memory_bytes, order[c.kind], c.resource))
     if best.kind == "CPU":
-        quantity = format_bytes(need)
+        quantity = format_bytes(cpu_need)
         memory = parse_quantity(quantity)
         where = f"{len(best.nodes)} node(s) with at least that much memory"
+        text = _need_text(peak, resources.memory_headroom, cpu_need, floor_bytes, cpu=True)
         return SizingDecision(
-            "CPU", CPU_MEMORY, quantity, memory, need, peak, f"{need_text} -> CPU, {where}"
+            "CPU", CPU_MEMORY, quantity, memory, cpu_need, peak, f"{text} -> CPU, {where}"
         )
     others = len(fitting) - 1
     reason = (
@@ -301,11 +319,13 @@ def choose_resource(
     return SizingDecision(best.kind, best.resource, "1", best.memory_bytes, need, peak, reason)
 
 
-def _need_text(peak: Peak, headroom: str, need: int, floor_bytes: int) -> str:
+def _need_text(peak: Peak, headroom: str, need: int, floor_bytes: int, *, cpu: bool = False) -> str:
     text = (
         f"needs {format_bytes(need)} (peak {format_bytes(peak.bytes)} by {peak.method} "
         f"+ {float(parse_number(headroom)):.0%} headroom"
     )
+    if cpu:
+        text += f" + {format_bytes(RUNNER_PROCESS_BYTES)} runner process"
     if floor_bytes and floor_bytes >= need:
         text += f", at least {format_bytes(floor_bytes)} after OOMKilled"
     return text + ")"

@@ -29,7 +29,7 @@ from tests.e2e.operator_fixtures import (
 )
 from tests.e2e.pod_executor import PodExecutor
 from tests.e2e.simulated_cluster import NodeGroup
-from trial_runner.spec import SpecError, study_from_mapping
+from trial_runner.spec import SpecError, parse_quantity, study_from_mapping
 
 pytestmark = pytest.mark.e2e
 
@@ -497,6 +497,8 @@ def test_suspend_resume_and_live_budget_edit(
             p["spec"]["containers"][0]["resources"]["limits"]["memory"] for p in studies.pods(name)
         }
         assert memory == {sizing["quantity"]}
+        # Room for the runner process itself (torch alone is ~640 MiB), not just the tensors.
+        assert parse_quantity(sizing["quantity"]) >= 2**30 + sizing["peakBytes"]
         assert studies.pods(name, "memory-estimate") == []
 
         studies.kubectl(

@@ -115,14 +115,15 @@ def test_accelerator_restricts_the_kind() -> None:
     assert decide(MIXED, 5, "MIG").resource == "nvidia.com/mig-1g.10gb"  # type: ignore[union-attr]
     cpu = decide(MIXED, 5, "CPU")
     assert isinstance(cpu, SizingDecision)
-    assert (cpu.kind, cpu.resource, cpu.quantity) == ("CPU", "memory", "5632Mi")
+    # 5 GiB + 10 % + the runner process
+    assert (cpu.kind, cpu.resource, cpu.quantity) == ("CPU", "memory", "6656Mi")
 
 
 def test_auto_on_cpu_only_cluster_sizes_memory() -> None:
     decision = decide([cpu_node("c0", "8Gi"), cpu_node("c1", "32Gi")], 2)
     assert isinstance(decision, SizingDecision)
     assert decision.kind == "CPU"
-    assert decision.quantity == "2253Mi"  # 2 GiB + 10 %
+    assert decision.quantity == "3277Mi"  # 2 GiB + 10 % + 1 GiB for the runner process
 
 
 def test_auto_does_not_fall_back_to_cpu_when_no_gpu_fits() -> None:
@@ -135,7 +136,7 @@ def test_auto_does_not_fall_back_to_cpu_when_no_gpu_fits() -> None:
 def test_nothing_fits_says_what_was_needed() -> None:
     result = decide([cpu_node("c", "8Gi")], 16, "CPU")
     assert isinstance(result, NoFit)
-    assert "needs 18Gi" in result.reason
+    assert "needs 19Gi" in result.reason and "1Gi runner process" in result.reason
     assert "the largest CPU node in the cluster is node c with 8Gi of memory" in result.reason
     assert "spec.resources.accelerator: CPU" in result.reason
 
