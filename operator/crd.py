@@ -52,6 +52,7 @@ NUMBER_MAX_LENGTH = 64
 CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
     # The model bounds string choices; int-or-string items carry no maxLength from the union.
     "searchSpace[].choices[]": {"maxLength": 253},
+    "searchSpace[].default": {"maxLength": 253},
 }
 
 # NUMBER_PATTERN without backslashes, so it can sit in a CEL string literal.
