@@ -238,3 +238,12 @@ def test_micro_batch_is_planned_from_the_memory_estimate() -> None:
     assert t["accumulation_steps"] == -(-64 // t["micro_batch"])
     assert t["estimated_peak_bytes"] * 1.1 <= capacity
     assert t["oom_retries"] == 0
+
+
+def test_compile_runs_and_is_recorded_across_trials() -> None:
+    engine = Engine(Blobs({}), make_spec({"epochs": 1, "compile": True, "precision": "FP32"}))
+    first = engine.run_trial(PARAMS, trial_number=0)
+    second = engine.run_trial({**PARAMS, "batch_size": 16}, trial_number=1)
+    assert first.telemetry["compile"] and second.telemetry["compile"]
+    assert isinstance(first.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert first.value > 0.5 and second.value > 0.5
