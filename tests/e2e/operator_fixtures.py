@@ -162,8 +162,14 @@ def load_example(name: str) -> dict[str, Any]:
     return document
 
 
-def small_cpu_study(name: str, max_trials: int = 6, parallelism: int = 2) -> dict[str, Any]:
-    """The digits example cut down to seconds: no stages, 1 fold, 2 epochs."""
+def small_cpu_study(
+    name: str, max_trials: int = 6, parallelism: int = 2, epochs: int = 3
+) -> dict[str, Any]:
+    """The digits example cut down to seconds: no stages, 1 fold, a few epochs.
+
+    Tests that act on a running study (delete a pod, suspend) give it more epochs so the
+    study is still running when they act: warm trials of 3 epochs take well under a second.
+    """
     study = load_example("digits-cpu.yaml")
     study["metadata"] = {"name": name}
     spec = study["spec"]
@@ -173,6 +179,6 @@ def small_cpu_study(name: str, max_trials: int = 6, parallelism: int = 2) -> dic
     spec.pop("stages", None)
     spec["budget"] = {"maxTrials": max_trials, "maxFailedTrials": 3}
     spec["pruner"] = {"type": "Nop"}
-    spec["training"] = {"epochs": 3, "folds": 1}
+    spec["training"] = {"epochs": epochs, "folds": 1}
     spec["resources"]["parallelism"] = parallelism
     return study

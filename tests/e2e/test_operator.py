@@ -412,7 +412,7 @@ def test_deleted_runner_pod_is_replaced_parallelism_edit_applies_and_budget_is_e
 ) -> None:
     name, budget = "replace", 6
     with executing_operator():
-        studies.apply(small_cpu_study(name, max_trials=budget))
+        studies.apply(small_cpu_study(name, max_trials=budget, epochs=60))
         wait_until(
             lambda: (
                 _trials_done(studies, name) >= 1
@@ -458,7 +458,7 @@ def test_operator_restart_mid_study_creates_no_duplicates(
 ) -> None:
     name, budget = "restart", 6
     with executing_operator():
-        studies.apply(small_cpu_study(name, max_trials=budget))
+        studies.apply(small_cpu_study(name, max_trials=budget, epochs=60))
         wait_until(
             lambda: len(studies.pods(name)) == 2, 60, "two runners", diagnose=studies.diagnose
         )
@@ -479,7 +479,7 @@ def test_suspend_resume_and_live_budget_edit(
     studies: StudyClient, cpu_nodes: list[str], executing_operator: Any, postgres_url: str
 ) -> None:
     name = "suspend"
-    study = small_cpu_study(name, max_trials=4)
+    study = small_cpu_study(name, max_trials=4, epochs=60)
     # No stated memory: the operator runs the estimate pod and sizes CPU memory from it.
     del study["spec"]["resources"]["memory"]
     with executing_operator():
