@@ -272,7 +272,9 @@ class Engine:
             # One gather per epoch, then contiguous views made by one split call each (slicing
             # in Python cost more than the data movement for small models).
             inputs, targets = self._inputs[order], self._targets[order]
-            yield from zip(inputs.split(batch_size), targets.split(batch_size), strict=True)
+            yield from zip(
+                torch.split(inputs, batch_size), torch.split(targets, batch_size), strict=True
+            )
             return
         assert self._loader is not None
         self._sampler.configure(indices, batch_size, shuffle, seed)
