@@ -28,20 +28,47 @@ ls -d /usr/lib/postgresql/*/bin/pg_ctl >&2
 
 step "Python environment"
 python="${PYTHON:-python3}"
-key="$("$python" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')-$(sha256sum pyproject.toml | cut -c1-12)"
+py="$("$python" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')"
+key="${py}-$(sha256sum pyproject.toml | cut -c1-12)"
+# The dependencies live in one cached virtualenv per pyproject.toml; each checkout gets a small
+# overlay environment of its own that sees those packages and installs only this checkout
+# (editable), so two checkouts can run the suite at the same time.
 venv="$cache/venv-$key"
+# Downloads are kept across keys: a changed pin re-downloads only what changed.
+export PIP_CACHE_DIR="$cache/pip"
+exec 8>"$cache/.venv.lock"
+flock 8
 if [[ ! -f "$venv/.complete" ]]; then
   rm -rf "$venv"
   "$python" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e ".[dev]"
+  "$venv/bin/pip" uninstall -q -y kubetune
   touch "$venv/.complete"
-else
-  # Point the cached environment's editable install at this checkout.
-  "$venv/bin/pip" install -q --no-deps -e . 2>&1 | grep -v "^\s*$" >&2 || true
 fi
-export PATH="$venv/bin:$PATH"
-echo "$venv" >&2
+# Older keys are not used again; the download cache is emptied when it outgrows 10 GB.
+for old in "$cache"/venv-*; do
+  [[ "$old" == "$venv" || ! -d "$old" ]] || rm -rf "$old"
+done
+if [[ -d "$PIP_CACHE_DIR" ]] && (($(du -sm "$PIP_CACHE_DIR" | cut -f1) > 10240)); then
+  rm -rf "$PIP_CACHE_DIR"
+fi
+flock -u 8
+overlay="$repo/.kubetune/test-env"
+if [[ "$(cat "$overlay/.base" 2>/dev/null)" != "$venv" ]]; then
+  rm -rf "$overlay"
+  "$python" -m venv "$overlay"
+  # A path line in a .pth file adds the directory without running its own .pth files, so the
+  # cached environment's packages are seen and no other checkout's install is.
+  echo "$venv/lib/$py/site-packages" >"$overlay/lib/$py/site-packages/zz-kubetune-deps.pth"
+  # The editable install below builds without isolation (no index needed on later runs).
+  "$overlay/bin/pip" install -q "setuptools>=69" wheel
+  echo "$venv" >"$overlay/.base"
+fi
+"$overlay/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 |
+  grep -v "^\s*$" >&2 || true
+export PATH="$overlay/bin:$venv/bin:$PATH"
+echo "$overlay (dependencies: $venv)" >&2
 
 step "Control plane from upstream Go modules (cached after the first build)"
 KUBETUNE_CONTROL_PLANE_BIN="$(bash hack/control-plane/build.sh --print-bin-dir)"
@@ -49,8 +76,8 @@ export KUBETUNE_CONTROL_PLANE_BIN
 echo "$KUBETUNE_CONTROL_PLANE_BIN" >&2
 
 step "ruff"
-ruff check .
-ruff format --check .
+python -m ruff check .
+python -m ruff format --check .
 
 step "mypy"
 # mypy cannot follow setuptools' editable import hook, so it is shown the package mapping
@@ -58,7 +85,7 @@ step "mypy"
 mypy_path="$(mktemp -d)"
 ln -s "$repo/operator" "$mypy_path/hpo_operator"
 ln -s "$repo/trial_runner" "$mypy_path/trial_runner"
-MYPYPATH="$mypy_path" mypy --strict -p hpo_operator -p trial_runner
+MYPYPATH="$mypy_path" python -m mypy --strict -p hpo_operator -p trial_runner
 rm -rf "$mypy_path"
 
 step "pytest"

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Build the control plane the e2e tests run (kube-apiserver, kube-scheduler,
-# kube-controller-manager, etcd, kwok, helm) from upstream Go modules at the versions pinned in
-# hack/control-plane/go/*/go.mod, into a cache directory keyed by those versions. A complete
-# cache is reused as is.
+# Build the binaries the e2e tests run from upstream Go modules, at the versions pinned in
+# hack/control-plane/go/*/go.mod, into a cache directory per component keyed by its version and
+# build recipe. A complete component is reused as is; a version bump rebuilds only that component.
+#
+#   kubernetes  kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
+#   etcd        etcd
+#   kwok        kwok
+#   helm        helm
+#   kueue       kueue (and its CRD, RBAC and webhook manifests, from the same module)
+#   pause       pause (the real node's sandbox process, from hack/node/pause)
 #
 # Usage:
 #   hack/control-plane/build.sh                  build what is missing, print progress to stderr
 #   hack/control-plane/build.sh --print-bin-dir  the same, then print only the bin dir on stdout
 #   hack/control-plane/build.sh --check          exit 0 if the cache is complete, 1 if not; no build
+#
+# The bin dir holds a link to every binary, so one directory on PATH serves the tests. Component
+# directories that no current key names are removed after a complete build.
 #
 # Environment:
 #   KUBETUNE_CACHE   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/kubetune)
@@ -15,9 +24,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "${here}/../.." && pwd)"
 modules="${here}/go"
-# Bump when the way the binaries are built changes (flags, layout), to invalidate old caches.
-recipe=1
 
 mode=build
 case "${1:-}" in
@@ -55,17 +63,47 @@ kubernetes_version="$(pinned_version kubernetes k8s.io/kubernetes)"
 etcd_version="$(pinned_version etcd go.etcd.io/etcd/server/v3)"
 kwok_version="$(pinned_version kwok sigs.k8s.io/kwok)"
 helm_version="$(pinned_version helm helm.sh/helm/v3)"
+kueue_version="$(pinned_version kueue sigs.k8s.io/kueue)"
+pause_source="$(cat "${repo}/hack/node/pause/"* | sha256sum | cut -c1-12)"
 
-key="k8s-${kubernetes_version}_etcd-${etcd_version}_kwok-${kwok_version}_helm-${helm_version}_r${recipe}"
+# Bump a component's recipe when the way it is built changes (flags, layout, extra files).
+declare -A keys=(
+  [kubernetes]="kubernetes-${kubernetes_version}-r2"
+  [etcd]="etcd-${etcd_version}-r1"
+  [kwok]="kwok-${kwok_version}-r1"
+  [helm]="helm-${helm_version}-r2"
+  [kueue]="kueue-${kueue_version}-r1"
+  [pause]="pause-${pause_source}-r1"
+)
+declare -A binaries=(
+  [kubernetes]="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
+  [etcd]="etcd"
+  [kwok]="kwok"
+  [helm]="helm"
+  [kueue]="kueue"
+  [pause]="pause"
+)
+components=(etcd kubernetes kwok helm kueue pause)
+
 cache_root="${KUBETUNE_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/kubetune}"
-version_dir="${cache_root}/control-plane/${key}"
-bin_dir="${version_dir}/bin"
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm)
+root="${cache_root}/control-plane"
+combined="$(for c in "${components[@]}"; do echo "${keys[${c}]}"; done | sha256sum | cut -c1-12)"
+bin_dir="${root}/bin-${combined}"
+
+component_complete() {
+  local c="$1" b
+  for b in ${binaries[${c}]}; do
+    [[ -x "${root}/${keys[${c}]}/bin/${b}" ]] || return 1
+  done
+}
 
 cache_complete() {
-  local b
-  for b in "${binaries[@]}"; do
-    [[ -x "${bin_dir}/${b}" ]] || return 1
+  local c b
+  for c in "${components[@]}"; do
+    component_complete "${c}" || return 1
+    for b in ${binaries[${c}]}; do
+      [[ -x "${bin_dir}/${b}" ]] || return 1
+    done
   done
 }
 
@@ -80,11 +118,11 @@ if cache_complete; then
   exit 0
 fi
 
-mkdir -p "${bin_dir}" "${version_dir}/work"
+mkdir -p "${root}"
 # Two test runs starting at once must not both compile (or write the same file).
-exec 9>"${version_dir}/.lock"
+exec 9>"${root}/.lock"
 if ! flock -n 9; then
-  log "another build of ${key} is running; waiting for it"
+  log "another build is running; waiting for it"
   flock 9
 fi
 
@@ -95,9 +133,10 @@ export GOTOOLCHAIN=local
 nice_level="${BUILD_NICE:-10}"
 started=${SECONDS}
 
-# Copy a wrapper module into the work dir (the repo stays free of build state) and print its path.
+# The directory a component is built in, with its wrapper module copied in (the repo stays free
+# of build state), printed.
 prepare_module() {
-  local name="$1" work="${version_dir}/work/$1"
+  local name="$1" work="${root}/${keys[$1]}/work"
   mkdir -p "${work}"
   cp "${modules}/${name}/go.mod" "${work}/go.mod"
   if [[ -f "${modules}/${name}/go.sum" ]]; then
@@ -106,21 +145,22 @@ prepare_module() {
   echo "${work}"
 }
 
-# go build <packages> into bin_dir, writing each binary under a temporary name first so that a
-# killed build never leaves a truncated binary that looks complete.
+# go build <packages> into the component's out dir, writing each binary under a temporary name
+# first so that a killed build never leaves a truncated binary that looks complete.
 go_build() {
   local work="$1" ldflags="$2"
   shift 2
-  local out="${version_dir}/work/out"
-  rm -rf "${out}" && mkdir -p "${out}"
-  (cd "${work}" && nice -n "${nice_level}" go build -ldflags="${ldflags}" -o "${out}/" "$@")
+  rm -rf "${work}/out" && mkdir -p "${work}/out"
+  (cd "${work}" && nice -n "${nice_level}" go build -ldflags="${ldflags}" -o "${work}/out/" "$@")
 }
 
 install_binary() {
-  local from="$1" name="$2"
-  mv -f "${version_dir}/work/out/${from}" "${bin_dir}/.${name}.tmp"
-  mv -f "${bin_dir}/.${name}.tmp" "${bin_dir}/${name}"
-  log "  -> ${bin_dir}/${name}"
+  local component="$1" from="$2" name="$3"
+  local dest="${root}/${keys[${component}]}/bin"
+  mkdir -p "${dest}"
+  mv -f "${root}/${keys[${component}]}/work/out/${from}" "${dest}/.${name}.tmp"
+  mv -f "${dest}/.${name}.tmp" "${dest}/${name}"
+  log "  -> ${dest}/${name}"
 }
 
 step_started=0
@@ -130,22 +170,21 @@ step() {
 }
 step_done() { log "  done in $((SECONDS - step_started))s"; }
 
-# --- etcd -----------------------------------------------------------------------------------
-if [[ ! -x "${bin_dir}/etcd" ]]; then
+build_etcd() {
   step "etcd ${etcd_version}: downloading modules"
+  local work
   work="$(prepare_module etcd)"
   (cd "${work}" && go mod download go.etcd.io/etcd/server/v3)
   log "etcd ${etcd_version}: compiling (go.etcd.io/etcd/server/v3)"
   go_build "${work}" "-s -w" go.etcd.io/etcd/server/v3
   # go names the binary after the last path element that is not a major-version suffix.
-  install_binary server etcd
+  install_binary etcd server etcd
   step_done
-fi
+}
 
-# --- kube-apiserver, kube-controller-manager, kube-scheduler ---------------------------------
-if [[ ! -x "${bin_dir}/kube-apiserver" || ! -x "${bin_dir}/kube-controller-manager" ||
-  ! -x "${bin_dir}/kube-scheduler" ]]; then
+build_kubernetes() {
   step "kubernetes ${kubernetes_version}: downloading k8s.io/kubernetes"
+  local work release_json release_gomod release_time staging_version major minor ldflags module pkg b
   work="$(prepare_module kubernetes)"
   release_json="$(cd "${work}" && go mod download -json "k8s.io/kubernetes@${kubernetes_version}")"
   release_gomod="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["GoMod"])' \
@@ -159,6 +198,7 @@ with open(json.loads(sys.argv[1])["Info"]) as info:
   # ./staging/src/...; outside the kubernetes repo each must be replaced by its published
   # v0.Y.Z tag instead. Read the list from the release itself so a version bump needs no edit.
   staging_version="v0.${kubernetes_version#v1.}"
+  local -a staging replace_args=()
   mapfile -t staging < <(
     cd "${work}" && go mod edit -json "${release_gomod}" | python3 -c 'import json, sys
 for r in json.load(sys.stdin).get("Replace") or []:
@@ -167,7 +207,6 @@ for r in json.load(sys.stdin).get("Replace") or []:
   )
   ((${#staging[@]} > 0)) || die "found no staging modules in ${release_gomod}"
   log "kubernetes ${kubernetes_version}: replacing ${#staging[@]} staging modules with ${staging_version}"
-  replace_args=()
   for module in "${staging[@]}"; do
     replace_args+=("-replace=${module}=${module}@${staging_version}")
   done
@@ -185,42 +224,109 @@ for r in json.load(sys.stdin).get("Replace") or []:
     ldflags+=" -X ${pkg}.gitMajor=${major} -X ${pkg}.gitMinor=${minor}"
     ldflags+=" -X ${pkg}.gitTreeState=archive -X ${pkg}.buildDate=${release_time}"
   done
-  log "kubernetes ${kubernetes_version}: compiling kube-apiserver, kube-controller-manager," \
-    "kube-scheduler (the slow part: 10-20 min on 2 cores)"
-  go_build "${work}" "${ldflags}" k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
-  for b in kube-apiserver kube-controller-manager kube-scheduler; do
-    install_binary "${b}" "${b}"
+  log "kubernetes ${kubernetes_version}: compiling ${binaries[kubernetes]}" \
+    "(the slow part: 15-25 min on 2 cores)"
+  local -a packages=()
+  for b in ${binaries[kubernetes]}; do packages+=("k8s.io/kubernetes/cmd/${b}"); done
+  go_build "${work}" "${ldflags}" "${packages[@]}"
+  for b in ${binaries[kubernetes]}; do
+    install_binary kubernetes "${b}" "${b}"
   done
   step_done
-fi
+}
 
-# --- kwok -----------------------------------------------------------------------------------
-if [[ ! -x "${bin_dir}/kwok" ]]; then
+build_kwok() {
   step "kwok ${kwok_version}: downloading modules"
+  local work
   work="$(prepare_module kwok)"
   (cd "${work}" && go mod download sigs.k8s.io/kwok)
   log "kwok ${kwok_version}: compiling"
   # kwok's version is a constant in its source; no ldflags needed.
   go_build "${work}" "-s -w" sigs.k8s.io/kwok/cmd/kwok
-  install_binary kwok kwok
+  install_binary kwok kwok kwok
   step_done
-fi
+}
 
-# --- helm -----------------------------------------------------------------------------------
-if [[ ! -x "${bin_dir}/helm" ]]; then
+build_helm() {
   step "helm ${helm_version}: downloading modules"
+  local work client_go k8s_major k8s_minor ldflags
   work="$(prepare_module helm)"
   (cd "${work}" && go mod download helm.sh/helm/v3)
-  log "helm ${helm_version}: compiling"
-  go_build "${work}" "-s -w -X helm.sh/helm/v3/internal/version.version=${helm_version}" \
-    helm.sh/helm/v3/cmd/helm
-  install_binary helm helm
+  # Helm's Makefile stamps the Kubernetes version of the client-go it is built with; without it
+  # `helm lint/template` assume Kubernetes 1.20.
+  client_go="$(cd "${work}" && go list -m -f '{{.Version}}' k8s.io/client-go)"
+  k8s_major=1
+  k8s_minor="${client_go#v0.}"
+  k8s_minor="${k8s_minor%%.*}"
+  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${helm_version}"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags+=" -X ${pkg}.k8sVersionMajor=${k8s_major} -X ${pkg}.k8sVersionMinor=${k8s_minor}"
+  done
+  log "helm ${helm_version}: compiling (Kubernetes ${k8s_major}.${k8s_minor})"
+  go_build "${work}" "${ldflags}" helm.sh/helm/v3/cmd/helm
+  install_binary helm helm helm
   step_done
-fi
+}
 
+build_kueue() {
+  step "kueue ${kueue_version}: downloading modules"
+  local work source dest
+  work="$(prepare_module kueue)"
+  (cd "${work}" && go mod download sigs.k8s.io/kueue)
+  source="$(cd "${work}" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
+  log "kueue ${kueue_version}: compiling"
+  go_build "${work}" "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=${kueue_version}" \
+    sigs.k8s.io/kueue/cmd/kueue
+  # The CRDs, RBAC and webhook configurations the controller expects, as the release ships them.
+  dest="${root}/${keys[kueue]}/config"
+  rm -rf "${dest}" && mkdir -p "${dest}"
+  cp -r "${source}/config/components/crd/bases" "${dest}/crd"
+  cp "${source}/config/components/webhook/manifests.yaml" "${dest}/webhook.yaml"
+  chmod -R u+w "${dest}"
+  install_binary kueue kueue kueue
+  step_done
+}
+
+build_pause() {
+  step "pause: compiling hack/node/pause"
+  local work="${root}/${keys[pause]}/work"
+  rm -rf "${work}" && mkdir -p "${work}"
+  cp "${repo}/hack/node/pause/"* "${work}/"
+  go_build "${work}" "-s -w" .
+  install_binary pause pause pause
+  step_done
+}
+
+for component in "${components[@]}"; do
+  component_complete "${component}" || "build_${component}"
+done
+
+# One directory of links, so that PATH and the tests see every binary in one place.
+tmp_bin="${root}/.bin-${combined}.tmp"
+rm -rf "${tmp_bin}" && mkdir -p "${tmp_bin}"
+for component in "${components[@]}"; do
+  rm -rf "${root}/${keys[${component}]}/work/out"
+  for b in ${binaries[${component}]}; do
+    ln -s "../${keys[${component}]}/bin/${b}" "${tmp_bin}/${b}"
+  done
+done
+rm -rf "${bin_dir}" && mv "${tmp_bin}" "${bin_dir}"
 cache_complete || die "the build finished but ${bin_dir} is incomplete"
-rm -rf "${version_dir}/work/out"
+
+# Prune what no current key names (earlier versions and recipes).
+for entry in "${root}"/*; do
+  name="$(basename "${entry}")"
+  [[ "${name}" == "bin-${combined}" ]] && continue
+  keep=0
+  for component in "${components[@]}"; do
+    [[ "${name}" == "${keys[${component}]}" ]] && keep=1
+  done
+  if ((keep == 0)); then
+    log "pruning ${entry}"
+    rm -rf "${entry}"
+  fi
+done
+
 log "all binaries in ${bin_dir} (this run took $((SECONDS - started))s)"
 [[ "${mode}" == print ]] && echo "${bin_dir}"
 exit 0
