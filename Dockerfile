@@ -7,12 +7,19 @@
 #
 # The variants differ only in the torch wheel:
 #   cpu   torch from PyTorch's CPU wheel index: no bundled CUDA libraries, an image of well under
-#         1 GB that kind can load quickly.
+#         1 GB that kind can load quickly. Where that index cannot be reached, build with
+#         `--build-arg CPU_TORCH_INDEX=`: torch then comes from PyPI (a CUDA build that runs on
+#         CPU) and the CUDA parts a CPU runner never loads are left out (Triton, cuSOLVER, the
+#         CUDA Python bindings, NVTX, CCCL, and cuDNN's engine libraries, which cuDNN opens only
+#         for a GPU convolution). What torch links at import stays, so `import torch` works.
 #   cuda  torch from PyPI, which on Linux x86_64 is a CUDA build carrying its CUDA runtime, cuDNN
 #         and NCCL as pip packages; the GPU driver (libcuda, libnvidia-ml) is mounted into the
 #         container by the NVIDIA container toolkit. So no nvidia/cuda base image is needed, and
 #         both variants share the same Python base (the venv is copied between stages with the
 #         same interpreter path). The cuda image also runs on CPU-only nodes.
+#
+# Without a registry (the recipe the tests use: a Debian base made by mmdebstrap, buildah with
+# chroot isolation) see docs/install.md and hack/image/build.sh.
 #
 # Entry point: `kubetune` (the runner pods run `kubetune runner ...`, estimate pods
 # `kubetune estimate ...`). The operator Deployment overrides the command with
@@ -35,14 +42,27 @@ COPY pyproject.toml README.md ./
 RUN set -eu; \
     torch_pin="$(python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(next(d for d in deps if d.startswith("torch")))')"; \
     case "${VARIANT}" in \
-      cpu)  /opt/venv/bin/pip install --index-url "${CPU_TORCH_INDEX}" "${torch_pin}" ;; \
+      cpu)  if [ -n "${CPU_TORCH_INDEX}" ]; then \
+              /opt/venv/bin/pip install --index-url "${CPU_TORCH_INDEX}" "${torch_pin}"; \
+            else \
+              /opt/venv/bin/pip install "${torch_pin}"; \
+            fi ;; \
       cuda) /opt/venv/bin/pip install "${torch_pin}" ;; \
       *)    echo "VARIANT must be cpu or cuda, got ${VARIANT}" >&2; exit 1 ;; \
     esac
 COPY operator ./operator
 COPY trial_runner ./trial_runner
-RUN /opt/venv/bin/pip install . \
-    && /opt/venv/bin/kubetune --help >/dev/null
+# The project last, then (cpu from PyPI only) what a CPU runner never loads: after the install,
+# so that pip's resolver does not bring it back.
+RUN set -eu; \
+    /opt/venv/bin/pip install .; \
+    if [ "${VARIANT}" = cpu ] && [ -z "${CPU_TORCH_INDEX}" ]; then \
+      /opt/venv/bin/pip uninstall -y triton nvidia-cusolver cuda-bindings cuda-pathfinder \
+        nvidia-nvtx nvidia-cuda-cccl; \
+      find /opt/venv/lib -path '*/nvidia/cudnn/lib/libcudnn_*.so*' -delete; \
+    fi; \
+    /opt/venv/bin/python -I -c 'import torch, optuna, kopf; torch.ones(2).sum()'; \
+    /opt/venv/bin/kubetune --help >/dev/null
 
 FROM ${PYTHON_IMAGE}
 ARG VARIANT=cpu
@@ -62,6 +82,9 @@ ENV PATH=/opt/venv/bin:${PATH} \
     TRITON_CACHE_DIR=/tmp/.cache/triton \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# Libraries that ask who they run as (getpass, pwd) find the runtime user by its uid.
+RUN useradd --uid 65532 --user-group --no-create-home --home-dir /tmp \
+      --shell /usr/sbin/nologin kubetune
 WORKDIR /tmp
 USER 65532:65532
 ENTRYPOINT ["kubetune"]

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The one command that runs kubetune's whole test suite on a fresh machine:
 #   bash hack/test.sh [pytest args...]
-# It installs what the suite needs (PostgreSQL from Debian's packages, a Python virtualenv
-# with the pinned dependencies, the control plane built from upstream Go modules), then runs
-# ruff, mypy (strict on hpo_operator and trial_runner) and pytest. Slow things are cached under
-# ${KUBETUNE_CACHE:-~/.cache/kubetune}, keyed by what they are built from.
+# It installs what the suite needs (PostgreSQL, buildah, mmdebstrap, containerd, runc and the CNI
+# plugins from Debian's packages, a Python virtualenv with the pinned dependencies, the control
+# plane and the real node's kubelet built from upstream Go modules, the kubetune image built from
+# the Dockerfile), then runs ruff, mypy (strict on hpo_operator and trial_runner) and pytest.
+# Slow things are cached under ${KUBETUNE_CACHE:-~/.cache/kubetune}, keyed by what they are
+# built from.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,11 +19,21 @@ as_root() {
   if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo "$@"; fi
 }
 
-step "PostgreSQL server (for the integration and end-to-end tests)"
-if ! compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null; then
+step "System packages: PostgreSQL, and the image build and real node's (buildah, containerd, ...)"
+# The suite starts its own throwaway PostgreSQL servers and its own containerd; nothing here is
+# started as a service.
+packages=(postgresql buildah mmdebstrap containerd runc containernetworking-plugins iptables
+  conntrack)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" ||
+    missing+=("$package")
+done
+if ((${#missing[@]})); then
   as_root apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
-  # The suite starts its own throwaway servers; the distribution's cluster is not needed.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${missing[@]}"
+  # The distribution's PostgreSQL cluster is not needed.
   as_root sh -c 'command -v pg_ctlcluster >/dev/null && pg_ctlcluster --force "$(ls /etc/postgresql)" main stop' || true
 fi
 ls -d /usr/lib/postgresql/*/bin/pg_ctl >&2
@@ -29,12 +41,17 @@ ls -d /usr/lib/postgresql/*/bin/pg_ctl >&2
 step "Python environment"
 python="${PYTHON:-python3}"
 py="$("$python" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')"
-key="${py}-$(sha256sum pyproject.toml | cut -c1-12)"
-# The dependencies live in one cached virtualenv per pyproject.toml; each checkout gets a small
+# Keyed by what is installed (dependencies, extras, build system), not by the rest of the file.
+deps="$("$python" -c 'import json, tomllib
+with open("pyproject.toml", "rb") as f:
+    t = tomllib.load(f)
+p = t["project"]
+print(json.dumps([t["build-system"], p["dependencies"], p.get("optional-dependencies")]))')"
+key="${py}-$(echo "$deps" | sha256sum | cut -c1-12)"
+# The dependencies live in one cached virtualenv per dependency set; each checkout gets a small
 # overlay environment of its own that sees those packages and installs only this checkout
 # (editable), so two checkouts can run the suite at the same time.
 venv="$cache/venv-$key"
-# Downloads are kept across keys: a changed pin re-downloads only what changed.
 export PIP_CACHE_DIR="$cache/pip"
 exec 8>"$cache/.venv.lock"
 flock 8
@@ -44,12 +61,12 @@ if [[ ! -f "$venv/.complete" ]]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e ".[dev]"
   "$venv/bin/pip" uninstall -q -y kubetune
-  touch "$venv/.complete"
 fi
-# Older keys are not used again; the download cache is emptied when it outgrows 10 GB.
-for old in "$cache"/venv-*; do
-  [[ "$old" == "$venv" || ! -d "$old" ]] || rm -rf "$old"
-done
+touch "$venv/.complete"
+# Environments of other dependency sets go once no checkout has used them for 6 hours (another
+# checkout may still be testing an older branch); pip's cache goes when it outgrows 10 GB.
+find "$cache" -maxdepth 2 -path "$cache/venv-*/.complete" -mmin +360 -printf '%h\n' |
+  while read -r old; do [[ "$old" == "$venv" ]] || rm -rf "$old"; done
 if [[ -d "$PIP_CACHE_DIR" ]] && (($(du -sm "$PIP_CACHE_DIR" | cut -f1) > 10240)); then
   rm -rf "$PIP_CACHE_DIR"
 fi
@@ -65,15 +82,30 @@ if [[ "$(cat "$overlay/.base" 2>/dev/null)" != "$venv" ]]; then
   "$overlay/bin/pip" install -q "setuptools>=69" wheel
   echo "$venv" >"$overlay/.base"
 fi
-"$overlay/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 |
+# pip as a script: `python -m` here would import operator/ in place of the standard library.
+"$overlay/bin/pip" install -q --no-deps --no-build-isolation -e . 2>&1 |
   grep -v "^\s*$" >&2 || true
 export PATH="$overlay/bin:$venv/bin:$PATH"
 echo "$overlay (dependencies: $venv)" >&2
 
-step "Control plane from upstream Go modules (cached after the first build)"
+step "Control plane from upstream Go modules, and the kubetune image (cached after the first build)"
+# The image build mostly downloads and unpacks while the Go build compiles: run them side by side.
+image_log="$(mktemp "${TMPDIR:-/tmp}/kubetune-image.XXXXXX")"
+bash hack/image/build.sh --print >"$image_log.out" 2>"$image_log" &
+image_pid=$!
 KUBETUNE_CONTROL_PLANE_BIN="$(bash hack/control-plane/build.sh --print-bin-dir)"
 export KUBETUNE_CONTROL_PLANE_BIN
 echo "$KUBETUNE_CONTROL_PLANE_BIN" >&2
+if wait "$image_pid"; then
+  grep '^\[image' "$image_log" >&2 || true
+  KUBETUNE_TEST_IMAGES="$(cat "$image_log.out")"
+  export KUBETUNE_TEST_IMAGES
+  echo "$KUBETUNE_TEST_IMAGES" >&2
+else
+  tail -n 40 "$image_log" >&2
+  echo "the image build failed (above); the real-node tests will fail" >&2
+fi
+rm -f "$image_log" "$image_log.out"
 
 step "ruff"
 python -m ruff check .

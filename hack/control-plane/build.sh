@@ -7,8 +7,7 @@
 #   etcd        etcd
 #   kwok        kwok
 #   helm        helm
-#   kueue       kueue (and its CRD, RBAC and webhook manifests, from the same module)
-#   pause       pause (the real node's sandbox process, from hack/node/pause)
+#   kueue       kueue (and its CRD and webhook manifests, from the same module)
 #
 # Usage:
 #   hack/control-plane/build.sh                  build what is missing, print progress to stderr
@@ -24,7 +23,6 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "${here}/../.." && pwd)"
 modules="${here}/go"
 
 mode=build
@@ -64,7 +62,6 @@ etcd_version="$(pinned_version etcd go.etcd.io/etcd/server/v3)"
 kwok_version="$(pinned_version kwok sigs.k8s.io/kwok)"
 helm_version="$(pinned_version helm helm.sh/helm/v3)"
 kueue_version="$(pinned_version kueue sigs.k8s.io/kueue)"
-pause_source="$(cat "${repo}/hack/node/pause/"* | sha256sum | cut -c1-12)"
 
 # Bump a component's recipe when the way it is built changes (flags, layout, extra files).
 declare -A keys=(
@@ -73,7 +70,6 @@ declare -A keys=(
   [kwok]="kwok-${kwok_version}-r1"
   [helm]="helm-${helm_version}-r2"
   [kueue]="kueue-${kueue_version}-r1"
-  [pause]="pause-${pause_source}-r1"
 )
 declare -A binaries=(
   [kubernetes]="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
@@ -81,9 +77,8 @@ declare -A binaries=(
   [kwok]="kwok"
   [helm]="helm"
   [kueue]="kueue"
-  [pause]="pause"
 )
-components=(etcd kubernetes kwok helm kueue pause)
+components=(etcd kubernetes kwok helm kueue)
 
 cache_root="${KUBETUNE_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/kubetune}"
 root="${cache_root}/control-plane"
@@ -284,16 +279,6 @@ build_kueue() {
   cp "${source}/config/components/webhook/manifests.yaml" "${dest}/webhook.yaml"
   chmod -R u+w "${dest}"
   install_binary kueue kueue kueue
-  step_done
-}
-
-build_pause() {
-  step "pause: compiling hack/node/pause"
-  local work="${root}/${keys[pause]}/work"
-  rm -rf "${work}" && mkdir -p "${work}"
-  cp "${repo}/hack/node/pause/"* "${work}/"
-  go_build "${work}" "-s -w" .
-  install_binary pause pause pause
   step_done
 }
 

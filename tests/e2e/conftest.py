@@ -4,6 +4,10 @@
 - ``namespace`` (function): a fresh namespace name, deleted after the test.
 - ``simulated_cluster`` (function): ``create(groups) -> node names``; nodes deleted after.
 - ``pod_executor`` (session): a running :class:`pod_executor.PodExecutor`.
+- ``test_images`` (session): the kubetune image built from this checkout and the node's pause
+  image, as OCI archives (``hack/image/build.sh``).
+- ``real_node`` (session): a :class:`real_node.RealNode` (kubelet, containerd, runc, CNI,
+  kube-proxy) joined to the control plane, with both images imported.
 
 The binaries come from ``KUBETUNE_CONTROL_PLANE_BIN`` or the build cache of
 ``hack/control-plane/build.sh``. Without them the tests are skipped, except under ``CI=true``,
@@ -15,9 +19,11 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,6 +39,7 @@ from tests.e2e.controlplane import (
     missing_binaries,
 )
 from tests.e2e.pod_executor import PodExecutor
+from tests.e2e.real_node import RealNode
 from tests.e2e.simulated_cluster import NodeGroup, create_nodes, delete_nodes
 
 # The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
@@ -144,3 +151,70 @@ def pod_executor(
     """Runs pods labelled ``kubetune.dev/test-execute=true`` as local processes."""
     with PodExecutor(control_plane.api_client, tmp_path_factory.mktemp("pods")) as executor:
         yield executor
+
+
+IMAGE_SCRIPT = REPO_ROOT / "hack" / "image" / "build.sh"
+
+
+@dataclass(frozen=True)
+class BuiltImages:
+    """The images a real node runs: kubetune (this checkout) and the sandbox's pause."""
+
+    image: str
+    archive: Path
+    pause_image: str
+    pause_archive: Path
+
+
+def cache_root() -> Path:
+    """``$KUBETUNE_CACHE``, else ``$XDG_CACHE_HOME/kubetune`` or ``~/.cache/kubetune``."""
+    explicit = os.environ.get("KUBETUNE_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kubetune"
+
+
+@pytest.fixture(scope="session")
+def test_images() -> BuiltImages:
+    """``$KUBETUNE_TEST_IMAGES`` (``hack/test.sh`` sets it after building), else the build cache
+    of this checkout (``hack/image/build.sh --check``); missing images skip, or fail in CI."""
+    printed = os.environ.get("KUBETUNE_TEST_IMAGES", "")
+    if not printed:
+        check = subprocess.run(["bash", str(IMAGE_SCRIPT), "--check"], capture_output=True)
+        if check.returncode == 0:
+            printed = subprocess.run(
+                ["bash", str(IMAGE_SCRIPT), "--print"], capture_output=True, text=True
+            ).stdout
+    fields = printed.split()
+    if len(fields) != 4:
+        _unavailable(
+            f"the kubetune image of this checkout is not built; run `bash "
+            f"{IMAGE_SCRIPT.relative_to(REPO_ROOT)}` (10-20 minutes the first time)"
+        )
+    images = BuiltImages(fields[0], Path(fields[1]), fields[2], Path(fields[3]))
+    for archive in (images.archive, images.pause_archive):
+        if not archive.is_file():
+            _unavailable(f"{archive} is missing; run `bash {IMAGE_SCRIPT.relative_to(REPO_ROOT)}`")
+    return images
+
+
+@pytest.fixture(scope="session")
+def real_node(control_plane: ControlPlane, test_images: BuiltImages) -> Iterator[RealNode]:
+    """A real kubelet node running containers of the built images, for the session."""
+    if os.geteuid() != 0:
+        _unavailable("the real node needs root (namespaces, mounts, cgroups)")
+    node = RealNode(
+        control_plane,
+        cache_root() / "node",
+        [test_images.archive, test_images.pause_archive],
+        sandbox_image=test_images.pause_image,
+    )
+    try:
+        node.start()
+    except Exception as error:
+        pytest.fail(f"the real node did not start: {error}", pytrace=False)
+    try:
+        yield node
+    finally:
+        node.stop()

@@ -38,6 +38,8 @@ from typing import IO, Any
 import kubernetes
 import yaml
 
+from tests.e2e.netns import NODE_GATEWAY, EgressProxy, Relays
+
 # The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
 k8s: Any = kubernetes
 
@@ -45,14 +47,26 @@ __all__ = [
     "BINARIES",
     "REPO_ROOT",
     "CommandError",
+    "Component",
     "ControlPlane",
     "ControlPlaneError",
     "find_bin_dir",
+    "log_tail",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "control-plane" / "build.sh"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "helm")
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "helm",
+    "kubectl",
+    "kubelet",
+    "kube-proxy",
+)
 KWOK_STAGES = Path(__file__).resolve().parent / "kwok-stages.yaml"
 # Nodes carrying this annotation are the simulated ones kwok manages.
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
@@ -102,7 +116,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _log_tail(path: Path, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -213,7 +227,7 @@ def _write_kubeconfig(path: Path, server: str, ca: Path, client: _KeyPair, user:
 # --- processes ----------------------------------------------------------------------------------
 
 
-class _Component:
+class Component:
     """One control-plane process in its own process group."""
 
     def __init__(self, name: str, argv: Sequence[str], log_dir: Path, env: Mapping[str, str]):
@@ -243,7 +257,7 @@ class _Component:
         state = "running" if self.running() else f"exited with {self.process.returncode}"
         return ControlPlaneError(
             f"{self.name} {what} ({state}); last lines of {self.log_path}:\n"
-            f"{_log_tail(self.log_path)}"
+            f"{log_tail(self.log_path)}"
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -260,7 +274,7 @@ class _Component:
 
 
 def _wait_until(
-    component: _Component, what: str, probe: Any, timeout: float, interval: float = 0.2
+    component: Component, what: str, probe: Any, timeout: float, interval: float = 0.2
 ) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -311,9 +325,11 @@ class ControlPlane:
         self.kubeconfig = self.work_dir / "admin.kubeconfig"
         self.server = ""
         self.env: dict[str, str] = {}
-        self._components: list[_Component] = []
+        self._components: list[Component] = []
         self._pki = self.work_dir / "pki"
         self._ca: _KeyPair | None = None
+        self._relays: Relays | None = None
+        self._egress: EgressProxy | None = None
 
     # -- lifecycle
 
@@ -342,6 +358,7 @@ class ControlPlane:
             (self.work_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self._write_pki()
+            self._start_relays()
             self._start_etcd()
             self._start_apiserver()
             self._start_controller_manager()
@@ -358,6 +375,10 @@ class ControlPlane:
         """Stop the components, newest first (kwok before the API server, etcd last)."""
         while self._components:
             self._components.pop().stop()
+        if self._relays is not None:
+            self._relays.close()
+            self._relays = None
+            self._egress = None
 
     @property
     def pids(self) -> list[int]:
@@ -366,6 +387,34 @@ class ControlPlane:
 
     def log_path(self, component: str) -> Path:
         return self.work_dir / "logs" / f"{component}.log"
+
+    @property
+    def ca_certificate(self) -> Path:
+        """The cluster CA (it signs every certificate of this control plane)."""
+        assert self._ca is not None, "the control plane is not started"
+        return self._ca.cert
+
+    @property
+    def relays(self) -> Relays:
+        """The TCP relays into and out of real nodes' network namespaces."""
+        assert self._relays is not None, "the control plane is not started"
+        return self._relays
+
+    @property
+    def egress(self) -> EgressProxy:
+        """The API server's egress proxy; nodes register their subnets with it."""
+        assert self._egress is not None, "the control plane is not started"
+        return self._egress
+
+    def issue_kubeconfig(
+        self, path: Path, user: str, *, organization: str | None = None, server: str | None = None
+    ) -> Path:
+        """A kubeconfig at ``path`` for ``user`` (client certificate signed by the cluster CA,
+        in group ``organization``), against ``server`` (default: this API server)."""
+        assert self._ca is not None, "the control plane is not started"
+        name = path.stem
+        pair = _make_cert(self._pki, self._ca, name, common_name=user, organization=organization)
+        return _write_kubeconfig(path, server or self.server, self._ca.cert, pair, user)
 
     # -- clients
 
@@ -387,13 +436,15 @@ class ControlPlane:
         input: str | None = None,
         timeout: float = 120.0,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the installed ``kubectl`` against this control plane; text output captured.
+        """Run the built ``kubectl`` (the server's version) against this control plane.
 
         Raises:
             CommandError: with ``check`` and a non-zero exit (a ``CalledProcessError`` whose
                 message includes kubectl's stderr).
         """
-        return self._run(["kubectl", *args], check=check, input=input, timeout=timeout)
+        return self._run(
+            [str(self.bin_dir / "kubectl"), *args], check=check, input=input, timeout=timeout
+        )
 
     def helm(
         self,
@@ -438,8 +489,8 @@ class ControlPlane:
 
     # -- components
 
-    def _spawn(self, name: str, argv: Sequence[str]) -> _Component:
-        component = _Component(name, argv, self.work_dir / "logs", os.environ)
+    def _spawn(self, name: str, argv: Sequence[str]) -> Component:
+        component = Component(name, argv, self.work_dir / "logs", os.environ)
         self._components.append(component)
         return component
 
@@ -458,7 +509,7 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            server_ips=["127.0.0.1", "10.96.0.1"],
+            server_ips=["127.0.0.1", "10.96.0.1", NODE_GATEWAY],
         )
         self._admin = _make_cert(
             pki, ca, "admin", common_name=ADMIN_USER, organization="system:masters"
@@ -469,6 +520,14 @@ class ControlPlane:
         )
         self._scheduler = _make_cert(pki, ca, "scheduler", common_name="system:kube-scheduler")
         self._front_proxy = _make_cert(pki, ca, "front-proxy", common_name="front-proxy-client")
+        # What the API server shows kubelets (logs, exec, port-forward).
+        self._kubelet_client = _make_cert(
+            pki,
+            ca,
+            "apiserver-kubelet-client",
+            common_name="kube-apiserver-kubelet-client",
+            organization="system:masters",
+        )
         _openssl(
             "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
             "-out", "service-account.key",
@@ -476,6 +535,31 @@ class ControlPlane:
         )  # fmt: skip
         _openssl("pkey", "-in", "service-account.key", "-pubout", "-out", "service-account.pub",
                  cwd=pki)  # fmt: skip
+
+    def _start_relays(self) -> None:
+        self._relays = Relays()
+        self._egress = EgressProxy(self._relays, self.work_dir / "egress.sock")
+
+    def _egress_config(self) -> Path:
+        """The API server's cluster traffic (kubelets, pods, services, webhooks) goes through
+        the egress proxy, which dials into a real node's namespace where the address is its."""
+        assert self._egress is not None
+        path = self.work_dir / "egress-selector.yaml"
+        config = {
+            "apiVersion": "apiserver.k8s.io/v1beta1",
+            "kind": "EgressSelectorConfiguration",
+            "egressSelections": [
+                {
+                    "name": "cluster",
+                    "connection": {
+                        "proxyProtocol": "HTTPConnect",
+                        "transport": {"uds": {"udsName": str(self._egress.path)}},
+                    },
+                }
+            ],
+        }
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
 
     def _start_etcd(self) -> None:
         client_port, peer_port = free_port(), free_port()
@@ -511,10 +595,15 @@ class ControlPlane:
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers={self._etcd_url}",
                 "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                # The endpoint reconciler refuses loopback addresses for the `kubernetes`
-                # Service; nothing in the tests reaches the API through that Service.
-                "--endpoint-reconciler-type=none",
+                # The `kubernetes` Service points at the gateway address inside a real test
+                # node's network namespace, where a relay forwards to this loopback port
+                # (pods log in through it). Nothing listens on it out here.
+                f"--advertise-address={NODE_GATEWAY}",
+                f"--kubelet-client-certificate={self._kubelet_client.cert}",
+                f"--kubelet-client-key={self._kubelet_client.key}",
+                # Node names resolve nowhere here; their addresses route through the egress proxy.
+                "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+                f"--egress-selector-config-file={self._egress_config()}",
                 f"--secure-port={port}",
                 f"--tls-cert-file={self._serving.cert}",
                 f"--tls-private-key-file={self._serving.key}",
@@ -563,7 +652,7 @@ class ControlPlane:
             self.work_dir / f"{name}.kubeconfig", self.server, self._ca.cert, pair, name
         )
 
-    def _wait_healthz(self, component: _Component, port: int) -> None:
+    def _wait_healthz(self, component: Component, port: int) -> None:
         # The component serves a self-signed certificate of its own; /healthz needs no auth.
         context = ssl._create_unverified_context()
         _wait_until(
@@ -646,7 +735,7 @@ class ControlPlane:
         )
 
     def _spawn_kwok(self, argv: list[str], home: Path) -> None:
-        component = _Component(
+        component = Component(
             "kwok", argv, self.work_dir / "logs", {**os.environ, "HOME": str(home)}
         )
         self._components.append(component)

@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Build the kubetune image from the project's Dockerfile without a registry or a container
+# engine, and export it as an OCI archive a containerd can import.
+#
+#   1. Python base: a Debian bookworm root filesystem with python3, made by mmdebstrap from
+#      Debian's packages (no registry needed). Cached by its recipe.
+#   2. The image: the project's real Dockerfile, built by buildah (daemonless, chroot
+#      isolation) FROM that base, with VARIANT=cpu and torch from PyPI (CPU_TORCH_INDEX empty).
+#      Cached by the hash of what it is built from: the Dockerfile, pyproject.toml,
+#      .dockerignore and the base.
+#   3. The test image: this checkout's operator/ and trial_runner/ laid over the cached image as
+#      one thin layer (the installed packages are replaced, bytecode compiled), so a source
+#      change costs seconds, not a rebuild.
+#   4. The pause image of the real test node: hack/node/pause compiled into a static binary,
+#      alone in an image.
+#
+# Usage:
+#   hack/image/build.sh            build what is missing; progress on stderr
+#   hack/image/build.sh --print    the same, then print `IMAGE ARCHIVE PAUSE_IMAGE PAUSE_ARCHIVE`
+#   hack/image/build.sh --check    exit 0 if both images of this checkout are cached
+#
+# Environment:
+#   KUBETUNE_CACHE   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/kubetune)
+#   BUILD_NICE       niceness of the build (default 10)
+#   DEBIAN_MIRROR    Debian mirror for mmdebstrap (default http://deb.debian.org/debian)
+#
+# Needs root (mmdebstrap and buildah's chroot isolation), mmdebstrap and buildah (Debian
+# packages), and Go for the pause binary. Registry traffic inside the build goes through the host's CA bundle and pip
+# settings, mounted read-only while RUN steps execute and never copied into the image.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+mode=build
+case "${1:-}" in
+  "") ;;
+  --print) mode=print ;;
+  --check) mode=check ;;
+  -h | --help)
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+    ;;
+  *)
+    echo "image/build.sh: unknown argument '$1' (accepted: --print, --check, --help)" >&2
+    exit 2
+    ;;
+esac
+
+log() { printf '[image %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+
+cache_root="${KUBETUNE_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/kubetune}"
+root="${cache_root}/image"
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+nice_level="${BUILD_NICE:-10}"
+variant=cpu
+
+# Bump when the way an artefact is made changes.
+base_recipe="bookworm minbase python3,python3-venv,python-is-python3,ca-certificates r1"
+image_recipe="r1"
+thin_recipe="r1"
+
+hash_of() { sha256sum | cut -c1-16; }
+base_key="$(echo "${base_recipe} ${mirror}" | hash_of)"
+image_key="$(
+  cd "${repo}"
+  {
+    echo "${image_recipe} ${variant} ${base_key}"
+    cat Dockerfile pyproject.toml .dockerignore
+  } | hash_of
+)"
+# The checkout's sources as they are now (tracked or not), not as committed.
+source_key="$(
+  cd "${repo}"
+  {
+    echo "${thin_recipe} ${image_key}"
+    find operator trial_runner -type f \( -name '*.py' -o -name 'py.typed' \) -print0 |
+      LC_ALL=C sort -z | xargs -0 sha256sum
+  } | hash_of
+)"
+
+base_tar="${root}/python-base-${base_key}.tar"
+base_image="localhost/kubetune-python:${base_key}"
+built_image="localhost/kubetune:built-${image_key}"
+test_image="localhost/kubetune:test-${source_key}"
+archive="${root}/kubetune-test-${source_key}.oci.tar"
+
+pause_key="$(cat "${repo}"/hack/node/pause/* | hash_of)"
+pause_bin="${root}/pause-${pause_key}.bin"
+pause_image="localhost/kubetune-pause:${pause_key}"
+pause_archive="${root}/pause-${pause_key}.oci.tar"
+result="${test_image} ${archive} ${pause_image} ${pause_archive}"
+
+if [[ "${mode}" == check ]]; then
+  [[ -f "${archive}" && -f "${pause_archive}" ]] && exit 0
+  exit 1
+fi
+if [[ -f "${archive}" && -f "${pause_archive}" ]]; then
+  log "cached: ${test_image} (${archive}), ${pause_image}"
+  [[ "${mode}" == print ]] && echo "${result}"
+  exit 0
+fi
+
+[[ "$(id -u)" == 0 ]] || die "needs root (mmdebstrap and buildah's chroot isolation)"
+for tool in mmdebstrap buildah; do
+  command -v "${tool}" >/dev/null || die "${tool} is not installed (apt-get install ${tool})"
+done
+
+mkdir -p "${root}/tmp"
+exec 9>"${root}/.lock"
+if ! flock -n 9; then
+  log "another image build is running; waiting for it"
+  flock 9
+fi
+
+# buildah's storage and temporary files stay inside the cache directory.
+export TMPDIR="${root}/tmp"
+storage=(--root "${root}/storage" --runroot "${root}/run" --storage-driver overlay)
+policy="${root}/policy.json"
+echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"${policy}"
+bah() { nice -n "${nice_level}" buildah "${storage[@]}" "$@"; }
+has_image() { bah inspect --type image "$1" >/dev/null 2>&1; }
+started=${SECONDS}
+
+if ! has_image "${base_image}"; then
+  if [[ ! -f "${base_tar}" ]]; then
+    log "python base: mmdebstrap bookworm from ${mirror} (about a minute)"
+    nice -n "${nice_level}" mmdebstrap --quiet --variant=minbase --mode=root \
+      --include=python3,python3-venv,python-is-python3,ca-certificates \
+      bookworm "${base_tar}.tmp" "${mirror}"
+    mv "${base_tar}.tmp" "${base_tar}"
+  fi
+  log "python base: importing into buildah as ${base_image}"
+  container="$(bah from --signature-policy "${policy}" scratch)"
+  bah add "${container}" "${base_tar}" / >/dev/null
+  bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --cmd /usr/bin/python3 "${container}"
+  bah commit --signature-policy "${policy}" --quiet --rm "${container}" "${base_image}" \
+    >/dev/null
+fi
+
+if ! has_image "${built_image}"; then
+  log "image: buildah bud of Dockerfile (VARIANT=${variant}, torch from PyPI;" \
+    "10-20 minutes the first time)"
+  # Registry traffic passes a TLS proxy whose CA only the host trusts: its bundle (and pip's
+  # settings, which point at it) are mounted read-only for the RUN steps, never copied in.
+  mounts=()
+  for file in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
+    [[ -f "${file}" ]] && mounts+=(--volume "${file}:${file}:ro")
+  done
+  bah bud --signature-policy "${policy}" --isolation chroot --layers=false \
+    --build-arg "PYTHON_IMAGE=${base_image}" --build-arg "VARIANT=${variant}" \
+    --build-arg CPU_TORCH_INDEX= "${mounts[@]}" \
+    --file "${repo}/Dockerfile" --tag "${built_image}" "${repo}" >&2
+  log "image: built in $((SECONDS - started))s"
+fi
+
+if [[ ! -f "${archive}" ]]; then
+  log "test image: this checkout's sources over ${built_image}"
+  container="$(bah from --signature-policy "${policy}" --pull=never "${built_image}")"
+  # The image's user is 65532; the layer is written as root.
+  site="$(bah run --isolation chroot --user 0:0 "${container}" -- /opt/venv/bin/python -c \
+    'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  bah run --isolation chroot --user 0:0 "${container}" -- \
+    rm -rf "${site}/hpo_operator" "${site}/trial_runner"
+  staging="$(mktemp -d "${TMPDIR}/sources.XXXXXX")"
+  (cd "${repo}" && find operator trial_runner -type f \( -name '*.py' -o -name 'py.typed' \) \
+    -print0 | tar --null -T - -cf -) | tar -C "${staging}" -xf -
+  mv "${staging}/operator" "${staging}/hpo_operator"
+  bah copy "${container}" "${staging}/hpo_operator" "${site}/hpo_operator"
+  bah copy "${container}" "${staging}/trial_runner" "${site}/trial_runner"
+  rm -rf "${staging}"
+  bah run --isolation chroot --user 0:0 "${container}" -- /opt/venv/bin/python -m compileall -q \
+    "${site}/hpo_operator" "${site}/trial_runner"
+  bah run --isolation chroot "${container}" -- /opt/venv/bin/kubetune --help >/dev/null
+  bah config --label "dev.kubetune.source=${source_key}" "${container}"
+  bah commit --signature-policy "${policy}" --quiet --rm "${container}" "${test_image}" >/dev/null
+
+  log "test image: exporting ${archive}"
+  rm -f "${archive}.tmp"
+  bah push --signature-policy "${policy}" --quiet --disable-compression --format oci \
+    "${test_image}" "oci-archive:${archive}.tmp:${test_image}"
+  mv "${archive}.tmp" "${archive}"
+fi
+
+if [[ ! -f "${pause_archive}" ]]; then
+  log "pause image: ${pause_image} (hack/node/pause, a static Go binary)"
+  command -v go >/dev/null || die "go is not on PATH; it compiles the pause binary"
+  (cd "${repo}/hack/node/pause" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-trimpath \
+    go build -ldflags="-s -w" -o "${pause_bin}" .)
+  container="$(bah from --signature-policy "${policy}" scratch)"
+  bah copy "${container}" "${pause_bin}" /pause
+  bah config --entrypoint '["/pause"]' --user 65535:65535 "${container}"
+  bah commit --signature-policy "${policy}" --quiet --rm "${container}" "${pause_image}" >/dev/null
+  bah push --signature-policy "${policy}" --quiet --disable-compression --format oci \
+    "${pause_image}" "oci-archive:${pause_archive}.tmp:${pause_image}"
+  mv "${pause_archive}.tmp" "${pause_archive}"
+  rm -f "${pause_bin}"
+fi
+
+# Prune what no current key names: older base tarballs, images, test images and archives.
+for file in "${root}"/python-base-*.tar "${root}"/kubetune-test-*.oci.tar "${root}"/pause-*.oci.tar; do
+  case "${file}" in "${base_tar}" | "${archive}" | "${pause_archive}") continue ;; esac
+  [[ -e "${file}" ]] || continue
+  log "pruning ${file}"
+  rm -f "${file}"
+done
+while read -r name; do
+  case "${name}" in
+    "${base_image}" | "${built_image}" | "${test_image}" | "${pause_image}") ;;
+    *)
+      log "pruning image ${name}"
+      bah rmi --force "${name}" >/dev/null || true
+      ;;
+  esac
+done < <(bah images --format '{{.Name}}:{{.Tag}}' 2>/dev/null | sort -u)
+bah rm --all >/dev/null 2>&1 || true
+rm -rf "${TMPDIR:?}"/*
+
+log "done in $((SECONDS - started))s: ${test_image}, $(du -h "${archive}" | cut -f1) archive"
+[[ "${mode}" == print ]] && echo "${result}"
+exit 0
