@@ -21,8 +21,8 @@ import yaml
 from hpo_operator.config import OperatorConfig
 from hpo_operator.sizing import GPU, SizingDecision
 
+from trial_runner.contract import STORAGE_ENV
 from trial_runner.spec import API_VERSION, KIND, StudySpec
-from trial_runner.storage import STORAGE_ENV
 
 __all__ = [
     "COMPONENT_ESTIMATE",

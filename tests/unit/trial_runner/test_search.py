@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tests.helpers import base_document as base
+from tests.helpers import study_document as base
 from trial_runner.search import (
     build_pruner,
     build_sampler,

@@ -9,20 +9,20 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import base_document
+from tests.helpers import spec_model, study_document
 from trial_runner.spec import (
+    Objective,
     SpecError,
+    is_better,
     load_study,
     parse_duration,
     parse_quantity,
     study_from_mapping,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def base() -> dict[str, Any]:
-    return base_document()
+    return study_document()
 
 
 def with_change(path: str, value: Any) -> dict[str, Any]:
@@ -47,13 +47,6 @@ def test_base_document_is_valid() -> None:
     assert study.spec.search_space[0].scale == "Log"
     assert study.spec.training.folds == 1  # defaults fill in
     assert study.spec.task.config == {"a": 1}
-
-
-def test_examples_validate() -> None:
-    examples = sorted((REPO / "examples").glob("*.yaml"))
-    assert examples, "examples/ must hold study files"
-    for path in examples:
-        assert load_study(path).name
 
 
 INVALID: list[tuple[str, Any, str, str]] = [
@@ -228,8 +221,53 @@ def test_duration_and_quantity_parsing() -> None:
     assert parse_duration("45s") == 45
     assert parse_quantity("512Mi") == 512 * 2**20
     assert parse_quantity("2G") == 2 * 10**9
-    with pytest.raises(ValueError):
+    assert parse_quantity("16384Ki") == 16 * 2**20
+    assert parse_quantity("1.5Gi") == 3 * 2**29
+    assert parse_quantity("100m") == 1  # a fraction of a byte rounds up
+    with pytest.raises(ValueError, match="not a quantity"):
         parse_quantity("2 GB")
+
+
+def test_numbers_are_parsed_once_by_the_model() -> None:
+    spec = spec_model(
+        budget={"maxTrials": 10, "timeout": "1h30m"},
+        training={"earlyStopping": {"patience": 2, "minDelta": "1e-3"}},
+        pruner={"type": "Percentile", "percentile": "25", "patience": 1, "minDelta": "0.5"},
+        resources={"memoryHeadroom": "0.25", "peakMemory": "12Gi", "memory": "512Mi"},
+    )
+    assert spec.budget.timeout_seconds == 5400
+    assert spec.training.early_stopping is not None
+    assert spec.training.early_stopping.min_delta_value == 1e-3
+    assert (spec.pruner.percentile_value, spec.pruner.min_delta_value) == (25.0, 0.5)
+    assert spec.pruner.p_threshold_value is None
+    assert spec.resources.headroom_fraction == 0.25
+    assert spec.resources.peak_memory_bytes == 12 * 2**30
+    assert spec.resources.memory_bytes == 512 * 2**20
+    low, high = spec.search_space[0].low_value, spec.search_space[0].high_value
+    assert (low, high) == (1e-4, 1e-1)
+    assert spec.search_space[2].typed("64") == 64 and spec.search_space[0].typed("0.5") == 0.5
+
+
+@pytest.mark.parametrize(
+    ("direction", "a", "b", "margin", "better"),
+    [
+        ("Maximize", 0.9, 0.8, 0.0, True),
+        ("Maximize", 0.8, 0.9, 0.0, False),
+        ("Maximize", 0.85, 0.8, 0.1, False),  # not by more than the margin
+        ("Minimize", 0.1, 0.2, 0.0, True),
+        ("Minimize", 0.2, 0.1, 0.0, False),
+        ("Minimize", 0.15, 0.2, 0.1, False),
+        ("Maximize", 0.8, 0.8, 0.0, False),  # a tie is not better
+    ],
+)
+def test_one_rule_says_which_score_is_better(
+    direction: str, a: float, b: float, margin: float, better: bool
+) -> None:
+    objective = Objective(metric="accuracy", direction=direction)  # type: ignore[arg-type]
+    assert objective.better(a, b, margin) is better
+    assert is_better(direction, a, b, margin) is better
+    best = max(a, b) if direction == "Maximize" else min(a, b)
+    assert sorted([b, a], key=objective.best_first)[0] == best
 
 
 def test_categorical_string_default_for_a_later_stage() -> None:

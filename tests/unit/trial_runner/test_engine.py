@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,23 +10,29 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import base_document
+from tests.helpers import spec_model
+from trial_runner import step
 from trial_runner.engine import Engine, epochs_for_trial, make_folds
-from trial_runner.spec import StudySpec, study_from_mapping
+from trial_runner.spec import StudySpec
 from trial_runner.task import Task, TaskData
 
 
 def make_spec(training: dict[str, Any], pruner: dict[str, Any] | None = None) -> StudySpec:
-    doc = base_document()
-    doc["spec"]["stages"] = None
-    doc["spec"]["searchSpace"] = [
-        {"name": "learning_rate", "type": "Float", "low": "1e-3", "high": "1e-1", "scale": "Log"},
-        {"name": "batch_size", "type": "Categorical", "choices": [16, 32, 64]},
-    ]
-    doc["spec"]["training"] = training
-    if pruner:
-        doc["spec"]["pruner"] = pruner
-    return study_from_mapping(doc).spec
+    return spec_model(
+        stages=None,
+        searchSpace=[
+            {
+                "name": "learning_rate",
+                "type": "Float",
+                "low": "1e-3",
+                "high": "1e-1",
+                "scale": "Log",
+            },
+            {"name": "batch_size", "type": "Categorical", "choices": [16, 32, 64]},
+        ],
+        training=training,
+        pruner=pruner,
+    )
 
 
 class Blobs(Task):
@@ -135,21 +140,6 @@ def test_stratified_folds_keep_class_balance() -> None:
     assert len(holdout) == 1 and len(holdout[0][1]) == 24
 
 
-def test_accumulated_micro_batches_match_one_full_batch() -> None:
-    spec = make_spec({"precision": "FP32"})
-    engine = Engine(Blobs({}), spec)
-    inputs, targets = engine._inputs[:48], engine._targets[:48]
-    torch.manual_seed(1)
-    model_a = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 3))
-    model_b = copy.deepcopy(model_a)
-    for model, micro in ((model_a, 48), (model_b, 20)):  # 20 does not divide 48
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        scaler = torch.amp.GradScaler(enabled=False)
-        engine._step(model, opt, scaler, inputs, targets, micro)
-    for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
-
-
 def test_out_of_memory_halves_the_micro_batch_and_goes_on() -> None:
     spec = make_spec({"folds": 2, "epochs": 2})
     engine = Engine(OomAbove({"limit": 16}), spec)
@@ -203,9 +193,9 @@ class BlobsAsDataset(Blobs):
 def test_loader_workers_persist_across_trials_and_batch_sizes() -> None:
     spec = make_spec({"epochs": 1, "dataLoaderWorkers": 2})
     engine = Engine(BlobsAsDataset({}), spec)
-    assert not engine._on_device
+    assert not engine.data.on_device
     engine.run_trial({**PARAMS, "batch_size": 16}, trial_number=0)
-    loader = engine._loader
+    loader = engine.data.loader
     assert loader is not None and loader._iterator is not None
     pids = [w.pid for w in loader._iterator._workers]
     result = engine.run_trial({**PARAMS, "batch_size": 64}, trial_number=1)
@@ -247,3 +237,39 @@ def test_compile_runs_and_is_recorded_across_trials() -> None:
     assert first.telemetry["compile"] and second.telemetry["compile"]
     assert isinstance(first.model, torch._dynamo.eval_frame.OptimizedModule)
     assert first.value > 0.5 and second.value > 0.5
+
+
+def test_validation_runs_at_the_largest_batch_that_fits_and_is_recorded() -> None:
+    spec = make_spec({"epochs": 1, "precision": "FP32"})
+    roomy = Engine(Wide({}), spec)
+    rows = roomy.data.validation_rows
+    full = roomy.run_trial({**PARAMS, "batch_size": 16}, trial_number=0).telemetry
+    assert (full["micro_batch"], full["validation_batch"]) == (16, rows)  # the whole split
+    # Room for the training step at 16 but for fewer validation rows than the split.
+    eval_peak = roomy.planner.memory.estimate(PARAMS, rows, training=False).peak_bytes
+    train_peak = roomy.planner.memory.estimate(PARAMS, 16).peak_bytes
+    assert train_peak < eval_peak, "the test needs validation to be the larger one"
+    capacity = int(train_peak * 1.1) + 1
+    tight = Engine(Wide({}), spec, memory_capacity_bytes=capacity)
+    t = tight.run_trial({**PARAMS, "batch_size": 16}, trial_number=0).telemetry
+    assert t["micro_batch"] == 16
+    assert 16 <= t["validation_batch"] < rows
+    batch = t["validation_batch"]
+    kept = rows - batch
+    fitting = tight.planner.memory.estimate(PARAMS, batch, training=False, kept_rows=kept)
+    assert fitting.peak_bytes * 1.1 <= capacity
+
+
+def test_trials_train_through_the_shared_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    shared = step.train_step
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        calls.append(len(args[3]))  # micro-batches of this step
+        shared(*args, **kwargs)
+
+    engine = Engine(Blobs({}), make_spec({"epochs": 1, "maxMicroBatch": 8}))
+    monkeypatch.setattr(step, "train_step", counting)
+    result = engine.run_trial({**PARAMS, "batch_size": 32}, trial_number=0)
+    assert calls and set(calls) == {4}  # 32 samples in micro-batches of 8
+    assert result.telemetry["accumulation_steps"] == 4

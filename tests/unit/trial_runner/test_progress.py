@@ -8,8 +8,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.memory import MicroBatchPlan
-from trial_runner.progress import STAGE_ATTR, BudgetState, plan_claim, summarize
+from trial_runner.contract import STAGE_ATTR
+from trial_runner.progress import BudgetState, plan_claim, summarize
 
 
 def trial(
@@ -98,12 +98,3 @@ def test_stage_transition_waits_for_the_previous_stage() -> None:
     assert (claim.action, claim.stage) == ("Run", 1)
     assert done0.stages[0].best_params == {"x": 0.1}
     assert done0.stages[0].best_value == 0.7
-
-
-def test_accumulation_weights_sum_to_one_with_a_partial_step() -> None:
-    plan = MicroBatchPlan.for_sizes(100, 32)
-    assert plan.accumulation_steps == 4
-    assert plan.sizes() == [32, 32, 32, 4]
-    assert abs(sum(plan.loss_weights()) - 1.0) < 1e-12
-    assert plan.loss_weights()[-1] == 4 / 100
-    assert MicroBatchPlan.for_sizes(8, 16).sizes() == [8]
