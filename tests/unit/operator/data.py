@@ -1,12 +1,13 @@
-"""Builders shared by the operator's unit tests (plain data; nothing is mocked)."""
+"""Plain data the operator's unit tests share (nothing is mocked)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
+from tests.helpers import spec_model
 from trial_runner.progress import StageSummary, StudyProgress
-from trial_runner.spec import StudySpec, validate_spec_mapping
+from trial_runner.spec import StudySpec
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
@@ -16,31 +17,21 @@ OWNER: dict[str, Any] = {
     "metadata": {"name": "digits", "namespace": "team-a", "uid": "0b5e-uid"},
 }
 
-
-def spec_mapping(**overrides: Any) -> dict[str, Any]:
-    """A valid spec mapping; keyword arguments replace top-level fields."""
-    spec: dict[str, Any] = {
-        "objective": {"metric": "accuracy", "direction": "Maximize"},
-        "task": {"entrypoint": "trial_runner.tasks.digits:DigitsMLP", "image": "img:1"},
-        "searchSpace": [
-            {
-                "name": "learning_rate",
-                "type": "Float",
-                "low": "1e-4",
-                "high": "1e-1",
-                "scale": "Log",
-            },
-            {"name": "batch_size", "type": "Categorical", "choices": [32, 64]},
-        ],
-        "budget": {"maxTrials": 4},
-        "resources": {"accelerator": "CPU", "parallelism": 2, "memory": "1Gi"},
-    }
-    spec.update(overrides)
-    return spec
+#: A CPU study with two runners and a small budget; tests replace top-level fields.
+OPERATOR_SPEC: dict[str, Any] = {
+    "task": {"entrypoint": "trial_runner.tasks.digits:DigitsMLP", "image": "img:1"},
+    "searchSpace": [
+        {"name": "learning_rate", "type": "Float", "low": "1e-4", "high": "1e-1", "scale": "Log"},
+        {"name": "batch_size", "type": "Categorical", "choices": [32, 64]},
+    ],
+    "stages": None,
+    "budget": {"maxTrials": 4},
+    "resources": {"accelerator": "CPU", "parallelism": 2, "memory": "1Gi"},
+}
 
 
 def make_spec(**overrides: Any) -> StudySpec:
-    return validate_spec_mapping(spec_mapping(**overrides))
+    return spec_model(**{**OPERATOR_SPEC, **overrides})
 
 
 def make_progress(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 from hpo_operator.config import OperatorConfig
 from hpo_operator.manifests import (
@@ -17,7 +16,7 @@ from hpo_operator.manifests import (
 )
 from hpo_operator.sizing import Peak, SizingDecision
 
-from tests.unit.operator.helpers_operator import OWNER, make_spec
+from tests.unit.operator.data import OWNER, make_spec
 from trial_runner.spec import study_from_mapping
 
 MIG = SizingDecision(
@@ -167,20 +166,3 @@ def test_default_storage_secret_is_owned_by_the_study() -> None:
     assert secret["metadata"]["name"] == "digits-storage"
     assert secret["stringData"] == {"url": "postgresql://u:p@h/db"}
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "0b5e-uid"
-
-
-def test_bad_operator_settings_name_the_variable() -> None:
-    with pytest.raises(ValueError, match="KUBETUNE_IMAGE_PULL_POLICY"):
-        OperatorConfig.from_env({"KUBETUNE_IMAGE_PULL_POLICY": "Sometimes"})
-    with pytest.raises(ValueError, match="KUBETUNE_RUNNER_EXTRA_LABELS"):
-        OperatorConfig.from_env({"KUBETUNE_RUNNER_EXTRA_LABELS": "no-equals-sign"})
-    config = OperatorConfig.from_env(
-        {
-            "KUBETUNE_DEFAULT_STORAGE_SECRET": "pg",
-            "KUBETUNE_RUNNER_TOLERATIONS": "dedicated=hpo:NoSchedule",
-        }
-    )
-    assert config.default_storage_secret == ("pg", "url")
-    assert config.tolerations == (
-        {"key": "dedicated", "operator": "Equal", "value": "hpo", "effect": "NoSchedule"},
-    )

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-from hpo_operator.crd import CRD_ONLY_BOUNDS, crd, crd_yaml, spec_schema
+from hpo_operator.crd import CRD_ONLY_BOUNDS, crd, crd_yaml, spec_schema, status_schema
+from hpo_operator.status import StudyStatus
 
 from trial_runner.spec import StudySpec
 
@@ -88,6 +89,20 @@ def test_crd_schema_agrees_with_the_spec_model_field_by_field() -> None:
     _walk(model, spec_schema(), model["$defs"], "", seen)
     assert "searchSpace[].low" in seen and "training.earlyStopping.minDelta" in seen
     assert set(CRD_ONLY_BOUNDS) <= set(seen), "a CRD-only bound names a field the model lacks"
+
+
+def test_crd_status_schema_is_generated_from_the_status_model() -> None:
+    model = StudyStatus.model_json_schema(by_alias=True)
+    seen: list[str] = []
+    _walk(model, status_schema(), model["$defs"], "", seen)
+    assert {"conditions[].lastTransitionTime", "runners.failedPods", "sizing.floorBytes"} <= set(
+        seen
+    )
+    conditions = status_schema()["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    completion = status_schema()["properties"]["completionTime"]
+    assert completion["nullable"] is True and completion["format"] == "date-time"
 
 
 def _nodes(schema: dict[str, Any], path: str = ""):

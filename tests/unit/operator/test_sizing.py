@@ -18,8 +18,9 @@ from hpo_operator.sizing import (
     node_info,
     resolve_peak,
 )
+from hpo_operator.status import SizingStatus
 
-from tests.unit.operator.helpers_operator import make_spec
+from tests.unit.operator.data import make_spec
 
 GIB = 2**30
 
@@ -147,6 +148,21 @@ def test_no_node_of_the_requested_kind() -> None:
     assert "no node advertises a MIG slice" in result.reason
 
 
+def test_node_with_unreadable_memory_is_skipped_and_named_in_the_reason() -> None:
+    broken = cpu_node("c-broken", "12Qi")
+    decision = decide([broken, cpu_node("c-ok", "32Gi")], 2, "CPU")
+    assert isinstance(decision, SizingDecision) and decision.kind == "CPU"
+    assert "1 node(s)" in decision.reason  # only the readable node counts
+    assert "node c-broken skipped: its allocatable memory '12Qi' is not a quantity" in (
+        decision.reason
+    )
+    nothing = decide([broken], 2, "CPU")
+    assert isinstance(nothing, NoFit)
+    assert (
+        "no node advertises a CPU node" in nothing.reason and "c-broken skipped" in nothing.reason
+    )
+
+
 def test_unschedulable_nodes_are_ignored() -> None:
     cordoned = NodeInfo("g", {"nvidia.com/gpu": "8"}, {"nvidia.com/gpu.memory": "81920"}, False)
     assert isinstance(decide([cordoned], 4, "GPU"), NoFit)
@@ -196,17 +212,19 @@ def test_peak_from_spec_skips_the_estimate() -> None:
 
 def test_peak_unknown_needs_an_estimate_then_uses_its_message() -> None:
     spec = make_spec(resources={"accelerator": "Auto"})
-    pending = resolve_peak(spec, {})
+    pending = resolve_peak(spec, SizingStatus())
     assert isinstance(pending, PeakPending) and pending.key == estimate_key(spec)
     message = json.dumps({"peakBytes": 3 * GIB, "method": "FakeTensor", "config": {}})
-    assert resolve_peak(spec, {}, estimate_message=message) == Peak(3 * GIB, "FakeTensor")
-    recorded = {"estimateKey": estimate_key(spec), "peakBytes": 3 * GIB, "method": "FakeTensor"}
+    assert resolve_peak(spec, None, estimate_message=message) == Peak(3 * GIB, "FakeTensor")
+    recorded = SizingStatus(
+        estimate_key=estimate_key(spec), peak_bytes=3 * GIB, method="FakeTensor"
+    )
     assert resolve_peak(spec, recorded) == Peak(3 * GIB, "FakeTensor")
 
 
 def test_recorded_estimate_is_redone_when_the_search_space_changes() -> None:
     spec = make_spec(resources={"accelerator": "Auto"})
-    recorded = {"estimateKey": estimate_key(spec), "peakBytes": GIB, "method": "Analytic"}
+    recorded = SizingStatus(estimate_key=estimate_key(spec), peak_bytes=GIB, method="Analytic")
     wider = make_spec(
         resources={"accelerator": "Auto"},
         searchSpace=[{"name": "batch_size", "type": "Categorical", "choices": [32, 512]}],
@@ -216,8 +234,8 @@ def test_recorded_estimate_is_redone_when_the_search_space_changes() -> None:
 
 def test_bad_estimate_message_is_a_failure_with_the_reason() -> None:
     spec = make_spec(resources={"accelerator": "Auto"})
-    failed = resolve_peak(spec, {}, estimate_message="Traceback: boom")
+    failed = resolve_peak(spec, None, estimate_message="Traceback: boom")
     assert isinstance(failed, PeakFailed)
     assert "not JSON" in failed.message
-    failed = resolve_peak(spec, {}, estimate_failed="exit code 1: ImportError")
+    failed = resolve_peak(spec, None, estimate_failed="exit code 1: ImportError")
     assert isinstance(failed, PeakFailed) and "ImportError" in failed.message

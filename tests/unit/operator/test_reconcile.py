@@ -14,11 +14,11 @@ from hpo_operator.reconcile import (
     WriteBest,
     decide,
     observe_pod,
-    set_condition,
 )
 from hpo_operator.sizing import NoFit, Peak, PeakFailed, PeakPending, SizingDecision
+from hpo_operator.status import StudyStatus, set_condition
 
-from tests.unit.operator.helpers_operator import NOW, make_progress, make_spec
+from tests.unit.operator.data import NOW, make_progress, make_spec
 
 CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "cpu 1Gi")
 MIG1 = SizingDecision(
@@ -40,8 +40,13 @@ def runner(index: int, phase: str = "Running", ready: bool = True, **kw: Any) ->
     )
 
 
+def status(plan: Plan) -> dict[str, Any]:
+    """The status the operator writes for ``plan`` (JSON, as users read it)."""
+    return plan.status.to_api()
+
+
 def condition(plan: Plan, type_: str) -> dict[str, Any]:
-    return next(c for c in plan.status["conditions"] if c["type"] == type_)
+    return next(c for c in status(plan)["conditions"] if c["type"] == type_)
 
 
 def creates(plan: Plan) -> list[int]:
@@ -55,15 +60,17 @@ def deletes(plan: Plan) -> list[str]:
 def run(
     children: list[ObservedPod] | None = None,
     progress: Any = None,
-    status: dict[str, Any] | None = None,
+    status: StudyStatus | dict[str, Any] | None = None,
     sizing: Any = CPU,
     generation: int = 1,
     now: dt.datetime = NOW,
     **spec: Any,
 ) -> Plan:
+    # A status from an earlier plan goes through its JSON, as the API server stores it.
+    written = status.to_api() if isinstance(status, StudyStatus) else status
     return decide(
         make_spec(**spec),
-        status or {},
+        StudyStatus.from_api(written),
         generation,
         children or [],
         make_progress() if progress is None else progress,
@@ -78,10 +85,10 @@ def test_new_study_creates_parallelism_runners() -> None:
     assert all(a.sizing == CPU for a in plan.actions if isinstance(a, CreateRunner))
     assert condition(plan, "Ready")["status"] == "False"
     assert condition(plan, "Ready")["reason"] == "RunnersStarting"
-    assert plan.status["observedGeneration"] == 1
-    assert plan.status["startTime"] == "2026-01-02T03:04:05Z"
-    assert plan.status["trialsSummary"] == "0/4"
-    assert plan.status["runnersSummary"] == "0/2"
+    assert status(plan)["observedGeneration"] == 1
+    assert status(plan)["startTime"] == "2026-01-02T03:04:05Z"
+    assert status(plan)["trialsSummary"] == "0/4"
+    assert status(plan)["runnersSummary"] == "0/2"
     assert any(e.reason == "RunnersCreated" for e in plan.events)
 
 
@@ -90,8 +97,8 @@ def test_all_runners_ready_is_ready_and_creates_nothing() -> None:
     assert creates(plan) == [] and deletes(plan) == []
     ready = condition(plan, "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "RunnersReady")
-    assert plan.status["runners"]["ready"] == 2
-    assert plan.status["trials"] == {
+    assert status(plan)["runners"]["ready"] == 2
+    assert status(plan)["trials"] == {
         "complete": 1,
         "pruned": 0,
         "failed": 0,
@@ -124,7 +131,7 @@ def test_failed_runner_is_deleted_and_counted() -> None:
     failed = runner(0, phase="Failed", exit_code=1, message="Traceback\nImportError: torch")
     plan = run([failed, runner(1)], make_progress(running=1))
     assert deletes(plan) == ["digits-runner-0"]
-    assert plan.status["runners"]["failedPods"] == 1
+    assert status(plan)["runners"]["failedPods"] == 1
     warning = next(e for e in plan.events if e.reason == "RunnerFailed")
     assert warning.type == "Warning" and "ImportError: torch" in warning.message
     # The replacement comes once the pod is gone.
@@ -157,8 +164,8 @@ def test_oom_killed_runner_raises_the_floor_and_waits_for_larger_sizing() -> Non
     )
     plan = run([oom, runner(1)], make_progress(running=1), sizing=MIG1)
     assert deletes(plan) == ["digits-runner-0"]
-    assert plan.status["sizing"]["floorBytes"] == MIG1.memory_bytes + 1
-    assert plan.status["runners"]["failedPods"] == 0  # OOM is resized, not counted
+    assert status(plan)["sizing"]["floorBytes"] == MIG1.memory_bytes + 1
+    assert status(plan)["runners"]["failedPods"] == 0  # OOM is resized, not counted
     assert any(e.reason == "OOMKilled" and e.type == "Warning" for e in plan.events)
     # Next pass: the handler sized with the floor; the replacement gets the larger slice.
     again = run([runner(1)], make_progress(running=1), plan.status, sizing=MIG2)
@@ -197,7 +204,7 @@ def test_budget_claimed_creates_no_new_pods_but_keeps_running_ones() -> None:
     assert deletes(plan) == ["digits-runner-1"]
     assert condition(plan, "Ready")["reason"] == "Finishing"
     assert condition(plan, "Succeeded")["status"] == "False"
-    assert plan.status["runnersSummary"] == "1/1"  # runner-0 finishes its trial
+    assert status(plan)["runnersSummary"] == "1/1"  # runner-0 finishes its trial
 
 
 def test_finished_runner_is_replaced_while_trials_remain() -> None:
@@ -216,9 +223,9 @@ def test_budget_spent_succeeds_deletes_pods_and_records_completion() -> None:
     assert (succeeded["status"], succeeded["reason"]) == ("True", "BudgetSpent")
     assert "4 trials finished" in succeeded["message"]
     assert condition(plan, "Ready")["reason"] == "Succeeded"
-    assert plan.status["completionTime"] == "2026-01-02T03:04:05Z"
-    assert plan.status["trialsSummary"] == "4/4"
-    assert plan.status["best"] == {
+    assert status(plan)["completionTime"] == "2026-01-02T03:04:05Z"
+    assert status(plan)["trialsSummary"] == "4/4"
+    assert status(plan)["best"] == {
         "value": "0.97",
         "trial": 2,
         "params": {"learning_rate": "0.01", "batch_size": "64"},
@@ -227,7 +234,7 @@ def test_budget_spent_succeeds_deletes_pods_and_records_completion() -> None:
     # A second pass after success emits no second Succeeded event and keeps the time.
     later = run([], progress, plan.status, now=NOW + dt.timedelta(minutes=5))
     assert not [e for e in later.events if e.reason == "Succeeded"]
-    assert later.status["completionTime"] == "2026-01-02T03:04:05Z"
+    assert status(later)["completionTime"] == "2026-01-02T03:04:05Z"
     assert condition(later, "Succeeded")["lastTransitionTime"] == "2026-01-02T03:04:05Z"
 
 
@@ -250,7 +257,7 @@ def test_raised_budget_after_success_resumes_the_study() -> None:
     resumed = run([], make_progress(complete=4, max_trials=8), done.status, generation=2)
     assert condition(resumed, "Succeeded")["status"] == "False"
     assert creates(resumed) == [0, 1]
-    assert resumed.status["completionTime"] is None
+    assert status(resumed)["completionTime"] is None
 
 
 def test_suspend_drains_runners_and_resume_recreates_them() -> None:
@@ -303,7 +310,7 @@ def test_estimate_recorded_then_pod_deleted_and_runners_created() -> None:
     plan = run([done], sizing=sized)
     assert deletes(plan) == ["digits-estimate"]
     assert creates(plan) == [0, 1]
-    sizing = plan.status["sizing"]
+    sizing = status(plan)["sizing"]
     assert sizing["estimateKey"] == "k"
     assert (sizing["peakBytes"], sizing["method"]) == (5 * 2**30, "FakeTensor")
     assert sizing["resource"] == "nvidia.com/mig-1g.10gb"
@@ -328,7 +335,7 @@ def test_nothing_fits_refuses_with_a_condition() -> None:
     ready = condition(plan, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "NoFittingResource")
     assert "needs 200Gi" in ready["message"]
-    assert plan.status["sizing"]["reason"] == no_fit.reason
+    assert status(plan)["sizing"]["reason"] == no_fit.reason
     assert [e.reason for e in plan.events] == ["NoFittingResource"]
     # No repeated warning on the next pass.
     assert not run(sizing=no_fit, status=plan.status).events
@@ -352,7 +359,9 @@ def test_better_trial_writes_the_best_configmap_once() -> None:
 
 
 def test_storage_unavailable_keeps_pods_and_creates_nothing() -> None:
-    plan = decide(make_spec(), {}, 1, [runner(0)], None, CPU, NOW, storage_error="refused")
+    plan = decide(
+        make_spec(), StudyStatus(), 1, [runner(0)], None, CPU, NOW, storage_error="refused"
+    )
     assert plan.actions == ()
     ready = condition(plan, "Ready")
     assert (ready["reason"], ready["message"]) == (
@@ -365,10 +374,10 @@ def test_condition_transition_time_changes_only_when_status_flips() -> None:
     first = set_condition([], "Ready", False, "RunnersStarting", "0/2", 1, NOW)
     later = NOW + dt.timedelta(minutes=1)
     same = set_condition(first, "Ready", False, "Unschedulable", "no nodes", 2, later)
-    assert same[0]["lastTransitionTime"] == "2026-01-02T03:04:05Z"
-    assert (same[0]["reason"], same[0]["observedGeneration"]) == ("Unschedulable", 2)
+    assert same[0].last_transition_time == "2026-01-02T03:04:05Z"
+    assert (same[0].reason, same[0].observed_generation) == ("Unschedulable", 2)
     flipped = set_condition(same, "Ready", True, "RunnersReady", "2/2", 2, later)
-    assert flipped[0]["lastTransitionTime"] == "2026-01-02T03:05:05Z"
+    assert flipped[0].last_transition_time == "2026-01-02T03:05:05Z"
 
 
 def test_observe_pod_reads_oom_and_termination_message() -> None:
