@@ -17,7 +17,7 @@ from __future__ import annotations
 from trial_runner.memory._workload import MemoryEstimate, StepWorkload, sample_batch
 from trial_runner.memory.capacity import available_memory
 from trial_runner.memory.estimate import estimate_peak, estimate_training_peak
-from trial_runner.memory.measure import measure_peak, measure_training_peak
+from trial_runner.memory.measure import measure_peak
 from trial_runner.memory.plan import (
     MemoryPlanner,
     NoMicroBatchFits,
@@ -43,7 +43,6 @@ __all__ = [
     "estimate_training_peak",
     "largest_configuration",
     "measure_peak",
-    "measure_training_peak",
     "plan_micro_batch",
     "resolve_precision",
     "sample_batch",

@@ -11,17 +11,10 @@ is the live bytes before the steps plus the highest running sum of the allocatio
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from trial_runner.memory._workload import StepWorkload, repeat_rows, storage_bytes
 
-if TYPE_CHECKING:
-    import torch
-
-    from trial_runner.task import Task
-
-__all__ = ["measure_peak", "measure_training_peak"]
+__all__ = ["measure_peak"]
 
 
 def measure_peak(workload: StepWorkload) -> int:
@@ -54,32 +47,3 @@ def measure_peak(workload: StepWorkload) -> int:
         live += size
         highest = max(highest, live)
     return before + highest + kept
-
-
-def measure_training_peak(
-    task: Task,
-    params: Mapping[str, Any],
-    micro_batch: int,
-    *,
-    sample_input: torch.Tensor,
-    sample_target: torch.Tensor,
-    precision: str,
-    accumulation_steps: int = 1,
-    fused: bool | None = None,
-) -> int:
-    """Measured peak bytes of the training steps :func:`estimate_training_peak` estimates."""
-    import torch
-
-    return measure_peak(
-        StepWorkload(
-            task,
-            params,
-            micro_batch,
-            sample_input,
-            sample_target,
-            precision,
-            torch.device("cpu"),
-            accumulation_steps=accumulation_steps,
-            fused=fused,
-        )
-    )

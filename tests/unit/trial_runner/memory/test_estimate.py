@@ -24,7 +24,6 @@ from trial_runner.memory import (
     estimate_peak,
     estimate_training_peak,
     measure_peak,
-    measure_training_peak,
 )
 from trial_runner.task import Task
 
@@ -53,9 +52,7 @@ def _estimate(
 
 def _measure(task: Task, params: Mapping[str, Any], micro: int, precision: str = "FP32") -> int:
     x, y = sample(task)
-    return measure_training_peak(
-        task, params, micro, sample_input=x, sample_target=y, precision=precision
-    )
+    return measure_peak(StepWorkload(task, params, micro, x, y, precision, CPU))
 
 
 def _validation(task: Task, params: Mapping[str, Any], rows: int) -> StepWorkload:
