@@ -23,11 +23,12 @@ no pruning with the same trial budget: epochs trained, best value, wall time.
 
 Definitions. *Step time* is the time inside the engine's training step (forward, backward,
 optimizer step over one effective batch), measured by wrapping
-``trial_runner.step.train_step`` in the child processes; *eval time* is the engine's validation time. Both are the work every way must do.
-A trial's *overhead* is its wall time minus its step and eval time: process start, imports,
-data loading, DataLoader workers, waiting for batches, model build, storage, sampling. A
-warm trial's wall time is the time between its completion and the previous one's (the first:
-from its start) as recorded in the storage, so it includes claiming and storage writes.
+``trial_runner.step.train_step`` in the child processes; *eval time* is the engine's
+validation time. Both are the work every way must do. A trial's *overhead* is its wall time
+minus its step and eval time: process start, imports, data loading, DataLoader workers,
+waiting for batches, model build, storage, sampling. A warm trial's wall time is the time
+between its completion and the previous one's (the first: from its start) as recorded in the
+storage, so it includes claiming and storage writes.
 *Share* is total overhead (including one-off start-up) over total wall time.
 
 The machine is shared and noisy: compare the ways within one run, read the ratios, and do
