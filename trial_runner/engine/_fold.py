@@ -6,6 +6,7 @@ Training goes through :func:`trial_runner.step.train_step` and validation throug
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ class FoldTrainer:
         data: FoldedData,
         *,
         precision: str,
-        stop_requested: Any,
+        stop_requested: threading.Event,
     ) -> None:
         self.task = task
         self.spec = spec

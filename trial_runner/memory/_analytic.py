@@ -2,13 +2,13 @@
 
 Such models call ``.item()``, branch on values or have data-dependent shapes. The model and
 the optimizer are built for real; parameter, buffer, gradient and optimizer-state bytes are
-counted exactly (one real step on a tiny batch materialises the state), and activations are
-measured from real forwards on two tiny batches (bytes saved for backward plus the output),
-fitted as a fixed part plus a per-sample part and scaled to the micro-batch. For a training
-step they are multiplied by :data:`ACTIVATION_FACTOR`: during backward the saved activations
-and the gradients flowing through them coexist. A validation batch keeps none of them for
-backward, so the bytes a training forward saves bound it from above.
-"""
+counted exactly, and activations are measured from real training steps
+(:func:`trial_runner.step.train_step`, which also materialises the optimizer state) on two
+tiny batches: the bytes saved for backward plus the output, fitted as a fixed part plus a
+per-sample part and scaled to the micro-batch. For a training step they are multiplied by
+:data:`ACTIVATION_FACTOR`: during backward the saved activations and the gradients flowing
+through them coexist. A validation batch keeps none of them for backward, so the bytes a
+training forward saves bound it from above."""
 
 from __future__ import annotations
 
@@ -39,14 +39,16 @@ def estimate_analytic(workload: StepWorkload, reason: str) -> MemoryEstimate:
     device, micro_batch = workload.device, workload.micro_batch
     model = workload.task.build_model(workload.params).to(device)
     model.train()
-    # Training needs its optimizer's state; a validation batch has none, and its forwards
-    # here only measure (their gradients are dropped).
     optimizer = workload.build_optimizer(model)
+    # A validation batch has no optimizer: its forwards are measured as training ones (the
+    # bytes they save for backward bound a forward without gradients from above), stepped by
+    # one that leaves the weights as they are.
+    stepping = optimizer or torch.optim.SGD(model.parameters(), lr=0.0)
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     output_bytes_per_row = 0.0
 
     def forward_activations(rows: int) -> int:
-        """Bytes a real forward of ``rows`` samples keeps for backward, plus its output."""
+        """Bytes a real step of ``rows`` samples keeps for backward, plus its output."""
         nonlocal output_bytes_per_row
         inputs = repeat_rows(workload.sample_input, rows).to(device)
         targets = repeat_rows(workload.sample_target, rows).to(device)
@@ -59,15 +61,23 @@ def estimate_analytic(workload: StepWorkload, reason: str) -> MemoryEstimate:
                 saved[storage.data_ptr()] = storage.nbytes()
             return t
 
-        with (
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-            step.autocast(workload.precision, device),
-        ):
-            outputs = model(inputs)
-            loss = workload.task.loss(outputs, targets)
-        saved.setdefault(outputs.untyped_storage().data_ptr(), outputs.untyped_storage().nbytes())
-        output_bytes_per_row = outputs.float().untyped_storage().nbytes() / rows
-        loss.backward()  # type: ignore[no-untyped-call]
+        def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            nonlocal output_bytes_per_row
+            storage = outputs.untyped_storage()
+            saved.setdefault(storage.data_ptr(), storage.nbytes())
+            output_bytes_per_row = outputs.float().untyped_storage().nbytes() / rows
+            return workload.task.loss(outputs, targets)
+
+        # The step also materialises the optimizer state, so it can be counted exactly.
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step.train_step(
+                loss,
+                model,
+                stepping,
+                [(inputs, targets)],
+                precision=workload.precision,
+                device=device,
+            )
         return sum(saved.values())
 
     small, large = TINY_BATCHES
@@ -75,9 +85,6 @@ def estimate_analytic(workload: StepWorkload, reason: str) -> MemoryEstimate:
     large_bytes = forward_activations(large)
     per_sample = max(0.0, (large_bytes - small_bytes) / (large - small))
     fixed = max(0.0, small_bytes - per_sample * small)
-    if optimizer is not None:
-        optimizer.step()  # materialises the optimizer state so it can be counted exactly
-        optimizer.zero_grad(set_to_none=True)
 
     param_bytes = storage_bytes(model.parameters())
     buffer_bytes = storage_bytes(model.buffers())

@@ -152,6 +152,32 @@ def test_changing_the_step_changes_the_estimate(monkeypatch: pytest.MonkeyPatch)
     assert 0.8 * measured <= after <= 1.25 * measured  # and so did the measurement
 
 
+@pytest.mark.parametrize(
+    ("task", "method", "steps"),
+    [
+        (SmallMLP({}), "FakeTensor", 2),
+        # The fake attempt fails in its first step; then two real ones on tiny batches.
+        (DataDependentMLP({}), "Analytic", 3),
+    ],
+)
+def test_every_estimator_and_the_measurement_run_the_shared_step(
+    task: Task, method: str, steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    shared = step.train_step
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        calls.append("step")
+        shared(*args, **kwargs)
+
+    monkeypatch.setattr(step, "train_step", counted)
+    assert _estimate(task, {"hidden": 64}, 8).method == method
+    assert len(calls) == steps
+    calls.clear()
+    _measure(task, {"hidden": 64}, 8)
+    assert len(calls) == 2  # two optimizer steps: the state exists from the second
+
+
 def test_validation_needs_no_gradients_or_optimizer_state() -> None:
     task = SmallMLP({})
     params = {"hidden": 1024}
