@@ -65,7 +65,9 @@ if [[ "$(cat "$overlay/.base" 2>/dev/null)" != "$venv" ]]; then
   "$overlay/bin/pip" install -q "setuptools>=69" wheel
   echo "$venv" >"$overlay/.base"
 fi
-"$overlay/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 |
+# -P: not the repo root first on sys.path, where operator/ would hide the stdlib operator module
+# (the editable install imports it early only once it exists).
+"$overlay/bin/python" -P -m pip install -q --no-deps --no-build-isolation -e . 2>&1 |
   grep -v "^\s*$" >&2 || true
 export PATH="$overlay/bin:$venv/bin:$PATH"
 echo "$overlay (dependencies: $venv)" >&2
