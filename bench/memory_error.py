@@ -4,7 +4,8 @@
     nice python bench/memory_error.py --quick    # two rows, for a smoke test
 
 For each task, configuration, micro-batch and precision, the same training steps (two
-optimizer steps, as :mod:`trial_runner.memory` models them) are
+optimizer steps of :func:`trial_runner.step.train_step`, the engine's own step, as
+:class:`trial_runner.memory.StepWorkload` runs them) are
 
 * estimated with FakeTensor + MemTracker (no real memory),
 * estimated with the Analytic fallback (forced, as if fake tensors had failed),
@@ -33,13 +34,10 @@ from typing import Any
 
 import torch
 
-from trial_runner.memory import (
-    _estimate_analytic,
-    estimate_training_peak,
-    measure_training_peak,
-    sample_batch,
-)
-from trial_runner.task import Task, load_task_class
+from trial_runner.memory import StepWorkload, estimate_peak, measure_peak, sample_batch
+from trial_runner.memory._analytic import estimate_analytic
+from trial_runner.memory._workload import repeat_rows, storage_bytes
+from trial_runner.task import load_task_class
 
 CPU = torch.device("cpu")
 
@@ -76,10 +74,12 @@ CASES = [
 QUICK = [CASES[1], CASES[4]]
 
 
-def _task(case: Case) -> tuple[Task, torch.Tensor, torch.Tensor]:
+def _workload(case: Case, micro_batch: int | None = None) -> StepWorkload:
     task = load_task_class(case.entrypoint)(case.config)
     x, y = sample_batch(task.load_data())
-    return task, x, y
+    return StepWorkload(
+        task, case.params, micro_batch or case.micro_batch, x, y, case.precision, CPU
+    )
 
 
 def _status_bytes(field: str) -> int:
@@ -96,51 +96,38 @@ def rss_child(case: Case) -> int:
     The kernel's high-water mark (VmHWM) is reset just before the steps (``clear_refs``)."""
     import gc
 
-    from trial_runner.memory import _optimizer_flags, _rows, _storage_bytes, _training_steps
-
     torch.set_num_threads(1)
-    task, x, y = _task(case)
-    fused, foreach = _optimizer_flags(CPU, None)
     # Warm-up at one sample, on another model: the kernels' code pages and one-off buffers
     # become resident now, not during the measured steps.
-    model = task.build_model(case.params)
-    optimizer = task.build_optimizer(model, case.params, fused=fused, foreach=foreach)
-    _training_steps(task, model, optimizer, [(x[:1], y[:1])], case.precision, CPU, 1)
-    del model, optimizer
+    warm_up = _workload(case, micro_batch=1)
+    model = warm_up.task.build_model(case.params)
+    warm_up.run(model, warm_up.build_optimizer(model), warm_up.micro_batches(repeat_rows))
+    del model
     gc.collect()
-    model = task.build_model(case.params)
+    workload = _workload(case)
+    model = workload.task.build_model(case.params)
     model.train()
-    optimizer = task.build_optimizer(model, case.params, fused=fused, foreach=foreach)
-    batches = [(_rows(x, case.micro_batch), _rows(y, case.micro_batch))]
-    before = _storage_bytes(iter([*model.parameters(), *model.buffers(), *batches[0]]))
+    optimizer = workload.build_optimizer(model)
+    batches = workload.micro_batches(repeat_rows)
+    before = storage_bytes([*model.parameters(), *model.buffers(), *batches[0]])
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     rss_before = _status_bytes("VmRSS")
-    _training_steps(task, model, optimizer, batches, case.precision, CPU, 1)
+    workload.run(model, optimizer, batches)
     return before + _status_bytes("VmHWM") - rss_before
 
 
 def run_case(case: Case, *, rss: bool) -> dict[str, Any]:
-    task, x, y = _task(case)
-    common: dict[str, Any] = dict(sample_input=x, sample_target=y, precision=case.precision)
+    workload = _workload(case)
     started = time.perf_counter()
-    fake = estimate_training_peak(task, case.params, case.micro_batch, device=CPU, **common)
+    fake = estimate_peak(workload)
     fake_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    analytic = _estimate_analytic(
-        task,
-        case.params,
-        case.micro_batch,
-        device=CPU,
-        accumulation_steps=1,
-        fused=None,
-        reason="forced for the benchmark",
-        **common,
-    )
+    analytic = estimate_analytic(workload, reason="forced for the benchmark")
     analytic_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    measured = measure_training_peak(task, case.params, case.micro_batch, **common)
+    measured = measure_peak(workload)
     measure_seconds = time.perf_counter() - started
     rss_measured = None
     if rss:

@@ -41,9 +41,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_IMAGE", "OperatorConfig", "parse_pairs"]
+from trial_runner.contract import STORAGE_ENV
+
+__all__ = ["DEFAULT_IMAGE", "OperatorConfig", "parse_pairs", "reconcile_interval"]
 
 DEFAULT_IMAGE = "ghcr.io/kubetune/kubetune:0.1.0-cpu"
+RECONCILE_INTERVAL_ENV = "KUBETUNE_RECONCILE_INTERVAL"
+
+
+def reconcile_interval(env: Mapping[str, str] | None = None) -> float:
+    """Seconds between two looks at a study (``KUBETUNE_RECONCILE_INTERVAL``, default 5)."""
+    return float((os.environ if env is None else env).get(RECONCILE_INTERVAL_ENV, "5"))
 
 
 def parse_pairs(text: str, what: str) -> dict[str, str]:
@@ -125,8 +133,8 @@ class OperatorConfig:
                 estimate_cpu=env.get("KUBETUNE_ESTIMATE_CPU", "1"),
                 estimate_memory=env.get("KUBETUNE_ESTIMATE_MEMORY", "4Gi"),
                 default_storage_secret=secret,
-                default_storage_url=env.get("KUBETUNE_STORAGE_URL") or None,
-                reconcile_interval=float(env.get("KUBETUNE_RECONCILE_INTERVAL", "5")),
+                default_storage_url=env.get(STORAGE_ENV) or None,
+                reconcile_interval=reconcile_interval(env),
                 max_runner_failures=int(env.get("KUBETUNE_MAX_RUNNER_FAILURES", "5")),
             )
         except ValueError as exc:

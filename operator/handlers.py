@@ -19,23 +19,21 @@ restarted operator finds its pods and "already exists" means "already done".
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import kopf
 import kubernetes
 import optuna
-from hpo_operator.config import OperatorConfig
+from hpo_operator import _cluster as cluster
+from hpo_operator.config import OperatorConfig, reconcile_interval
 from hpo_operator.crd import GROUP, PLURAL, VERSION
 from hpo_operator.manifests import (
-    COMPONENT_ESTIMATE,
-    STUDY_LABEL,
     best_configmap,
     estimate_pod,
     optuna_study_name,
@@ -49,25 +47,23 @@ from hpo_operator.reconcile import (
     CreateRunner,
     DeletePod,
     Event,
-    ObservedPod,
     Plan,
-    SizingInput,
     WriteBest,
     decide,
-    observe_pod,
-    set_condition,
 )
-from hpo_operator.sizing import Peak, choose_resource, estimate_key, node_info, resolve_peak
+from hpo_operator.sizing import NodeInfo, node_info
+from hpo_operator.status import StudyStatus, set_condition
 from kubernetes.client.exceptions import ApiException
-from optuna.storages import BaseStorage, fail_stale_trials
+from pydantic import ValidationError
 
+from trial_runner.contract import STUDY_KEY
 from trial_runner.progress import StudyProgress
 from trial_runner.spec import SpecError, StudySpec, validate_spec_mapping
-from trial_runner.storage import StorageError, ensure_study, open_storage, read_progress, redact
+from trial_runner.storage import StorageError, redact
 
 __all__ = ["close", "configure", "login", "on_change", "on_delete", "on_tick", "reconcile_study"]
 
-INTERVAL = float(os.environ.get("KUBETUNE_RECONCILE_INTERVAL", "5"))
+INTERVAL = reconcile_interval()
 # After a failed pass (API or storage hiccup), try again soon rather than kopf's default 60 s.
 BACKOFF = max(INTERVAL, 5.0)
 FINALIZER = "kubetune.dev/finalizer"
@@ -79,12 +75,12 @@ _client: Any = None
 # One reconcile at a time per study (change handlers and the timer run concurrently).
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
-# Open storages by URL, and the generation whose budget each study has written.
-_storages: dict[str, BaseStorage] = {}
-_ensured: dict[str, int] = {}
+_storages = cluster.Storages()
+# What each study's last pass wrote: the spec document and the default-storage Secret's URL
+# (written again only when they change), and the status with the resourceVersion of the body
+# it was decided on.
 _spec_written: dict[str, str] = {}
 _secret_written: dict[str, str] = {}
-# The last status written per study, with the resourceVersion of the body it was decided on.
 _written: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -100,7 +96,7 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
     _config = OperatorConfig.from_env()
     # Heartbeats and fail_stale_trials are "experimental" in Optuna; kubetune relies on them.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    _client = _api_client()
+    _client = cluster.api_client()
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping out of the user-facing status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -130,25 +126,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
-def _api_client() -> Any:
-    """A kubernetes client for the operator's own requests, configured like :func:`login`."""
-    try:
-        configuration = k8s.client.Configuration()
-        k8s.config.load_incluster_config(client_configuration=configuration)
-        return k8s.client.ApiClient(configuration)
-    except k8s.config.ConfigException:
-        return k8s.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
-
-
 @kopf.on.cleanup()
 def close(**_: Any) -> None:
     """Release storage connections (tests start and stop the operator in one process)."""
-    for storage in _storages.values():
-        engine = getattr(storage, "engine", None)
-        if engine is not None:
-            engine.dispose()
-    _storages.clear()
-    _ensured.clear()
+    _storages.close()
     _spec_written.clear()
     _secret_written.clear()
     _written.clear()
@@ -174,10 +155,10 @@ def on_delete(body: kopf.Body, logger: Logger, **_: Any) -> None:
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     core = k8s.client.CoreV1Api(_client)
-    pods = _list_pods(core, name, namespace)
+    pods = cluster.list_pods(core, _client, name, namespace)
     for pod in pods:
         if not pod.deleting:
-            _delete_pod(core, namespace, pod.name)
+            cluster.delete_pod(core, namespace, pod.name)
     if pods:
         raise kopf.TemporaryError(f"waiting for {len(pods)} pod(s) to stop", delay=2)
     _forget(str(meta.get("uid")))
@@ -191,10 +172,10 @@ def on_delete(body: kopf.Body, logger: Logger, **_: Any) -> None:
         return
     try:
         url, _ref = _storage_url(core, body, spec, write_secret=False)
-        optuna.delete_study(study_name=study_name, storage=_storage(url))
+        optuna.delete_study(study_name=study_name, storage=_storages.get(url))
     except KeyError:
         return  # the study was never created
-    except (StorageError, _StorageMissing, ApiException) as error:
+    except (StorageError, cluster.StorageMissing, ApiException) as error:
         # Do not hold the HPOStudy forever for a storage that is gone; say so instead.
         message = f"could not delete Optuna study {study_name}: {_first_line(error)}"
         kopf.warn(body, reason="StudyNotDeleted", message=message)
@@ -211,7 +192,7 @@ def _lock(uid: str) -> threading.Lock:
 
 
 def _forget(uid: str) -> None:
-    _ensured.pop(uid, None)
+    _storages.forget(uid)
     _spec_written.pop(uid, None)
     _secret_written.pop(uid, None)
     _written.pop(uid, None)
@@ -226,24 +207,30 @@ def reconcile_study(body: kopf.Body, patch: kopf.Patch, logger: Logger) -> None:
         return
     uid = str(meta["uid"])
     with _lock(uid):
-        status: Mapping[str, Any] = body.get("status") or {}
+        raw: Mapping[str, Any] = body.get("status") or {}
         version, written = _written.get(uid, ("", {}))
         if version == meta.get("resourceVersion"):
             # Our last status patch is not in this body yet (a timer and a change handler
             # ran back to back): decide from what was written, not from the older status.
-            status = written
-        plan, extra = _plan(body, status, logger)
+            raw = written
+        plan = _plan(body, _read_status(raw, logger), logger)
         _apply(body, plan, logger)
-        new_status = {**plan.status, **extra}
-        _patch_status(patch, status, new_status)
+        new_status = plan.status.to_api()
+        _patch_status(patch, raw, new_status)
         _written[uid] = (str(meta.get("resourceVersion")), new_status)
         for event in plan.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-def _plan(
-    body: Mapping[str, Any], status: Mapping[str, Any], logger: Logger
-) -> tuple[Plan, dict[str, Any]]:
+def _read_status(raw: Mapping[str, Any], logger: Logger) -> StudyStatus:
+    try:
+        return StudyStatus.from_api(raw)
+    except ValidationError as error:  # written by hand or by another version: start over
+        logger.warning("the study's status is not one kubetune wrote; ignoring it: %s", error)
+        return StudyStatus()
+
+
+def _plan(body: Mapping[str, Any], status: StudyStatus, logger: Logger) -> Plan:
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], str(meta["uid"])
     generation = int(meta.get("generation") or 1)
@@ -253,39 +240,43 @@ def _plan(
     try:
         spec = validate_spec_mapping(dict(body.get("spec") or {}))
     except SpecError as error:
-        return _invalid_plan(status, generation, error, now), {"studyName": study_name}
+        plan = _invalid_plan(status, generation, error, now)
+    else:
+        progress, storage_error = _progress(core, body, spec, uid, generation, study_name)
+        if storage_error:
+            logger.warning("study %s: storage unavailable: %s", study_name, storage_error)
+        children = cluster.list_pods(core, _client, name, namespace)
+        plan = decide(
+            spec,
+            status,
+            generation,
+            children,
+            progress,
+            cluster.sizing_input(spec, status, children, lambda: _list_nodes(core)),
+            now,
+            storage_error=storage_error,
+            max_runner_failures=_config.max_runner_failures,
+        )
+    plan.status.study_name = study_name
+    return plan
 
-    progress: StudyProgress | None = None
-    storage_error: str | None = None
+
+def _progress(
+    core: Any, body: Mapping[str, Any], spec: StudySpec, uid: str, generation: int, name: str
+) -> tuple[StudyProgress | None, str | None]:
+    """The study's progress, or why the storage cannot be read (never with the URL in it)."""
     try:
         url, _secret_ref = _storage_url(core, body, spec)
         _ensure_spec_configmap(core, body, spec)
-        progress = _progress(url, uid, generation, study_name, spec)
-    except (StorageError, _StorageMissing) as error:
-        storage_error = str(error)
-    except Exception as error:  # sqlalchemy/psycopg2 raise many kinds; never leak the URL
-        storage_error = f"{type(error).__name__}: {_first_line(error)}"
-    if storage_error:
-        logger.warning("study %s: storage unavailable: %s", study_name, storage_error)
-
-    children = _list_pods(core, name, namespace)
-    sizing = _sizing(core, spec, status, children)
-    plan = decide(
-        spec,
-        status,
-        generation,
-        children,
-        progress,
-        sizing,
-        now,
-        storage_error=storage_error,
-        max_runner_failures=_config.max_runner_failures,
-    )
-    return plan, {"studyName": study_name}
+        return _storages.progress(url, uid, generation, name, spec), None
+    except (StorageError, cluster.StorageMissing) as error:
+        return None, str(error)
+    except Exception as error:  # sqlalchemy/psycopg2 raise many kinds
+        return None, f"{type(error).__name__}: {_first_line(error)}"
 
 
-class _StorageMissing(Exception):
-    """No storage URL can be found for a study; the message says where it was looked for."""
+def _list_nodes(core: Any) -> list[NodeInfo]:
+    return [node_info(_client.sanitize_for_serialization(n)) for n in core.list_node().items]
 
 
 def _first_line(error: BaseException) -> str:
@@ -293,34 +284,16 @@ def _first_line(error: BaseException) -> str:
     return redact(text[0]) if text else ""
 
 
-def _invalid_plan(
-    status: Mapping[str, Any], generation: int, error: SpecError, now: dt.datetime
-) -> Plan:
+def _invalid_plan(status: StudyStatus, generation: int, error: SpecError, now: dt.datetime) -> Plan:
     message = "; ".join(str(e) for e in error.errors)[:4000]
     conditions = set_condition(
-        status.get("conditions") or [], "Ready", False, "InvalidSpec", message, generation, now
+        status.conditions, "Ready", False, "InvalidSpec", message, generation, now
     )
-    old: Mapping[str, Any] = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
-    )
-    repeated = old.get("reason") == "InvalidSpec" and old.get("message") == message
+    old = status.condition("Ready")
+    repeated = old is not None and old.reason == "InvalidSpec" and old.message == message
     events = () if repeated else (Event("Warning", "InvalidSpec", message),)
-    return Plan((), {"conditions": conditions, "observedGeneration": generation}, events)
-
-
-def _read_secret(core: Any, namespace: str, name: str, key: str) -> str:
-    try:
-        secret = core.read_namespaced_secret(name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            raise _StorageMissing(f"Secret {namespace}/{name} not found") from None
-        raise
-    data = secret.data or {}
-    if key not in data:
-        raise _StorageMissing(
-            f"Secret {namespace}/{name} has no key {key!r} (keys: {', '.join(sorted(data))})"
-        )
-    return base64.b64decode(data[key]).decode().strip()
+    new = StudyStatus(conditions=conditions, observed_generation=generation)
+    return Plan((), new, events)
 
 
 def _storage_url(
@@ -335,105 +308,43 @@ def _storage_url(
     namespace = meta["namespace"]
     ref = spec.storage.secret_ref
     if ref is not None:
-        return _read_secret(core, namespace, ref.name, ref.key), (ref.name, ref.key)
+        return cluster.read_secret(core, namespace, ref.name, ref.key), (ref.name, ref.key)
     if _config.default_storage_secret is not None:
         name, key = _config.default_storage_secret
-        return _read_secret(core, namespace, name, key), (name, key)
-    if _config.default_storage_url:
+        return cluster.read_secret(core, namespace, name, key), (name, key)
+    url = _config.default_storage_url
+    if url:
         uid = str(meta["uid"])
-        if write_secret and _secret_written.get(uid) != _config.default_storage_url:
-            secret = storage_secret(body, _config.default_storage_url)
-            _create_or_replace(
+        if write_secret and _secret_written.get(uid) != url:
+            secret = storage_secret(body, url)
+            cluster.create_or_replace(
                 lambda: core.create_namespaced_secret(namespace, secret),
                 lambda: core.replace_namespaced_secret(
                     secret["metadata"]["name"], namespace, secret
                 ),
             )
-            _secret_written[uid] = _config.default_storage_url
-        return _config.default_storage_url, (storage_secret_name(meta["name"]), "url")
-    raise _StorageMissing(
+            _secret_written[uid] = url
+        return url, (storage_secret_name(meta["name"]), "url")
+    raise cluster.StorageMissing(
         "no storage: set spec.storage.secretRef, or run the operator with "
         "KUBETUNE_DEFAULT_STORAGE_SECRET or KUBETUNE_STORAGE_URL"
     )
 
 
-def _storage(url: str) -> BaseStorage:
-    with _locks_guard:
-        storage = _storages.get(url)
-        if storage is None:
-            # Heartbeats on: the operator fails the trials of runners that died (and retries
-            # them) even when no runner is left to notice.
-            storage = _storages[url] = open_storage(url, heartbeat=True)
-        return storage
-
-
-def _progress(
-    url: str, uid: str, generation: int, study_name: str, spec: StudySpec
-) -> StudyProgress:
-    storage = _storage(url)
-    if _ensured.get(uid) != generation:
-        study = ensure_study(storage, study_name, spec)  # writes an edited budget
-        _ensured[uid] = generation
-    else:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    fail_stale_trials(study)
-    return read_progress(study, spec)
-
-
 def _ensure_spec_configmap(core: Any, body: Mapping[str, Any], spec: StudySpec) -> None:
     configmap = spec_configmap(body, spec)
     uid = str(body["metadata"]["uid"])
-    content = configmap["data"]["study.yaml"]
+    content = configmap["data"][STUDY_KEY]
     if _spec_written.get(uid) == content:
         return
     namespace = body["metadata"]["namespace"]
-    _create_or_replace(
+    cluster.create_or_replace(
         lambda: core.create_namespaced_config_map(namespace, configmap),
         lambda: core.replace_namespaced_config_map(
             configmap["metadata"]["name"], namespace, configmap
         ),
     )
     _spec_written[uid] = content
-
-
-def _create_or_replace(create: Any, replace: Any) -> None:
-    try:
-        create()
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        replace()
-
-
-def _list_pods(core: Any, name: str, namespace: str) -> list[ObservedPod]:
-    pods = core.list_namespaced_pod(namespace, label_selector=f"{STUDY_LABEL}={name}")
-    return [observe_pod(_client.sanitize_for_serialization(p)) for p in pods.items]
-
-
-def _sizing(
-    core: Any, spec: StudySpec, status: Mapping[str, Any], children: list[ObservedPod]
-) -> SizingInput:
-    key = estimate_key(spec)
-    message: str | None = None
-    failed: str | None = None
-    for pod in children:
-        if pod.component != COMPONENT_ESTIMATE or pod.estimate_key != key or pod.deleting:
-            continue
-        if pod.phase == "Succeeded":
-            message = pod.message
-        elif pod.phase == "Failed":
-            detail = pod.message.splitlines()[-1] if pod.message else "no termination message"
-            failed = (
-                f"estimate pod exited with code {pod.exit_code}: {detail[:500]}; fix the task "
-                "or set spec.resources.peakMemory"
-            )
-    recorded = status.get("sizing") or {}
-    peak = resolve_peak(spec, recorded, message, failed)
-    if not isinstance(peak, Peak):
-        return peak
-    nodes = [node_info(_client.sanitize_for_serialization(n)) for n in core.list_node().items]
-    floor = int(recorded.get("floorBytes") or 0)
-    return choose_resource(nodes, spec, peak, floor)
 
 
 # --------------------------------------------------------------------------- acting
@@ -448,7 +359,7 @@ def _apply(body: Mapping[str, Any], plan: Plan, logger: Logger) -> None:
     for action in plan.actions:
         if isinstance(action, DeletePod):
             logger.info("deleting pod %s: %s", action.name, action.reason)
-            _delete_pod(core, namespace, action.name)
+            cluster.delete_pod(core, namespace, action.name)
             continue
         if spec is None:
             spec = validate_spec_mapping(dict(body["spec"]))
@@ -456,34 +367,21 @@ def _apply(body: Mapping[str, Any], plan: Plan, logger: Logger) -> None:
             if secret_ref is None:
                 secret_ref = _storage_url(core, body, spec)[1]
             pod = runner_pod(body, spec, action.index, action.sizing, secret_ref, _config)
-            _create(lambda pod=pod: core.create_namespaced_pod(namespace, pod))
+            cluster.create(partial(core.create_namespaced_pod, namespace, pod))
         elif isinstance(action, CreateEstimatePod):
             pod = estimate_pod(body, spec, action.key, _config)
-            _create(lambda pod=pod: core.create_namespaced_pod(namespace, pod))
+            cluster.create(partial(core.create_namespaced_pod, namespace, pod))
         elif isinstance(action, WriteBest):
             configmap = best_configmap(body, spec, action.value, action.params, action.trial)
-            _create_or_replace(
-                lambda cm=configmap: core.create_namespaced_config_map(namespace, cm),
-                lambda cm=configmap: core.replace_namespaced_config_map(
-                    cm["metadata"]["name"], namespace, cm
+            cluster.create_or_replace(
+                partial(core.create_namespaced_config_map, namespace, configmap),
+                partial(
+                    core.replace_namespaced_config_map,
+                    configmap["metadata"]["name"],
+                    namespace,
+                    configmap,
                 ),
             )
-
-
-def _create(create: Any) -> None:
-    try:
-        create()
-    except ApiException as error:
-        if error.status != 409:  # already exists: done before a restart or by a racing pass
-            raise
-
-
-def _delete_pod(core: Any, namespace: str, name: str) -> None:
-    try:
-        core.delete_namespaced_pod(name, namespace)
-    except ApiException as error:
-        if error.status != 404:
-            raise
 
 
 def _patch_status(patch: kopf.Patch, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:

@@ -21,19 +21,28 @@ import yaml
 from hpo_operator.config import OperatorConfig
 from hpo_operator.sizing import GPU, SizingDecision
 
+from trial_runner.contract import (
+    COMPONENT_ESTIMATE,
+    COMPONENT_LABEL,
+    COMPONENT_RUNNER,
+    ESTIMATE_KEY_ANNOTATION,
+    INDEX_LABEL,
+    INSTANCE_LABEL,
+    KIND_ANNOTATION,
+    MANAGED_BY_LABEL,
+    MEMORY_ANNOTATION,
+    NAME_LABEL,
+    POD_NAME_ENV,
+    RESOURCE_ANNOTATION,
+    STORAGE_ENV,
+    STUDY_ENV,
+    STUDY_KEY,
+    STUDY_LABEL,
+    TERMINATION_LOG,
+)
 from trial_runner.spec import API_VERSION, KIND, StudySpec
-from trial_runner.storage import STORAGE_ENV
 
 __all__ = [
-    "COMPONENT_ESTIMATE",
-    "COMPONENT_LABEL",
-    "COMPONENT_RUNNER",
-    "ESTIMATE_KEY_ANNOTATION",
-    "INDEX_LABEL",
-    "MEMORY_ANNOTATION",
-    "RESOURCE_ANNOTATION",
-    "STUDY_ENV",
-    "STUDY_LABEL",
     "best_configmap",
     "best_configmap_name",
     "estimate_pod",
@@ -49,19 +58,6 @@ __all__ = [
     "storage_secret_name",
     "study_document",
 ]
-
-STUDY_ENV = "KUBETUNE_STUDY"
-STUDY_KEY = "study.yaml"
-STUDY_LABEL = "kubetune.dev/study"
-INDEX_LABEL = "kubetune.dev/runner-index"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-COMPONENT_RUNNER = "trial-runner"
-COMPONENT_ESTIMATE = "memory-estimate"
-RESOURCE_ANNOTATION = "kubetune.dev/resource"
-MEMORY_ANNOTATION = "kubetune.dev/memory-bytes"
-KIND_ANNOTATION = "kubetune.dev/sizing-kind"
-ESTIMATE_KEY_ANNOTATION = "kubetune.dev/estimate-key"
-TERMINATION_LOG = "/dev/termination-log"
 
 
 def runner_pod_name(study: str, index: int) -> str:
@@ -112,9 +108,9 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
 def _labels(study: str, component: str, extra: Mapping[str, str]) -> dict[str, str]:
     return {
         **extra,
-        "app.kubernetes.io/name": "kubetune",
-        "app.kubernetes.io/instance": study,
-        "app.kubernetes.io/managed-by": "kubetune-operator",
+        NAME_LABEL: "kubetune",
+        INSTANCE_LABEL: study,
+        MANAGED_BY_LABEL: "kubetune-operator",
         COMPONENT_LABEL: component,
         STUDY_LABEL: study,
     }
@@ -234,7 +230,7 @@ def _env(owner: Mapping[str, Any], config: OperatorConfig) -> list[dict[str, Any
         # Caches (torch, inductor, matplotlib) go to the writable /tmp volume.
         {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "KUBETUNE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     env.extend({"name": k, "value": v} for k, v in sorted(config.extra_env.items()))
     return env

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -12,10 +11,11 @@ from typing import Any
 import pytest
 from pytest_postgresql import factories
 
+from tests.helpers import IN_CI
+
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "support"
 EXAMPLES = REPO / "examples"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 postgresql_proc = factories.postgresql_proc(
     executable=str(SUPPORT / "pg_ctl"),

@@ -20,13 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from trial_runner.spec import Objective
+
 __all__ = ["BestCheckpoint"]
 
 
 class BestCheckpoint:
-    def __init__(self, directory: Path, direction: str) -> None:
+    """The best trial's weights in ``directory``, as judged by ``objective``."""
+
+    def __init__(self, directory: Path, objective: Objective) -> None:
         self.directory = directory
-        self.maximize = direction == "Maximize"
+        self.objective = objective
 
     def best(self) -> dict[str, Any] | None:
         path = self.directory / "best.json"
@@ -41,10 +45,8 @@ class BestCheckpoint:
         with open(self.directory / ".lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             current = self.best()
-            if current is not None:
-                old = float(current["value"])
-                if (value <= old) if self.maximize else (value >= old):
-                    return False
+            if current is not None and not self.objective.better(value, float(current["value"])):
+                return False
             record = {"trial": trial, "value": value, "params": dict(params)}
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".best-", suffix=".pt")

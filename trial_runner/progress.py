@@ -21,8 +21,10 @@ from typing import Any, Literal
 
 from optuna.trial import FrozenTrial, TrialState
 
+from trial_runner.contract import STAGE_ATTR
+from trial_runner.spec import is_better
+
 __all__ = [
-    "STAGE_ATTR",
     "BudgetState",
     "Claim",
     "StageSummary",
@@ -30,9 +32,6 @@ __all__ = [
     "plan_claim",
     "summarize",
 ]
-
-#: Trial user attribute holding the index of the stage a trial belongs to.
-STAGE_ATTR = "kubetune.stage"
 
 Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "TimedOut"]
 
@@ -104,10 +103,6 @@ def _retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
     for t in trials:
         retried.update(int(n) for n in t.system_attrs.get("retry_history", []))
     return retried
-
-
-def _better(direction: str, a: float, b: float) -> bool:
-    return a > b if direction == "Maximize" else a < b
 
 
 def summarize(
@@ -189,7 +184,7 @@ def _best(trials: Sequence[FrozenTrial], direction: str) -> FrozenTrial | None:
     for t in trials:
         if t.state != TrialState.COMPLETE or t.value is None or math.isnan(t.value):
             continue
-        if best is None or _better(direction, t.value, best.value):  # type: ignore[arg-type]
+        if best is None or is_better(direction, t.value, best.value):  # type: ignore[arg-type]
             best = t
     return best
 

@@ -31,20 +31,22 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from trial_runner.checkpoint import BestCheckpoint
-from trial_runner.engine import Engine
-from trial_runner.progress import STAGE_ATTR, Claim, StudyProgress, plan_claim
-from trial_runner.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
-from trial_runner.spec import HPOStudy
-from trial_runner.storage import (
-    MAX_RETRY,
+from trial_runner.contract import (
+    CPU_THREADS_ENV,
+    LOCAL_WORKERS_ENV,
+    STAGE_ATTR,
+    TELEMETRY_ATTR,
+    WAIT_SECONDS_ENV,
     WORKER_ATTR,
-    ClaimLock,
-    open_storage,
-    read_progress,
 )
+from trial_runner.engine import Engine
+from trial_runner.progress import Claim, StudyProgress, plan_claim
+from trial_runner.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
+from trial_runner.spec import HPOStudy, Objective
+from trial_runner.storage import MAX_RETRY, ClaimLock, open_storage, read_progress
 from trial_runner.task import load_task_class
 
-__all__ = ["TELEMETRY_ATTR", "RunnerSummary", "run_runner", "worker_id"]
+__all__ = ["RunnerSummary", "configure_threads", "run_runner", "wait_for_study", "worker_id"]
 
 log = logging.getLogger("kubetune.runner")
 
@@ -52,9 +54,7 @@ log = logging.getLogger("kubetune.runner")
 # to recover trials of killed processes; the warning would repeat on every claim.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-#: Trial user attribute holding the engine's telemetry (a JSON object).
-TELEMETRY_ATTR = "kubetune.telemetry"
-WAIT_SECONDS = float(os.environ.get("KUBETUNE_WAIT_SECONDS", "2"))
+WAIT_SECONDS = float(os.environ.get(WAIT_SECONDS_ENV, "2"))
 
 
 def worker_id(pid: int | None = None) -> str:
@@ -75,12 +75,12 @@ def configure_threads() -> int:
     """
     import torch
 
-    explicit = os.environ.get("KUBETUNE_CPU_THREADS")
+    explicit = os.environ.get(CPU_THREADS_ENV)
     if explicit:
         threads = max(1, int(explicit))
     else:
         usable = len(os.sched_getaffinity(0))
-        local = max(1, int(os.environ.get("KUBETUNE_LOCAL_WORKERS", "1")))
+        local = max(1, int(os.environ.get(LOCAL_WORKERS_ENV, "1")))
         threads = max(1, usable // local)
     torch.set_num_threads(threads)
     return threads
@@ -115,7 +115,7 @@ def run_runner(
     pruner = build_pruner(spec)
     study.pruner = pruner
     checkpoint = (
-        BestCheckpoint(Path(spec.training.checkpoint.directory), spec.objective.direction)
+        BestCheckpoint(Path(spec.training.checkpoint.directory), spec.objective)
         if spec.training.checkpoint
         else None
     )
@@ -138,7 +138,7 @@ def run_runner(
                 lock.release()
                 stop.wait(WAIT_SECONDS)
                 continue
-            best_earlier = _best_params_before(progress, claim, spec.objective.direction)
+            best_earlier = _best_params_before(progress, claim, spec.objective)
             study.sampler = build_sampler(
                 spec.sampler,
                 seed_offset=len(study.get_trials(deepcopy=False)),
@@ -180,16 +180,14 @@ def run_runner(
 
 
 def _best_params_before(
-    progress: StudyProgress, claim: Claim, direction: str
+    progress: StudyProgress, claim: Claim, objective: Objective
 ) -> dict[str, Any] | None:
     """Parameters of the best trial of the stages before the claimed one."""
     best: tuple[float, dict[str, Any]] | None = None
     for row in progress.stages[: claim.stage]:
         if row.best_value is None or row.best_params is None:
             continue
-        if best is None or (
-            row.best_value > best[0] if direction == "Maximize" else row.best_value < best[0]
-        ):
+        if best is None or objective.better(row.best_value, best[0]):
             best = (row.best_value, row.best_params)
     return best[1] if best else None
 

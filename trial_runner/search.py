@@ -42,7 +42,7 @@ from optuna.samplers import (
     TPESampler,
 )
 
-from trial_runner.spec import Parameter, StudySpec, parse_number
+from trial_runner.spec import Parameter, StudySpec
 from trial_runner.spec import Pruner as PrunerSpec
 from trial_runner.spec import Sampler as SamplerSpec
 
@@ -58,32 +58,23 @@ __all__ = [
 ]
 
 
-def _as_value(p: Parameter, raw: int | str) -> Any:
-    if p.type == "Int":
-        return int(float(raw))
-    if p.type == "Float":
-        return parse_number(raw)
-    return raw
-
-
 def distribution(p: Parameter) -> BaseDistribution:
     """The Optuna distribution of one parameter of a validated spec."""
     if p.type == "Categorical":
         assert p.choices is not None
         return CategoricalDistribution(list(p.choices))
-    assert p.low is not None and p.high is not None
+    assert p.low_value is not None and p.high_value is not None
     log = p.scale == "Log"
     if p.type == "Int":
-        step = int(float(p.step)) if p.step is not None else 1
-        return IntDistribution(int(float(p.low)), int(float(p.high)), log=log, step=step)
-    step_f = parse_number(p.step) if p.step is not None else None
-    return FloatDistribution(parse_number(p.low), parse_number(p.high), log=log, step=step_f)
+        step = int(p.step_value) if p.step_value is not None else 1
+        return IntDistribution(int(p.low_value), int(p.high_value), log=log, step=step)
+    return FloatDistribution(p.low_value, p.high_value, log=log, step=p.step_value)
 
 
 def default_value(p: Parameter) -> Any:
     """The declared default, or the middle of the range / first choice."""
     if p.default is not None:
-        return _as_value(p, p.default)
+        return p.typed(p.default)
     if p.type == "Categorical":
         assert p.choices is not None
         return p.choices[0]
@@ -194,9 +185,9 @@ def build_pruner(spec: StudySpec) -> BasePruner:
             n_warmup_steps=0 if warmup is None else warmup,
         )
     elif p.type == "Percentile":
-        assert p.percentile is not None
+        assert p.percentile_value is not None
         pruner = PercentilePruner(
-            parse_number(p.percentile),
+            p.percentile_value,
             n_startup_trials=5 if startup is None else startup,
             n_warmup_steps=0 if warmup is None else warmup,
         )
@@ -213,13 +204,13 @@ def build_pruner(spec: StudySpec) -> BasePruner:
         )
     else:
         pruner = WilcoxonPruner(
-            p_threshold=parse_number(p.p_threshold) if p.p_threshold is not None else 0.1,
+            p_threshold=p.p_threshold_value if p.p_threshold_value is not None else 0.1,
             n_startup_steps=0 if warmup is None else warmup,
         )
     if p.patience is not None:
         pruner = PatientPruner(
             pruner,
             patience=p.patience,
-            min_delta=parse_number(p.min_delta) if p.min_delta is not None else 0.0,
+            min_delta=p.min_delta_value if p.min_delta_value is not None else 0.0,
         )
     return pruner

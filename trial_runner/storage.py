@@ -36,18 +36,21 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
+from trial_runner.contract import (
+    BUDGET_ATTR,
+    HEARTBEAT_GRACE_PERIOD_ENV,
+    HEARTBEAT_INTERVAL_ENV,
+    STARTED_ATTR,
+    WORKER_ATTR,
+)
 from trial_runner.progress import BudgetState, StudyProgress, summarize
-from trial_runner.spec import FieldError, SpecError, StudySpec, parse_duration
+from trial_runner.spec import FieldError, SpecError, StudySpec
 
 __all__ = [
-    "BUDGET_ATTR",
     "DEFAULT_LOCAL_STORAGE",
     "GRACE_PERIOD",
     "HEARTBEAT_INTERVAL",
     "MAX_RETRY",
-    "STARTED_ATTR",
-    "STORAGE_ENV",
-    "WORKER_ATTR",
     "ClaimLock",
     "StorageError",
     "budget_from_spec",
@@ -60,16 +63,10 @@ __all__ = [
     "write_budget",
 ]
 
-STORAGE_ENV = "KUBETUNE_STORAGE_URL"
 DEFAULT_LOCAL_STORAGE = "journal:.kubetune/studies.journal"
-HEARTBEAT_INTERVAL = int(os.environ.get("KUBETUNE_HEARTBEAT_INTERVAL", "10"))
-GRACE_PERIOD = int(os.environ.get("KUBETUNE_HEARTBEAT_GRACE_PERIOD", str(3 * HEARTBEAT_INTERVAL)))
+HEARTBEAT_INTERVAL = int(os.environ.get(HEARTBEAT_INTERVAL_ENV, "10"))
+GRACE_PERIOD = int(os.environ.get(HEARTBEAT_GRACE_PERIOD_ENV, str(3 * HEARTBEAT_INTERVAL)))
 MAX_RETRY = 3
-
-BUDGET_ATTR = "kubetune.budget"
-STARTED_ATTR = "kubetune.startedAt"
-#: Trial user attribute naming the process that runs it ("host:pid").
-WORKER_ATTR = "kubetune.worker"
 
 
 class StorageError(RuntimeError):
@@ -215,7 +212,7 @@ def budget_from_spec(spec: StudySpec) -> BudgetState:
     return BudgetState(
         max_trials=spec.budget.max_trials,
         max_failed_trials=spec.budget.max_failed_trials,
-        timeout_seconds=parse_duration(spec.budget.timeout) if spec.budget.timeout else None,
+        timeout_seconds=spec.budget.timeout_seconds,
         stage_trials=tuple(s.trials for s in spec.stages) if spec.stages else (),
     )
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,11 +40,11 @@ from tests.e2e.controlplane import (
 from tests.e2e.pod_executor import PodExecutor
 from tests.e2e.real_node import RealNode
 from tests.e2e.simulated_cluster import NodeGroup, create_nodes, delete_nodes
+from tests.helpers import IN_CI, wait_until
 
 # The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
 k8s: Any = kubernetes
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 BUILD_HINT = (
     f"build them with `bash {BUILD_SCRIPT.relative_to(REPO_ROOT)}` (the first build takes about "
     "20 minutes on 2 cores; see hack/control-plane/README.md)"
@@ -100,7 +99,12 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
         core.create_namespace({"metadata": {"name": name, "labels": {"kubetune.dev/e2e": "true"}}})
         # The ServiceAccount admission plugin rejects pods until the controller manager has
         # made the namespace's default service account.
-        _wait_for(lambda: core.read_namespaced_service_account("default", name), 30.0)
+        wait_until(
+            lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
+            30,
+            f"the default service account of {name}",
+            interval=0.1,
+        )
         try:
             yield name
         finally:
@@ -111,16 +115,15 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
                     raise
 
 
-def _wait_for(probe: Callable[[], object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            probe()
-            return
-        except ApiException as error:
-            if error.status != 404 or time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
+def _exists(read: Callable[[], object]) -> bool:
+    """Whether ``read`` finds its object (a 404 says not yet; other errors are raised)."""
+    try:
+        read()
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        return False
+    return True
 
 
 @pytest.fixture

@@ -12,16 +12,16 @@ import contextlib
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import optuna
 import yaml
 from kopf.testing import KopfRunner
 
 from tests.e2e.controlplane import ControlPlane
+from tests.helpers import wait_until
 
 __all__ = [
     "CRD_FILE",
@@ -36,26 +36,6 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "kubetune.dev_hpostudies.yaml"
 EXAMPLES = REPO / "examples"
-T = TypeVar("T")
-
-
-def wait_until(
-    probe: Callable[[], T | None],
-    timeout: float,
-    what: str,
-    interval: float = 0.5,
-    diagnose: Callable[[], str] | None = None,
-) -> T:
-    """Call ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            details = diagnose() if diagnose else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{details}")
-        time.sleep(interval)
 
 
 def operator_env(

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.pod_executor import EXECUTE_LABEL, PodExecutor
 from tests.e2e.simulated_cluster import NodeGroup
+from tests.helpers import wait_until
 
 # The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
 k8s: Any = kubernetes
@@ -28,18 +28,6 @@ k8s: Any = kubernetes
 pytestmark = pytest.mark.e2e
 
 KUBERNETES_VERSION = "v1.37.2"
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail the test naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
 
 
 def process_groups_alive(groups: set[int]) -> list[str]:
@@ -137,8 +125,9 @@ def widget_crd(control_plane: ControlPlane) -> Any:
     )
     # Discovery (and so kubectl) learns about the new resource a moment after Established.
     wait_until(
-        "kubectl to know widgets",
         lambda: control_plane.kubectl("get", "widgets", "-A", check=False).returncode == 0,
+        30,
+        "kubectl to know widgets",
     )
     yield
     control_plane.kubectl("delete", "crd", "widgets.e2e.kubetune.dev", "--wait=false")
@@ -232,7 +221,7 @@ def test_rbac_refuses_a_service_account_until_a_role_grants_it(
                     "subjects": [{"kind": "ServiceAccount", "name": "robot"}],
                 },
             )
-            granted = wait_until("the Role to apply", lambda: can_list_pods().returncode == 0)
+            granted = wait_until(lambda: can_list_pods().returncode == 0, 30, "the Role to apply")
             assert granted
             assert can_list_pods().stdout.strip() == "yes"
             pods = k8s.client.CoreV1Api(robot).list_namespaced_pod(namespace)
@@ -332,17 +321,19 @@ def test_mig_pod_lands_only_on_a_node_with_that_profile(
         for index in range(3):
             name = f"mig-{index}"
             bound = wait_until(
-                "the MIG pod to be scheduled",
                 lambda: core.read_namespaced_pod(name, namespace).spec.node_name,  # noqa: B023
+                30,
+                "the MIG pod to be scheduled",
             )
             assert bound == mig_node
             # kwok plays the kubelet of the simulated node.
             wait_until(
-                "kwok to run the pod",
                 lambda: (
                     core.read_namespaced_pod(name, namespace).status.phase  # noqa: B023
                     == "Running"
                 ),
+                30,
+                "kwok to run the pod",
             )
 
 
@@ -359,8 +350,9 @@ def test_pod_asking_more_gpus_than_any_node_has_stays_pending(
         core = k8s.client.CoreV1Api(client)
         core.create_namespaced_pod(namespace, gpu_pod("greedy", selector, "nvidia.com/gpu", 9))
         condition = wait_until(
-            "the scheduler to give up on the pod",
             lambda: scheduled_condition(core, namespace, "greedy"),
+            30,
+            "the scheduler to give up on the pod",
         )
         assert (condition.status, condition.reason) == ("False", "Unschedulable")
         assert "3 Insufficient nvidia.com/gpu" in condition.message
@@ -395,15 +387,16 @@ def test_pods_filling_every_mig_slice_are_all_bound(
             pods = core.list_namespaced_pod(namespace).items
             return [p.metadata.name for p in pods if not p.spec.node_name]
 
-        wait_until("every slice to be taken", lambda: not unbound(), timeout=60)
+        wait_until(lambda: not unbound(), 60, "every slice to be taken")
         assert len(names) == 28
         # The cluster is full: one more slice does not fit.
         core.create_namespaced_pod(
             namespace, gpu_pod("one-too-many", selector, "nvidia.com/mig-1g.10gb", 1)
         )
         condition = wait_until(
-            "the extra pod to be unschedulable",
             lambda: scheduled_condition(core, namespace, "one-too-many"),
+            30,
+            "the extra pod to be unschedulable",
         )
         assert condition.reason == "Unschedulable"
         assert "Insufficient nvidia.com/mig-1g.10gb" in condition.message
@@ -433,8 +426,9 @@ def test_executor_reports_exit_code_and_termination_message(
             namespace, executed_pod("diverges", node, script, restartPolicy="Never")
         )
         wait_until(
-            "the pod to fail",
             lambda: core.read_namespaced_pod("diverges", namespace).status.phase == "Failed",
+            30,
+            "the pod to fail",
         )
         status = core.read_namespaced_pod("diverges", namespace).status
         terminated = status.container_statuses[0].state.terminated
@@ -479,11 +473,12 @@ def test_executor_resolves_env_and_kills_the_process_on_deletion(
         body["spec"]["containers"][0]["env"] = env
         core.create_namespaced_pod(namespace, body)
         wait_until(
-            "the pod to run",
             lambda: core.read_namespaced_pod("runner", namespace).status.phase == "Running",
+            30,
+            "the pod to run",
         )
         expected = f"url=postgresql://db/x mode=fast pod=runner ns={namespace} study=digits-fast"
-        wait_until("the output", lambda: expected in pod_executor.logs(namespace, "runner"))
+        wait_until(lambda: expected in pod_executor.logs(namespace, "runner"), 30, "the output")
         pids = pod_executor.pids
         assert pids
 
@@ -496,7 +491,7 @@ def test_executor_resolves_env_and_kills_the_process_on_deletion(
                 return bool(error.status == 404)
             return False
 
-        wait_until("the pod to be deleted", gone, timeout=20)
+        wait_until(gone, 20, "the pod to be deleted")
         assert "got SIGTERM" in pod_executor.logs(namespace, "runner")
         assert process_groups_alive(set(pids)) == []
 

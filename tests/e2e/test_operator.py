@@ -103,6 +103,12 @@ def _trials_done(studies: StudyClient, name: str) -> int:
     return int(trials.get("complete", 0)) + int(trials.get("pruned", 0))
 
 
+def _stored_finished(postgres_url: str, optuna_name: str) -> int:
+    """Finished trials as the storage has them (not as the operator reports them)."""
+    counts = finished_trials(postgres_url, optuna_name)
+    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+
+
 def _assert_exact_budget(postgres_url: str, namespace: str, name: str, budget: int) -> None:
     counts = finished_trials(postgres_url, f"{namespace}.{name}")
     assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == budget, counts
@@ -463,10 +469,24 @@ def test_operator_restart_mid_study_creates_no_duplicates(
             lambda: len(studies.pods(name)) == 2, 60, "two runners", diagnose=studies.diagnose
         )
     before = _runner_names(studies, name)
-    # The operator is down; the runners keep working.
-    time.sleep(3)
+    # The operator is down; the runners keep working: trials finish without it.
+    optuna_name = f"{studies.namespace}.{name}"
+    down_at = _stored_finished(postgres_url, optuna_name)
+    wait_until(
+        lambda: _stored_finished(postgres_url, optuna_name) > down_at,
+        STUDY_TIMEOUT,
+        "a trial to finish while the operator is down",
+        diagnose=studies.diagnose,
+    )
     with executing_operator():
-        time.sleep(5)  # several reconcile passes
+        # Several passes of the restarted operator: it reports a trial finished after it came back.
+        target = min(_stored_finished(postgres_url, optuna_name) + 1, budget)
+        wait_until(
+            lambda: _trials_done(studies, name) >= target,
+            STUDY_TIMEOUT,
+            "the restarted operator to report new trials",
+            diagnose=studies.diagnose,
+        )
         after = _runner_names(studies, name)
         assert set(after) <= {f"{name}-runner-0", f"{name}-runner-1"}
         surviving = {n: uid for n, uid in after.items() if n in before}
@@ -509,7 +529,7 @@ def test_suspend_resume_and_live_budget_edit(
         # Nothing runs while suspended: the storage (the truth) does not move.
         frozen = finished_trials(postgres_url, f"{studies.namespace}.{name}")
         assert frozen.get("RUNNING", 0) == 0, frozen
-        time.sleep(3)
+        time.sleep(3)  # "nothing happens" has no condition to wait for
         assert finished_trials(postgres_url, f"{studies.namespace}.{name}") == frozen
         assert studies.condition(name, "Succeeded").get("status") != "True"
 

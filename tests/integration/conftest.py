@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import base_document
+from tests.helpers import study_document
 
-
-def digits_study(name: str, **spec_changes: Any) -> dict[str, Any]:
-    doc = base_document()
-    doc["metadata"]["name"] = name
-    spec = doc["spec"]
-    spec["searchSpace"] = [
+#: A small digits study (seconds per trial); tests replace top-level spec fields.
+DIGITS_SPEC: dict[str, Any] = {
+    "searchSpace": [
         {
             "name": "learning_rate",
             "type": "Float",
@@ -38,14 +34,17 @@ def digits_study(name: str, **spec_changes: Any) -> dict[str, Any]:
             "group": "Model",
             "default": 32,
         },
-    ]
-    spec["stages"] = None
-    spec["budget"] = {"maxTrials": 6}
-    spec["sampler"] = {"type": "TPE", "seed": 0}
-    spec["task"] = {"entrypoint": "trial_runner.tasks.digits:DigitsMLP"}
-    spec["training"] = {"epochs": 1}
-    spec.update(spec_changes)
-    return doc
+    ],
+    "stages": None,
+    "budget": {"maxTrials": 6},
+    "sampler": {"type": "TPE", "seed": 0},
+    "task": {"entrypoint": "trial_runner.tasks.digits:DigitsMLP"},
+    "training": {"epochs": 1},
+}
+
+
+def digits_study(name: str, **spec_changes: Any) -> dict[str, Any]:
+    return study_document(name, **{**DIGITS_SPEC, **spec_changes})
 
 
 @pytest.fixture
@@ -82,12 +81,3 @@ def start_runner(
     proc = subprocess.Popen(cmd, stdout=handle, stderr=handle, env=runner_env(**env))
     handle.close()
     return proc
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -13,7 +13,9 @@ import optuna
 import pytest
 import yaml
 
+from tests.helpers import wait_until
 from tests.integration.conftest import digits_study, runner_env
+from trial_runner.contract import WORKER_ATTR
 from trial_runner.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,21 +163,19 @@ def test_killed_local_worker_is_requeued_by_the_supervisor(
         env=runner_env(),
     )
     storage = f"journal:{tmp_path}/.kubetune/studies.journal"
-    import time
 
-    deadline = time.monotonic() + 180
-    victim = None
-    while time.monotonic() < deadline and victim is None:
-        time.sleep(0.5)
+    def training_trial() -> optuna.trial.FrozenTrial | None:
         try:
             study = optuna.load_study(study_name="crashy", storage=open_storage(storage))
         except KeyError:
-            continue
+            return None
         running = [t for t in study.trials if t.state.name == "RUNNING"]
-        if running and "kubetune.worker" in running[0].user_attrs and running[0].params:
-            victim = running[0]
-    assert victim is not None, "no trial started"
-    pid = int(str(victim.user_attrs["kubetune.worker"]).rsplit(":", 1)[1])
+        if running and WORKER_ATTR in running[0].user_attrs and running[0].params:
+            return running[0]
+        return None
+
+    victim = wait_until(training_trial, 180, "a trial to start training", interval=0.5)
+    pid = int(str(victim.user_attrs[WORKER_ATTR]).rsplit(":", 1)[1])
     os.kill(pid, 9)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out

@@ -13,10 +13,11 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tests.integration.conftest import digits_study, runner_env, start_runner, wait_until
-from trial_runner.progress import STAGE_ATTR
+from tests.helpers import wait_until
+from tests.integration.conftest import digits_study, runner_env, start_runner
+from trial_runner.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
 from trial_runner.spec import load_study
-from trial_runner.storage import WORKER_ATTR, ensure_study, open_storage
+from trial_runner.storage import ensure_study, open_storage
 
 
 def finish(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout: float = 600) -> None:
@@ -43,7 +44,7 @@ def test_two_runners_finish_exactly_the_budget_without_duplicates(
     # Every trial ran in exactly one process, and no trial is a re-run of another.
     assert all("failed_trial" not in t.system_attrs for t in trials)
     assert sorted(t.number for t in trials) == list(range(8))
-    telemetry = [t.user_attrs["kubetune.telemetry"] for t in trials]
+    telemetry = [t.user_attrs[TELEMETRY_ATTR] for t in trials]
     assert all(x["trial_in_process"] >= 1 for x in telemetry)
     assert max(x["trial_in_process"] for x in telemetry) >= 2, "warm reuse"
     assert all(x["metrics"]["accuracy"] == t.value for x, t in zip(telemetry, trials, strict=True))

@@ -1,0 +1,175 @@
+"""The operator's reads and writes: the Kubernetes API and the studies' Optuna storages.
+
+Kept apart from :mod:`hpo_operator.handlers` so the handlers read as "gather, decide, act".
+Nothing here decides anything: :func:`sizing_input` only combines what was read.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import kubernetes
+import optuna
+from hpo_operator.reconcile import ObservedPod, SizingInput, observe_pod
+from hpo_operator.sizing import NodeInfo, Peak, choose_resource, estimate_key, resolve_peak
+from hpo_operator.status import StudyStatus
+from kubernetes.client.exceptions import ApiException
+from optuna.storages import BaseStorage, fail_stale_trials
+
+from trial_runner.contract import COMPONENT_ESTIMATE, STUDY_LABEL
+from trial_runner.progress import StudyProgress
+from trial_runner.spec import StudySpec
+from trial_runner.storage import ensure_study, open_storage, read_progress
+
+__all__ = [
+    "StorageMissing",
+    "Storages",
+    "api_client",
+    "create",
+    "create_or_replace",
+    "delete_pod",
+    "list_pods",
+    "read_secret",
+    "sizing_input",
+]
+
+# The kubernetes client's type hints want V1* models; plain dicts are accepted.
+k8s: Any = kubernetes
+
+
+class StorageMissing(Exception):
+    """No storage URL can be found for a study; the message says where it was looked for."""
+
+
+def api_client() -> Any:
+    """A kubernetes client: the service account in a pod, else ``$KUBECONFIG`` as it is now."""
+    try:
+        configuration = k8s.client.Configuration()
+        k8s.config.load_incluster_config(client_configuration=configuration)
+        return k8s.client.ApiClient(configuration)
+    except k8s.config.ConfigException:
+        return k8s.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+def read_secret(core: Any, namespace: str, name: str, key: str) -> str:
+    try:
+        secret = core.read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            raise StorageMissing(f"Secret {namespace}/{name} not found") from None
+        raise
+    data = secret.data or {}
+    if key not in data:
+        raise StorageMissing(
+            f"Secret {namespace}/{name} has no key {key!r} (keys: {', '.join(sorted(data))})"
+        )
+    return base64.b64decode(data[key]).decode().strip()
+
+
+def create(create_call: Callable[[], Any]) -> None:
+    """Create; "already exists" means a pass before a restart (or a racing one) did it."""
+    try:
+        create_call()
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+def create_or_replace(create_call: Callable[[], Any], replace_call: Callable[[], Any]) -> None:
+    try:
+        create_call()
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        replace_call()
+
+
+def delete_pod(core: Any, namespace: str, name: str) -> None:
+    try:
+        core.delete_namespaced_pod(name, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def list_pods(core: Any, client: Any, name: str, namespace: str) -> list[ObservedPod]:
+    """The study's pods (by the study label), as the decision sees them."""
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{STUDY_LABEL}={name}")
+    return [observe_pod(client.sanitize_for_serialization(p)) for p in pods.items]
+
+
+def sizing_input(
+    spec: StudySpec,
+    status: StudyStatus,
+    children: Sequence[ObservedPod],
+    list_nodes: Callable[[], list[NodeInfo]],
+) -> SizingInput:
+    """The sizing for :func:`~hpo_operator.reconcile.decide`: from the spec, the recorded
+    estimate or this spec's estimate pod, then the nodes (listed only when a peak is known)."""
+    key = estimate_key(spec)
+    message: str | None = None
+    failed: str | None = None
+    for pod in children:
+        if pod.component != COMPONENT_ESTIMATE or pod.estimate_key != key or pod.deleting:
+            continue
+        if pod.phase == "Succeeded":
+            message = pod.message
+        elif pod.phase == "Failed":
+            detail = pod.message.splitlines()[-1] if pod.message else "no termination message"
+            failed = (
+                f"estimate pod exited with code {pod.exit_code}: {detail[:500]}; fix the task "
+                "or set spec.resources.peakMemory"
+            )
+    peak = resolve_peak(spec, status.sizing, message, failed)
+    if not isinstance(peak, Peak):
+        return peak
+    floor = (status.sizing.floor_bytes if status.sizing is not None else None) or 0
+    return choose_resource(list_nodes(), spec, peak, floor)
+
+
+class Storages:
+    """Open Optuna storages by URL, and the generation whose budget each study has written."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._storages: dict[str, BaseStorage] = {}
+        self._ensured: dict[str, int] = {}
+
+    def get(self, url: str) -> BaseStorage:
+        with self._guard:
+            storage = self._storages.get(url)
+            if storage is None:
+                # Heartbeats on: the operator fails the trials of runners that died (and
+                # retries them) even when no runner is left to notice.
+                storage = self._storages[url] = open_storage(url, heartbeat=True)
+            return storage
+
+    def progress(
+        self, url: str, uid: str, generation: int, study_name: str, spec: StudySpec
+    ) -> StudyProgress:
+        """The study's progress; creates the study, or writes an edited budget, once per
+        generation."""
+        storage = self.get(url)
+        if self._ensured.get(uid) != generation:
+            study = ensure_study(storage, study_name, spec)
+            self._ensured[uid] = generation
+        else:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        fail_stale_trials(study)
+        return read_progress(study, spec)
+
+    def forget(self, uid: str) -> None:
+        self._ensured.pop(uid, None)
+
+    def close(self) -> None:
+        """Release the connections (tests start and stop the operator in one process)."""
+        for storage in self._storages.values():
+            engine = getattr(storage, "engine", None)
+            if engine is not None:
+                engine.dispose()
+        self._storages.clear()
+        self._ensured.clear()

@@ -1,0 +1,161 @@
+"""The HPOStudy CustomResourceDefinition, generated from the typed models.
+
+``trial_runner.spec.StudySpec`` generates the spec schema and
+:class:`hpo_operator.status.StudyStatus` the status schema, each turned into a *structural*
+OpenAPI v3 schema (:mod:`._schema`). The spec schema also carries the CEL rules, bounds and
+list types of :mod:`._rules`, so a spec that validates locally validates at apply time and the
+API server's messages name the field.
+
+Regenerate the checked-in files with::
+
+    python -m hpo_operator.crd > crds/kubetune.dev_hpostudies.yaml
+    cp crds/kubetune.dev_hpostudies.yaml charts/kubetune/crds/
+
+Unit tests fail when the files and this generator disagree.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import yaml
+from hpo_operator.crd._rules import CRD_ONLY_BOUNDS, NAME_RULES, PATH_EXTRAS, PATH_RULES
+from hpo_operator.crd._schema import structural_schema
+from hpo_operator.status import StudyStatus
+
+from trial_runner.spec import KIND, StudySpec
+
+__all__ = [
+    "CRD_ONLY_BOUNDS",
+    "GROUP",
+    "PLURAL",
+    "SHORT_NAMES",
+    "VERSION",
+    "crd",
+    "crd_yaml",
+    "spec_schema",
+    "status_schema",
+]
+
+GROUP = "kubetune.dev"
+VERSION = "v1alpha1"
+PLURAL = "hpostudies"
+SINGULAR = "hpostudy"
+SHORT_NAMES = ["hpo", "hpos"]
+
+
+def _decorate_spec(node: dict[str, Any], path: str) -> dict[str, Any]:
+    node.update(copy.deepcopy(dict(PATH_EXTRAS.get(path, {}))))
+    node.update(CRD_ONLY_BOUNDS.get(path, {}))
+    if path in PATH_RULES:
+        node["x-kubernetes-validations"] = copy.deepcopy(PATH_RULES[path])
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        node.pop("properties", None)
+    return node
+
+
+def spec_schema() -> dict[str, Any]:
+    """The structural OpenAPI schema of ``spec``, from :class:`StudySpec`."""
+    schema = structural_schema(StudySpec.model_json_schema(by_alias=True), _decorate_spec)
+    schema["description"] = (
+        "Desired state of a hyperparameter study: what to optimise, the search space, the "
+        "budget, and how runner pods are sized and how many run."
+    )
+    return schema
+
+
+def status_schema() -> dict[str, Any]:
+    """The structural OpenAPI schema of ``status``, from :class:`StudyStatus`."""
+    return structural_schema(StudyStatus.model_json_schema(by_alias=True), lambda node, _path: node)
+
+
+def _column(
+    name: str, path: str, type_: str = "string", priority: int = 0, description: str = ""
+) -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path}
+    if priority:
+        column["priority"] = priority
+    if description:
+        column["description"] = description
+    return column
+
+
+def crd() -> dict[str, Any]:
+    """The whole CustomResourceDefinition object."""
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    columns = [
+        _column("Status", f"{ready}.reason", description="Reason of the Ready condition."),
+        _column("Trials", ".status.trialsSummary", description="Finished trials of the budget."),
+        _column("Pruned", ".status.trials.pruned", "integer"),
+        _column("Failed", ".status.trials.failed", "integer"),
+        _column("Best", ".status.best.value", description="Best objective value so far."),
+        _column("Runners", ".status.runnersSummary", description="Ready of desired runners."),
+        _column("Age", ".metadata.creationTimestamp", "date"),
+        _column("Stage", ".status.stage.current", "integer", priority=1),
+        _column("Best-Trial", ".status.best.trial", "integer", priority=1),
+        _column("Resource", ".status.sizing.resource", priority=1),
+        _column("Ready", f"{ready}.status", priority=1),
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "kubetune"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": ["kubetune"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "HPOStudy runs a hyperparameter search as a fleet of warm "
+                                "trial-runner pods sharing one Optuna study."
+                            ),
+                            "required": ["spec"],
+                            "x-kubernetes-validations": NAME_RULES,
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    """The CRD as the YAML checked into ``crds/``."""
+    header = (
+        "# Generated by `python -m hpo_operator.crd` from trial_runner.spec.StudySpec and\n"
+        "# hpo_operator.status.StudyStatus.\n"
+        "# Do not edit by hand: change the models (or operator/crd/) and regenerate.\n"
+    )
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+def main() -> None:
+    sys.stdout.write(crd_yaml())

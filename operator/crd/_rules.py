@@ -1,0 +1,258 @@
+"""Rules and bounds the spec model cannot carry, added to the generated spec schema.
+
+* CEL ``x-kubernetes-validations`` mirroring ``trial_runner.spec.semantic_errors``, placed on
+  the object they concern so the API server's message names the field (``fieldPath``);
+* bounds the API server's CEL cost estimator needs where the model has none
+  (:data:`CRD_ONLY_BOUNDS`: generous limits no real study reaches);
+* list types and preserved free-form fields (:data:`PATH_EXTRAS`).
+
+Keys are field paths of the spec (``""`` is ``spec`` itself, ``[]`` a list's items).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from trial_runner.spec import MAX_STUDY_NAME, NAME_PATTERN
+
+__all__ = ["CRD_ONLY_BOUNDS", "NAME_RULES", "PATH_EXTRAS", "PATH_RULES"]
+
+#: Bounds the CRD adds where the model has none, keyed by field path ("[]" = list items).
+CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
+    # The model bounds string choices; int-or-string items carry no maxLength from the union.
+    "searchSpace[].choices[]": {"maxLength": 253},
+    "searchSpace[].default": {"maxLength": 253},
+}
+
+# NUMBER_PATTERN without backslashes, so it can sit in a CEL string literal.
+_CEL_NUMBER = "^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$"
+
+# CEL helpers: int-or-string numbers compare as doubles.
+_PARAMETER_RULES: list[dict[str, str]] = [
+    {
+        "rule": "self.type != 'Categorical' || (has(self.choices) && size(self.choices) > 0)",
+        "message": "required and non-empty for a Categorical parameter",
+        "fieldPath": ".choices",
+    },
+    {
+        "rule": "self.type == 'Categorical' || !has(self.choices)",
+        "message": "not accepted for a Float or Int parameter (use low and high)",
+        "fieldPath": ".choices",
+    },
+    {
+        "rule": "self.type != 'Categorical' || (!has(self.low) && !has(self.high) "
+        "&& !has(self.step))",
+        "message": "low, high and step are not accepted for a Categorical parameter (use choices)",
+        "fieldPath": ".type",
+    },
+    {
+        "rule": "self.type != 'Categorical' || !has(self.scale) || self.scale == 'Linear'",
+        "message": "not accepted for a Categorical parameter",
+        "fieldPath": ".scale",
+    },
+    {
+        "rule": "self.type == 'Categorical' || (has(self.low) && has(self.high))",
+        "message": "low and high are required for a Float or Int parameter",
+        "fieldPath": ".type",
+    },
+    {
+        "rule": "!has(self.low) || !has(self.high) || double(self.low) < double(self.high)",
+        "message": "must be below high",
+        "fieldPath": ".low",
+    },
+    {
+        "rule": "!has(self.scale) || self.scale != 'Log' || !has(self.low) "
+        "|| double(self.low) > 0.0",
+        "message": "must be above 0 with scale Log",
+        "fieldPath": ".low",
+    },
+    {
+        "rule": "self.type != 'Int' || ((!has(self.low) || type(self.low) == int "
+        "|| string(self.low).matches('^[-+]?[0-9]+$')) && (!has(self.high) "
+        "|| type(self.high) == int || string(self.high).matches('^[-+]?[0-9]+$')))",
+        "message": "low and high must be integers for an Int parameter",
+        "fieldPath": ".type",
+    },
+    {
+        "rule": "self.type != 'Int' || !has(self.step) || type(self.step) == int "
+        "|| string(self.step).matches('^[-+]?[0-9]+$')",
+        "message": "must be an integer for an Int parameter",
+        "fieldPath": ".step",
+    },
+    {
+        "rule": "self.type != 'Int' || !has(self.default) || type(self.default) == int "
+        "|| string(self.default).matches('^[-+]?[0-9]+$')",
+        "message": "must be an integer for an Int parameter",
+        "fieldPath": ".default",
+    },
+    {
+        "rule": "!has(self.step) || double(self.step) > 0.0",
+        "message": "must be above 0",
+        "fieldPath": ".step",
+    },
+    {
+        "rule": "!has(self.step) || !has(self.scale) || self.scale != 'Log'",
+        "message": "not accepted with scale Log",
+        "fieldPath": ".step",
+    },
+    {
+        "rule": "self.type == 'Categorical' || !has(self.default) || type(self.default) == int "
+        f"|| string(self.default).matches('{_CEL_NUMBER}')",
+        "message": "must be a number for a Float or Int parameter",
+        "fieldPath": ".default",
+    },
+    {
+        "rule": "self.type == 'Categorical' || !has(self.default) || !has(self.low) "
+        "|| !has(self.high) || !(type(self.default) == int "
+        f"|| string(self.default).matches('{_CEL_NUMBER}')) "
+        "|| (double(self.default) >= double(self.low) "
+        "&& double(self.default) <= double(self.high))",
+        "message": "must lie within [low, high]",
+        "fieldPath": ".default",
+    },
+    {
+        "rule": "self.type != 'Categorical' || !has(self.default) || !has(self.choices) "
+        "|| self.default in self.choices",
+        "message": "must be one of the choices",
+        "fieldPath": ".default",
+    },
+]
+
+_STUDY_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!has(self.stages) || self.stages.all(s, s.groups.all(g, "
+        "self.searchSpace.exists(p, p.group == g)))",
+        "message": "every group a stage names must be the group of a searchSpace parameter",
+        "fieldPath": ".stages",
+    },
+    {
+        "rule": "!has(self.stages) || size(self.stages) == 0 "
+        "|| self.stages.filter(s, !has(s.trials)).size() == 0 "
+        "|| (self.stages.filter(s, !has(s.trials)).size() == 1 "
+        "&& !has(self.stages[size(self.stages) - 1].trials))",
+        "message": "trials is required on every stage but the last",
+        "fieldPath": ".stages",
+    },
+    {
+        "rule": "!has(self.stages) || self.searchSpace.all(p, "
+        "self.stages.exists(s, p.group in s.groups))",
+        "message": "every searchSpace group must be searched by some stage",
+        "fieldPath": ".stages",
+    },
+    {
+        "rule": "!has(self.stages) || size(self.stages) == 0 || self.searchSpace.all(p, "
+        "p.group in self.stages[0].groups || has(p.default))",
+        "message": "a parameter whose group is not searched in the first stage needs a default",
+        "fieldPath": ".searchSpace",
+    },
+    {
+        "rule": "!has(self.stages) || self.stages.all(a, !has(a.name) "
+        "|| self.stages.filter(b, has(b.name) && b.name == a.name).size() == 1)",
+        "message": "stage names must be unique",
+        "fieldPath": ".stages",
+    },
+    {
+        "rule": "!has(self.stages) || size(self.stages) == 0 || self.budget.maxTrials >= "
+        "self.stages.map(s, has(s.trials) ? s.trials : 0).sum() "
+        "+ (has(self.stages[size(self.stages) - 1].trials) ? 0 : 1)",
+        "message": "must cover the stages' trials",
+        "fieldPath": ".budget.maxTrials",
+    },
+    {
+        "rule": "self.searchSpace.all(p, p.name != (has(self.training) "
+        "&& has(self.training.batchSizeParameter) ? self.training.batchSizeParameter "
+        ": 'batch_size') || p.type != 'Float')",
+        "message": "the batch size parameter (training.batchSizeParameter) must be Int or "
+        "Categorical",
+        "fieldPath": ".searchSpace",
+    },
+    {
+        "rule": "self.searchSpace.all(p, p.name != (has(self.training) "
+        "&& has(self.training.batchSizeParameter) ? self.training.batchSizeParameter "
+        ": 'batch_size') || p.type != 'Categorical' || !has(p.choices) "
+        "|| p.choices.all(c, type(c) == int && int(c) > 0))",
+        "message": "batch sizes (choices of training.batchSizeParameter) must be positive integers",
+        "fieldPath": ".searchSpace",
+    },
+]
+
+PATH_RULES: Mapping[str, list[dict[str, str]]] = {
+    "": _STUDY_RULES,
+    "searchSpace[]": _PARAMETER_RULES,
+    "objective": [
+        {
+            "rule": "self == oldSelf",
+            "message": "is immutable: the study's trials were scored against it",
+        }
+    ],
+    "resources": [
+        {
+            "rule": "!has(self.memoryHeadroom) || (double(self.memoryHeadroom) >= 0.0 "
+            "&& double(self.memoryHeadroom) <= 4.0)",
+            "message": "must be between 0 and 4",
+            "fieldPath": ".memoryHeadroom",
+        }
+    ],
+    "pruner": [
+        {
+            "rule": "!has(self.percentile) || (double(self.percentile) >= 0.0 "
+            "&& double(self.percentile) <= 100.0)",
+            "message": "must be between 0 and 100",
+            "fieldPath": ".percentile",
+        },
+        {
+            "rule": "!has(self.pThreshold) || (double(self.pThreshold) > 0.0 "
+            "&& double(self.pThreshold) <= 1.0)",
+            "message": "must be in (0, 1]",
+            "fieldPath": ".pThreshold",
+        },
+        {
+            "rule": "!has(self.type) || self.type != 'Percentile' || has(self.percentile)",
+            "message": "required when type is Percentile",
+            "fieldPath": ".percentile",
+        },
+        {
+            "rule": "!has(self.minResource) || !has(self.maxResource) "
+            "|| self.minResource < self.maxResource",
+            "message": "must be above minResource",
+            "fieldPath": ".maxResource",
+        },
+        {
+            "rule": "!has(self.minDelta) || has(self.patience)",
+            "message": "only used with patience: set pruner.patience too",
+            "fieldPath": ".minDelta",
+        },
+    ],
+    "training.epochSchedule": [
+        {
+            "rule": "size(self) == 0 || self[0].fromTrial == 0",
+            "message": "the first entry's fromTrial must be 0 so every trial has an epoch count",
+        },
+        {
+            "rule": "self.map(e, e.fromTrial).isSorted() && self.all(a, "
+            "self.filter(b, b.fromTrial == a.fromTrial).size() == 1)",
+            "message": "fromTrial must strictly increase",
+        },
+    ],
+}
+
+# Study names become pod names "<name>-runner-<n>" and label values: a short DNS label.
+NAME_RULES: list[dict[str, str]] = [
+    {
+        "rule": f"size(self.metadata.name) <= {MAX_STUDY_NAME}",
+        "message": f"metadata.name: at most {MAX_STUDY_NAME} characters, so runner pod names fit",
+    },
+    {
+        "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
+        "message": "metadata.name: must be a DNS label (lowercase letters, digits and '-', "
+        "no dots)",
+    },
+]
+
+PATH_EXTRAS: Mapping[str, Mapping[str, Any]] = {
+    "searchSpace": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    "task.config": {"x-kubernetes-preserve-unknown-fields": True},
+    # A set: the API server rejects a repeated choice (semantic_errors: "must not repeat").
+    "searchSpace[].choices": {"x-kubernetes-list-type": "set"},
+}

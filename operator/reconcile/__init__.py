@@ -1,0 +1,53 @@
+"""The reconcile decision: given what is wanted and what is observed, what to do (pure).
+
+:func:`decide` takes the validated spec, the current :class:`~hpo_operator.status.StudyStatus`,
+the observed child pods (:mod:`._observe`), the study's progress (read from the Optuna
+storage) and the sizing result, and returns a :class:`Plan` (:mod:`._plan`): the actions to
+take, the new status and the events to emit. It does no I/O, so every state transition is
+unit-tested without a cluster; :mod:`hpo_operator.handlers` only gathers the inputs and
+carries the plan out.
+
+The steps (:mod:`._decide`), in order:
+    * storage unreadable: keep what runs, create nothing, ``Ready=False StorageUnavailable``;
+    * record the progress: trial counts, the best trial (its ConfigMap when it changed), stage;
+    * the study is done (budget spent, timed out or too many failed trials, nothing in
+      flight): ``Succeeded`` or ``Failed``, every pod deleted, ``completionTime`` set;
+    * runner pods that ended are deleted; an OOMKilled runner raises the memory floor so
+      replacements get the next larger resource; a failed one counts as a failure;
+    * too many runner pods failed (not OOMKilled) since the spec last changed:
+      ``Failed=True RunnerFailures`` and runners deleted, until the spec is edited;
+    * ``spec.suspend``: every runner deleted (their trials are released and retried later);
+    * sizing: an estimate pod runs when the peak memory is unknown; nothing fits →
+      ``Ready=False NoFittingResource`` and no new runners;
+    * runners: indexes ``0..parallelism-1``; extra indexes are deleted; missing runners are
+      created only while the study still has trials to claim;
+    * ``Ready``: why runners are not (all) ready, or that they are.
+"""
+
+from __future__ import annotations
+
+from hpo_operator.reconcile._decide import SizingInput, decide
+from hpo_operator.reconcile._observe import ObservedPod, observe_pod
+from hpo_operator.reconcile._plan import (
+    Action,
+    CreateEstimatePod,
+    CreateRunner,
+    DeletePod,
+    Event,
+    Plan,
+    WriteBest,
+)
+
+__all__ = [
+    "Action",
+    "CreateEstimatePod",
+    "CreateRunner",
+    "DeletePod",
+    "Event",
+    "ObservedPod",
+    "Plan",
+    "SizingInput",
+    "WriteBest",
+    "decide",
+    "observe_pod",
+]

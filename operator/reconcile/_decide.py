@@ -1,0 +1,373 @@
+"""The decision as a short sequence of named steps over a :class:`PlanBuilder`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hpo_operator.reconcile._observe import ObservedPod
+from hpo_operator.reconcile._plan import (
+    CreateEstimatePod,
+    CreateRunner,
+    DeletePod,
+    Plan,
+    PlanBuilder,
+    WriteBest,
+)
+from hpo_operator.sizing import (
+    NoFit,
+    PeakFailed,
+    PeakPending,
+    SizingDecision,
+    format_bytes,
+    next_floor,
+)
+from hpo_operator.status import (
+    BestTrial,
+    SizingStatus,
+    StageStatus,
+    StudyStatus,
+    TrialCounts,
+    timestamp,
+)
+
+from trial_runner.progress import StudyProgress
+from trial_runner.spec import StudySpec
+
+__all__ = ["SizingInput", "decide"]
+
+SizingInput = SizingDecision | NoFit | PeakPending | PeakFailed
+
+
+def decide(
+    spec: StudySpec,
+    status: StudyStatus,
+    generation: int,
+    children: Sequence[ObservedPod],
+    progress: StudyProgress | None,
+    sizing: SizingInput,
+    now: dt.datetime,
+    *,
+    storage_error: str | None = None,
+    max_runner_failures: int = 5,
+) -> Plan:
+    """The plan for one study at one moment (see :mod:`hpo_operator.reconcile` for the rules).
+
+    Args:
+        spec: The validated spec.
+        status: The study's current status (empty for a new study).
+        generation: ``metadata.generation``; written as ``observedGeneration``.
+        children: The study's pods.
+        progress: The study's progress from the storage; ``None`` when it cannot be read.
+        sizing: The sizing decision, or why there is none yet (estimate pending or failed).
+        now: The current time (for condition transition times and start/completion times).
+        storage_error: Why the storage cannot be read, when ``progress`` is ``None``.
+        max_runner_failures: Failed runner pods (on top of the parallelism) after which the
+            study is Failed; counted since the spec last changed.
+    """
+    b = PlanBuilder(spec, status, generation, now, children)
+    if progress is None:
+        return _storage_unavailable(b, storage_error)
+    _record_progress(b, progress)
+    if progress.done:
+        return _finished(b, progress)
+    b.status.completion_time = None
+    b.condition(
+        "Succeeded", False, "Running", f"{progress.finished}/{progress.max_trials} trials finished"
+    )
+    alive = _remove_ended_runners(b)
+    crashed = _runner_failures(b, max_runner_failures)
+    _suspension(b)
+    if spec.suspend or crashed:
+        return _drained(b, alive, crashed)
+    _record_sizing(b, sizing)
+    created = _create_runners(b, progress, sizing, alive)
+    _ready(b, progress, sizing, alive, created)
+    return b.plan()
+
+
+def _storage_unavailable(b: PlanBuilder, error: str | None) -> Plan:
+    """Keep what runs and what is known; create nothing; say why."""
+    for name in ("trials", "best", "stage", "trials_summary"):
+        value = getattr(b.old, name)
+        if value is not None:
+            setattr(b.status, name, value)
+    b.count_runners(b.parallelism)
+    message = f"cannot read the study's storage: {error or 'unknown error'}"
+    b.condition("Ready", False, "StorageUnavailable", message)
+    if b.entered("Ready", "StorageUnavailable"):
+        b.event("Warning", "StorageUnavailable", error or "cannot read the storage")
+    return b.plan()
+
+
+def _record_progress(b: PlanBuilder, progress: StudyProgress) -> None:
+    """Trial counts, the best trial (and its ConfigMap when it changed), the stage."""
+    spec = b.spec
+    b.status.trials = TrialCounts(
+        complete=progress.complete,
+        pruned=progress.pruned,
+        failed=progress.failed,
+        running=progress.running,
+        waiting=progress.waiting,
+        budget=progress.max_trials,
+    )
+    b.status.trials_summary = f"{progress.finished}/{progress.max_trials}"
+    b.status.stage = StageStatus(
+        current=progress.current_stage + 1, total=len(spec.stages) if spec.stages else 1
+    )
+    best, value, params = progress.best_trial, progress.best_value, progress.best_params or {}
+    if best is not None and value is not None:
+        b.status.best = BestTrial(
+            value=_number(value), trial=best, params={k: _param(v) for k, v in params.items()}
+        )
+        if best != (b.old.best.trial if b.old.best is not None else None):
+            b.actions.append(WriteBest(value, dict(params), best))
+            b.event(
+                "Normal",
+                "NewBestTrial",
+                f"trial {best}: {spec.objective.metric}={_number(value)} "
+                f"with {_describe_params(params)}",
+            )
+    old_stage = b.old.stage.current if b.old.stage is not None else None
+    if spec.stages and old_stage is not None and old_stage != progress.current_stage + 1:
+        b.event(
+            "Normal",
+            "StageStarted",
+            f"stage {progress.current_stage + 1} of {len(spec.stages)} "
+            f"(groups {', '.join(spec.stages[progress.current_stage].groups)})",
+        )
+
+
+def _finished(b: PlanBuilder, progress: StudyProgress) -> Plan:
+    """Succeeded or Failed for good: every pod deleted, ``completionTime`` set."""
+    metric = b.spec.objective.metric
+    summary = (
+        f"{progress.finished} trials finished ({progress.complete} complete, "
+        f"{progress.pruned} pruned, {progress.failed} failed)"
+    )
+    if progress.best_value is not None:
+        summary += f"; best {metric}={_number(progress.best_value)} at trial {progress.best_trial}"
+    if progress.outcome == "TooManyFailures":
+        b.condition("Failed", True, "TooManyFailedTrials", f"maxFailedTrials reached: {summary}")
+        b.condition("Succeeded", False, "TooManyFailedTrials", "the study failed")
+        b.condition("Ready", False, "Failed", summary)
+    else:
+        reason = "BudgetSpent" if progress.outcome == "BudgetSpent" else "TimedOut"
+        b.condition("Succeeded", True, reason, summary)
+        b.condition("Failed", False, reason, "the study succeeded")
+        b.condition("Ready", False, "Succeeded", summary)
+    b.condition("Suspended", False, "Finished", "the study is finished")
+    b.delete(b.runners, "the study is finished")
+    b.delete(b.estimates, "the study is finished")
+    b.count_runners(0)
+    b.status.completion_time = b.old.completion_time or timestamp(b.now)
+    b.status.sizing = b.old_sizing
+    if b.flipped_on("Succeeded"):
+        b.event("Normal", "Succeeded", summary)
+    if b.flipped_on("Failed"):
+        b.event("Warning", "Failed", f"maxFailedTrials reached: {summary}")
+    return b.plan()
+
+
+def _remove_ended_runners(b: PlanBuilder) -> list[ObservedPod]:
+    """Delete runner pods that ended (an OOMKilled one raises the floor, a failed one counts
+    as a failure); the pods still alive (or being deleted) are returned."""
+    alive: list[ObservedPod] = []
+    for pod in b.runners:
+        if pod.deleting:
+            alive.append(pod)
+        elif pod.phase == "Failed" and pod.oom_killed:
+            if pod.memory_bytes:
+                b.floor = max(b.floor, next_floor(pod.kind or "CPU", pod.memory_bytes))
+            b.actions.append(DeletePod(pod.name, "OOMKilled"))
+            b.event(
+                "Warning",
+                "OOMKilled",
+                f"runner {pod.name} ran out of memory on {pod.resource or 'its resource'}"
+                f"; replacements need at least {format_bytes(b.floor)}",
+            )
+        elif pod.phase == "Failed":
+            b.failures += 1
+            detail = f"exit code {pod.exit_code}" if pod.exit_code is not None else "failed"
+            if pod.message:
+                detail += f": {pod.message.splitlines()[-1][:300]}"
+            b.actions.append(DeletePod(pod.name, "runner failed"))
+            b.event("Warning", "RunnerFailed", f"runner {pod.name} {detail}")
+        elif pod.phase == "Succeeded":
+            b.actions.append(DeletePod(pod.name, "runner finished"))
+        else:
+            alive.append(pod)
+    return alive
+
+
+def _runner_failures(b: PlanBuilder, max_runner_failures: int) -> bool:
+    """Whether too many runner pods failed since the spec last changed (the study Fails)."""
+    limit = max_runner_failures + b.parallelism
+    if b.failures < limit:
+        b.condition("Failed", False, "Running", "no failure")
+        return False
+    message = (
+        f"{b.failures} runner pods failed since the spec last changed (limit {limit}); "
+        "see the RunnerFailed events and the pods' logs, then edit the spec to retry"
+    )
+    b.condition("Failed", True, "RunnerFailures", message)
+    if b.flipped_on("Failed"):
+        b.event("Warning", "Failed", message)
+    return True
+
+
+def _suspension(b: PlanBuilder) -> None:
+    """The Suspended condition, and the Suspended and Resumed events when it flips."""
+    if b.spec.suspend:
+        b.condition("Suspended", True, "Suspended", "spec.suspend is true: runners drained")
+        if b.flipped_on("Suspended"):
+            b.event("Normal", "Suspended", "draining runners; running trials are released")
+    elif b.old.is_true("Suspended"):
+        b.condition("Suspended", False, "Resumed", "spec.suspend is false")
+        b.event("Normal", "Resumed", "creating runners again; the study continues")
+    elif b.old.reason("Suspended") == "Resumed":
+        b.condition("Suspended", False, "Resumed", "spec.suspend is false")
+    else:
+        b.condition("Suspended", False, "NotSuspended", "spec.suspend is false")
+
+
+def _drained(b: PlanBuilder, alive: list[ObservedPod], crashed: bool) -> Plan:
+    """Suspended, or failed by its runners: every pod deleted until the spec changes."""
+    b.delete(alive, "suspended" if b.spec.suspend else "too many runner failures")
+    b.delete(b.estimates, "suspended" if b.spec.suspend else "failed")
+    b.count_runners(0)
+    b.status.sizing = b.old_sizing
+    if b.spec.suspend:
+        b.condition("Ready", False, "Suspended", "spec.suspend is true")
+    else:
+        b.condition("Ready", False, "Failed", "too many runner pods failed")
+    return b.plan()
+
+
+def _record_sizing(b: PlanBuilder, sizing: SizingInput) -> None:
+    """``status.sizing``; the estimate pod created, replaced or deleted as the sizing needs."""
+    b.status.sizing = _sizing_status(sizing, b.old_sizing, b.floor)
+    if isinstance(sizing, PeakPending):
+        stale = [p for p in b.estimates if p.estimate_key != sizing.key]
+        b.delete(stale, "the spec changed")
+        if not [p for p in b.estimates if p.estimate_key == sizing.key]:
+            b.actions.append(CreateEstimatePod(sizing.key))
+            if not stale:
+                b.event("Normal", "EstimatingMemory", sizing.reason)
+        b.status.sizing.estimate_key = sizing.key
+    elif isinstance(sizing, PeakFailed):
+        b.status.sizing.estimate_key = sizing.key
+    else:
+        current = [p for p in b.estimates if not p.deleting]
+        if current and current[0].estimate_key:
+            b.status.sizing.estimate_key = current[0].estimate_key
+        b.delete(b.estimates, "estimate recorded")
+        if isinstance(sizing, SizingDecision) and b.old_sizing.resource != sizing.resource:
+            b.event("Normal", "Sized", sizing.reason)
+
+
+def _sizing_status(sizing: SizingInput, old: SizingStatus, floor: int) -> SizingStatus:
+    fields: dict[str, Any] = {"floor_bytes": floor} if floor else {}
+    if isinstance(sizing, SizingDecision):
+        fields.update(
+            resource=sizing.resource,
+            quantity=sizing.quantity,
+            accelerator=sizing.kind,
+            memory_bytes=sizing.memory_bytes,
+        )
+    if isinstance(sizing, SizingDecision | NoFit):
+        fields.update(
+            required_bytes=sizing.required_bytes,
+            peak_bytes=sizing.peak.bytes,
+            method=sizing.peak.method,
+            reason=sizing.reason,
+        )
+        if sizing.peak.method not in ("Spec", "Memory") and old.estimate_key:
+            fields["estimate_key"] = old.estimate_key
+    elif isinstance(sizing, PeakFailed):
+        fields["reason"] = f"memory estimate failed: {sizing.message}"
+    else:
+        fields["reason"] = sizing.reason
+    return SizingStatus(**fields)
+
+
+def _usable(b: PlanBuilder, sizing: SizingInput) -> bool:
+    """Whether runners can be created with ``sizing`` (it clears the OOM floor)."""
+    return isinstance(sizing, SizingDecision) and sizing.memory_bytes >= b.floor
+
+
+def _create_runners(
+    b: PlanBuilder, progress: StudyProgress, sizing: SizingInput, alive: list[ObservedPod]
+) -> list[int]:
+    """Runners ``0..parallelism-1``: extra ones deleted, missing ones created while trials
+    remain to be claimed. Returns the indexes created."""
+    claimable = progress.outcome == "Running"
+    # Once every trial is claimed the study wants only the runners still finishing one.
+    finishing = sum(not p.deleting and (p.index or 0) < b.parallelism for p in alive)
+    # A pod deleted in this pass still holds its name: it is replaced on a later pass.
+    present = {p.index for p in b.runners if p.index is not None}
+    for pod in alive:
+        if not pod.deleting and (pod.index is None or pod.index >= b.parallelism):
+            b.actions.append(DeletePod(pod.name, "parallelism lowered"))
+    created: list[int] = []
+    if claimable and isinstance(sizing, SizingDecision) and _usable(b, sizing):
+        created = [i for i in range(b.parallelism) if i not in present]
+        b.actions.extend(CreateRunner(index, sizing) for index in created)
+        if created:
+            b.event(
+                "Normal",
+                "RunnersCreated",
+                f"created runner(s) {', '.join(str(i) for i in created)} with "
+                f"{sizing.resource}={sizing.quantity}",
+            )
+    b.count_runners(b.parallelism if claimable else finishing)
+    return created
+
+
+def _ready(
+    b: PlanBuilder,
+    progress: StudyProgress,
+    sizing: SizingInput,
+    alive: list[ObservedPod],
+    created: list[int],
+) -> None:
+    """The Ready condition: why runners are not (all) ready, or that they are."""
+    assert b.status.runners is not None
+    ready, desired = b.status.runners.ready or 0, b.status.runners.desired or 0
+    if isinstance(sizing, PeakPending):
+        b.condition("Ready", False, "EstimatingMemory", sizing.reason)
+    elif isinstance(sizing, PeakFailed):
+        b.condition("Ready", False, "EstimateFailed", sizing.message)
+        if b.entered("Ready", "EstimateFailed"):
+            b.event("Warning", "EstimateFailed", sizing.message)
+    elif isinstance(sizing, NoFit) or not _usable(b, sizing):
+        message = sizing.reason if isinstance(sizing, NoFit) else "no larger resource after OOM"
+        b.condition("Ready", False, "NoFittingResource", message)
+        if b.entered("Ready", "NoFittingResource"):
+            b.event("Warning", "NoFittingResource", message)
+    elif progress.outcome != "Running":
+        b.condition(
+            "Ready",
+            False,
+            "Finishing",
+            f"every trial is claimed; waiting for {progress.active} running trial(s)",
+        )
+    elif ready >= desired and not created:
+        b.condition("Ready", True, "RunnersReady", f"{ready}/{desired} runners ready")
+    elif pending := next((p.unschedulable for p in alive if p.unschedulable), None):
+        b.condition("Ready", False, "Unschedulable", f"runner pods cannot be scheduled: {pending}")
+    else:
+        b.condition("Ready", False, "RunnersStarting", f"{ready}/{desired} runners ready")
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _param(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _describe_params(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_param(v)}" for k, v in sorted(params.items())) or "no parameters"

@@ -1,0 +1,80 @@
+"""What the decision needs to know of a study's child pods, read from the API's Pod objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hpo_operator.manifests import runner_index
+
+from trial_runner.contract import (
+    COMPONENT_LABEL,
+    ESTIMATE_KEY_ANNOTATION,
+    KIND_ANNOTATION,
+    MEMORY_ANNOTATION,
+    RESOURCE_ANNOTATION,
+    STUDY_LABEL,
+)
+
+__all__ = ["ObservedPod", "observe_pod"]
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """What the decision needs to know of one child pod."""
+
+    name: str
+    component: str
+    index: int | None = None
+    phase: str = "Pending"
+    ready: bool = False
+    deleting: bool = False
+    kind: str | None = None
+    resource: str | None = None
+    memory_bytes: int | None = None
+    oom_killed: bool = False
+    exit_code: int | None = None
+    message: str = ""
+    unschedulable: str | None = None
+    estimate_key: str | None = None
+
+
+def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
+    """An :class:`ObservedPod` from a Pod as the API returns it (a plain mapping)."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    status = pod.get("status") or {}
+    name = str(meta.get("name", ""))
+    container_statuses = status.get("containerStatuses") or []
+    terminated: Mapping[str, Any] = {}
+    ready = False
+    for cs in container_statuses:
+        state = cs.get("state") or {}
+        if state.get("terminated"):
+            terminated = state["terminated"]
+        ready = bool(cs.get("ready"))
+    unschedulable = None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            unschedulable = str(cond.get("message") or cond.get("reason") or "unschedulable")
+    memory = annotations.get(MEMORY_ANNOTATION)
+    exit_code = terminated.get("exitCode")
+    oom = terminated.get("reason") == "OOMKilled" or status.get("reason") == "OOMKilled"
+    return ObservedPod(
+        name=name,
+        component=str(labels.get(COMPONENT_LABEL, "")),
+        index=runner_index(str(labels.get(STUDY_LABEL, "")), name),
+        phase=str(status.get("phase") or "Pending"),
+        ready=ready and status.get("phase") == "Running",
+        deleting=bool(meta.get("deletionTimestamp")),
+        kind=annotations.get(KIND_ANNOTATION),
+        resource=annotations.get(RESOURCE_ANNOTATION),
+        memory_bytes=int(memory) if memory and str(memory).isdigit() else None,
+        oom_killed=oom,
+        exit_code=int(exit_code) if isinstance(exit_code, int) else None,
+        message=str(terminated.get("message") or "").strip(),
+        unschedulable=unschedulable,
+        estimate_key=annotations.get(ESTIMATE_KEY_ANNOTATION),
+    )

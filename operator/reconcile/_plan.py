@@ -1,0 +1,158 @@
+"""A plan (actions, the new status, events) and the builder the decision's steps fill in."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hpo_operator.reconcile._observe import ObservedPod
+from hpo_operator.sizing import SizingDecision
+from hpo_operator.status import (
+    RunnerCounts,
+    SizingStatus,
+    StudyStatus,
+    set_condition,
+    timestamp,
+)
+
+from trial_runner.contract import COMPONENT_ESTIMATE, COMPONENT_RUNNER
+from trial_runner.spec import StudySpec
+
+__all__ = [
+    "Action",
+    "CreateEstimatePod",
+    "CreateRunner",
+    "DeletePod",
+    "Event",
+    "Plan",
+    "PlanBuilder",
+    "WriteBest",
+]
+
+
+@dataclass(frozen=True)
+class CreateRunner:
+    index: int
+    sizing: SizingDecision
+
+
+@dataclass(frozen=True)
+class CreateEstimatePod:
+    key: str
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WriteBest:
+    value: float
+    params: Mapping[str, Any]
+    trial: int
+
+
+Action = CreateRunner | CreateEstimatePod | DeletePod | WriteBest
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do: actions in order, then the status to write, then the events to post."""
+
+    actions: tuple[Action, ...] = ()
+    status: StudyStatus = field(default_factory=StudyStatus)
+    events: tuple[Event, ...] = ()
+
+
+class PlanBuilder:
+    """One plan being decided: what was observed, and the actions, status and events so far.
+
+    ``old`` is the status the study had; ``status`` the one being written (only the fields a
+    step sets are written, see :meth:`StudyStatus.to_api`).
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        old: StudyStatus,
+        generation: int,
+        now: dt.datetime,
+        children: Sequence[ObservedPod],
+    ) -> None:
+        self.spec = spec
+        self.old = old
+        self.generation = generation
+        self.now = now
+        self.status = StudyStatus(start_time=old.start_time or timestamp(now))
+        self.conditions = list(old.conditions)
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+        self.runners = sorted(
+            (p for p in children if p.component == COMPONENT_RUNNER),
+            key=lambda p: (p.index is None, p.index or 0, p.name),
+        )
+        self.estimates = [p for p in children if p.component == COMPONENT_ESTIMATE]
+        same_spec = old.observed_generation == generation
+        old_failures = old.runners.failed_pods if old.runners is not None else None
+        #: Failed runner pods since the spec last changed (this pass's included).
+        self.failures = (old_failures or 0) if same_spec else 0
+        #: ``status.sizing`` as it was; an absent one reads as empty.
+        self.old_sizing = old.sizing if old.sizing is not None else SizingStatus()
+        #: Least memory a runner needs after OOMKilled ones (raised by this pass's).
+        self.floor = self.old_sizing.floor_bytes or 0
+
+    @property
+    def parallelism(self) -> int:
+        return self.spec.resources.parallelism
+
+    def condition(self, type_: str, value: bool, reason: str, message: str) -> None:
+        self.conditions = set_condition(
+            self.conditions, type_, value, reason, message, self.generation, self.now
+        )
+
+    def _now(self, type_: str) -> tuple[str | None, str | None]:
+        found = next((c for c in self.conditions if c.type == type_), None)
+        return (found.status, found.reason) if found is not None else (None, None)
+
+    def flipped_on(self, type_: str) -> bool:
+        """Whether ``type_`` is True now and was not before this plan."""
+        return self._now(type_)[0] == "True" and not self.old.is_true(type_)
+
+    def entered(self, type_: str, reason: str) -> bool:
+        """Whether ``type_`` now has ``reason`` and had another one before this plan."""
+        return self._now(type_)[1] == reason and self.old.reason(type_) != reason
+
+    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def delete(self, pods: Sequence[ObservedPod], reason: str) -> None:
+        """Delete each of ``pods`` not already being deleted."""
+        for pod in pods:
+            if not pod.deleting:
+                self.actions.append(DeletePod(pod.name, reason))
+
+    def count_runners(self, desired: int) -> None:
+        ready = sum(p.ready and not p.deleting for p in self.runners)
+        self.status.runners = RunnerCounts(
+            desired=desired,
+            ready=ready,
+            active=sum(not p.deleting and p.phase in ("Pending", "Running") for p in self.runners),
+            failed_pods=self.failures,
+        )
+        self.status.runners_summary = f"{ready}/{desired}"
+
+    def plan(self) -> Plan:
+        self.status.conditions = self.conditions
+        self.status.observed_generation = self.generation
+        return Plan(tuple(self.actions), self.status, tuple(self.events))

@@ -1,0 +1,168 @@
+"""Pod and ConfigMap manifests the operator creates."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from hpo_operator.config import OperatorConfig
+from hpo_operator.manifests import (
+    best_configmap,
+    estimate_pod,
+    runner_index,
+    runner_pod,
+    spec_configmap,
+    storage_secret,
+)
+from hpo_operator.sizing import Peak, SizingDecision
+
+from tests.unit.operator.data import OWNER, make_spec
+from trial_runner.spec import study_from_mapping
+
+MIG = SizingDecision(
+    "MIG", "nvidia.com/mig-2g.20gb", "1", 20 * 10**9, 13 * 2**30, Peak(12 * 2**30, "Spec"), "r"
+)
+CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "r")
+
+
+def _runner(sizing: SizingDecision = MIG, config: OperatorConfig | None = None, **spec: object):
+    return runner_pod(
+        OWNER, make_spec(**spec), 1, sizing, ("pg", "url"), config or OperatorConfig()
+    )
+
+
+def test_runner_pod_name_labels_and_owner() -> None:
+    pod = _runner()
+    meta = pod["metadata"]
+    assert meta["name"] == "digits-runner-1"
+    assert meta["namespace"] == "team-a"
+    assert meta["labels"]["app.kubernetes.io/name"] == "kubetune"
+    assert meta["labels"]["app.kubernetes.io/component"] == "trial-runner"
+    assert meta["labels"]["kubetune.dev/study"] == "digits"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "HPOStudy",
+            "name": "digits",
+            "uid": "0b5e-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert runner_index("digits", meta["name"]) == 1
+    assert runner_index("digits", "digits-estimate") is None
+
+
+def test_runner_runs_the_study_with_storage_from_the_secret_only() -> None:
+    pod = _runner()
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["kubetune", "runner", "--study-name", "team-a.digits"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KUBETUNE_STORAGE_URL"] == {
+        "name": "KUBETUNE_STORAGE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "pg", "key": "url"}},
+    }
+    assert env["KUBETUNE_STUDY"]["valueFrom"] == {
+        "configMapKeyRef": {"name": "digits-spec", "key": "study.yaml"}
+    }
+    assert "postgresql://" not in json.dumps(pod)
+    assert container["image"] == "img:1"
+
+
+def test_runner_requests_the_sized_mig_slice_and_tolerates_gpu_taint() -> None:
+    pod = _runner(resources={"accelerator": "MIG"})
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources == {"limits": {"nvidia.com/mig-2g.20gb": "1"}}
+    # Host memory stated in the spec is requested next to the slice.
+    pod = _runner(resources={"accelerator": "MIG", "memory": "8Gi"})
+    assert pod["spec"]["containers"][0]["resources"] == {
+        "limits": {"nvidia.com/mig-2g.20gb": "1", "memory": "8Gi"},
+        "requests": {"memory": "8Gi"},
+    }
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"][
+        "tolerations"
+    ]
+
+
+def test_cpu_runner_gets_memory_requests_and_limits() -> None:
+    pod = _runner(CPU, resources={"accelerator": "CPU", "cpu": "500m", "memory": "1Gi"})
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"memory": "1Gi"},
+    }
+    assert "tolerations" not in pod["spec"]
+
+
+def test_runner_meets_the_restricted_pod_security_standard() -> None:
+    pod = _runner()
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert isinstance(spec["securityContext"]["runAsUser"], int)
+    assert spec["securityContext"]["runAsUser"] != 0
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = spec["containers"][0]["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in spec["containers"][0]["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {}} in spec["volumes"]
+    assert spec["terminationGracePeriodSeconds"] == 60
+    assert spec["restartPolicy"] == "Never"
+
+
+def test_operator_settings_reach_the_pod() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "KUBETUNE_RUNNER_EXTRA_LABELS": "kubetune.dev/test-execute=true",
+            "KUBETUNE_RUNNER_EXTRA_ENV": "KUBETUNE_HEARTBEAT_INTERVAL=2",
+            "KUBETUNE_RUNNER_UID": "1000",
+            "KUBETUNE_GRACE_PERIOD": "15",
+            "KUBETUNE_RUNNER_IMAGE": "local/kubetune:dev",
+        }
+    )
+    pod = _runner(config=config, task={"entrypoint": "trial_runner.tasks.digits:DigitsMLP"})
+    assert pod["metadata"]["labels"]["kubetune.dev/test-execute"] == "true"
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["KUBETUNE_HEARTBEAT_INTERVAL"] == "2"
+    assert pod["spec"]["securityContext"]["runAsUser"] == 1000
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 15
+    assert pod["spec"]["containers"][0]["image"] == "local/kubetune:dev"
+
+
+def test_estimate_pod_runs_the_estimate_on_cpu() -> None:
+    pod = estimate_pod(OWNER, make_spec(), "abc123", OperatorConfig())
+    container = pod["spec"]["containers"][0]
+    assert pod["metadata"]["name"] == "digits-estimate"
+    assert container["command"][:3] == ["kubetune", "estimate", "--json"]
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+    assert pod["metadata"]["annotations"]["kubetune.dev/estimate-key"] == "abc123"
+    assert not any(e["name"] == "KUBETUNE_STORAGE_URL" for e in container["env"])
+
+
+def test_spec_configmap_holds_a_study_document_the_runner_accepts() -> None:
+    spec = make_spec()
+    cm = spec_configmap(OWNER, spec)
+    assert cm["metadata"]["name"] == "digits-spec"
+    document = yaml.safe_load(cm["data"]["study.yaml"])
+    study = study_from_mapping(document)
+    assert study.spec == spec
+    assert study.metadata.name == "digits"
+
+
+def test_best_configmap_has_value_trial_and_params() -> None:
+    cm = best_configmap(OWNER, make_spec(), 0.975, {"learning_rate": 0.003, "batch_size": 64}, 7)
+    assert cm["metadata"]["name"] == "digits-best"
+    data = cm["data"]
+    assert json.loads(data["params.json"]) == {"learning_rate": 0.003, "batch_size": 64}
+    assert data["batch_size"] == "64"
+    assert data["learning_rate"] == "0.003"
+    assert (data["value"], data["trial"], data["metric"]) == ("0.975", "7", "accuracy")
+
+
+def test_default_storage_secret_is_owned_by_the_study() -> None:
+    secret = storage_secret(OWNER, "postgresql://u:p@h/db")
+    assert secret["metadata"]["name"] == "digits-storage"
+    assert secret["stringData"] == {"url": "postgresql://u:p@h/db"}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "0b5e-uid"

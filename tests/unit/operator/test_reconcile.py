@@ -1,0 +1,412 @@
+"""The reconcile decision, one state transition per test."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from hpo_operator.reconcile import (
+    CreateEstimatePod,
+    CreateRunner,
+    DeletePod,
+    ObservedPod,
+    Plan,
+    WriteBest,
+    decide,
+    observe_pod,
+)
+from hpo_operator.sizing import NoFit, Peak, PeakFailed, PeakPending, SizingDecision
+from hpo_operator.status import StudyStatus, set_condition
+
+from tests.unit.operator.data import NOW, make_progress, make_spec
+
+CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "cpu 1Gi")
+MIG1 = SizingDecision(
+    "MIG", "nvidia.com/mig-1g.10gb", "1", 10 * 10**9, 6 * 2**30, Peak(5 * 2**30, "Spec"), "1g"
+)
+MIG2 = SizingDecision(
+    "MIG", "nvidia.com/mig-2g.20gb", "1", 20 * 10**9, 10**10 + 1, Peak(5 * 2**30, "Spec"), "2g"
+)
+
+
+def runner(index: int, phase: str = "Running", ready: bool = True, **kw: Any) -> ObservedPod:
+    return ObservedPod(
+        name=f"digits-runner-{index}",
+        component="trial-runner",
+        index=index,
+        phase=phase,
+        ready=ready and phase == "Running",
+        **kw,
+    )
+
+
+def status(plan: Plan) -> dict[str, Any]:
+    """The status the operator writes for ``plan`` (JSON, as users read it)."""
+    return plan.status.to_api()
+
+
+def condition(plan: Plan, type_: str) -> dict[str, Any]:
+    return next(c for c in status(plan)["conditions"] if c["type"] == type_)
+
+
+def creates(plan: Plan) -> list[int]:
+    return [a.index for a in plan.actions if isinstance(a, CreateRunner)]
+
+
+def deletes(plan: Plan) -> list[str]:
+    return [a.name for a in plan.actions if isinstance(a, DeletePod)]
+
+
+def run(
+    children: list[ObservedPod] | None = None,
+    progress: Any = None,
+    status: StudyStatus | dict[str, Any] | None = None,
+    sizing: Any = CPU,
+    generation: int = 1,
+    now: dt.datetime = NOW,
+    **spec: Any,
+) -> Plan:
+    # A status from an earlier plan goes through its JSON, as the API server stores it.
+    written = status.to_api() if isinstance(status, StudyStatus) else status
+    return decide(
+        make_spec(**spec),
+        StudyStatus.from_api(written),
+        generation,
+        children or [],
+        make_progress() if progress is None else progress,
+        sizing,
+        now,
+    )
+
+
+def test_new_study_creates_parallelism_runners() -> None:
+    plan = run()
+    assert creates(plan) == [0, 1]
+    assert all(a.sizing == CPU for a in plan.actions if isinstance(a, CreateRunner))
+    assert condition(plan, "Ready")["status"] == "False"
+    assert condition(plan, "Ready")["reason"] == "RunnersStarting"
+    assert status(plan)["observedGeneration"] == 1
+    assert status(plan)["startTime"] == "2026-01-02T03:04:05Z"
+    assert status(plan)["trialsSummary"] == "0/4"
+    assert status(plan)["runnersSummary"] == "0/2"
+    assert any(e.reason == "RunnersCreated" for e in plan.events)
+
+
+def test_all_runners_ready_is_ready_and_creates_nothing() -> None:
+    plan = run([runner(0), runner(1)], make_progress(complete=1, running=2))
+    assert creates(plan) == [] and deletes(plan) == []
+    ready = condition(plan, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "RunnersReady")
+    assert status(plan)["runners"]["ready"] == 2
+    assert status(plan)["trials"] == {
+        "complete": 1,
+        "pruned": 0,
+        "failed": 0,
+        "running": 2,
+        "waiting": 0,
+        "budget": 4,
+    }
+
+
+def test_restart_with_runners_present_creates_no_duplicates() -> None:
+    # An operator restarted mid-study sees its own pods (deterministic names): nothing to do.
+    pending = runner(1, phase="Pending", ready=False)
+    plan = run([runner(0), pending], make_progress(running=1))
+    assert creates(plan) == []
+    assert deletes(plan) == []
+
+
+def test_deleted_runner_is_recreated() -> None:
+    plan = run([runner(1)], make_progress(complete=1, running=1))
+    assert creates(plan) == [0]
+
+
+def test_runner_being_deleted_is_not_replaced_until_gone() -> None:
+    plan = run([runner(0), runner(1, deleting=True)], make_progress(running=1))
+    assert creates(plan) == []
+    assert deletes(plan) == []
+
+
+def test_failed_runner_is_deleted_and_counted() -> None:
+    failed = runner(0, phase="Failed", exit_code=1, message="Traceback\nImportError: torch")
+    plan = run([failed, runner(1)], make_progress(running=1))
+    assert deletes(plan) == ["digits-runner-0"]
+    assert status(plan)["runners"]["failedPods"] == 1
+    warning = next(e for e in plan.events if e.reason == "RunnerFailed")
+    assert warning.type == "Warning" and "ImportError: torch" in warning.message
+    # The replacement comes once the pod is gone.
+    assert creates(plan) == []
+    assert creates(run([runner(1)], make_progress(running=1), plan.status)) == [0]
+
+
+def test_too_many_runner_failures_fail_the_study_until_the_spec_changes() -> None:
+    status = {"observedGeneration": 1, "runners": {"failedPods": 6}}
+    failed = runner(0, phase="Failed", exit_code=2)
+    plan = run([failed, runner(1)], make_progress(running=1), status)
+    failed_condition = condition(plan, "Failed")
+    assert (failed_condition["status"], failed_condition["reason"]) == ("True", "RunnerFailures")
+    assert set(deletes(plan)) == {"digits-runner-0", "digits-runner-1"}
+    assert creates(plan) == []
+    # Editing the spec (new generation) resets the count and runners come back.
+    edited = run([], make_progress(), plan.status, generation=2)
+    assert creates(edited) == [0, 1]
+    assert condition(edited, "Failed")["status"] == "False"
+
+
+def test_oom_killed_runner_raises_the_floor_and_waits_for_larger_sizing() -> None:
+    oom = runner(
+        0,
+        phase="Failed",
+        oom_killed=True,
+        kind="MIG",
+        memory_bytes=MIG1.memory_bytes,
+        resource=MIG1.resource,
+    )
+    plan = run([oom, runner(1)], make_progress(running=1), sizing=MIG1)
+    assert deletes(plan) == ["digits-runner-0"]
+    assert status(plan)["sizing"]["floorBytes"] == MIG1.memory_bytes + 1
+    assert status(plan)["runners"]["failedPods"] == 0  # OOM is resized, not counted
+    assert any(e.reason == "OOMKilled" and e.type == "Warning" for e in plan.events)
+    # Next pass: the handler sized with the floor; the replacement gets the larger slice.
+    again = run([runner(1)], make_progress(running=1), plan.status, sizing=MIG2)
+    assert [(a.index, a.sizing.resource) for a in again.actions if isinstance(a, CreateRunner)] == [
+        (0, "nvidia.com/mig-2g.20gb")
+    ]
+    # A stale sizing below the floor creates nothing.
+    stale = run([runner(1)], make_progress(running=1), plan.status, sizing=MIG1)
+    assert creates(stale) == []
+    assert condition(stale, "Ready")["reason"] == "NoFittingResource"
+
+
+def test_lowering_parallelism_deletes_extra_runners() -> None:
+    plan = run(
+        [runner(0), runner(1), runner(2)],
+        make_progress(running=3),
+        resources={"accelerator": "CPU", "parallelism": 1, "memory": "1Gi"},
+    )
+    assert sorted(deletes(plan)) == ["digits-runner-1", "digits-runner-2"]
+    assert creates(plan) == []
+
+
+def test_raising_parallelism_adds_runners() -> None:
+    plan = run(
+        [runner(0), runner(1)],
+        make_progress(running=2),
+        resources={"accelerator": "CPU", "parallelism": 3, "memory": "1Gi"},
+    )
+    assert creates(plan) == [2]
+
+
+def test_budget_claimed_creates_no_new_pods_but_keeps_running_ones() -> None:
+    progress = make_progress(complete=3, running=1, outcome="BudgetSpent")
+    plan = run([runner(0), runner(1, phase="Succeeded")], progress)
+    assert creates(plan) == []
+    assert deletes(plan) == ["digits-runner-1"]
+    assert condition(plan, "Ready")["reason"] == "Finishing"
+    assert condition(plan, "Succeeded")["status"] == "False"
+    assert status(plan)["runnersSummary"] == "1/1"  # runner-0 finishes its trial
+
+
+def test_finished_runner_is_replaced_while_trials_remain() -> None:
+    # A retried trial is waiting again: the study needs runners.
+    plan = run([runner(0, phase="Succeeded")], make_progress(complete=3, waiting=1))
+    assert deletes(plan) == ["digits-runner-0"]
+    assert creates(plan) == [1]
+
+
+def test_budget_spent_succeeds_deletes_pods_and_records_completion() -> None:
+    progress = make_progress(complete=3, pruned=1, outcome="BudgetSpent", best=(0.97, 2))
+    estimate = ObservedPod(name="digits-estimate", component="memory-estimate", phase="Succeeded")
+    plan = run([runner(0, phase="Succeeded"), runner(1), estimate], progress)
+    assert sorted(deletes(plan)) == ["digits-estimate", "digits-runner-0", "digits-runner-1"]
+    succeeded = condition(plan, "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "BudgetSpent")
+    assert "4 trials finished" in succeeded["message"]
+    assert condition(plan, "Ready")["reason"] == "Succeeded"
+    assert status(plan)["completionTime"] == "2026-01-02T03:04:05Z"
+    assert status(plan)["trialsSummary"] == "4/4"
+    assert status(plan)["best"] == {
+        "value": "0.97",
+        "trial": 2,
+        "params": {"learning_rate": "0.01", "batch_size": "64"},
+    }
+    assert [e.reason for e in plan.events if e.reason == "Succeeded"] == ["Succeeded"]
+    # A second pass after success emits no second Succeeded event and keeps the time.
+    later = run([], progress, plan.status, now=NOW + dt.timedelta(minutes=5))
+    assert not [e for e in later.events if e.reason == "Succeeded"]
+    assert status(later)["completionTime"] == "2026-01-02T03:04:05Z"
+    assert condition(later, "Succeeded")["lastTransitionTime"] == "2026-01-02T03:04:05Z"
+
+
+def test_too_many_failed_trials_fails_the_study() -> None:
+    plan = run([runner(0)], make_progress(complete=1, failed=3, outcome="TooManyFailures"))
+    failed = condition(plan, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "TooManyFailedTrials")
+    assert condition(plan, "Succeeded")["status"] == "False"
+    assert deletes(plan) == ["digits-runner-0"]
+    assert any(e.type == "Warning" and e.reason == "Failed" for e in plan.events)
+
+
+def test_timed_out_study_succeeds_with_reason() -> None:
+    plan = run([], make_progress(complete=2, outcome="TimedOut"))
+    assert condition(plan, "Succeeded")["reason"] == "TimedOut"
+
+
+def test_raised_budget_after_success_resumes_the_study() -> None:
+    done = run([], make_progress(complete=4, outcome="BudgetSpent"))
+    resumed = run([], make_progress(complete=4, max_trials=8), done.status, generation=2)
+    assert condition(resumed, "Succeeded")["status"] == "False"
+    assert creates(resumed) == [0, 1]
+    assert status(resumed)["completionTime"] is None
+
+
+def test_suspend_drains_runners_and_resume_recreates_them() -> None:
+    suspend = {"accelerator": "CPU", "parallelism": 2, "memory": "1Gi"}
+    plan = run([runner(0), runner(1)], make_progress(running=2), suspend=True, resources=suspend)
+    assert sorted(deletes(plan)) == ["digits-runner-0", "digits-runner-1"]
+    assert creates(plan) == []
+    assert condition(plan, "Suspended")["status"] == "True"
+    assert condition(plan, "Ready")["reason"] == "Suspended"
+    assert any(e.reason == "Suspended" for e in plan.events)
+    resumed = run([], make_progress(waiting=2), plan.status, generation=3)
+    assert creates(resumed) == [0, 1]
+    assert condition(resumed, "Suspended")["status"] == "False"
+    assert condition(resumed, "Suspended")["reason"] == "Resumed"
+    assert any(e.reason == "Resumed" for e in resumed.events)
+    # The reason stays (a user who looks later still sees the study was resumed), the event
+    # is not repeated.
+    later = run([], make_progress(waiting=2), resumed.status, generation=3)
+    assert condition(later, "Suspended")["reason"] == "Resumed"
+    assert not any(e.reason == "Resumed" for e in later.events)
+
+
+def test_unknown_peak_starts_one_estimate_pod() -> None:
+    pending = PeakPending("key1", "estimating peak memory")
+    plan = run(sizing=pending)
+    assert [a for a in plan.actions if isinstance(a, CreateEstimatePod)] == [
+        CreateEstimatePod("key1")
+    ]
+    assert creates(plan) == []
+    assert condition(plan, "Ready")["reason"] == "EstimatingMemory"
+    running = ObservedPod("digits-estimate", "memory-estimate", estimate_key="key1")
+    again = run([running], sizing=pending, status=plan.status)
+    assert not [a for a in again.actions if isinstance(a, CreateEstimatePod)]
+
+
+def test_estimate_of_an_older_spec_is_replaced() -> None:
+    old = ObservedPod("digits-estimate", "memory-estimate", phase="Succeeded", estimate_key="old")
+    plan = run([old], sizing=PeakPending("new", "estimating"))
+    assert deletes(plan) == ["digits-estimate"]
+    assert [a for a in plan.actions if isinstance(a, CreateEstimatePod)] == [
+        CreateEstimatePod("new")
+    ]
+
+
+def test_estimate_recorded_then_pod_deleted_and_runners_created() -> None:
+    done = ObservedPod("digits-estimate", "memory-estimate", phase="Succeeded", estimate_key="k")
+    sized = SizingDecision(
+        "MIG", "nvidia.com/mig-1g.10gb", "1", 10**10, 6 * 2**30, Peak(5 * 2**30, "FakeTensor"), "r"
+    )
+    plan = run([done], sizing=sized)
+    assert deletes(plan) == ["digits-estimate"]
+    assert creates(plan) == [0, 1]
+    sizing = status(plan)["sizing"]
+    assert sizing["estimateKey"] == "k"
+    assert (sizing["peakBytes"], sizing["method"]) == (5 * 2**30, "FakeTensor")
+    assert sizing["resource"] == "nvidia.com/mig-1g.10gb"
+    assert any(e.reason == "Sized" for e in plan.events)
+
+
+def test_failed_estimate_reports_and_creates_nothing() -> None:
+    plan = run(sizing=PeakFailed("k", "exit code 1: no module named foo"))
+    assert creates(plan) == []
+    ready = condition(plan, "Ready")
+    assert (ready["reason"], ready["message"]) == (
+        "EstimateFailed",
+        "exit code 1: no module named foo",
+    )
+    assert any(e.type == "Warning" for e in plan.events)
+
+
+def test_nothing_fits_refuses_with_a_condition() -> None:
+    no_fit = NoFit(200 * 2**30, Peak(180 * 2**30, "Spec"), "needs 200Gi, but the largest ...")
+    plan = run(sizing=no_fit)
+    assert creates(plan) == []
+    ready = condition(plan, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NoFittingResource")
+    assert "needs 200Gi" in ready["message"]
+    assert status(plan)["sizing"]["reason"] == no_fit.reason
+    assert [e.reason for e in plan.events] == ["NoFittingResource"]
+    # No repeated warning on the next pass.
+    assert not run(sizing=no_fit, status=plan.status).events
+
+
+def test_unschedulable_runner_is_reported() -> None:
+    pending = runner(0, phase="Pending", ready=False, unschedulable="0/3 nodes are available")
+    plan = run([pending, runner(1)], make_progress(running=1))
+    ready = condition(plan, "Ready")
+    assert ready["reason"] == "Unschedulable" and "0/3 nodes" in ready["message"]
+
+
+def test_better_trial_writes_the_best_configmap_once() -> None:
+    plan = run([runner(0), runner(1)], make_progress(complete=2, running=2, best=(0.9, 1)))
+    assert [a for a in plan.actions if isinstance(a, WriteBest)] == [
+        WriteBest(0.9, {"learning_rate": 0.01, "batch_size": 64}, 1)
+    ]
+    assert any(e.reason == "NewBestTrial" for e in plan.events)
+    same = run([runner(0), runner(1)], make_progress(complete=3, best=(0.9, 1)), plan.status)
+    assert not [a for a in same.actions if isinstance(a, WriteBest)]
+
+
+def test_storage_unavailable_keeps_pods_and_creates_nothing() -> None:
+    plan = decide(
+        make_spec(), StudyStatus(), 1, [runner(0)], None, CPU, NOW, storage_error="refused"
+    )
+    assert plan.actions == ()
+    ready = condition(plan, "Ready")
+    assert (ready["reason"], ready["message"]) == (
+        "StorageUnavailable",
+        "cannot read the study's storage: refused",
+    )
+
+
+def test_condition_transition_time_changes_only_when_status_flips() -> None:
+    first = set_condition([], "Ready", False, "RunnersStarting", "0/2", 1, NOW)
+    later = NOW + dt.timedelta(minutes=1)
+    same = set_condition(first, "Ready", False, "Unschedulable", "no nodes", 2, later)
+    assert same[0].last_transition_time == "2026-01-02T03:04:05Z"
+    assert (same[0].reason, same[0].observed_generation) == ("Unschedulable", 2)
+    flipped = set_condition(same, "Ready", True, "RunnersReady", "2/2", 2, later)
+    assert flipped[0].last_transition_time == "2026-01-02T03:05:05Z"
+
+
+def test_observe_pod_reads_oom_and_termination_message() -> None:
+    pod = {
+        "metadata": {
+            "name": "digits-runner-3",
+            "labels": {
+                "kubetune.dev/study": "digits",
+                "app.kubernetes.io/component": "trial-runner",
+            },
+            "annotations": {
+                "kubetune.dev/memory-bytes": "1073741824",
+                "kubetune.dev/sizing-kind": "CPU",
+            },
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "ready": False,
+                    "state": {
+                        "terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "killed"}
+                    },
+                }
+            ],
+        },
+    }
+    observed = observe_pod(pod)
+    assert observed.index == 3
+    assert observed.oom_killed and observed.exit_code == 137
+    assert (observed.kind, observed.memory_bytes) == ("CPU", 2**30)
+    assert observed.message == "killed"

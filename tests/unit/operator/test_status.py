@@ -1,0 +1,60 @@
+"""The typed status: what the operator writes is JSON users and printer columns read."""
+
+from __future__ import annotations
+
+import kopf
+from hpo_operator.handlers import _patch_status
+from hpo_operator.status import MESSAGE_LIMIT, RunnerCounts, StudyStatus, set_condition
+
+from tests.unit.operator.data import NOW
+
+
+def test_only_the_fields_a_pass_sets_are_written() -> None:
+    status = StudyStatus(start_time="2026-01-02T03:04:05Z")
+    status.runners = RunnerCounts(desired=2, ready=1, active=2, failed_pods=0)
+    status.completion_time = None  # set to None: removed from the object
+    assert status.to_api() == {
+        "startTime": "2026-01-02T03:04:05Z",
+        "runners": {"desired": 2, "ready": 1, "active": 2, "failedPods": 0},
+        "completionTime": None,
+    }
+
+
+def test_status_read_back_from_the_api_keeps_what_it_had_and_drops_unknown_fields() -> None:
+    raw = {
+        "observedGeneration": 3,
+        "sizing": {"floorBytes": 5, "estimateKey": "abc", "somethingOld": 1},
+        "trialsSummary": "2/4",
+        "legacyPhase": "Running",
+    }
+    status = StudyStatus.from_api(raw)
+    assert status.sizing is not None and status.sizing.floor_bytes == 5
+    assert status.to_api() == {
+        "observedGeneration": 3,
+        "sizing": {"floorBytes": 5, "estimateKey": "abc"},
+        "trialsSummary": "2/4",
+    }
+    assert StudyStatus.from_api(None).to_api() == {}
+
+
+def test_condition_message_is_cut_to_what_the_crd_accepts() -> None:
+    conditions = set_condition([], "Ready", False, "InvalidSpec", "x" * 10_000, 1, NOW)
+    assert len(conditions[0].message or "") == MESSAGE_LIMIT
+
+
+def test_conditions_are_listed_in_a_fixed_order() -> None:
+    conditions = set_condition([], "Suspended", False, "NotSuspended", "", 1, NOW)
+    conditions = set_condition(conditions, "Ready", True, "RunnersReady", "", 1, NOW)
+    conditions = set_condition(conditions, "Failed", False, "Running", "", 1, NOW)
+    assert [c.type for c in conditions] == ["Ready", "Failed", "Suspended"]
+
+
+def test_status_patch_removes_nested_keys_that_disappeared() -> None:
+    old = {"sizing": {"resource": "memory", "floorBytes": 7}, "trialsSummary": "1/4"}
+    new = {"sizing": {"reason": "estimating"}, "completionTime": None}
+    patch = kopf.Patch()
+    _patch_status(patch, old, new)
+    assert dict(patch.status) == {
+        "sizing": {"resource": None, "floorBytes": None, "reason": "estimating"},
+        "completionTime": None,
+    }

@@ -1,0 +1,275 @@
+"""The training engine on CPU with real torch: folds, steps, accumulation, OOM, warm loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import spec_model
+from trial_runner import step
+from trial_runner.engine import Engine, epochs_for_trial, make_folds
+from trial_runner.spec import StudySpec
+from trial_runner.task import Task, TaskData
+
+
+def make_spec(training: dict[str, Any], pruner: dict[str, Any] | None = None) -> StudySpec:
+    return spec_model(
+        stages=None,
+        searchSpace=[
+            {
+                "name": "learning_rate",
+                "type": "Float",
+                "low": "1e-3",
+                "high": "1e-1",
+                "scale": "Log",
+            },
+            {"name": "batch_size", "type": "Categorical", "choices": [16, 32, 64]},
+        ],
+        training=training,
+        pruner=pruner,
+    )
+
+
+class Blobs(Task):
+    """Three Gaussian blobs: learnable in a few epochs."""
+
+    def load_data(self) -> TaskData:
+        gen = torch.Generator().manual_seed(0)
+        labels = torch.arange(240) % 3
+        centers = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
+        inputs = centers[labels] + 0.6 * torch.randn(240, 2, generator=gen)
+        return TaskData(inputs=inputs, targets=labels)
+
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+class OomAbove(Blobs):
+    """Raises the CUDA out-of-memory error for micro-batches above ``limit`` samples."""
+
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        limit = int(self.config["limit"])
+        inner = super().build_model(params)
+
+        class Guard(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if self.training and x.shape[0] > limit:
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                return self.inner(x)  # type: ignore[no-any-return]
+
+        return Guard()
+
+
+class Recorder:
+    def __init__(self, prune_at: int | None = None) -> None:
+        self.reports: list[tuple[int, float]] = []
+        self.prune_at = prune_at
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((step, value))
+
+    def should_prune(self) -> bool:
+        return self.prune_at is not None and self.reports[-1][0] >= self.prune_at
+
+
+PARAMS = {"learning_rate": 0.05, "batch_size": 32}
+
+
+def test_fold_reports_are_running_means_at_fold_steps() -> None:
+    engine = Engine(Blobs({}), make_spec({"folds": 3, "epochs": 3}))
+    recorder = Recorder()
+    result = engine.run_trial(PARAMS, trial_number=0, reporter=recorder)
+    steps = [s for s, _ in recorder.reports]
+    assert steps == [0, 1, 2]
+    assert result.telemetry["folds_run"] == 3
+    assert result.value == pytest.approx(recorder.reports[-1][1])  # last step = final value
+    assert result.value > 0.8  # the blobs are learnt
+
+
+def test_epoch_reports_use_global_epoch_steps() -> None:
+    spec = make_spec({"folds": 2, "epochs": 3, "reportEvery": "Epoch"})
+    recorder = Recorder()
+    Engine(Blobs({}), spec).run_trial(PARAMS, trial_number=0, reporter=recorder)
+    assert [s for s, _ in recorder.reports] == [0, 1, 2, 3, 4, 5]
+
+
+def test_pruned_trial_stops_within_one_step() -> None:
+    engine = Engine(Blobs({}), make_spec({"folds": 4, "epochs": 2}))
+    result = engine.run_trial(PARAMS, trial_number=0, reporter=Recorder(prune_at=1))
+    assert result.pruned and result.stop_reason == "Pruned"
+    assert result.telemetry["folds_run"] == 2
+    assert result.telemetry["epochs_run"] == 4
+
+
+def test_early_stopping_and_validation_cadence() -> None:
+    spec = make_spec(
+        {"epochs": 30, "validationEvery": 2, "earlyStopping": {"patience": 1, "minDelta": "0.5"}}
+    )
+    result = Engine(Blobs({}), spec).run_trial(PARAMS, trial_number=0)
+    # Accuracy cannot improve by 0.5 twice: the second validation (epoch 4) stops the fold.
+    assert result.stop_reason == "EarlyStopped"
+    assert result.telemetry["epochs_run"] == 4
+
+
+def test_epoch_schedule_by_trial_number() -> None:
+    spec = make_spec(
+        {"epochSchedule": [{"fromTrial": 0, "epochs": 1}, {"fromTrial": 3, "epochs": 4}]}
+    )
+    assert [epochs_for_trial(spec, n) for n in (0, 2, 3, 10)] == [1, 1, 4, 4]
+    engine = Engine(Blobs({}), spec)
+    assert engine.run_trial(PARAMS, trial_number=0).telemetry["epochs_run"] == 1
+    assert engine.run_trial(PARAMS, trial_number=5).telemetry["epochs_run"] == 4
+
+
+def test_stratified_folds_keep_class_balance() -> None:
+    labels = np.array([0] * 90 + [1] * 30)
+    folds = make_folds(120, 3, labels, seed=0)
+    for train, val in folds:
+        assert len(set(train) & set(val)) == 0
+        assert (labels[val] == 1).sum() == 10
+    holdout = make_folds(120, 1, labels, seed=0)
+    assert len(holdout) == 1 and len(holdout[0][1]) == 24
+
+
+def test_out_of_memory_halves_the_micro_batch_and_goes_on() -> None:
+    spec = make_spec({"folds": 2, "epochs": 2})
+    engine = Engine(OomAbove({"limit": 16}), spec)
+    result = engine.run_trial({**PARAMS, "batch_size": 64}, trial_number=0)
+    t = result.telemetry
+    assert not result.pruned
+    assert (t["micro_batch"], t["accumulation_steps"], t["oom_retries"]) == (16, 4, 2)
+    assert t["effective_batch"] == 64
+    # The next trial with the same batch starts from the micro-batch that fitted.
+    again = engine.run_trial({**PARAMS, "batch_size": 64}, trial_number=1)
+    assert again.telemetry["oom_retries"] == 0
+
+
+def test_out_of_memory_at_micro_batch_one_prunes_the_trial() -> None:
+    engine = Engine(OomAbove({"limit": 0}), make_spec({"epochs": 1}))
+    result = engine.run_trial({**PARAMS, "batch_size": 16}, trial_number=0)
+    assert result.pruned and result.stop_reason == "OutOfMemory"
+    # The process (engine) survives and runs the next, smaller-memory trial.
+    ok = Engine(OomAbove({"limit": 64}), make_spec({"epochs": 1})).run_trial(PARAMS, trial_number=1)
+    assert not ok.pruned
+
+
+def test_bf16_autocast_on_cpu_runs_and_is_recorded() -> None:
+    result = Engine(Blobs({}), make_spec({"precision": "BF16", "epochs": 2})).run_trial(
+        PARAMS, trial_number=0
+    )
+    assert result.telemetry["precision"] == "BF16"
+    assert result.value > 0.5
+    auto = Engine(Blobs({}), make_spec({"epochs": 1})).run_trial(PARAMS, trial_number=0)
+    assert auto.telemetry["precision"] == "FP32"  # Auto on CPU
+
+
+class BlobDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, data: TaskData) -> None:
+        assert isinstance(data.inputs, torch.Tensor) and data.targets is not None
+        self.inputs, self.targets = data.inputs, data.targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[i], self.targets[i]
+
+
+class BlobsAsDataset(Blobs):
+    def load_data(self) -> TaskData:
+        data = super().load_data()
+        return TaskData(inputs=BlobDataset(data), targets=data.targets)
+
+
+def test_loader_workers_persist_across_trials_and_batch_sizes() -> None:
+    spec = make_spec({"epochs": 1, "dataLoaderWorkers": 2})
+    engine = Engine(BlobsAsDataset({}), spec)
+    assert not engine.data.on_device
+    engine.run_trial({**PARAMS, "batch_size": 16}, trial_number=0)
+    loader = engine.data.loader
+    assert loader is not None and loader._iterator is not None
+    pids = [w.pid for w in loader._iterator._workers]
+    result = engine.run_trial({**PARAMS, "batch_size": 64}, trial_number=1)
+    assert [w.pid for w in loader._iterator._workers] == pids
+    assert result.telemetry["effective_batch"] == 64
+    engine.close()
+
+
+class Wide(Blobs):
+    """Activations dominate (each sample becomes 32k features): micro-batches matter."""
+
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        return nn.Sequential(nn.Linear(2, 32768), nn.ReLU(), nn.Linear(32768, 3))
+
+
+def test_micro_batch_is_planned_from_the_memory_estimate() -> None:
+    spec = make_spec({"epochs": 1, "precision": "FP32"})
+    roomy = Engine(Wide({}), spec)
+    full = roomy.run_trial({**PARAMS, "batch_size": 64}, trial_number=0)
+    assert full.telemetry["micro_batch"] == 64  # everything fits in the machine's memory
+    peak = full.telemetry["estimated_peak_bytes"]
+    assert peak and peak > 64 * 32768 * 4  # at least the hidden activations of 64 samples
+
+    # A device with room for about half of that (after the 10% headroom).
+    capacity = int(peak * 1.1 * 0.5)
+    tight = Engine(Wide({}), spec, memory_capacity_bytes=capacity)
+    result = tight.run_trial({**PARAMS, "batch_size": 64}, trial_number=0)
+    t = result.telemetry
+    assert 8 <= t["micro_batch"] < 64
+    assert t["accumulation_steps"] == -(-64 // t["micro_batch"])
+    assert t["estimated_peak_bytes"] * 1.1 <= capacity
+    assert t["oom_retries"] == 0
+
+
+def test_compile_runs_and_is_recorded_across_trials() -> None:
+    engine = Engine(Blobs({}), make_spec({"epochs": 1, "compile": True, "precision": "FP32"}))
+    first = engine.run_trial(PARAMS, trial_number=0)
+    second = engine.run_trial({**PARAMS, "batch_size": 16}, trial_number=1)
+    assert first.telemetry["compile"] and second.telemetry["compile"]
+    assert isinstance(first.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert first.value > 0.5 and second.value > 0.5
+
+
+def test_validation_runs_at_the_largest_batch_that_fits_and_is_recorded() -> None:
+    spec = make_spec({"epochs": 1, "precision": "FP32"})
+    roomy = Engine(Wide({}), spec)
+    rows = roomy.data.validation_rows
+    full = roomy.run_trial({**PARAMS, "batch_size": 16}, trial_number=0).telemetry
+    assert (full["micro_batch"], full["validation_batch"]) == (16, rows)  # the whole split
+    # Room for the training step at 16 but for fewer validation rows than the split.
+    eval_peak = roomy.planner.memory.estimate(PARAMS, rows, training=False).peak_bytes
+    train_peak = roomy.planner.memory.estimate(PARAMS, 16).peak_bytes
+    assert train_peak < eval_peak, "the test needs validation to be the larger one"
+    capacity = int(train_peak * 1.1) + 1
+    tight = Engine(Wide({}), spec, memory_capacity_bytes=capacity)
+    t = tight.run_trial({**PARAMS, "batch_size": 16}, trial_number=0).telemetry
+    assert t["micro_batch"] == 16
+    assert 16 <= t["validation_batch"] < rows
+    batch = t["validation_batch"]
+    kept = rows - batch
+    fitting = tight.planner.memory.estimate(PARAMS, batch, training=False, kept_rows=kept)
+    assert fitting.peak_bytes * 1.1 <= capacity
+
+
+def test_trials_train_through_the_shared_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    shared = step.train_step
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        calls.append(len(args[3]))  # micro-batches of this step
+        shared(*args, **kwargs)
+
+    engine = Engine(Blobs({}), make_spec({"epochs": 1, "maxMicroBatch": 8}))
+    monkeypatch.setattr(step, "train_step", counting)
+    result = engine.run_trial({**PARAMS, "batch_size": 32}, trial_number=0)
+    assert calls and set(calls) == {4}  # 32 samples in micro-batches of 8
+    assert result.telemetry["accumulation_steps"] == 4

@@ -1,0 +1,132 @@
+"""The runner process loop, on a journal storage in a temporary directory (no server)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from tests.helpers import study_model
+from trial_runner.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+from trial_runner.progress import Claim, StageSummary, StudyProgress
+from trial_runner.runner import _best_params_before, configure_threads, run_runner, worker_id
+from trial_runner.spec import HPOStudy, Objective
+from trial_runner.storage import ensure_study, open_storage
+from trial_runner.tasks.digits import DigitsMLP
+
+#: Set by :class:`StopsWhileTraining` the way SIGTERM sets the runner's stop event.
+STOP = threading.Event()
+
+
+class StopsWhileTraining(DigitsMLP):
+    """Asks the runner to stop once a trial's model is built (as SIGTERM would)."""
+
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        if torch.get_default_device().type != "meta":  # not the memory estimate's model
+            STOP.set()
+        return super().build_model(params)
+
+
+def _study(tmp_path: Path, name: str, entrypoint: str, max_trials: int) -> tuple[HPOStudy, str]:
+    study = study_model(
+        name,
+        task={"entrypoint": entrypoint},
+        searchSpace=[
+            {
+                "name": "learning_rate",
+                "type": "Float",
+                "low": "1e-3",
+                "high": "3e-2",
+                "scale": "Log",
+            },
+            {"name": "hidden_size", "type": "Int", "low": 16, "high": 32},
+        ],
+        stages=None,
+        budget={"maxTrials": max_trials},
+        sampler={"type": "TPE", "seed": 0},
+        training={"epochs": 1},
+    )
+    url = f"journal:{tmp_path}/studies.journal"
+    ensure_study(open_storage(url), name, study.spec)
+    return study, url
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count() -> Any:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_runner_takes_trials_until_the_budget_is_spent(tmp_path: Path) -> None:
+    study, url = _study(tmp_path, "budget", "trial_runner.tasks.digits:DigitsMLP", max_trials=3)
+    seen: list[int] = []
+    summary = run_runner(
+        study,
+        url,
+        "budget",
+        install_signal_handlers=False,
+        on_trial=lambda t: seen.append(t.number),
+    )
+    assert (summary.trials_run, summary.stop_reason) == (3, "budget spent")
+    assert seen == [0, 1, 2]
+    trials = optuna.load_study(study_name="budget", storage=open_storage(url)).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for trial in trials:
+        assert trial.user_attrs[WORKER_ATTR] == worker_id()
+        assert trial.user_attrs[STAGE_ATTR] == 0
+        telemetry = trial.user_attrs[TELEMETRY_ATTR]
+        assert telemetry["metrics"]["accuracy"] == trial.value
+        assert telemetry["micro_batch"] >= 1 and telemetry["validation_batch"] >= 1
+    assert [t.user_attrs[TELEMETRY_ATTR]["trial_in_process"] for t in trials] == [1, 2, 3]
+    # Running it again finds nothing to do.
+    assert run_runner(study, url, "budget", install_signal_handlers=False).trials_run == 0
+
+
+def test_stop_request_releases_the_running_trial_for_another_runner(tmp_path: Path) -> None:
+    entrypoint = f"{StopsWhileTraining.__module__}:StopsWhileTraining"
+    study, url = _study(tmp_path, "stopped", entrypoint, max_trials=2)
+    STOP.clear()
+    summary = run_runner(study, url, "stopped", stop_requested=STOP, install_signal_handlers=False)
+    assert (summary.trials_run, summary.stop_reason) == (1, "Interrupted")
+    trials = optuna.load_study(study_name="stopped", storage=open_storage(url)).get_trials()
+    assert trials[0].state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+    assert retry[0].params == trials[0].params
+    # A stop requested between trials ends the runner before it claims another.
+    assert (
+        run_runner(
+            study, url, "stopped", stop_requested=STOP, install_signal_handlers=False
+        ).stop_reason
+        == "Interrupted"
+    )
+
+
+def test_threads_are_shared_among_local_runners(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBETUNE_CPU_THREADS", "1")
+    assert configure_threads() == 1 == torch.get_num_threads()
+    monkeypatch.delenv("KUBETUNE_CPU_THREADS")
+    monkeypatch.setenv("KUBETUNE_LOCAL_WORKERS", str(4 * len(os.sched_getaffinity(0))))
+    assert configure_threads() == 1  # never below one thread
+
+
+def test_later_stages_start_from_the_best_of_the_earlier_ones() -> None:
+    def stage(index: int, value: float, params: dict[str, Any]) -> StageSummary:
+        return StageSummary(index, 2, 2, 0, 0, value, params, index)
+
+    stages = (stage(0, 0.9, {"lr": 1}), stage(1, 0.7, {"lr": 2}), stage(2, 0.1, {"lr": 3}))
+    progress = StudyProgress(0, 0, 0, 0, 0, 6, None, None, None, 2, stages, "Running", None)
+    maximize = Objective(metric="accuracy", direction="Maximize")
+    minimize = Objective(metric="loss", direction="Minimize")
+    assert _best_params_before(progress, Claim("Run", stage=2), maximize) == {"lr": 1}
+    assert _best_params_before(progress, Claim("Run", stage=2), minimize) == {"lr": 2}
+    assert _best_params_before(progress, Claim("Run", stage=0), maximize) is None

@@ -1,0 +1,161 @@
+"""Search spaces, samplers and pruners come from the spec as Optuna's own classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from tests.helpers import study_document as base
+from trial_runner.search import (
+    build_pruner,
+    build_sampler,
+    default_value,
+    distribution,
+    fixed_params_for_stage,
+    max_pruning_steps,
+    suggest_all,
+)
+from trial_runner.spec import StudySpec, study_from_mapping
+
+
+def spec_with(**changes: Any) -> StudySpec:
+    doc = base()
+    doc["spec"].update(changes)
+    return study_from_mapping(doc).spec
+
+
+def test_distributions_follow_the_spec() -> None:
+    spec = spec_with()
+    lr, bs, hidden = (distribution(p) for p in spec.search_space)
+    assert lr == FloatDistribution(1e-4, 1e-1, log=True)
+    assert bs == CategoricalDistribution([32, 64])
+    assert hidden == IntDistribution(16, 128)
+    stepped = spec_with(
+        searchSpace=[{"name": "x", "type": "Float", "low": "0", "high": "1", "step": "0.25"}],
+        stages=None,
+    )
+    assert distribution(stepped.search_space[0]) == FloatDistribution(0, 1, step=0.25)
+
+
+def test_defaults_are_declared_or_central() -> None:
+    spec = spec_with()
+    assert default_value(spec.search_space[2]) == 64
+    assert default_value(spec.search_space[1]) == 32
+    assert default_value(spec.search_space[0]) == pytest.approx((1e-4 * 1e-1) ** 0.5)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "cls"),
+    [
+        ({"type": "TPE", "seed": 1}, optuna.samplers.TPESampler),
+        ({"type": "Random", "seed": 1}, optuna.samplers.RandomSampler),
+        ({"type": "CMAES", "seed": 1}, optuna.samplers.CmaEsSampler),
+        ({"type": "GP", "seed": 1}, optuna.samplers.GPSampler),
+        ({"type": "QMC", "seed": 1}, optuna.samplers.QMCSampler),
+    ],
+)
+def test_samplers_are_optunas_own(sampler: dict[str, Any], cls: type) -> None:
+    spec = spec_with(sampler=sampler)
+    assert isinstance(build_sampler(spec.sampler), cls)
+
+
+def test_tpe_uses_constant_liar_and_seed_offsets_differ() -> None:
+    spec = spec_with(sampler={"type": "TPE", "seed": 3})
+    sampler = build_sampler(spec.sampler)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._constant_liar is True
+
+    def first_value(offset: int) -> float:
+        study = optuna.create_study(sampler=build_sampler(spec.sampler, seed_offset=offset))
+        trial = study.ask()
+        return trial.suggest_float("x", 0, 1)
+
+    assert first_value(0) == first_value(0)  # reproducible
+    assert first_value(0) != first_value(1)  # parallel runners do not draw the same values
+
+
+@pytest.mark.parametrize(
+    ("pruner", "cls"),
+    [
+        ({"type": "Nop"}, optuna.pruners.NopPruner),
+        ({"type": "Median"}, optuna.pruners.MedianPruner),
+        ({"type": "Percentile", "percentile": "25"}, optuna.pruners.PercentilePruner),
+        ({"type": "Hyperband"}, optuna.pruners.HyperbandPruner),
+        ({"type": "SuccessiveHalving"}, optuna.pruners.SuccessiveHalvingPruner),
+        ({"type": "Wilcoxon", "pThreshold": "0.05"}, optuna.pruners.WilcoxonPruner),
+        ({"type": "Median", "patience": 2}, optuna.pruners.PatientPruner),
+        ({"type": "Wilcoxon", "patience": 1, "minDelta": "0.01"}, optuna.pruners.PatientPruner),
+    ],
+)
+def test_pruners_are_optunas_own(pruner: dict[str, Any], cls: type) -> None:
+    spec = spec_with(pruner=pruner)
+    assert isinstance(build_pruner(spec), cls)
+
+
+def test_hyperband_resource_is_folds_or_epochs() -> None:
+    folds = spec_with(pruner={"type": "Hyperband"}, training={"folds": 5, "epochs": 4})
+    assert max_pruning_steps(folds) == 5
+    hb = build_pruner(folds)
+    assert isinstance(hb, optuna.pruners.HyperbandPruner)
+    assert hb._max_resource == 5
+    epochs = spec_with(
+        pruner={"type": "Hyperband"},
+        training={
+            "folds": 2,
+            "epochs": 4,
+            "reportEvery": "Epoch",
+            "epochSchedule": [{"fromTrial": 0, "epochs": 2}, {"fromTrial": 5, "epochs": 6}],
+        },
+    )
+    assert max_pruning_steps(epochs) == 12
+    # Wilcoxon compares per-fold scores, whatever the report cadence.
+    wilcoxon = spec_with(pruner={"type": "Wilcoxon"}, training={"folds": 3, "reportEvery": "Epoch"})
+    assert max_pruning_steps(wilcoxon) == 3
+
+
+def test_later_stages_fix_earlier_best_and_defaults() -> None:
+    doc = base()
+    doc["spec"]["searchSpace"].append(
+        {
+            "name": "dropout",
+            "type": "Float",
+            "low": "0",
+            "high": "0.5",
+            "group": "Regular",
+            "default": "0.1",
+        }
+    )
+    doc["spec"]["stages"] = [
+        {"groups": ["Critical"], "trials": 3},
+        {"groups": ["Model"], "trials": 3},
+        {"groups": ["Regular"]},
+    ]
+    spec = study_from_mapping(doc).spec
+    assert fixed_params_for_stage(spec, 0, None) == {"hidden_size": 64, "dropout": 0.1}
+    best = {"learning_rate": 0.01, "batch_size": 64, "hidden_size": 64, "dropout": 0.1}
+    assert fixed_params_for_stage(spec, 1, best) == {
+        "learning_rate": 0.01,
+        "batch_size": 64,
+        "dropout": 0.1,
+    }
+    best2 = {"learning_rate": 0.01, "batch_size": 64, "hidden_size": 100, "dropout": 0.1}
+    assert fixed_params_for_stage(spec, 2, best2) == {
+        "learning_rate": 0.01,
+        "batch_size": 64,
+        "hidden_size": 100,
+    }
+
+
+def test_partial_fixed_sampler_answers_fixed_parameters() -> None:
+    spec = spec_with()
+    sampler = build_sampler(spec.sampler, fixed=fixed_params_for_stage(spec, 0, None))
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(3):
+        trial = study.ask()
+        params = suggest_all(trial, spec)
+        assert params["hidden_size"] == 64
+        assert 1e-4 <= params["learning_rate"] <= 1e-1
+        study.tell(trial, 0.5)

@@ -1,0 +1,112 @@
+"""Storage URLs, the claim lock, the live budget and re-queueing, on local files."""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.trial import TrialState
+
+from tests.helpers import spec_model
+from trial_runner.contract import BUDGET_ATTR, STARTED_ATTR, WORKER_ATTR
+from trial_runner.progress import BudgetState
+from trial_runner.spec import SpecError
+from trial_runner.storage import (
+    ClaimLock,
+    StorageError,
+    budget_from_spec,
+    ensure_study,
+    open_storage,
+    read_budget,
+    read_progress,
+    redact,
+    requeue_trials_of_worker,
+    write_budget,
+)
+
+
+def test_redact_hides_only_the_password() -> None:
+    assert redact("postgresql://kt:s3cret@db:5432/hpo") == "postgresql://kt:***@db:5432/hpo"
+    assert redact("postgresql+psycopg2://kt:s3cret@db/hpo") == "postgresql+psycopg2://kt:***@db/hpo"
+    assert redact("journal:.kubetune/studies.journal") == "journal:.kubetune/studies.journal"
+    assert redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
+
+
+def test_storage_url_forms(tmp_path: Path) -> None:
+    journal = open_storage(f"journal:{tmp_path}/deep/dir/studies.journal")
+    assert isinstance(journal, JournalStorage)
+    assert (tmp_path / "deep" / "dir").is_dir()  # made for the journal
+    assert isinstance(open_storage(f"journal://{tmp_path}/other.journal"), JournalStorage)
+    sqlite = open_storage(f"sqlite:///{tmp_path}/studies.db", heartbeat=False)
+    assert isinstance(sqlite, RDBStorage)
+    with pytest.raises(StorageError, match="unsupported storage URL") as info:
+        open_storage("mysql://kt:s3cret@db/hpo")
+    assert "s3cret" not in str(info.value)
+
+
+def test_claim_lock_excludes_other_holders_and_releases_idempotently(tmp_path: Path) -> None:
+    url = f"journal:{tmp_path}/studies.journal"
+    lock_file = tmp_path / "studies.claims.lock"
+
+    def free() -> bool:
+        with open(lock_file, "a+") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return True
+
+    lock = ClaimLock(url, "study")
+    with lock:
+        assert not free()
+        lock.acquire()  # already held: no deadlock
+    assert free()
+    lock.release()  # releasing twice is fine (the runner does it in a finally)
+    with pytest.raises(StorageError, match="no claim lock"):
+        ClaimLock("mysql://db/hpo", "study")
+
+
+def test_budget_round_trips_through_the_study(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path}/s.journal"))
+    assert read_budget(study) is None
+    budget = BudgetState(
+        max_trials=7, max_failed_trials=2, timeout_seconds=90.0, stage_trials=(3, None)
+    )
+    write_budget(study, budget)
+    assert read_budget(study) == budget
+    assert study.user_attrs[BUDGET_ATTR]["stageTrials"] == [3, None]
+
+
+def test_ensure_study_stores_the_spec_budget_and_refuses_another_direction(tmp_path: Path) -> None:
+    storage = open_storage(f"journal:{tmp_path}/s.journal")
+    spec = spec_model()
+    study = ensure_study(storage, "digits", spec)
+    assert read_budget(study) == budget_from_spec(spec)
+    assert budget_from_spec(spec).timeout_seconds == 5400  # "1h30m", parsed once by the spec
+    assert STARTED_ATTR in study.user_attrs
+    edited = spec_model(budget={"maxTrials": 20})
+    assert read_progress(ensure_study(storage, "digits", edited), edited).max_trials == 20
+    with pytest.raises(SpecError, match="direction"):
+        ensure_study(
+            storage, "digits", spec_model(objective={"metric": "loss", "direction": "Minimize"})
+        )
+
+
+def test_requeue_fails_and_retries_only_the_dead_workers_trials(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path}/s.journal"))
+    dead, alive = study.ask(), study.ask()
+    dead.suggest_float("x", 0, 1)
+    dead.set_user_attr(WORKER_ATTR, "host:1")
+    alive.set_user_attr(WORKER_ATTR, "host:2")
+    assert requeue_trials_of_worker(study, "host:1") == [dead.number]
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    assert trials[alive.number].state == TrialState.RUNNING
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+    assert retry[0].params == trials[dead.number].params
+    assert requeue_trials_of_worker(study, "host:1") == []  # nothing left running

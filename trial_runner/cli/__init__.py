@@ -1,0 +1,106 @@
+"""The ``kubetune`` command line.
+
+``kubetune run`` runs a study on this machine with N runner processes and ``kubetune runner``
+is what a runner pod runs (:mod:`._run`); ``results`` (:mod:`._results`), ``validate`` and
+``estimate`` (:mod:`.estimate`, which the operator's estimate pod runs) inspect a study.
+
+Exit codes: 0 success; 1 the study failed (maxFailedTrials reached); 2 invalid input (spec,
+task entrypoint, flags); 3 storage unreachable; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from trial_runner.cli._common import EXIT_INPUT, EXIT_OK, EXIT_STORAGE, CliError
+from trial_runner.cli._results import cmd_results
+from trial_runner.cli._run import cmd_run, cmd_runner
+from trial_runner.cli.estimate import cmd_estimate
+from trial_runner.contract import LOG_LEVEL_ENV, STORAGE_ENV, STUDY_ENV
+from trial_runner.entrypoints import TaskLoadError
+from trial_runner.spec import SpecError, load_study
+from trial_runner.storage import DEFAULT_LOCAL_STORAGE, StorageError
+
+__all__ = ["build_parser", "main"]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    study = load_study(args.study)
+    spec = study.spec
+    stages = len(spec.stages) if spec.stages else 1
+    print(
+        f"{args.study}: valid HPOStudy {study.name!r}: {len(spec.search_space)} parameters, "
+        f"{stages} stage(s), budget {spec.budget.max_trials} trials, sampler {spec.sampler.type}, "
+        f"pruner {spec.pruner.type}"
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubetune", description="Hyperparameter optimisation with warm trial runners."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a study on this machine")
+    run.add_argument("study", help="HPOStudy YAML file")
+    run.add_argument(
+        "--storage", help=f"storage URL (default ${STORAGE_ENV} or {DEFAULT_LOCAL_STORAGE})"
+    )
+    run.add_argument("--workers", type=int, default=1, help="runner processes (default 1)")
+    run.add_argument("--trials", type=int, help="override spec.budget.maxTrials")
+    run.add_argument("--study-name", help="Optuna study name (default metadata.name)")
+    run.add_argument("--log-dir", default=".kubetune/logs", help="runner logs")
+    run.add_argument("--no-progress", action="store_true", help="plain progress lines")
+    run.set_defaults(func=cmd_run)
+
+    runner = sub.add_parser("runner", help="run trials of an existing study (a runner pod)")
+    runner.add_argument("study", nargs="?", help=f"HPOStudy YAML file (default ${STUDY_ENV})")
+    runner.add_argument("--study-name", help="Optuna study name (default metadata.name)")
+    runner.add_argument("--storage", help=f"storage URL (default ${STORAGE_ENV})")
+    runner.add_argument("--wait-for-study", type=float, default=120.0, help="seconds")
+    runner.set_defaults(func=cmd_runner)
+
+    results = sub.add_parser("results", help="summarise a study")
+    results.add_argument("study", help="HPOStudy YAML file")
+    results.add_argument("--storage", help="storage URL")
+    results.add_argument("--study-name", help="Optuna study name (default metadata.name)")
+    results.add_argument("--output", help="write best params, value and counts as YAML")
+    results.add_argument("--top", type=int, default=10, help="trials to list")
+    results.set_defaults(func=cmd_results)
+
+    validate = sub.add_parser("validate", help="check a study spec")
+    validate.add_argument("study", help="HPOStudy YAML file")
+    validate.set_defaults(func=cmd_validate)
+
+    estimate = sub.add_parser("estimate", help="peak memory of the largest configuration")
+    estimate.add_argument("study", nargs="?", help=f"HPOStudy YAML file (default ${STUDY_ENV})")
+    estimate.add_argument("--json", action="store_true", help="print JSON")
+    estimate.add_argument("--termination-message-path", help="also write the JSON here")
+    estimate.set_defaults(func=cmd_estimate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get(LOG_LEVEL_ENV, "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SpecError as exc:
+        print(f"kubetune: {exc.render()}", file=sys.stderr)
+        return EXIT_INPUT
+    except StorageError as exc:
+        print(f"kubetune: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    except (CliError, TaskLoadError) as exc:
+        print(f"kubetune: {exc}", file=sys.stderr)
+        return exc.code if isinstance(exc, CliError) else EXIT_INPUT
+    return code

@@ -1,0 +1,73 @@
+"""What every ``kubetune`` command shares: exit codes, errors, loading the study and storage."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+
+from trial_runner.contract import STORAGE_ENV, STUDY_ENV
+from trial_runner.spec import HPOStudy, load_study, study_from_mapping
+from trial_runner.storage import DEFAULT_LOCAL_STORAGE, open_storage, redact
+
+__all__ = [
+    "EXIT_INPUT",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_STORAGE",
+    "EXIT_STUDY_FAILED",
+    "CliError",
+    "fmt",
+    "load_study_or_env",
+    "mib",
+    "open_existing_study",
+    "storage_url",
+]
+
+EXIT_OK, EXIT_STUDY_FAILED, EXIT_INPUT, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def storage_url(flag: str | None) -> str:
+    """The ``--storage`` flag, else ``$KUBETUNE_STORAGE_URL``, else the local journal."""
+    return flag or os.environ.get(STORAGE_ENV) or DEFAULT_LOCAL_STORAGE
+
+
+def load_study_or_env(path: str | None) -> HPOStudy:
+    """The study file, else the document in ``$KUBETUNE_STUDY`` (as pods get it)."""
+    if path:
+        return load_study(path)
+    raw = os.environ.get(STUDY_ENV)
+    if not raw:
+        raise CliError(f"no study: give STUDY.yaml or set {STUDY_ENV}")
+    try:
+        doc = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise CliError(f"{STUDY_ENV}: not valid YAML") from None
+    return study_from_mapping(doc, STUDY_ENV)
+
+
+def open_existing_study(url: str, name: str) -> Any:
+    import optuna
+
+    storage = open_storage(url, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise CliError(
+            f"no study named {name!r} in {redact(url)} (run it first with kubetune run)"
+        ) from None
+
+
+def mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"

@@ -1,0 +1,101 @@
+"""Names shared by the operator, the pods it creates and the runner: one place for each.
+
+A rename here is a change of kubetune's contract with clusters that already run it: pods
+created by an older operator, studies stored by an older runner. Everything else imports
+these names; nothing spells them out again.
+
+The operator's own settings (``KUBETUNE_RUNNER_IMAGE`` ...) are not part of this contract;
+they are read and documented in :mod:`hpo_operator.config`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BUDGET_ATTR",
+    "COMPONENT_ESTIMATE",
+    "COMPONENT_LABEL",
+    "COMPONENT_RUNNER",
+    "CPU_THREADS_ENV",
+    "ESTIMATE_KEY_ANNOTATION",
+    "HEARTBEAT_GRACE_PERIOD_ENV",
+    "HEARTBEAT_INTERVAL_ENV",
+    "INDEX_LABEL",
+    "INSTANCE_LABEL",
+    "KIND_ANNOTATION",
+    "LOCAL_WORKERS_ENV",
+    "LOG_LEVEL_ENV",
+    "MANAGED_BY_LABEL",
+    "MEMORY_ANNOTATION",
+    "NAME_LABEL",
+    "POD_NAME_ENV",
+    "RESOURCE_ANNOTATION",
+    "STAGE_ATTR",
+    "STARTED_ATTR",
+    "STORAGE_ENV",
+    "STUDY_ENV",
+    "STUDY_KEY",
+    "STUDY_LABEL",
+    "TELEMETRY_ATTR",
+    "TERMINATION_LOG",
+    "WAIT_SECONDS_ENV",
+    "WORKER_ATTR",
+]
+
+# --- environment variables of runner and estimate containers (and of `kubetune run` workers)
+
+#: The HPOStudy document (YAML) a runner or estimate pod reads when given no file.
+STUDY_ENV = "KUBETUNE_STUDY"
+#: The Optuna storage URL; pods get it from a Secret, never in their spec.
+STORAGE_ENV = "KUBETUNE_STORAGE_URL"
+#: The pod's own name (downward API), for logs.
+POD_NAME_ENV = "KUBETUNE_POD_NAME"
+#: Seconds between Optuna heartbeats of a running trial (default 10).
+HEARTBEAT_INTERVAL_ENV = "KUBETUNE_HEARTBEAT_INTERVAL"
+#: Seconds without a heartbeat after which a trial is stale (default 3x the interval).
+HEARTBEAT_GRACE_PERIOD_ENV = "KUBETUNE_HEARTBEAT_GRACE_PERIOD"
+#: Intra-op threads of a runner process (default: usable CPUs / local workers).
+CPU_THREADS_ENV = "KUBETUNE_CPU_THREADS"
+#: Runner processes `kubetune run` starts on this machine (they share its CPUs).
+LOCAL_WORKERS_ENV = "KUBETUNE_LOCAL_WORKERS"
+#: Seconds a runner waits before asking again when it may not claim a trial yet.
+WAIT_SECONDS_ENV = "KUBETUNE_WAIT_SECONDS"
+#: Log level of the ``kubetune`` command (default INFO).
+LOG_LEVEL_ENV = "KUBETUNE_LOG_LEVEL"
+
+# --- what the operator puts on the objects it creates, and reads back
+
+#: Label with the HPOStudy's name on every child; the operator lists its pods by it.
+STUDY_LABEL = "kubetune.dev/study"
+#: Label with a runner pod's index (``<study>-runner-<index>``).
+INDEX_LABEL = "kubetune.dev/runner-index"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+#: Values of :data:`COMPONENT_LABEL`.
+COMPONENT_RUNNER = "trial-runner"
+COMPONENT_ESTIMATE = "memory-estimate"
+#: Annotations of a runner pod: the resource it requests, its memory and its kind, so a pod
+#: that was OOMKilled tells the operator what was too small.
+RESOURCE_ANNOTATION = "kubetune.dev/resource"
+MEMORY_ANNOTATION = "kubetune.dev/memory-bytes"
+KIND_ANNOTATION = "kubetune.dev/sizing-kind"
+#: Annotation of an estimate pod: the digest of the spec it estimates.
+ESTIMATE_KEY_ANNOTATION = "kubetune.dev/estimate-key"
+#: Key of the study document in the ``<study>-spec`` ConfigMap.
+STUDY_KEY = "study.yaml"
+#: Where the estimate pod writes its JSON result for the operator to read.
+TERMINATION_LOG = "/dev/termination-log"
+
+# --- Optuna user attributes (in the shared storage)
+
+#: Study: the live budget (JSON), written by whoever creates the study.
+BUDGET_ATTR = "kubetune.budget"
+#: Study: when the study started (ISO 8601), for ``budget.timeout``.
+STARTED_ATTR = "kubetune.startedAt"
+#: Trial: the index of the stage it belongs to.
+STAGE_ATTR = "kubetune.stage"
+#: Trial: the process that runs it (``host:pid``).
+WORKER_ATTR = "kubetune.worker"
+#: Trial: the engine's telemetry and the task's metrics (JSON).
+TELEMETRY_ATTR = "kubetune.telemetry"

@@ -1,0 +1,314 @@
+"""The engine: one per runner process; many trials, each over every fold."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import resource
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from trial_runner.engine._data import FoldedData
+from trial_runner.engine._fold import (
+    Clock,
+    FoldOutcome,
+    FoldTrainer,
+    OutOfMemory,
+    StopReason,
+)
+from trial_runner.memory import (
+    MemoryPlanner,
+    TrialBatches,
+    TrialPlanner,
+    effective_batch_size,
+    sample_batch,
+)
+from trial_runner.search import max_pruning_steps
+from trial_runner.spec import StudySpec
+from trial_runner.step import MicroBatchPlan, resolve_precision
+from trial_runner.task import Task
+from trial_runner.telemetry import GpuMonitor
+
+__all__ = ["Engine", "Reporter", "TrialResult", "epochs_for_trial"]
+
+log = logging.getLogger("kubetune.engine")
+
+
+class Reporter(Protocol):
+    """What the engine needs from a trial (an ``optuna.Trial`` fits)."""
+
+    def report(self, value: float, step: int) -> None: ...
+
+    def should_prune(self) -> bool: ...
+
+
+@dataclass
+class TrialResult:
+    value: float
+    metrics: dict[str, float]
+    pruned: bool
+    stop_reason: StopReason
+    telemetry: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = None
+
+
+def epochs_for_trial(spec: StudySpec, trial_number: int) -> int:
+    """The epoch budget of a trial: the last schedule entry whose fromTrial ≤ the number."""
+    schedule = spec.training.epoch_schedule
+    if not schedule:
+        return spec.training.epochs
+    epochs = schedule[0].epochs
+    for entry in schedule:
+        if entry.from_trial <= trial_number:
+            epochs = entry.epochs
+    return epochs
+
+
+class Engine:
+    """Runs trials of one study in this process, reusing data, folds and loaders.
+
+    Created once per runner process: it loads the task's data, splits it into folds, builds
+    its loaders and plans memory (:class:`~trial_runner.memory.TrialPlanner`) once. Each
+    :meth:`run_trial` then trains one configuration over every fold.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        spec: StudySpec,
+        device: torch.device | None = None,
+        *,
+        stop_requested: threading.Event | None = None,
+        seed: int = 0,
+        memory_capacity_bytes: int | None = None,
+    ) -> None:
+        self.task = task
+        self.spec = spec
+        self.training = spec.training
+        self.device = device or _pick_device(spec)
+        self.stop_requested = stop_requested or threading.Event()
+        self.seed = seed
+        self.precision = resolve_precision(spec.training.precision, self.device)
+        self._gpu = GpuMonitor.create(self.device)
+        self._configure_numerics()
+
+        started = time.perf_counter()
+        self.data = FoldedData(task.load_data(), self.training, self.device, seed)
+        self.folds = self.data.folds
+        self.setup_seconds = time.perf_counter() - started
+        self._trainer = FoldTrainer(
+            task, spec, self.data, precision=self.precision, stop_requested=self.stop_requested
+        )
+        self._micro_cap: dict[int, int] = {}  # effective batch -> largest micro-batch that ran
+        # Planned at start-up, so the one-off cost is the process's, not the first trial's.
+        memory = MemoryPlanner.for_spec(
+            spec, task, sample_batch(self.data.data), self.device, memory_capacity_bytes
+        )
+        self.planner = TrialPlanner(spec, memory, validation_rows=self.data.validation_rows)
+        self.trials_run = 0
+
+    def _configure_numerics(self) -> None:
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.training.tf32
+            torch.backends.cudnn.allow_tf32 = self.training.tf32
+            torch.backends.cudnn.benchmark = self.training.cudnn_benchmark
+        torch.set_float32_matmul_precision("high" if self.training.tf32 else "highest")
+
+    def reset_loaders(self) -> None:
+        """Re-create the DataLoader and its workers (only benchmarks want this)."""
+        self.data.reset_loaders()
+
+    def close(self) -> None:
+        self.data.close()
+
+    def effective_batch(self, params: Mapping[str, Any]) -> int:
+        return effective_batch_size(self.spec, params)
+
+    def plan_batches(self, params: Mapping[str, Any], effective: int) -> TrialBatches:
+        """The trial's micro-batch and validation batch (see :class:`TrialPlanner`); after an
+        OOM the micro-batch that then ran caps later trials with the same effective batch."""
+        return self.planner.plan_trial(
+            params, effective, max_micro_batch=self._micro_cap.get(effective)
+        )
+
+    def run_trial(
+        self,
+        params: Mapping[str, Any],
+        *,
+        trial_number: int,
+        reporter: Reporter | None = None,
+        micro_batch: int | None = None,
+    ) -> TrialResult:
+        """Train one configuration over all folds and return its score and telemetry.
+
+        ``micro_batch`` skips planning (benchmarks of systems that do not plan): that
+        micro-batch, and a validation batch of four times it.
+        """
+        wall_start = time.perf_counter()
+        self._gpu.reset()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        effective = self.effective_batch(params)
+        if micro_batch is None:
+            batches = self.plan_batches(params, effective)
+        else:
+            micro = min(micro_batch, effective)
+            rows = self.data.validation_rows
+            batches = TrialBatches(micro, min(rows, max(4 * micro, 64)), None)
+        micro = batches.micro_batch
+        epochs = epochs_for_trial(self.spec, trial_number)
+        clock = Clock()
+        outcomes: list[FoldOutcome] = []
+        stop_reason: StopReason = "Completed"
+        oom_retries = 0
+        wilcoxon = self.spec.pruner.type == "Wilcoxon"
+        per_epoch = self.training.report_every == "Epoch" and not wilcoxon
+        max_epochs = max(max_pruning_steps(self.spec) // self.training.folds, epochs)
+        seed = self.seed * 1_000_003 + trial_number
+
+        def epoch_reporter(fold: int) -> Callable[[float, int], bool]:
+            return lambda value, epoch: self._report(reporter, value, fold * max_epochs + epoch)
+
+        for fold_index, (train_idx, val_idx) in enumerate(self.folds):
+            outcome: FoldOutcome | None = None
+            while outcome is None:
+                out_of_memory = False
+                try:
+                    outcome = self._trainer.train(
+                        params,
+                        train_idx,
+                        val_idx,
+                        effective=effective,
+                        micro=micro,
+                        validation_batch=batches.validation_batch,
+                        epochs=epochs,
+                        seed=seed + fold_index,
+                        clock=clock,
+                        report=epoch_reporter(fold_index) if per_epoch else None,
+                    )
+                except OutOfMemory:
+                    out_of_memory = True
+                if not out_of_memory:
+                    break
+                # Freed outside the except block: the traceback held references to the
+                # activations that filled the device.
+                self._release_memory()
+                if micro <= 1:
+                    break
+                micro //= 2
+                oom_retries += 1
+                log.warning(
+                    "out of memory: retrying fold %d with micro-batch %d", fold_index, micro
+                )
+            if outcome is None:
+                stop_reason = "OutOfMemory"
+                break
+            outcomes.append(outcome)
+            if outcome.stop == "EarlyStopped":
+                stop_reason = "EarlyStopped"
+            if outcome.stop == "Pruned":
+                stop_reason = "Pruned"
+                break
+            if not per_epoch:
+                scores = [o.score for o in outcomes]
+                reported = outcome.score if wilcoxon else float(np.mean(scores))
+                if self._report(reporter, reported, fold_index):
+                    stop_reason = "Pruned"
+                    break
+        self._micro_cap[effective] = micro
+        self.trials_run += 1
+        metric_names = outcomes[0].metrics.keys() if outcomes else []
+        return TrialResult(
+            value=float(np.mean([o.score for o in outcomes])) if outcomes else float("nan"),
+            metrics={m: float(np.mean([o.metrics[m] for o in outcomes])) for m in metric_names},
+            pruned=stop_reason in ("Pruned", "OutOfMemory"),
+            stop_reason=stop_reason,
+            telemetry=self._telemetry(
+                wall_start,
+                clock,
+                outcomes,
+                stop_reason,
+                epochs,
+                oom_retries,
+                MicroBatchPlan.for_sizes(effective, micro),
+                batches,
+            ),
+            model=outcomes[-1].model if outcomes else None,
+        )
+
+    def _telemetry(
+        self,
+        wall_start: float,
+        clock: Clock,
+        outcomes: list[FoldOutcome],
+        stop_reason: StopReason,
+        epochs: int,
+        oom_retries: int,
+        plan: MicroBatchPlan,
+        batches: TrialBatches,
+    ) -> dict[str, Any]:
+        wall = time.perf_counter() - wall_start
+        cuda = self.device.type == "cuda"
+        telemetry: dict[str, Any] = {
+            "wall_seconds": round(wall, 4),
+            "step_seconds": round(clock.step, 4),
+            "data_wait_seconds": round(max(clock.train - clock.step, 0.0), 4),
+            "eval_seconds": round(clock.eval, 4),
+            # Everything that is not training or validation compute: batches, model build,
+            # estimates, bookkeeping.
+            "overhead_seconds": round(max(wall - clock.step - clock.eval, 0.0), 4),
+            "epochs_run": sum(o.epochs_run for o in outcomes),
+            "epochs_budget": epochs,
+            "folds_run": len(outcomes),
+            "folds": self.training.folds,
+            "stop_reason": stop_reason,
+            "effective_batch": plan.effective_batch,
+            "micro_batch": plan.micro_batch,
+            "accumulation_steps": plan.accumulation_steps,
+            "validation_batch": batches.validation_batch,
+            "oom_retries": oom_retries,
+            "precision": self.precision,
+            "tf32": self.training.tf32 and cuda,
+            "cudnn_benchmark": self.training.cudnn_benchmark and cuda,
+            "fused_optimizer": self._trainer.fused,
+            "pin_memory": self.data.pin_memory,
+            "compile": self.training.compile,
+            "device": str(self.device),
+            "data_on_device": self.data.on_device,
+            "estimated_peak_bytes": batches.estimated_peak_bytes,
+            "peak_memory_bytes": self._peak_memory(),
+            "trial_in_process": self.trials_run,
+        }
+        telemetry.update(self._gpu.summary())
+        return telemetry
+
+    def _report(self, reporter: Reporter | None, value: float, step: int) -> bool:
+        if reporter is None or math.isnan(value):
+            return False
+        reporter.report(value, step)
+        return reporter.should_prune()
+
+    def _release_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _peak_memory(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        # CPU: the process's resident-set high-water mark (KiB on Linux).
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _pick_device(spec: StudySpec) -> torch.device:
+    if spec.resources.accelerator != "CPU" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -1,0 +1,85 @@
+"""The HPOStudy spec: one typed model shared by the operator, the runner and the local CLI.
+
+The same YAML a user gives to ``kubectl apply`` is loaded here:
+
+* :mod:`._models`: the pydantic models (structure, enums, bounds; strict), each exposing its
+  numbers parsed once, and :meth:`Objective.better`;
+* :mod:`._rules`: :func:`semantic_errors`, rules that span fields (``low < high``, stage groups,
+  defaults inside their range, ...), each reported with its field path;
+* :mod:`._load`: loading a file, a whole document or a bare spec, every problem at once as a
+  :class:`SpecError`;
+* :mod:`._parse`: numbers, durations and Kubernetes quantities.
+
+The CRD's OpenAPI schema is generated from these models (``hpo_operator.crd``) and its CEL rules
+mirror :func:`semantic_errors`, so a spec that validates locally validates at apply time.
+"""
+
+from __future__ import annotations
+
+from trial_runner.spec._errors import FieldError, SpecError, format_path
+from trial_runner.spec._load import load_study, study_from_mapping, validate_spec_mapping
+from trial_runner.spec._models import (
+    API_VERSION,
+    KIND,
+    MAX_STUDY_NAME,
+    NAME_PATTERN,
+    NUMBER_PATTERN,
+    QUANTITY_PATTERN,
+    Budget,
+    Checkpoint,
+    EarlyStopping,
+    EpochScheduleEntry,
+    HPOStudy,
+    Objective,
+    ObjectMeta,
+    Parameter,
+    Pruner,
+    Resources,
+    Sampler,
+    SecretKeyRef,
+    Stage,
+    Storage,
+    StudySpec,
+    Task,
+    Training,
+    is_better,
+)
+from trial_runner.spec._parse import parse_duration, parse_number, parse_quantity
+from trial_runner.spec._rules import semantic_errors
+
+__all__ = [
+    "API_VERSION",
+    "KIND",
+    "MAX_STUDY_NAME",
+    "NAME_PATTERN",
+    "NUMBER_PATTERN",
+    "QUANTITY_PATTERN",
+    "Budget",
+    "Checkpoint",
+    "EarlyStopping",
+    "EpochScheduleEntry",
+    "FieldError",
+    "HPOStudy",
+    "ObjectMeta",
+    "Objective",
+    "Parameter",
+    "Pruner",
+    "Resources",
+    "Sampler",
+    "SecretKeyRef",
+    "SpecError",
+    "Stage",
+    "Storage",
+    "StudySpec",
+    "Task",
+    "Training",
+    "format_path",
+    "is_better",
+    "load_study",
+    "parse_duration",
+    "parse_number",
+    "parse_quantity",
+    "semantic_errors",
+    "study_from_mapping",
+    "validate_spec_mapping",
+]

@@ -1,0 +1,352 @@
+"""The HPOStudy models: what a study file (or the API object's ``spec``) may hold.
+
+Structure (types, enums, required fields, unknown fields) is checked by pydantic in strict
+mode. Numbers that are not counts are strings (``"1e-4"``), following the Kubernetes API
+convention of no floats in specs; each model parses its own once and exposes the value
+(``Resources.headroom_fraction``, ``EarlyStopping.min_delta_value``, ...), so nothing
+downstream parses them again. :meth:`Objective.better` is the one place that says which of
+two scores is better.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from trial_runner.spec._parse import DURATION_PATTERN, parse_duration, parse_number, parse_quantity
+
+__all__ = [
+    "API_VERSION",
+    "KIND",
+    "MAX_STUDY_NAME",
+    "NAME_PATTERN",
+    "NUMBER_PATTERN",
+    "QUANTITY_PATTERN",
+    "Budget",
+    "Checkpoint",
+    "EarlyStopping",
+    "EpochScheduleEntry",
+    "HPOStudy",
+    "ObjectMeta",
+    "Objective",
+    "Parameter",
+    "Pruner",
+    "Resources",
+    "Sampler",
+    "SecretKeyRef",
+    "Stage",
+    "Storage",
+    "StudySpec",
+    "Task",
+    "Training",
+    "is_better",
+]
+
+API_VERSION = "kubetune.dev/v1alpha1"
+KIND = "HPOStudy"
+
+NUMBER_PATTERN = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
+GROUP_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
+
+# Study names become pod names "<name>-runner-<n>" and Optuna study names, so they must be
+# DNS-1123 labels with room for the suffix.
+MAX_STUDY_NAME = 48
+
+# Bounds on lengths and counts also keep the CRD's CEL rules within the API server's cost budget.
+Number = Annotated[str, Field(pattern=NUMBER_PATTERN, max_length=64)]
+IntOrNumber = int | Annotated[str, Field(pattern=NUMBER_PATTERN, max_length=64)]
+ChoiceValue = int | Annotated[str, Field(max_length=253)]
+
+
+def is_better(direction: str, a: float, b: float, margin: float = 0.0) -> bool:
+    """Whether score ``a`` beats ``b`` by more than ``margin`` under ``direction``.
+
+    Every comparison of scores (best trial, early stopping, best stage, checkpoints) goes
+    through this function, usually as :meth:`Objective.better`.
+    """
+    return a > b + margin if direction == "Maximize" else a < b - margin
+
+
+class _Model(BaseModel):
+    """Base: camelCase field names, unknown fields rejected, no silent type coercion."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        frozen=True,
+    )
+
+
+class Objective(_Model):
+    metric: str = Field(
+        min_length=1, max_length=253, description="Name of the metric the task returns."
+    )
+    direction: Literal["Maximize", "Minimize"] = Field(
+        default="Maximize", description="Whether larger or smaller metric values are better."
+    )
+
+    def better(self, a: float, b: float, margin: float = 0.0) -> bool:
+        """Whether score ``a`` beats ``b`` by more than ``margin``."""
+        return is_better(self.direction, a, b, margin)
+
+    def best_first(self, value: float) -> float:
+        """A sort key that puts the best score first."""
+        return -value if self.direction == "Maximize" else value
+
+
+class Task(_Model):
+    entrypoint: str = Field(
+        pattern=ENTRYPOINT_PATTERN,
+        description="module:attribute of the task class, importable inside the runner image.",
+    )
+    image: str | None = Field(
+        default=None, description="Runner image for the cluster; unused by local runs."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form settings passed to the task unchanged."
+    )
+
+
+class Parameter(_Model):
+    name: str = Field(pattern=PARAM_NAME_PATTERN, max_length=63)
+    type: Literal["Float", "Int", "Categorical"]
+    low: IntOrNumber | None = Field(default=None, description="Lower bound (Float, Int).")
+    high: IntOrNumber | None = Field(default=None, description="Upper bound (Float, Int).")
+    step: IntOrNumber | None = Field(default=None, description="Discretisation step.")
+    scale: Literal["Linear", "Log"] = Field(default="Linear")
+    choices: list[ChoiceValue] | None = Field(
+        default=None,
+        max_length=256,
+        description="Values of a Categorical parameter (integers or strings).",
+    )
+    group: str = Field(default="Default", pattern=GROUP_PATTERN, max_length=63)
+    default: ChoiceValue | None = Field(
+        default=None,
+        description="Value used while the parameter's group is not searched: a number for "
+        "Float and Int, one of the choices for Categorical.",
+    )
+
+    @cached_property
+    def low_value(self) -> float | None:
+        return _number_or_none(self.low)
+
+    @cached_property
+    def high_value(self) -> float | None:
+        return _number_or_none(self.high)
+
+    @cached_property
+    def step_value(self) -> float | None:
+        return _number_or_none(self.step)
+
+    def typed(self, raw: int | str) -> int | float | str:
+        """A bound, default or choice as this parameter's type (Int, Float, or as given)."""
+        if self.type == "Int":
+            return int(float(raw)) if isinstance(raw, str) else raw
+        if self.type == "Float":
+            return parse_number(raw)
+        return raw
+
+
+class Stage(_Model):
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=63)
+    groups: list[Annotated[str, Field(pattern=GROUP_PATTERN, max_length=63)]] = Field(
+        min_length=1, max_length=64
+    )
+    trials: int | None = Field(
+        default=None, ge=1, description="Trials of this stage; the last stage may take the rest."
+    )
+
+
+class Budget(_Model):
+    max_trials: int = Field(ge=1, le=100000, description="Finished trials the study runs.")
+    max_failed_trials: int | None = Field(
+        default=None, ge=0, description="Failed trials after which the study is Failed."
+    )
+    timeout: str | None = Field(
+        default=None, pattern=DURATION_PATTERN, description="Wall-clock limit, e.g. 6h or 90m."
+    )
+
+    @cached_property
+    def timeout_seconds(self) -> float | None:
+        return parse_duration(self.timeout) if self.timeout else None
+
+
+class Sampler(_Model):
+    type: Literal["TPE", "Random", "CMAES", "GP", "QMC"] = "TPE"
+    seed: int | None = None
+    n_startup_trials: int | None = Field(default=None, ge=0)
+    constant_liar: bool = Field(
+        default=True, description="TPE only: treat running trials as bad to spread workers."
+    )
+    multivariate: bool = Field(default=True, description="TPE only.")
+
+
+class Pruner(_Model):
+    type: Literal["Nop", "Median", "Percentile", "Hyperband", "SuccessiveHalving", "Wilcoxon"] = (
+        "Nop"
+    )
+    n_startup_trials: int | None = Field(default=None, ge=0)
+    n_warmup_steps: int | None = Field(default=None, ge=0)
+    percentile: Number | None = None
+    min_resource: int | None = Field(default=None, ge=1)
+    max_resource: int | None = Field(default=None, ge=1)
+    reduction_factor: int | None = Field(default=None, ge=2)
+    p_threshold: Number | None = None
+    patience: int | None = Field(
+        default=None, ge=0, description="Wrap the pruner in PatientPruner with this patience."
+    )
+    min_delta: Number | None = Field(default=None, description="PatientPruner min_delta.")
+
+    @cached_property
+    def percentile_value(self) -> float | None:
+        return _number_or_none(self.percentile)
+
+    @cached_property
+    def p_threshold_value(self) -> float | None:
+        return _number_or_none(self.p_threshold)
+
+    @cached_property
+    def min_delta_value(self) -> float | None:
+        return _number_or_none(self.min_delta)
+
+
+class EarlyStopping(_Model):
+    patience: int = Field(ge=1)
+    min_delta: Number = "0"
+
+    @cached_property
+    def min_delta_value(self) -> float:
+        return parse_number(self.min_delta)
+
+
+class EpochScheduleEntry(_Model):
+    from_trial: int = Field(ge=0, description="First trial number this entry applies to.")
+    epochs: int = Field(ge=1, le=100000)
+
+
+class Checkpoint(_Model):
+    directory: str = Field(min_length=1, description="Where the best trial's weights are kept.")
+
+
+class Training(_Model):
+    epochs: int = Field(default=10, ge=1, le=100000)
+    epoch_schedule: list[EpochScheduleEntry] | None = Field(
+        default=None,
+        max_length=64,
+        description="Epochs by trial number; overrides epochs where it applies.",
+    )
+    folds: int = Field(default=1, ge=1, le=50, description="k-fold CV; 1 means a holdout split.")
+    report_every: Literal["Fold", "Epoch"] = Field(
+        default="Fold", description="Report intermediate values to the pruner per fold or epoch."
+    )
+    validation_every: int = Field(default=1, ge=1, description="Validate every N epochs.")
+    early_stopping: EarlyStopping | None = None
+    precision: Literal["Auto", "BF16", "FP16", "FP32"] = Field(
+        default="Auto",
+        description="Auto: BF16 autocast on GPUs that support it, FP32 on CPUs (where BF16 is "
+        "usually slower without native support); BF16 forces autocast on CPU too.",
+    )
+    tf32: bool = True
+    cudnn_benchmark: bool = True
+    fused_optimizer: bool = True
+    pin_memory: bool = True
+    compile: bool = False
+    effective_batch_size: int | None = Field(
+        default=None, ge=1, description="Batch per optimizer step when not searched."
+    )
+    batch_size_parameter: str = Field(
+        default="batch_size",
+        pattern=PARAM_NAME_PATTERN,
+        max_length=63,
+        description="Search-space parameter holding the effective batch size, if present.",
+    )
+    max_micro_batch: int | None = Field(
+        default=None, ge=1, description="Upper bound on the micro-batch (memory cap)."
+    )
+    data_loader_workers: int = Field(default=0, ge=0, le=64)
+    checkpoint: Checkpoint | None = None
+
+
+class Resources(_Model):
+    accelerator: Literal["Auto", "GPU", "MIG", "CPU"] = "Auto"
+    parallelism: int = Field(default=1, ge=1, le=1000)
+    memory_headroom: Number = Field(default="0.1", description="Fraction added to the estimate.")
+    peak_memory: str | None = Field(
+        default=None,
+        pattern=QUANTITY_PATTERN,
+        description="Peak training memory of the largest configuration; skips the estimate.",
+    )
+    cpu: str | None = Field(default=None, pattern=r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
+    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
+
+    @cached_property
+    def headroom_fraction(self) -> float:
+        """``memoryHeadroom`` as a number (0.1 = 10% above the estimate)."""
+        return parse_number(self.memory_headroom)
+
+    @cached_property
+    def peak_memory_bytes(self) -> int | None:
+        return parse_quantity(self.peak_memory) if self.peak_memory else None
+
+    @cached_property
+    def memory_bytes(self) -> int | None:
+        return parse_quantity(self.memory) if self.memory else None
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(pattern=NAME_PATTERN, max_length=253)
+    key: str = Field(default="url", min_length=1)
+
+
+class Storage(_Model):
+    secret_ref: SecretKeyRef | None = None
+    deletion_policy: Literal["Retain", "Delete"] = Field(
+        default="Retain", description="What happens to the Optuna study when the HPOStudy goes."
+    )
+
+
+class StudySpec(_Model):
+    objective: Objective
+    task: Task
+    search_space: list[Parameter] = Field(min_length=1, max_length=64)
+    stages: list[Stage] | None = Field(default=None, max_length=16)
+    budget: Budget
+    sampler: Sampler = Field(default_factory=Sampler)
+    pruner: Pruner = Field(default_factory=Pruner)
+    training: Training = Field(default_factory=Training)
+    resources: Resources = Field(default_factory=Resources)
+    storage: Storage = Field(default_factory=Storage)
+    suspend: bool = False
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes ObjectMeta a study file carries; the API server checks the rest."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_STUDY_NAME)
+    namespace: str | None = None
+
+
+class HPOStudy(_Model):
+    api_version: Literal["kubetune.dev/v1alpha1"]
+    kind: Literal["HPOStudy"]
+    metadata: ObjectMeta
+    spec: StudySpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+def _number_or_none(value: int | str | None) -> float | None:
+    return None if value is None else parse_number(value)

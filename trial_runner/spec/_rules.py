@@ -1,0 +1,191 @@
+"""Rules that span fields (mirrored by the CRD's CEL rules in ``hpo_operator.crd``)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from trial_runner.spec._errors import FieldError
+from trial_runner.spec._models import Parameter, StudySpec
+from trial_runner.spec._parse import parse_number
+
+__all__ = ["semantic_errors"]
+
+
+def semantic_errors(spec: StudySpec, prefix: str = "spec") -> list[FieldError]:
+    """Every cross-field problem of a structurally valid spec (mirrored by the CRD's CEL)."""
+    errors: list[FieldError] = []
+
+    def err(path: str, message: str) -> None:
+        errors.append(FieldError(f"{prefix}.{path}", message))
+
+    names: dict[str, int] = {}
+    for i, p in enumerate(spec.search_space):
+        at = f"searchSpace[{i}]"
+        if p.name in names:
+            err(
+                f"{at}.name",
+                f"duplicate parameter name {p.name!r} (also searchSpace[{names[p.name]}])",
+            )
+        names.setdefault(p.name, i)
+        errors.extend(_parameter_errors(p, f"{prefix}.{at}"))
+
+    groups = {p.group for p in spec.search_space}
+    if spec.stages:
+        searched: set[str] = set()
+        for i, stage in enumerate(spec.stages):
+            for j, group in enumerate(stage.groups):
+                if group not in groups:
+                    err(
+                        f"stages[{i}].groups[{j}]",
+                        f"unknown group {group!r} "
+                        f"(groups in searchSpace: {', '.join(sorted(groups))})",
+                    )
+            if stage.trials is None and i != len(spec.stages) - 1:
+                err(f"stages[{i}].trials", "required on every stage but the last")
+            searched.update(stage.groups)
+        stage_names = [s.name for s in spec.stages if s.name]
+        if len(stage_names) != len(set(stage_names)):
+            err("stages", "stage names must be unique")
+        for i, p in enumerate(spec.search_space):
+            if p.group not in searched:
+                err(
+                    f"searchSpace[{i}].group",
+                    f"group {p.group!r} is not searched by any stage",
+                )
+        first = set(spec.stages[0].groups)
+        for i, p in enumerate(spec.search_space):
+            if p.group not in first and p.default is None:
+                err(
+                    f"searchSpace[{i}].default",
+                    f"required: group {p.group!r} is not searched in the first stage, so "
+                    "the parameter needs a value until then",
+                )
+        fixed = sum(s.trials or 0 for s in spec.stages)
+        needed = fixed + (1 if spec.stages[-1].trials is None else 0)
+        if needed > spec.budget.max_trials:
+            err(
+                "budget.maxTrials",
+                f"must cover the stages' trials ({needed} needed, got {spec.budget.max_trials})",
+            )
+
+    bs = spec.training.batch_size_parameter
+    if bs in names:
+        p = spec.search_space[names[bs]]
+        if p.type == "Float":
+            err(
+                f"searchSpace[{names[bs]}].type",
+                f"{bs!r} is the batch size: must be Int or Categorical",
+            )
+        if (
+            p.type == "Categorical"
+            and p.choices
+            and not all(isinstance(c, int) and c > 0 for c in p.choices)
+        ):
+            err(f"searchSpace[{names[bs]}].choices", "batch sizes must be positive integers")
+
+    if spec.training.epoch_schedule:
+        starts = [e.from_trial for e in spec.training.epoch_schedule]
+        if starts != sorted(set(starts)):
+            err("training.epochSchedule", "fromTrial must strictly increase")
+        if starts and starts[0] != 0:
+            err(
+                "training.epochSchedule[0].fromTrial", "must be 0 so every trial has an epoch count"
+            )
+
+    if not 0 <= spec.resources.headroom_fraction <= 4:
+        err(
+            "resources.memoryHeadroom",
+            f"must be between 0 and 4 (got {spec.resources.memory_headroom})",
+        )
+
+    pr = spec.pruner
+    if pr.percentile_value is not None and not 0 <= pr.percentile_value <= 100:
+        err("pruner.percentile", f"must be between 0 and 100 (got {pr.percentile})")
+    if pr.p_threshold_value is not None and not 0 < pr.p_threshold_value <= 1:
+        err("pruner.pThreshold", f"must be in (0, 1] (got {pr.p_threshold})")
+    if pr.type == "Percentile" and pr.percentile is None:
+        err("pruner.percentile", "required when type is Percentile")
+    if pr.min_resource and pr.max_resource and pr.min_resource >= pr.max_resource:
+        err("pruner.maxResource", f"must be above minResource (got {pr.max_resource})")
+    if pr.min_delta is not None and pr.patience is None:
+        err("pruner.minDelta", "only used with patience: set pruner.patience too")
+    return errors
+
+
+def _parameter_errors(p: Parameter, at: str) -> list[FieldError]:
+    errors: list[FieldError] = []
+
+    def err(field: str, message: str) -> None:
+        errors.append(FieldError(f"{at}.{field}", message))
+
+    if p.type == "Categorical":
+        if not p.choices:
+            err("choices", "required and non-empty for a Categorical parameter")
+        elif len(set(map(repr, p.choices))) != len(p.choices):
+            err("choices", "must not repeat a value")
+        for field in ("low", "high", "step"):
+            if getattr(p, field) is not None:
+                err(field, "not accepted for a Categorical parameter (use choices)")
+        if p.scale != "Linear":
+            err("scale", "not accepted for a Categorical parameter")
+        if p.default is not None and p.choices and p.default not in p.choices:
+            err("default", f"must be one of the choices (got {p.default!r})")
+        return errors
+
+    if p.choices is not None:
+        err("choices", f"not accepted for a {p.type} parameter (use low and high)")
+    bounds_ok = True
+    for field in ("low", "high"):
+        value = getattr(p, field)
+        if value is None:
+            err(field, f"required for a {p.type} parameter")
+            bounds_ok = False
+        elif p.type == "Int" and not _is_integral(value):
+            err(field, f"must be an integer for an Int parameter (got {value!r})")
+            bounds_ok = False
+    if not bounds_ok:
+        return errors
+    assert p.low_value is not None and p.high_value is not None
+    low, high = p.low_value, p.high_value
+    if not (math.isfinite(low) and math.isfinite(high)):
+        err("low", "bounds must be finite")
+        return errors
+    if low >= high:
+        err("low", f"must be below high (got low={p.low}, high={p.high})")
+    if p.scale == "Log" and low <= 0:
+        err("low", f"must be above 0 with scale Log (got {p.low})")
+    if p.step is not None:
+        assert p.step_value is not None
+        if p.step_value <= 0:
+            err("step", f"must be above 0 (got {p.step})")
+        elif p.scale == "Log":
+            err("step", "not accepted with scale Log")
+        elif p.type == "Int" and not _is_integral(p.step):
+            err("step", f"must be an integer for an Int parameter (got {p.step!r})")
+    if p.default is not None:
+        default = parse_number(p.default) if _is_number(p.default) else None
+        if default is None:
+            err("default", f"must be a number for a {p.type} parameter (got {p.default!r})")
+        elif not low <= default <= high:
+            err("default", f"must lie within [low, high] (got {p.default})")
+        elif p.type == "Int" and not _is_integral(p.default):
+            err("default", f"must be an integer for an Int parameter (got {p.default!r})")
+    return errors
+
+
+def _is_number(value: int | str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_integral(value: int | str) -> bool:
+    if isinstance(value, int):
+        return True
+    try:
+        return float(value).is_integer() and re.fullmatch(r"[-+]?[0-9]+", value) is not None
+    except ValueError:
+        return False
