@@ -19,6 +19,9 @@ restarted operator finds its pods and "already exists" means "already done".
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import datetime as dt
 import logging
 import threading
@@ -120,10 +123,21 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """The service account in a pod, else ``$KUBECONFIG`` as it is now.
 
+    In a pod the API server is ``$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``, as
+    client-go and the kubernetes client find it; kopf's own service-account login names
+    ``kubernetes.default.svc``, which needs the cluster's DNS to work before the operator can.
     kopf's default login goes through the kubernetes client, which reads ``KUBECONFIG`` once
     at import; reading it at login lets one process (a test) point the operator elsewhere.
     """
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    in_pod = kopf.login_with_service_account(**kwargs)
+    if in_pod is not None:
+        host = os.environ.get("KUBERNETES_SERVICE_HOST")
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if host:
+            host = f"[{host}]" if ":" in host else host
+            return dataclasses.replace(in_pod, server=f"https://{host}:{port}")
+        return in_pod
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.cleanup()

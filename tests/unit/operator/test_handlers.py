@@ -1,0 +1,45 @@
+"""The operator's login: which API server address a pod and a laptop use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+import pytest
+from hpo_operator import handlers
+
+
+def _service_account(**_: Any) -> kopf.ConnectionInfo:
+    return kopf.ConnectionInfo(
+        server="https://kubernetes.default.svc",
+        ca_path="/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+        token="token",
+        default_namespace="ns",
+    )
+
+
+def test_in_a_pod_the_service_host_is_used_not_the_cluster_dns_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kopf, "login_with_service_account", _service_account)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    info = handlers.login()
+    assert info is not None
+    assert info.server == "https://10.96.0.1:6443"
+    assert info.token == "token" and info.default_namespace == "ns"
+
+
+def test_an_ipv6_service_host_is_bracketed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kopf, "login_with_service_account", _service_account)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    info = handlers.login()
+    assert info is not None and info.server == "https://[fd00::1]:443"
+
+
+def test_outside_a_pod_the_kubeconfig_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kopf, "login_with_service_account", lambda **_: None)
+    from_kubeconfig = kopf.ConnectionInfo(server="https://127.0.0.1:6443")
+    monkeypatch.setattr(kopf, "login_with_kubeconfig", lambda **_: from_kubeconfig)
+    assert handlers.login() is from_kubeconfig
