@@ -169,8 +169,8 @@ if [[ ! -f "${archive}" ]]; then
   (cd "${repo}" && find operator trial_runner -type f \( -name '*.py' -o -name 'py.typed' \) \
     -print0 | tar --null -T - -cf -) | tar -C "${staging}" -xf -
   mv "${staging}/operator" "${staging}/hpo_operator"
-  bah copy "${container}" "${staging}/hpo_operator" "${site}/hpo_operator"
-  bah copy "${container}" "${staging}/trial_runner" "${site}/trial_runner"
+  bah copy "${container}" "${staging}/hpo_operator" "${site}/hpo_operator" >/dev/null
+  bah copy "${container}" "${staging}/trial_runner" "${site}/trial_runner" >/dev/null
   rm -rf "${staging}"
   bah run --isolation chroot --user 0:0 "${container}" -- /opt/venv/bin/python -m compileall -q \
     "${site}/hpo_operator" "${site}/trial_runner"
@@ -191,7 +191,7 @@ if [[ ! -f "${pause_archive}" ]]; then
   (cd "${repo}/hack/node/pause" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-trimpath \
     go build -ldflags="-s -w" -o "${pause_bin}" .)
   container="$(bah from --signature-policy "${policy}" scratch)"
-  bah copy "${container}" "${pause_bin}" /pause
+  bah copy "${container}" "${pause_bin}" /pause >/dev/null
   bah config --entrypoint '["/pause"]' --user 65535:65535 "${container}"
   bah commit --signature-policy "${policy}" --quiet --rm "${container}" "${pause_image}" >/dev/null
   bah push --signature-policy "${policy}" --quiet --disable-compression --format oci \

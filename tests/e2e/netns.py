@@ -105,7 +105,9 @@ class Relays:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result(timeout=30)
 
-    def expose(self, netns_pid: int, address: str, port: int, target_port: int | None = None) -> None:
+    def expose(
+        self, netns_pid: int, address: str, port: int, target_port: int | None = None
+    ) -> None:
         """Listen on ``address:port`` inside ``netns_pid``'s namespace; forward each connection
         to ``127.0.0.1:target_port`` (default: the same port) of this namespace."""
         target = target_port or port
@@ -143,9 +145,9 @@ class Relays:
 
         self._servers.append(self.run(serve()))
 
-    async def dial(self, host: str, port: int, netns_pid: int | None) -> tuple[
-        asyncio.StreamReader, asyncio.StreamWriter
-    ]:
+    async def dial(
+        self, host: str, port: int, netns_pid: int | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if netns_pid is None:
             return await asyncio.open_connection(host, port)
 
@@ -215,7 +217,7 @@ class EgressProxy:
                 raise ValueError(f"not a CONNECT request: {method}")
             host, _, port = target.rpartition(":")
             upstream = await self._relays.dial(host.strip("[]"), int(port), self._netns_for(host))
-        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError) as error:
+        except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as error:
             with contextlib.suppress(Exception):
                 writer.write(f"HTTP/1.1 502 Bad Gateway\r\n\r\n{error}\r\n".encode())
                 await writer.drain()

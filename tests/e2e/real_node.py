@@ -278,9 +278,22 @@ class RealNode:
         # --kill-child: the namespace's init gets SIGKILL when unshare dies, and unshare dies
         # with this process (pdeathsig), so nothing of the node outlives the tests.
         self._holder = subprocess.Popen(
-            ["setpriv", "--pdeathsig", "KILL", "unshare", "--net", "--mount", "--pid", "--fork",
-             "--kill-child=SIGKILL", "--mount-proc", "--propagation", "private",
-             "sleep", "infinity"],  # fmt: skip
+            [
+                "setpriv",
+                "--pdeathsig",
+                "KILL",
+                "unshare",
+                "--net",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child=SIGKILL",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "sleep",
+                "infinity",
+            ],
             stdin=subprocess.DEVNULL,
             # unshare reports its child's SIGKILL on the way out; that is the normal stop.
             stdout=self._holder_log,
