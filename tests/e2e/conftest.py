@@ -8,6 +8,12 @@
   image, as OCI archives (``hack/image/build.sh``).
 - ``real_node`` (session): a :class:`real_node.RealNode` (kubelet, containerd, runc, CNI,
   kube-proxy) joined to the control plane, with both images imported.
+- ``node_database`` (function): a fresh PostgreSQL database, with the URL pods on the real
+  node use (:class:`node_fixtures.Database`).
+- ``chart_operator`` (module): the Helm chart installed, its operator a container of the test
+  image on the real node (:class:`node_fixtures.Operator`).
+- ``node_studies`` (function): a :class:`operator_fixtures.StudyClient` on a new restricted
+  namespace holding the chart's default storage Secret (``node_database``).
 
 The binaries come from ``KUBETUNE_CONTROL_PLANE_BIN`` or the build cache of
 ``hack/control-plane/build.sh``. Without them the tests are skipped, except under ``CI=true``,
@@ -37,6 +43,14 @@ from tests.e2e.controlplane import (
     find_bin_dir,
     missing_binaries,
 )
+from tests.e2e.node_fixtures import (
+    Database,
+    Operator,
+    create_database,
+    install_chart_operator,
+    restricted_namespace,
+)
+from tests.e2e.operator_fixtures import StudyClient
 from tests.e2e.pod_executor import PodExecutor
 from tests.e2e.real_node import RealNode
 from tests.e2e.simulated_cluster import NodeGroup, create_nodes, delete_nodes
@@ -221,3 +235,45 @@ def real_node(control_plane: ControlPlane, test_images: BuiltImages) -> Iterator
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture
+def node_database(postgresql_proc: Any, real_node: RealNode) -> Iterator[Database]:
+    """A fresh database on the suite's PostgreSQL, reachable from the real node's pods."""
+    with create_database(postgresql_proc, real_node) as database:
+        yield database
+
+
+@pytest.fixture(scope="module")
+def chart_operator(
+    control_plane: ControlPlane,
+    real_node: RealNode,
+    test_images: BuiltImages,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Operator]:
+    """The chart's operator (watching every namespace) for the tests of one module."""
+    with install_chart_operator(
+        control_plane, real_node, test_images.image, tmp_path_factory.mktemp("chart")
+    ) as operator:
+        yield operator
+
+
+@pytest.fixture
+def node_studies(
+    control_plane: ControlPlane, chart_operator: Operator, node_database: Database
+) -> Iterator[StudyClient]:
+    """A restricted namespace for studies, with the chart's default storage Secret in it."""
+    namespace = restricted_namespace(control_plane, "e2e-node")
+    control_plane.kubectl(
+        *("create", "secret", "generic", "kubetune-postgres", "-n", namespace),
+        f"--from-literal=url={node_database.pod_url}",
+    )
+    client = StudyClient(control_plane, namespace)
+    try:
+        yield client
+    finally:
+        # The operator removes its finalizers while it still runs.
+        client.kubectl(
+            "delete", "hpostudies", "--all", "--wait=true", "--timeout=120s", check=False
+        )
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

@@ -230,7 +230,9 @@ class RealNode:
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
         """Everything the pod's containers (or one of them) wrote, all restarts, as the kubelet
-        stored it (``<podLogsDir>/<namespace>_<pod>_<uid>/<container>/<n>.log``)."""
+        stored it (``<podLogsDir>/<namespace>_<pod>_<uid>/<container>/<n>.log``). ``pod`` may
+        be a glob (``op-*``) for the pods of a Deployment; a deleted pod's logs stay until the
+        kubelet removes its directory."""
         out: list[str] = []
         for pod_dir in sorted((self.work_dir / "pod-logs").glob(f"{namespace}_{pod}_*")):
             for log in sorted(pod_dir.glob(f"{container or '*'}/*.log")):

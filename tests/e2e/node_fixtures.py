@@ -1,0 +1,265 @@
+"""Helpers for tests on the real node: databases pods can reach, the chart's operator running as
+a container, restricted namespaces, and a watch that keeps every version of a study's pods.
+
+The fixtures built on them (``node_database``, ``chart_operator``, ``node_studies``) are in
+``conftest.py``; tests that need an operator installed differently call
+:func:`install_chart_operator` themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import psycopg2
+import yaml
+
+from tests.e2e.controlplane import REPO_ROOT, ControlPlane
+from tests.e2e.operator_fixtures import StudyClient, finished_trials
+from tests.e2e.real_node import NODE_TAINT, RealNode
+from tests.helpers import wait_until
+
+__all__ = [
+    "CHART",
+    "NODE_TOLERATION",
+    "RESTRICTED",
+    "Database",
+    "Operator",
+    "PodWatch",
+    "assert_exact_budget",
+    "create_database",
+    "describe_namespace",
+    "install_chart_operator",
+    "on_node",
+    "restricted_namespace",
+    "trial_counts",
+]
+
+k8s: Any = kubernetes
+CHART = REPO_ROOT / "charts" / "kubetune"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+NODE_TOLERATION = {"key": NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}
+#: Runner pods' grace period under the chart installs of the tests.
+GRACE_PERIOD = 30
+
+
+@dataclass(frozen=True)
+class Database:
+    """A PostgreSQL database of the test server: the URL here and the URL pods use."""
+
+    name: str
+    url: str
+    pod_url: str
+
+
+@contextlib.contextmanager
+def create_database(server: Any, node: RealNode) -> Iterator[Database]:
+    """A fresh database on the pytest-postgresql ``server``; dropped, connections or not."""
+    name = f"kt_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        dbname="postgres",
+    )
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    credentials = f"{server.user}:{server.password}"
+    pod_address = node.expose(int(server.port))
+    try:
+        yield Database(
+            name,
+            f"postgresql://{credentials}@{server.host}:{server.port}/{name}",
+            f"postgresql://{credentials}@{pod_address}/{name}",
+        )
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def restricted_namespace(plane: ControlPlane, prefix: str) -> str:
+    """A new namespace that enforces the restricted Pod Security Standard."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    plane.kubectl("create", "namespace", name)
+    plane.kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in RESTRICTED.items()))
+    return name
+
+
+def describe_namespace(plane: ControlPlane, namespace: str, node: RealNode) -> str:
+    """Pods, events and the kubelet's last lines, for a failure message."""
+    parts = [
+        plane.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout,
+        plane.kubectl(
+            "get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False
+        ).stdout[-4000:],
+        "kubelet log:\n" + node.log_tail("kubelet", 30),
+    ]
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class Operator:
+    """The chart's operator, running as a container on the real node."""
+
+    namespace: str
+    release: str
+    plane: ControlPlane
+    node: RealNode
+
+    def pods(self) -> list[dict[str, Any]]:
+        """The operator pods not being deleted."""
+        selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator"
+        pods = json.loads(
+            self.plane.kubectl(
+                "get", "pods", "-n", self.namespace, "-l", selector, "-o", "json"
+            ).stdout
+        )["items"]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def pod(self) -> dict[str, Any]:
+        """The one operator pod (``{}`` while there is none)."""
+        live = self.pods()
+        assert len(live) <= 1, [p["metadata"]["name"] for p in live]
+        return dict(live[0]) if live else {}
+
+    def logs(self) -> str:
+        """Everything every operator pod of the release wrote, as the kubelet stored it."""
+        return self.node.pod_log(self.namespace, f"{self.release}-kubetune-operator-*")
+
+
+def _ready(pods: list[dict[str, Any]]) -> bool:
+    for pod in pods:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        if not statuses or not all(s.get("ready") for s in statuses):
+            return False
+    return bool(pods)
+
+
+@contextlib.contextmanager
+def install_chart_operator(
+    plane: ControlPlane,
+    node: RealNode,
+    image: str,
+    work_dir: Path,
+    values: Mapping[str, Any] | None = None,
+) -> Iterator[Operator]:
+    """``helm install`` of the chart into a new restricted namespace, operator and runners on
+    ``image``, the operator's pods on the real node; ``values`` are merged over the defaults
+    (top-level keys replace). Uninstalled on exit."""
+    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    namespace = restricted_namespace(plane, "kubetune-system")
+    repository, tag = image.rsplit(":", 1)
+    defaults: dict[str, Any] = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "tolerations": [NODE_TOLERATION],
+        "operator": {"reconcileInterval": 2, "logLevel": "verbose"},
+        "runner": {
+            "image": {"repository": repository, "tag": tag},
+            "pullPolicy": "Never",
+            "terminationGracePeriodSeconds": GRACE_PERIOD,
+            "tolerations": [f"{NODE_TAINT}:NoSchedule"],
+            # Stale trials of killed runners are noticed within seconds, not half a minute.
+            "extraEnv": {"KUBETUNE_HEARTBEAT_INTERVAL": "2", "KUBETUNE_WAIT_SECONDS": "1"},
+            "estimate": {"cpu": "250m", "memory": "2Gi"},
+        },
+        "livenessProbe": {"initialDelaySeconds": 20, "periodSeconds": 10},
+    }
+    defaults.update(values or {})
+    values_file = work_dir / f"values-{uuid.uuid4().hex[:6]}.yaml"
+    values_file.write_text(yaml.safe_dump(defaults))
+    release = f"kt-{uuid.uuid4().hex[:6]}"
+    plane.helm(
+        "install", release, str(CHART), "--namespace", namespace, "--values", str(values_file)
+    )
+    operator = Operator(namespace, release, plane, node)
+    try:
+        wait_until(
+            lambda: _ready(operator.pods()),
+            180,
+            "the operator container to run and pass its liveness probe",
+            diagnose=lambda: describe_namespace(plane, namespace, node),
+        )
+        yield operator
+    finally:
+        plane.helm("uninstall", release, "--namespace", namespace, check=False)
+        plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def on_node(study: dict[str, Any], image: str) -> dict[str, Any]:
+    """``study`` with its runner image set to ``image`` (the test image on the node)."""
+    study["spec"]["task"]["image"] = image
+    return study
+
+
+def trial_counts(database: Database, studies: StudyClient, name: str) -> dict[str, int]:
+    return finished_trials(database.url, f"{studies.namespace}.{name}")
+
+
+def assert_exact_budget(database: Database, studies: StudyClient, name: str, budget: int) -> None:
+    counts = trial_counts(database, studies, name)
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == budget, counts
+    assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0, counts
+
+
+class PodWatch:
+    """Every version of the study's pods the API server sends, from now on (a watch in a
+    thread): terminal states survive the pod's deletion here."""
+
+    def __init__(self, plane: ControlPlane, namespace: str, study: str) -> None:
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        self._client = plane.api_client()
+        self._stop = threading.Event()
+        self._core = k8s.client.CoreV1Api(self._client)
+        self._selector = f"kubetune.dev/study={study}"
+        self._namespace = namespace
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            watch = k8s.watch.Watch()
+            with contextlib.suppress(Exception):
+                for event in watch.stream(
+                    self._core.list_namespaced_pod,
+                    self._namespace,
+                    label_selector=self._selector,
+                    timeout_seconds=5,
+                ):
+                    pod = self._client.sanitize_for_serialization(event["object"])
+                    self.events.append((time.monotonic(), event["type"], pod))
+                    if self._stop.is_set():
+                        break
+
+    def names(self) -> set[str]:
+        return {pod["metadata"]["name"] for _, _, pod in self.events}
+
+    def terminated(self, pod_name: str) -> dict[str, Any] | None:
+        """The last terminated state seen for the pod's container, if any."""
+        found = None
+        for _, _, pod in self.events:
+            if pod["metadata"]["name"] != pod_name:
+                continue
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                state = status.get("state") or {}
+                if state.get("terminated"):
+                    found = state["terminated"]
+        return found
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._client.close()
