@@ -10,8 +10,8 @@ Every setting is an environment variable so the same image serves the Helm chart
 ``KUBETUNE_RUNNER_UID``
     Numeric user (and group) the pods run as; default 65532.
 ``KUBETUNE_RUNNER_EXTRA_LABELS``
-    ``key=value,key=value`` added to every pod the operator creates (the e2e tests add
-    ``kubetune.dev/test-execute=true`` so the test executor runs the pods).
+    ``key=value,key=value`` added to every pod the operator creates (team, cost centre,
+    selectors of network policies).
 ``KUBETUNE_RUNNER_EXTRA_ENV``
     ``NAME=value,NAME=value`` added to every runner and estimate container.
 ``KUBETUNE_RUNNER_TOLERATIONS``

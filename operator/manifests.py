@@ -7,8 +7,8 @@ collector removes what the finalizer misses.
 Runner pods follow the ``restricted`` Pod Security Standard: non-root numeric user, no
 privilege escalation, all capabilities dropped, ``RuntimeDefault`` seccomp and a read-only root
 filesystem with an ``emptyDir`` on ``/tmp`` for caches. The storage URL reaches the container
-only through a ``secretKeyRef``; the study document through a ``configMapKeyRef`` (env, not a
-volume, so the pod runs the same under the e2e test executor).
+only through a ``secretKeyRef``; the study document through a ``configMapKeyRef`` (the runner
+reads ``KUBETUNE_STUDY``, the same way ``kubetune runner`` reads it on a laptop).
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 - ``control_plane`` (session): a started :class:`controlplane.ControlPlane` with kwok.
 - ``namespace`` (function): a fresh namespace name, deleted after the test.
 - ``simulated_cluster`` (function): ``create(groups) -> node names``; nodes deleted after.
-- ``pod_executor`` (session): a running :class:`pod_executor.PodExecutor`.
 - ``test_images`` (session): the kubetune image built from this checkout and the node's pause
   image, as OCI archives (``hack/image/build.sh``).
 - ``real_node`` (session): a :class:`real_node.RealNode` (kubelet, containerd, runc, CNI,
@@ -51,7 +50,6 @@ from tests.e2e.node_fixtures import (
     restricted_namespace,
 )
 from tests.e2e.operator_fixtures import StudyClient
-from tests.e2e.pod_executor import PodExecutor
 from tests.e2e.real_node import RealNode
 from tests.e2e.simulated_cluster import NodeGroup, create_nodes, delete_nodes
 from tests.helpers import IN_CI, wait_until
@@ -159,15 +157,6 @@ def simulated_cluster(control_plane: ControlPlane) -> Iterator[Callable[..., lis
     finally:
         delete_nodes(client, created)
         client.close()
-
-
-@pytest.fixture(scope="session")
-def pod_executor(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PodExecutor]:
-    """Runs pods labelled ``kubetune.dev/test-execute=true`` as local processes."""
-    with PodExecutor(control_plane.api_client, tmp_path_factory.mktemp("pods")) as executor:
-        yield executor
 
 
 IMAGE_SCRIPT = REPO_ROOT / "hack" / "image" / "build.sh"

@@ -230,19 +230,41 @@ class PodWatch:
         self._thread.start()
 
     def _run(self) -> None:
+        # A list gives the resourceVersion to watch from; every later watch continues from the
+        # last version seen, so no event falls between two watch calls.
+        version: str | None = None
         while not self._stop.is_set():
-            watch = k8s.watch.Watch()
-            with contextlib.suppress(Exception):
-                for event in watch.stream(
+            try:
+                if version is None:
+                    listing = self._core.list_namespaced_pod(
+                        self._namespace, label_selector=self._selector
+                    )
+                    for item in listing.items:
+                        self._record("LISTED", item)
+                    version = listing.metadata.resource_version
+                for event in k8s.watch.Watch().stream(
                     self._core.list_namespaced_pod,
                     self._namespace,
                     label_selector=self._selector,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
                     timeout_seconds=5,
                 ):
-                    pod = self._client.sanitize_for_serialization(event["object"])
-                    self.events.append((time.monotonic(), event["type"], pod))
+                    version = event["object"].metadata.resource_version
+                    if event["type"] != "BOOKMARK":
+                        self._record(event["type"], event["object"])
                     if self._stop.is_set():
                         break
+            except k8s.client.exceptions.ApiException as error:
+                if error.status == 410:  # too old: list again
+                    version = None
+                else:
+                    time.sleep(0.5)
+            except Exception:
+                time.sleep(0.5)
+
+    def _record(self, kind: str, pod: Any) -> None:
+        self.events.append((time.monotonic(), kind, self._client.sanitize_for_serialization(pod)))
 
     def names(self) -> set[str]:
         return {pod["metadata"]["name"] for _, _, pod in self.events}

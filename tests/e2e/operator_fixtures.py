@@ -1,17 +1,15 @@
 """Helpers for the operator's end-to-end tests: run the operator, apply studies, wait.
 
 The operator runs in this process through ``kopf.testing.KopfRunner`` (kopf's own test tool,
-a real ``kopf run`` in a thread) against the control plane of ``conftest.py``; runner pods are
-executed for real by the session's ``PodExecutor`` when the operator labels them
-``kubetune.dev/test-execute=true``.
+a real ``kopf run`` in a thread) against the control plane of ``conftest.py``; its pods land on
+kwok's simulated nodes. (On the real node the operator runs as a container of the built image:
+see ``node_fixtures.py``.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ EXAMPLES = REPO / "examples"
 
 
 def operator_env(
-    plane: ControlPlane, *, execute: bool, storage_url: str | None = None, **extra: str
+    plane: ControlPlane, storage_url: str | None = None, **extra: str
 ) -> dict[str, str]:
     """Environment of an operator under test (set with ``monkeypatch`` before it starts)."""
     env = {
@@ -48,9 +46,6 @@ def operator_env(
         "KUBETUNE_GRACE_PERIOD": "20",
         "KUBETUNE_RUNNER_IMAGE": "kubetune:e2e",
         "KUBETUNE_IMAGE_PULL_POLICY": "Never",
-        # The executor runs `kubetune` from this interpreter's venv.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "KUBETUNE_RUNNER_EXTRA_LABELS": "kubetune.dev/test-execute=true" if execute else "",
         "KUBETUNE_RUNNER_EXTRA_ENV": "KUBETUNE_HEARTBEAT_INTERVAL=2,OMP_NUM_THREADS=1",
     }
     if storage_url:

@@ -1,10 +1,9 @@
-"""The e2e control plane itself: API server, admission, RBAC, scheduler, kwok, executor, helm."""
+"""The e2e control plane itself: API server, admission, RBAC, scheduler, kwok, helm."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import socket
 import subprocess
 import uuid
@@ -18,7 +17,6 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.controlplane import ControlPlane
-from tests.e2e.pod_executor import EXECUTE_LABEL, PodExecutor
 from tests.e2e.simulated_cluster import NodeGroup
 from tests.helpers import wait_until
 
@@ -400,103 +398,6 @@ def test_pods_filling_every_mig_slice_are_all_bound(
         )
         assert condition.reason == "Unschedulable"
         assert "Insufficient nvidia.com/mig-1g.10gb" in condition.message
-
-
-# --- Real execution of selected pods --------------------------------------------------------
-
-
-def executed_pod(name: str, node: str, script: str, **spec: Any) -> dict[str, Any]:
-    body = pod(name, command=["sh", "-c", script])
-    body["metadata"]["labels"] = {EXECUTE_LABEL: "true"}
-    body["spec"].update({"nodeSelector": {"kubernetes.io/hostname": node}, **spec})
-    return body
-
-
-def test_executor_reports_exit_code_and_termination_message(
-    control_plane: ControlPlane,
-    namespace: str,
-    simulated_cluster: Callable[..., list[str]],
-    pod_executor: PodExecutor,
-) -> None:
-    (node,) = simulated_cluster([NodeGroup(count=1)])
-    script = "echo 'trial 7 diverged: loss is NaN' > /dev/termination-log; exit 3"
-    with control_plane.api_client() as client:
-        core = k8s.client.CoreV1Api(client)
-        core.create_namespaced_pod(
-            namespace, executed_pod("diverges", node, script, restartPolicy="Never")
-        )
-        wait_until(
-            lambda: core.read_namespaced_pod("diverges", namespace).status.phase == "Failed",
-            30,
-            "the pod to fail",
-        )
-        status = core.read_namespaced_pod("diverges", namespace).status
-        terminated = status.container_statuses[0].state.terminated
-        assert terminated.exit_code == 3
-        assert terminated.reason == "Error"
-        assert terminated.message == "trial 7 diverged: loss is NaN\n"
-        assert not os.path.exists("/dev/termination-log") or (
-            Path("/dev/termination-log").read_text() == ""
-        ), "the message went to the pod's own file, not the host's"
-
-
-def test_executor_resolves_env_and_kills_the_process_on_deletion(
-    control_plane: ControlPlane,
-    namespace: str,
-    simulated_cluster: Callable[..., list[str]],
-    pod_executor: PodExecutor,
-) -> None:
-    (node,) = simulated_cluster([NodeGroup(count=1)])
-    script = (
-        'echo "url=$DB_URL mode=$MODE pod=$POD_NAME ns=$POD_NAMESPACE study=$(STUDY)"; '
-        "trap 'echo got SIGTERM; exit 0' TERM; while :; do sleep 0.1; done"
-    )
-    with control_plane.api_client() as client:
-        core = k8s.client.CoreV1Api(client)
-        core.create_namespaced_secret(
-            namespace, {"metadata": {"name": "db"}, "stringData": {"url": "postgresql://db/x"}}
-        )
-        core.create_namespaced_config_map(
-            namespace, {"metadata": {"name": "settings"}, "data": {"mode": "fast"}}
-        )
-        env = [
-            {"name": "DB_URL", "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}}},
-            {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {
-                "name": "POD_NAMESPACE",
-                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-            },
-            {"name": "STUDY", "value": "digits-$(MODE)"},
-        ]
-        body = executed_pod("runner", node, script, restartPolicy="Always")
-        body["spec"]["containers"][0]["env"] = env
-        core.create_namespaced_pod(namespace, body)
-        wait_until(
-            lambda: core.read_namespaced_pod("runner", namespace).status.phase == "Running",
-            30,
-            "the pod to run",
-        )
-        expected = f"url=postgresql://db/x mode=fast pod=runner ns={namespace} study=digits-fast"
-        wait_until(lambda: expected in pod_executor.logs(namespace, "runner"), 30, "the output")
-        pids = pod_executor.pids
-        assert pids
-
-        core.delete_namespaced_pod("runner", namespace, grace_period_seconds=10)
-
-        def gone() -> bool:
-            try:
-                core.read_namespaced_pod("runner", namespace)
-            except ApiException as error:
-                return bool(error.status == 404)
-            return False
-
-        wait_until(gone, 20, "the pod to be deleted")
-        assert "got SIGTERM" in pod_executor.logs(namespace, "runner")
-        assert process_groups_alive(set(pids)) == []
-
-
-# --- Helm -----------------------------------------------------------------------------------
 
 
 def test_helm_lint_and_template(control_plane: ControlPlane, tmp_path: Path) -> None:

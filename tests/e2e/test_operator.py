@@ -1,14 +1,14 @@
 """End-to-end: the operator against a real API server, scheduler and simulated GPU/MIG nodes.
 
-Runner pods of CPU studies are executed for real (``kubetune runner`` against the tests'
-PostgreSQL) by the session's pod executor; pods of GPU studies are only scheduled (kwok plays
-their kubelet), which is what MIG-aware sizing needs to prove.
+The operator runs in this process (kopf's KopfRunner); kwok plays the kubelet of the simulated
+nodes, so runner pods are scheduled but never run, which is what MIG-aware sizing, admission and
+the operator's reactions to pod states need. Studies whose pods really run are in the real-node
+modules (``test_real_node.py``, ``test_node_lifecycle.py``).
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,25 +18,17 @@ import yaml
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
     CRD_FILE,
-    EXAMPLES,
     StudyClient,
-    finished_trials,
     load_example,
     operator_env,
     run_operator,
     small_cpu_study,
     wait_until,
 )
-from tests.e2e.pod_executor import PodExecutor
 from tests.e2e.simulated_cluster import NodeGroup
-from trial_runner.spec import SpecError, parse_quantity, study_from_mapping
+from trial_runner.spec import SpecError, study_from_mapping
 
 pytestmark = pytest.mark.e2e
-
-STUDY_TIMEOUT = 300.0
-# The example as written (24 trials, 3 folds) takes about 90 s on 2 idle cores; the bound is
-# for a loaded machine.
-EXAMPLE_TIMEOUT = 900.0
 
 
 @pytest.fixture(scope="session")
@@ -62,22 +54,6 @@ def cpu_nodes(simulated_cluster: Callable[..., list[str]]) -> list[str]:
     return simulated_cluster([NodeGroup(count=2, cpu="8", memory="32Gi")])
 
 
-@pytest.fixture
-def executing_operator(
-    control_plane: ControlPlane,
-    namespace: str,
-    studies: StudyClient,
-    pod_executor: PodExecutor,
-    postgres_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[[], Any]]:
-    """``start()`` runs the operator (a context manager); runner pods execute for real."""
-    for key, value in operator_env(control_plane, execute=True, storage_url=postgres_url).items():
-        monkeypatch.setenv(key, value)
-    yield lambda: run_operator(namespace)
-    _delete_studies(studies)
-
-
 def _delete_studies(studies: StudyClient) -> None:
     # Whatever a test left behind must not hold the namespace with a finalizer no one handles.
     studies.kubectl("delete", "hpostudies", "--all", "--wait=false", check=False)
@@ -93,84 +69,6 @@ def _delete_studies(studies: StudyClient) -> None:
         )
 
 
-def _runner_names(studies: StudyClient, name: str) -> dict[str, str]:
-    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in studies.pods(name)}
-
-
-def _trials_done(studies: StudyClient, name: str) -> int:
-    status = (studies.study(name) or {}).get("status") or {}
-    trials = status.get("trials") or {}
-    return int(trials.get("complete", 0)) + int(trials.get("pruned", 0))
-
-
-def _stored_finished(postgres_url: str, optuna_name: str) -> int:
-    """Finished trials as the storage has them (not as the operator reports them)."""
-    counts = finished_trials(postgres_url, optuna_name)
-    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-
-
-def _assert_exact_budget(postgres_url: str, namespace: str, name: str, budget: int) -> None:
-    counts = finished_trials(postgres_url, f"{namespace}.{name}")
-    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == budget, counts
-    assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0, counts
-
-
-# --------------------------------------------------------------------------- the CPU example
-
-
-def test_cpu_example_runs_to_success(
-    studies: StudyClient, cpu_nodes: list[str], executing_operator: Any, postgres_url: str
-) -> None:
-    example = load_example("digits-cpu.yaml")
-    name = example["metadata"]["name"]
-    budget = example["spec"]["budget"]["maxTrials"]
-    with executing_operator():
-        studies.kubectl("apply", "-f", str(EXAMPLES / "digits-cpu.yaml"))
-        pods = wait_until(
-            lambda: len(studies.pods(name)) == 2 and studies.pods(name),
-            60,
-            "two runner pods",
-            diagnose=studies.diagnose,
-        )
-        assert {p["metadata"]["name"] for p in pods} == {f"{name}-runner-0", f"{name}-runner-1"}
-        assert {p["spec"]["nodeName"] for p in pods} <= set(cpu_nodes)
-        memory = example["spec"]["resources"]["memory"]
-        assert all(
-            p["spec"]["containers"][0]["resources"]["limits"]["memory"] == memory for p in pods
-        )
-        wait_until(
-            lambda: _trials_done(studies, name) > 0,
-            STUDY_TIMEOUT,
-            "a finished trial",
-            diagnose=studies.diagnose,
-        )
-        table = studies.kubectl("get", "hpostudies").stdout
-        assert "TRIALS" in table and "BEST" in table and name in table
-        assert f"/{budget}" in table
-        studies.wait_condition(name, "Succeeded", "True", EXAMPLE_TIMEOUT, reason="BudgetSpent")
-        wait_until(
-            lambda: not studies.pods(name), 60, "runner pods gone", diagnose=studies.diagnose
-        )
-
-    study = studies.study(name)
-    assert study is not None
-    status = study["status"]
-    assert status["trialsSummary"] == f"{budget}/{budget}"
-    assert status["observedGeneration"] == study["metadata"]["generation"]
-    assert float(status["best"]["value"]) > 0.5
-    assert set(status["best"]["params"]) == {p["name"] for p in example["spec"]["searchSpace"]}
-    assert status["completionTime"] and status["startTime"]
-    best = studies.configmap(f"{name}-best")
-    assert best is not None and best["trial"] == str(status["best"]["trial"])
-    assert float(best["value"]) == pytest.approx(float(status["best"]["value"]), rel=1e-4)
-    _assert_exact_budget(postgres_url, studies.namespace, name, budget)
-    final = studies.kubectl("get", "hpostudies", name).stdout
-    assert "Succeeded" in final and f"{budget}/{budget}" in final
-
-
-# --------------------------------------------------------------------------- MIG sizing
-
-
 @pytest.fixture
 def scheduling_operator(
     control_plane: ControlPlane,
@@ -179,8 +77,8 @@ def scheduling_operator(
     postgres_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[[], Any]]:
-    """The operator without the execute label: kwok plays the runner pods' kubelet."""
-    for key, value in operator_env(control_plane, execute=False, storage_url=postgres_url).items():
+    """The operator in this process; kwok plays the runner pods' kubelet."""
+    for key, value in operator_env(control_plane, storage_url=postgres_url).items():
         monkeypatch.setenv(key, value)
     yield lambda: run_operator(namespace)
     _delete_studies(studies)
@@ -411,168 +309,6 @@ def test_valid_spec_is_accepted_and_objective_is_immutable(studies: StudyClient)
 
 
 # --------------------------------------------------------------------------- failures and restarts
-
-
-def test_deleted_runner_pod_is_replaced_parallelism_edit_applies_and_budget_is_exact(
-    studies: StudyClient, cpu_nodes: list[str], executing_operator: Any, postgres_url: str
-) -> None:
-    name, budget = "replace", 6
-    with executing_operator():
-        studies.apply(small_cpu_study(name, max_trials=budget, epochs=60))
-        wait_until(
-            lambda: (
-                _trials_done(studies, name) >= 1
-                and len([p for p in studies.pods(name) if p["status"].get("phase") == "Running"])
-                == 2
-            ),
-            STUDY_TIMEOUT,
-            "a finished trial with two runners running",
-            diagnose=studies.diagnose,
-        )
-        before = _runner_names(studies, name)
-        studies.kubectl("delete", "pod", f"{name}-runner-0", "--wait=false")
-        wait_until(
-            lambda: (
-                _runner_names(studies, name).get(f"{name}-runner-0")
-                not in (None, before[f"{name}-runner-0"])
-            ),
-            90,
-            "a new runner-0",
-            diagnose=studies.diagnose,
-        )
-        # Lowering parallelism takes effect live: runner-1 goes, the study goes on.
-        studies.kubectl(
-            "patch",
-            "hpostudy",
-            name,
-            "--type=merge",
-            "-p",
-            '{"spec":{"resources":{"parallelism":1}}}',
-        )
-        wait_until(
-            lambda: set(_runner_names(studies, name)) <= {f"{name}-runner-0"},
-            60,
-            "runner-1 removed",
-            diagnose=studies.diagnose,
-        )
-        studies.wait_condition(name, "Succeeded", "True", STUDY_TIMEOUT)
-    _assert_exact_budget(postgres_url, studies.namespace, name, budget)
-
-
-def test_operator_restart_mid_study_creates_no_duplicates(
-    studies: StudyClient, cpu_nodes: list[str], executing_operator: Any, postgres_url: str
-) -> None:
-    name, budget = "restart", 6
-    with executing_operator():
-        studies.apply(small_cpu_study(name, max_trials=budget, epochs=60))
-        wait_until(
-            lambda: len(studies.pods(name)) == 2, 60, "two runners", diagnose=studies.diagnose
-        )
-    before = _runner_names(studies, name)
-    # The operator is down; the runners keep working: trials finish without it.
-    optuna_name = f"{studies.namespace}.{name}"
-    down_at = _stored_finished(postgres_url, optuna_name)
-    wait_until(
-        lambda: _stored_finished(postgres_url, optuna_name) > down_at,
-        STUDY_TIMEOUT,
-        "a trial to finish while the operator is down",
-        diagnose=studies.diagnose,
-    )
-    with executing_operator():
-        # Several passes of the restarted operator: it reports a trial finished after it came back.
-        target = min(_stored_finished(postgres_url, optuna_name) + 1, budget)
-        wait_until(
-            lambda: _trials_done(studies, name) >= target,
-            STUDY_TIMEOUT,
-            "the restarted operator to report new trials",
-            diagnose=studies.diagnose,
-        )
-        after = _runner_names(studies, name)
-        assert set(after) <= {f"{name}-runner-0", f"{name}-runner-1"}
-        surviving = {n: uid for n, uid in after.items() if n in before}
-        assert surviving == {n: before[n] for n in surviving}, "running runners were replaced"
-        studies.wait_condition(name, "Succeeded", "True", STUDY_TIMEOUT)
-    _assert_exact_budget(postgres_url, studies.namespace, name, budget)
-
-
-def test_suspend_resume_and_live_budget_edit(
-    studies: StudyClient, cpu_nodes: list[str], executing_operator: Any, postgres_url: str
-) -> None:
-    name = "suspend"
-    study = small_cpu_study(name, max_trials=4, epochs=60)
-    # No stated memory: the operator runs the estimate pod and sizes CPU memory from it.
-    del study["spec"]["resources"]["memory"]
-    with executing_operator():
-        studies.apply(study)
-        wait_until(
-            lambda: _trials_done(studies, name) >= 1,
-            STUDY_TIMEOUT,
-            "a finished trial",
-            diagnose=studies.diagnose,
-        )
-        sizing = studies.study(name)["status"]["sizing"]  # type: ignore[index]
-        assert sizing["method"] in ("FakeTensor", "Analytic", "Probe"), sizing
-        assert sizing["resource"] == "memory" and sizing["peakBytes"] > 0
-        memory = {
-            p["spec"]["containers"][0]["resources"]["limits"]["memory"] for p in studies.pods(name)
-        }
-        assert memory == {sizing["quantity"]}
-        # Room for the runner process itself (torch alone is ~640 MiB), not just the tensors.
-        assert parse_quantity(sizing["quantity"]) >= 2**30 + sizing["peakBytes"]
-        assert studies.pods(name, "memory-estimate") == []
-
-        studies.kubectl(
-            "patch", "hpostudy", name, "--type=merge", "-p", '{"spec":{"suspend":true}}'
-        )
-        studies.wait_condition(name, "Suspended", "True", 30)
-        wait_until(lambda: not studies.pods(name), 60, "runners drained", diagnose=studies.diagnose)
-        # Nothing runs while suspended: the storage (the truth) does not move.
-        frozen = finished_trials(postgres_url, f"{studies.namespace}.{name}")
-        assert frozen.get("RUNNING", 0) == 0, frozen
-        time.sleep(3)  # "nothing happens" has no condition to wait for
-        assert finished_trials(postgres_url, f"{studies.namespace}.{name}") == frozen
-        assert studies.condition(name, "Succeeded").get("status") != "True"
-
-        # Resume with a larger budget: the same study continues to the new budget.
-        studies.kubectl(
-            "patch",
-            "hpostudy",
-            name,
-            "--type=merge",
-            "-p",
-            '{"spec":{"suspend":false,"budget":{"maxTrials":6}}}',
-        )
-        studies.wait_condition(name, "Suspended", "False", 30, reason="Resumed")
-        wait_until(lambda: studies.pods(name), 60, "runners back", diagnose=studies.diagnose)
-        studies.wait_condition(name, "Succeeded", "True", STUDY_TIMEOUT)
-        assert studies.study(name)["status"]["trialsSummary"] == "6/6"  # type: ignore[index]
-    _assert_exact_budget(postgres_url, studies.namespace, name, 6)
-
-
-def test_deletion_removes_runners_and_keeps_or_deletes_the_optuna_study(
-    studies: StudyClient, cpu_nodes: list[str], executing_operator: Any, postgres_url: str
-) -> None:
-    kept = small_cpu_study("kept", max_trials=50)
-    dropped = small_cpu_study("dropped", max_trials=50, parallelism=1)
-    dropped["spec"]["storage"] = {"deletionPolicy": "Delete"}
-    with executing_operator():
-        studies.apply(kept)
-        studies.apply(dropped)
-        wait_until(
-            lambda: studies.pods("kept") and studies.pods("dropped"),
-            60,
-            "runners",
-            diagnose=studies.diagnose,
-        )
-        study = studies.study("kept")
-        assert study is not None and "kubetune.dev/finalizer" in study["metadata"]["finalizers"]
-        studies.kubectl("delete", "hpostudy", "kept", "dropped", "--timeout=90s")
-        assert studies.pods("kept") == [] and studies.pods("dropped") == []
-        assert studies.study("kept") is None
-    # Retain (the default): the Optuna study and its trials are still in the storage.
-    assert finished_trials(postgres_url, f"{studies.namespace}.kept") is not None
-    with pytest.raises(KeyError):
-        finished_trials(postgres_url, f"{studies.namespace}.dropped")
 
 
 def test_missing_storage_secret_is_reported_then_recovered(

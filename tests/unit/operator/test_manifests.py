@@ -114,7 +114,7 @@ def test_runner_meets_the_restricted_pod_security_standard() -> None:
 def test_operator_settings_reach_the_pod() -> None:
     config = OperatorConfig.from_env(
         {
-            "KUBETUNE_RUNNER_EXTRA_LABELS": "kubetune.dev/test-execute=true",
+            "KUBETUNE_RUNNER_EXTRA_LABELS": "team=vision",
             "KUBETUNE_RUNNER_EXTRA_ENV": "KUBETUNE_HEARTBEAT_INTERVAL=2",
             "KUBETUNE_RUNNER_UID": "1000",
             "KUBETUNE_GRACE_PERIOD": "15",
@@ -122,7 +122,7 @@ def test_operator_settings_reach_the_pod() -> None:
         }
     )
     pod = _runner(config=config, task={"entrypoint": "trial_runner.tasks.digits:DigitsMLP"})
-    assert pod["metadata"]["labels"]["kubetune.dev/test-execute"] == "true"
+    assert pod["metadata"]["labels"]["team"] == "vision"
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["KUBETUNE_HEARTBEAT_INTERVAL"] == "2"
     assert pod["spec"]["securityContext"]["runAsUser"] == 1000
