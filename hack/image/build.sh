@@ -99,6 +99,7 @@ if [[ "${mode}" == check ]]; then
 fi
 if [[ -f "${archive}" && -f "${pause_archive}" ]]; then
   log "cached: ${test_image} (${archive}), ${pause_image}"
+  touch "${archive}" "${pause_archive}" # used: kept by the pruning below
   [[ "${mode}" == print ]] && echo "${result}"
   exit 0
 fi
@@ -127,7 +128,7 @@ started=${SECONDS}
 if ! has_image "${base_image}"; then
   if [[ ! -f "${base_tar}" ]]; then
     log "python base: mmdebstrap bookworm from ${mirror} (about a minute)"
-    nice -n "${nice_level}" mmdebstrap --quiet --variant=minbase --mode=root \
+    nice -n "${nice_level}" mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
       --include=python3,python3-venv,python-is-python3,ca-certificates \
       bookworm "${base_tar}.tmp" "${mirror}"
     mv "${base_tar}.tmp" "${base_tar}"
@@ -200,22 +201,39 @@ if [[ ! -f "${pause_archive}" ]]; then
   rm -f "${pause_bin}"
 fi
 
-# Prune what no current key names: older base tarballs, images, test images and archives.
-for file in "${root}"/python-base-*.tar "${root}"/kubetune-test-*.oci.tar "${root}"/pause-*.oci.tar; do
-  case "${file}" in "${base_tar}" | "${archive}" | "${pause_archive}") continue ;; esac
-  [[ -e "${file}" ]] || continue
-  log "pruning ${file}"
-  rm -f "${file}"
+# Prune: other checkouts (worktrees, CI's clone) build their own keys at the same time, so an
+# artefact goes once nothing has used it for 6 hours, and test archives beyond the 4 newest go.
+keep_images=("${base_image}" "${built_image}" "${test_image}" "${pause_image}")
+stale() { [[ -n "$(find "$1" -maxdepth 0 -mmin +360 2>/dev/null)" ]]; }
+mapfile -t archives < <(ls -t "${root}"/kubetune-test-*.oci.tar 2>/dev/null)
+for ((i = 0; i < ${#archives[@]}; i++)); do
+  file="${archives[i]}"
+  [[ "${file}" == "${archive}" ]] && continue
+  if ((i >= 4)) || stale "${file}"; then
+    log "pruning ${file}"
+    rm -f "${file}"
+  else
+    name="${file##*/kubetune-test-}"
+    keep_images+=("localhost/kubetune:test-${name%.oci.tar}")
+  fi
 done
-while read -r name; do
-  case "${name}" in
-    "${base_image}" | "${built_image}" | "${test_image}" | "${pause_image}") ;;
-    *)
-      log "pruning image ${name}"
-      bah rmi --force "${name}" >/dev/null || true
-      ;;
-  esac
-done < <(bah images --format '{{.Name}}:{{.Tag}}' 2>/dev/null | sort -u)
+for file in "${root}"/python-base-*.tar "${root}"/pause-*.oci.tar; do
+  case "${file}" in "${base_tar}" | "${pause_archive}") continue ;; esac
+  [[ -e "${file}" ]] && stale "${file}" || continue
+  log "pruning ${file}"
+  rm -rf "${file}"
+done
+while read -r name created; do
+  keep=0
+  for kept in "${keep_images[@]}"; do [[ "${name}" == "${kept}" ]] && keep=1; done
+  # A built image another checkout still uses is younger than 6 hours.
+  if ((keep == 0)) && (($(date +%s) - created > 21600)); then
+    log "pruning image ${name}"
+    bah rmi --force "${name}" >/dev/null || true
+  elif ((keep == 0)) && [[ "${name}" == localhost/kubetune:test-* ]]; then
+    bah rmi --force "${name}" >/dev/null || true
+  fi
+done < <(bah images --format '{{.Name}}:{{.Tag}} {{.CreatedAtRaw.Unix}}' 2>/dev/null | sort -u)
 bah rm --all >/dev/null 2>&1 || true
 rm -rf "${TMPDIR:?}"/*
 

@@ -341,6 +341,14 @@ def _ready(
         b.condition("Ready", False, "EstimateFailed", sizing.message)
         if b.entered("Ready", "EstimateFailed"):
             b.event("Warning", "EstimateFailed", sizing.message)
+    elif not isinstance(sizing, NoFit) and not _usable(b, sizing) and b.floor_raised():
+        # This pass raised the floor after an OOMKill; the next one sizes against it.
+        b.condition(
+            "Ready",
+            False,
+            "Resizing",
+            f"a runner ran out of memory; replacements get at least {format_bytes(b.floor)}",
+        )
     elif isinstance(sizing, NoFit) or not _usable(b, sizing):
         message = sizing.reason if isinstance(sizing, NoFit) else "no larger resource after OOM"
         b.condition("Ready", False, "NoFittingResource", message)

@@ -116,6 +116,11 @@ class PlanBuilder:
     def parallelism(self) -> int:
         return self.spec.resources.parallelism
 
+    def floor_raised(self) -> bool:
+        """Whether an OOMKilled runner raised the floor in this pass (the sizing this pass was
+        given was chosen against the old one)."""
+        return self.floor > (self.old_sizing.floor_bytes or 0)
+
     def condition(self, type_: str, value: bool, reason: str, message: str) -> None:
         self.conditions = set_condition(
             self.conditions, type_, value, reason, message, self.generation, self.now

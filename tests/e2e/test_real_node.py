@@ -233,7 +233,7 @@ def test_runners_given_too_little_memory_are_oom_killed_then_resized(
     study["spec"]["task"]["config"] = {"repeat": 600}
     for parameter in study["spec"]["searchSpace"]:
         if parameter["name"] == "batch_size":
-            parameter["choices"] = [512]
+            parameter["choices"] = [4096]
     study["spec"]["resources"].update({"accelerator": "CPU", "memory": "256Mi"})
     watch = PodWatch(node_studies.plane, node_studies.namespace, name)
     try:
@@ -273,7 +273,10 @@ def test_deleted_runner_gets_sigterm_releases_its_trial_and_the_budget_stays_exa
         victim = f"{name}-runner-0"
 
         def running_trial() -> bool:
-            counts = trial_counts(node_database, node_studies, name)
+            try:
+                counts = trial_counts(node_database, node_studies, name)
+            except KeyError:  # the operator has not created the study yet
+                return False
             return counts.get("RUNNING", 0) >= 2
 
         wait_until(running_trial, STUDY_TIMEOUT, "both runners inside a trial",

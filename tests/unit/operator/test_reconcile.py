@@ -167,6 +167,9 @@ def test_oom_killed_runner_raises_the_floor_and_waits_for_larger_sizing() -> Non
     assert status(plan)["sizing"]["floorBytes"] == MIG1.memory_bytes + 1
     assert status(plan)["runners"]["failedPods"] == 0  # OOM is resized, not counted
     assert any(e.reason == "OOMKilled" and e.type == "Warning" for e in plan.events)
+    # The sizing this pass got predates the new floor: resizing, not "nothing fits".
+    assert condition(plan, "Ready")["reason"] == "Resizing"
+    assert not any(e.reason == "NoFittingResource" for e in plan.events)
     # Next pass: the handler sized with the floor; the replacement gets the larger slice.
     again = run([runner(1)], make_progress(running=1), plan.status, sizing=MIG2)
     assert [(a.index, a.sizing.resource) for a in again.actions if isinstance(a, CreateRunner)] == [
