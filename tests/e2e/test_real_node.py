@@ -266,7 +266,6 @@ def test_deleted_runner_gets_sigterm_releases_its_trial_and_the_budget_stays_exa
     study = on_node(
         small_cpu_study(name, max_trials=4, parallelism=2, epochs=60), test_images.image
     )
-    study["spec"]["task"]["config"] = {"repeat": 4}
     watch = PodWatch(node_studies.plane, node_studies.namespace, name)
     try:
         node_studies.apply(study)
