@@ -11,7 +11,6 @@ number (:func:`trial_runner.spec.best_first_key`), so every reader lists the fro
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,13 +37,13 @@ def pareto_front(
     trials: Sequence[FrozenTrial], directions: Sequence[str]
 ) -> tuple[FrontTrial, ...]:
     """The complete trials no other complete trial dominates, in the module's order."""
+    # Optuna keeps NaN out of complete trials (it fails them).
     scored = [
         t
         for t in trials
         if t.state == TrialState.COMPLETE
         and t.values is not None
         and len(t.values) == len(directions)
-        and not any(math.isnan(v) for v in t.values)
     ]
     optuna_directions = [
         StudyDirection.MAXIMIZE if d == "Maximize" else StudyDirection.MINIMIZE for d in directions
