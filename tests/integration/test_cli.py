@@ -14,22 +14,11 @@ import pytest
 import yaml
 
 from tests.helpers import wait_until
-from tests.integration.conftest import digits_study, runner_env
+from tests.integration.conftest import digits_study, kubetune, runner_env
 from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, WORKER_ATTR
 from trial_runner.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def kubetune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trial_runner.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=runner_env(),
-        timeout=timeout,
-    )
 
 
 def test_readme_main_command_on_a_tiny_budget(tmp_path: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 import yaml
 from optuna.trial import TrialState
 
-from tests.integration.conftest import digits_study, start_runner
+from tests.integration.conftest import digits_study, kubetune, start_runner
 from tests.integration.test_shared_study import finish
 from trial_runner.contract import TELEMETRY_ATTR, WORKER_ATTR
 from trial_runner.spec import load_study
@@ -64,21 +62,8 @@ def test_two_runners_finish_exactly_the_budget_of_a_two_objective_study(
     assert {t.number for t in progress.pareto_front} == {t.number for t in study.best_trials}
 
     out = tmp_path / "front.yaml"
-    results = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trial_runner.cli",
-            "results",
-            str(path),
-            "--storage",
-            postgres_url,
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    results = kubetune(
+        "results", str(path), "--storage", postgres_url, "--output", str(out), timeout=120
     )
     assert results.returncode == 0, results.stderr
     assert "Pareto front" in results.stdout

@@ -3,8 +3,6 @@ runner processes, and a restart that raises the budget."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from tests.integration.conftest import digits_study, runner_env, start_runner
+from tests.integration.conftest import digits_study, kubetune, start_runner
 from tests.integration.test_shared_study import finish
 from trial_runner.contract import ORIGIN_ATTR
 from trial_runner.spec import StudySpec, load_study
@@ -85,27 +83,19 @@ def test_points_are_evaluated_exactly_once_with_two_runners_and_across_a_restart
 
     # A restart with a larger budget: `kubetune run` prepares the study again and its two
     # runners take the new trials; the points are not queued again.
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trial_runner.cli",
-            "run",
-            str(path),
-            "--storage",
-            postgres_url,
-            "--workers",
-            "2",
-            "--trials",
-            "7",
-            "--log-dir",
-            str(tmp_path / "logs"),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        env=runner_env(),
-        timeout=600,
+    logs = tmp_path / "logs"
+    run = kubetune(
+        "run",
+        str(path),
+        "--storage",
+        postgres_url,
+        "--workers",
+        "2",
+        "--trials",
+        "7",
+        "--log-dir",
+        str(logs),
+        "--no-progress",
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "warm start: 3 of 3 point(s) queued" in run.stdout  # the record, not a new queue
