@@ -24,6 +24,7 @@ from trial_runner.contract import COMPONENT_ESTIMATE, STUDY_LABEL
 from trial_runner.progress import StudyProgress
 from trial_runner.spec import StudySpec
 from trial_runner.storage import ensure_study, open_storage, read_progress
+from trial_runner.warmstart import WarmStartReport, apply_warm_start
 
 __all__ = [
     "StorageMissing",
@@ -132,12 +133,14 @@ def sizing_input(
 
 
 class Storages:
-    """Open Optuna storages by URL, and the generation whose budget each study has written."""
+    """Open Optuna storages by URL, the generation whose budget each study has written, and
+    what each study's warm start did."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._storages: dict[str, BaseStorage] = {}
         self._ensured: dict[str, int] = {}
+        self._warm_starts: dict[str, WarmStartReport | None] = {}
 
     def get(self, url: str) -> BaseStorage:
         with self._guard:
@@ -149,21 +152,31 @@ class Storages:
             return storage
 
     def progress(
-        self, url: str, uid: str, generation: int, study_name: str, spec: StudySpec
-    ) -> StudyProgress:
-        """The study's progress; creates the study, or writes an edited budget, once per
-        generation."""
+        self,
+        url: str,
+        uid: str,
+        generation: int,
+        study_name: str,
+        spec: StudySpec,
+        warm_start_source: str | None = None,
+    ) -> tuple[StudyProgress, WarmStartReport | None]:
+        """The study's progress and what its warm start did; creates the study, or writes an
+        edited budget, and applies the warm start (once for good, see
+        :mod:`trial_runner.warmstart`), once per generation. ``warm_start_source`` is the
+        Optuna study ``spec.warmStart.fromStudy`` names."""
         storage = self.get(url)
         if self._ensured.get(uid) != generation:
             study = ensure_study(storage, study_name, spec)
+            self._warm_starts[uid] = apply_warm_start(study, spec, url, warm_start_source)
             self._ensured[uid] = generation
         else:
             study = optuna.load_study(study_name=study_name, storage=storage)
         fail_stale_trials(study)
-        return read_progress(study, spec)
+        return read_progress(study, spec), self._warm_starts.get(uid)
 
     def forget(self, uid: str) -> None:
         self._ensured.pop(uid, None)
+        self._warm_starts.pop(uid, None)
 
     def close(self) -> None:
         """Release the connections (tests start and stop the operator in one process)."""
@@ -173,3 +186,4 @@ class Storages:
                 engine.dispose()
         self._storages.clear()
         self._ensured.clear()
+        self._warm_starts.clear()

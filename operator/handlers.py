@@ -38,6 +38,7 @@ from hpo_operator.crd import GROUP, PLURAL, VERSION
 from hpo_operator.manifests import (
     best_configmap,
     estimate_pod,
+    front_configmap,
     optuna_study_name,
     runner_pod,
     spec_configmap,
@@ -51,6 +52,7 @@ from hpo_operator.reconcile import (
     Event,
     Plan,
     WriteBest,
+    WriteFront,
     decide,
 )
 from hpo_operator.sizing import NodeInfo, node_info
@@ -62,6 +64,7 @@ from trial_runner.contract import STUDY_KEY
 from trial_runner.progress import StudyProgress
 from trial_runner.spec import SpecError, StudySpec, validate_spec_mapping
 from trial_runner.storage import StorageError, redact
+from trial_runner.warmstart import WarmStartReport, source_study_name
 
 __all__ = ["close", "configure", "login", "on_change", "on_delete", "on_tick", "reconcile_study"]
 
@@ -255,7 +258,9 @@ def _plan(body: Mapping[str, Any], status: StudyStatus, logger: Logger) -> Plan:
     except SpecError as error:
         plan = _invalid_plan(status, generation, error, now)
     else:
-        progress, storage_error = _progress(core, body, spec, uid, generation, study_name)
+        progress, warm_start, storage_error = _progress(
+            core, body, spec, uid, generation, study_name
+        )
         if storage_error:
             logger.warning("study %s: storage unavailable: %s", study_name, storage_error)
         children = cluster.list_pods(core, _client, name, namespace)
@@ -269,6 +274,7 @@ def _plan(body: Mapping[str, Any], status: StudyStatus, logger: Logger) -> Plan:
             now,
             storage_error=storage_error,
             max_runner_failures=_config.max_runner_failures,
+            warm_start=warm_start,
         )
     plan.status.study_name = study_name
     return plan
@@ -276,16 +282,21 @@ def _plan(body: Mapping[str, Any], status: StudyStatus, logger: Logger) -> Plan:
 
 def _progress(
     core: Any, body: Mapping[str, Any], spec: StudySpec, uid: str, generation: int, name: str
-) -> tuple[StudyProgress | None, str | None]:
-    """The study's progress, or why the storage cannot be read (never with the URL in it)."""
+) -> tuple[StudyProgress | None, WarmStartReport | None, str | None]:
+    """The study's progress and its warm start's report, or why the storage cannot be read
+    (never with the URL in it)."""
+    namespace = body["metadata"]["namespace"]
+    # fromStudy.hpoStudy names an HPOStudy of this namespace, whose Optuna study is named so.
+    source = source_study_name(spec, partial(optuna_study_name, namespace))
     try:
         url, _secret_ref = _storage_url(core, body, spec)
         _ensure_spec_configmap(core, body, spec)
-        return _storages.progress(url, uid, generation, name, spec), None
+        progress, warm_start = _storages.progress(url, uid, generation, name, spec, source)
+        return progress, warm_start, None
     except (StorageError, cluster.StorageMissing) as error:
-        return None, str(error)
+        return None, None, str(error)
     except Exception as error:  # sqlalchemy/psycopg2 raise many kinds
-        return None, f"{type(error).__name__}: {_first_line(error)}"
+        return None, None, f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _list_nodes(core: Any) -> list[NodeInfo]:
@@ -384,8 +395,12 @@ def _apply(body: Mapping[str, Any], plan: Plan, logger: Logger) -> None:
         elif isinstance(action, CreateEstimatePod):
             pod = estimate_pod(body, spec, action.key, _config)
             cluster.create(partial(core.create_namespaced_pod, namespace, pod))
-        elif isinstance(action, WriteBest):
-            configmap = best_configmap(body, spec, action.value, action.params, action.trial)
+        elif isinstance(action, WriteBest | WriteFront):
+            configmap = (
+                best_configmap(body, spec, action.value, action.params, action.trial)
+                if isinstance(action, WriteBest)
+                else front_configmap(body, spec, action.front)
+            )
             cluster.create_or_replace(
                 partial(core.create_namespaced_config_map, namespace, configmap),
                 partial(

@@ -14,7 +14,7 @@ reads ``KUBETUNE_STUDY``, the same way ``kubetune runner`` reads it on a laptop)
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -40,6 +40,7 @@ from trial_runner.contract import (
     STUDY_LABEL,
     TERMINATION_LOG,
 )
+from trial_runner.pareto import FrontTrial, front_document
 from trial_runner.spec import API_VERSION, KIND, StudySpec
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "best_configmap_name",
     "estimate_pod",
     "estimate_pod_name",
+    "front_configmap",
     "optuna_study_name",
     "owner_reference",
     "runner_index",
@@ -172,8 +174,8 @@ def best_configmap(
             "params.json": json.dumps(dict(params), sort_keys=True),
             "value": repr(float(value)),
             "trial": str(trial),
-            "metric": spec.objective.metric,
-            "direction": spec.objective.direction,
+            "metric": spec.primary_objective.metric,
+            "direction": spec.primary_objective.direction,
         }
     )
     return {
@@ -181,6 +183,33 @@ def best_configmap(
         "kind": "ConfigMap",
         "metadata": _metadata(owner, best_configmap_name(meta["name"]), "best-params"),
         "data": data,
+    }
+
+
+#: Front trials the ConfigMap holds at most: a ConfigMap is limited to 1 MiB, and a front
+#: beyond this is sampled evenly along it (``size`` still counts every trial).
+FRONT_CONFIGMAP_LIMIT = 1000
+
+
+def front_configmap(
+    owner: Mapping[str, Any], spec: StudySpec, front: Sequence[FrontTrial]
+) -> dict[str, Any]:
+    """ConfigMap ``<study>-best`` of a study with several objectives: its Pareto front.
+
+    ``front.yaml`` is the document ``kubetune results --output`` writes under
+    ``paretoFront``: the objectives, the front's size, and each trial's number, value of each
+    objective by metric, and parameters (with their types).
+    """
+    meta = owner["metadata"]
+    document = front_document(front, spec.all_objectives, FRONT_CONFIGMAP_LIMIT)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, best_configmap_name(meta["name"]), "best-params"),
+        "data": {
+            "front.yaml": yaml.safe_dump(document, sort_keys=False),
+            "size": str(len(front)),
+        },
     }
 
 

@@ -3,7 +3,9 @@
 :class:`StudyStatus` is what :func:`hpo_operator.reconcile.decide` returns, and the CRD's
 status schema is generated from it (``hpo_operator.crd``), as the spec schema is generated from
 ``trial_runner.spec.StudySpec``. Status is observation only and bounded in size: counts and the
-best trial, never a list of every trial (Kubernetes API conventions).
+best trial, never a list of every trial (Kubernetes API conventions). A study with several
+objectives shows its Pareto front's size and at most :data:`FRONT_LIMIT` of its trials, the
+same ones on every pass.
 
 Only the fields a pass sets are written (:meth:`StudyStatus.to_api` leaves unset fields out),
 so a pass that cannot read the storage keeps the trial counts it cannot see; a field set to
@@ -21,9 +23,12 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "CONDITION_TYPES",
+    "FRONT_LIMIT",
     "MESSAGE_LIMIT",
     "BestTrial",
     "Condition",
+    "FrontTrial",
+    "ParetoFront",
     "RunnerCounts",
     "SizingStatus",
     "StageStatus",
@@ -34,7 +39,9 @@ __all__ = [
 ]
 
 #: Condition types, in the order they are listed.
-CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
+CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended", "WarmStarted")
+#: Trials of the Pareto front the status lists (the ConfigMap ``<study>-best`` has them all).
+FRONT_LIMIT = 10
 #: The longest condition message the CRD accepts.
 MESSAGE_LIMIT = 4096
 
@@ -52,7 +59,9 @@ def _int(description: str) -> Any:
 
 
 class Condition(_Status):
-    type: str = Field(max_length=64, description="Ready, Succeeded, Failed or Suspended.")
+    type: str = Field(
+        max_length=64, description="Ready, Succeeded, Failed, Suspended or WarmStarted."
+    )
     status: Literal["True", "False", "Unknown"]
     reason: str | None = Field(
         default=None, max_length=64, description="CamelCase reason of the last transition."
@@ -86,6 +95,34 @@ class BestTrial(_Status):
     trial: int | None = _int("Trial number.")
     params: dict[str, str] | None = Field(
         default=None, description="Parameters of the best trial, as text."
+    )
+
+
+class FrontTrial(_Status):
+    """One trial of the Pareto front."""
+
+    trial: int | None = _int("Trial number.")
+    values: dict[str, str] | None = Field(
+        default=None, description="Its value of each objective, by metric (as text)."
+    )
+    params: dict[str, str] | None = Field(default=None, description="Its parameters, as text.")
+
+
+class ParetoFront(_Status):
+    """The trials no other trial beats on every objective (studies with several objectives)."""
+
+    size: int | None = _int("Trials on the front.")
+    trials: list[FrontTrial] | None = Field(
+        default=None,
+        max_length=FRONT_LIMIT,
+        description="At most 10 of them: best by the first objective first, evenly spaced "
+        "along the front when it has more.",
+    )
+    digest: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Digest of the front's trial numbers; the <study>-best ConfigMap holds "
+        "this front.",
     )
 
 
@@ -139,6 +176,7 @@ class StudyStatus(_Status):
         default=None, description="Finished trials of the budget, e.g. 12/50."
     )
     best: BestTrial | None = None
+    pareto_front: ParetoFront | None = None
     stage: StageStatus | None = None
     runners: RunnerCounts | None = None
     runners_summary: str | None = Field(

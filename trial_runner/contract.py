@@ -27,7 +27,9 @@ __all__ = [
     "MANAGED_BY_LABEL",
     "MEMORY_ANNOTATION",
     "NAME_LABEL",
+    "ORIGIN_ATTR",
     "POD_NAME_ENV",
+    "PRIOR_ATTR",
     "RESOURCE_ANNOTATION",
     "STAGE_ATTR",
     "STARTED_ATTR",
@@ -38,6 +40,7 @@ __all__ = [
     "TELEMETRY_ATTR",
     "TERMINATION_LOG",
     "WAIT_SECONDS_ENV",
+    "WARM_START_ATTR",
     "WORKER_ATTR",
 ]
 
@@ -99,3 +102,10 @@ STAGE_ATTR = "kubetune.stage"
 WORKER_ATTR = "kubetune.worker"
 #: Trial: the engine's telemetry and the task's metrics (JSON).
 TELEMETRY_ATTR = "kubetune.telemetry"
+#: Study: the warm start applied to it (digest and report, JSON), so it is applied once.
+WARM_START_ATTR = "kubetune.warmStart"
+#: Trial: a complete trial copied from another study by a warm start (``"<study>#<number>"``);
+#: samplers learn from it, the budget, stages and best leave it out.
+PRIOR_ATTR = "kubetune.prior"
+#: Trial: why a warm start queued it (``"point <i>"`` or ``"<study>#<number>"``).
+ORIGIN_ATTR = "kubetune.origin"

@@ -10,6 +10,14 @@ Budget rules:
     * A FAIL trial that was retried (a WAITING/RUNNING/finished copy names it in
       ``retry_history``) is not counted as a failure: the retry stands in for it.
     * ``maxFailedTrials``, ``timeout``: once reached, nothing new is claimed.
+    * A trial with several objectives counts exactly like one with one.
+    * Trials added from another study by a warm start (``PRIOR_ATTR``) inform the sampler
+      only: they are not counted, belong to no stage and are never the best.
+
+Best: with one objective, the best complete trial (the first of equals). With several, the
+Pareto front (:mod:`trial_runner.pareto`); a stage's best, whose parameters later stages fix,
+is then the trial best by the first objective, ties broken by the next ones
+(:func:`trial_runner.spec.best_first_key`), which always lies on the stage's front.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from typing import Any, Literal
 
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import STAGE_ATTR
-from trial_runner.spec import is_better
+from trial_runner.contract import PRIOR_ATTR, STAGE_ATTR
+from trial_runner.pareto import FrontTrial, pareto_front
+from trial_runner.spec import best_first_key
 
 __all__ = [
     "BudgetState",
@@ -62,9 +71,14 @@ class StageSummary:
     complete: int
     pruned: int
     active: int  # running + waiting
-    best_value: float | None
+    best_value: float | None  # the first objective's value of the stage's best trial
     best_params: dict[str, Any] | None
     best_trial: int | None
+    best_values: tuple[float, ...] | None = None  # every objective's value of that trial
+
+    def __post_init__(self) -> None:
+        if self.best_values is None and self.best_value is not None:
+            object.__setattr__(self, "best_values", (self.best_value,))
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,8 @@ class StudyProgress:
     outcome: Outcome
     elapsed_seconds: float | None
     stage_best_params: tuple[dict[str, Any], ...] = field(default=())
+    #: Several objectives: the Pareto front (``best_*`` are then ``None``).
+    pareto_front: tuple[FrontTrial, ...] = ()
 
     @property
     def finished(self) -> int:
@@ -108,9 +124,13 @@ def _retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
 def summarize(
     trials: Sequence[FrozenTrial],
     budget: BudgetState,
-    direction: Literal["Maximize", "Minimize"],
+    directions: str | Sequence[str],
     elapsed_seconds: float | None = None,
 ) -> StudyProgress:
+    """Where the study stands; ``directions`` has one direction per objective (a single
+    direction for a study with one objective)."""
+    directions = (directions,) if isinstance(directions, str) else tuple(directions)
+    trials = [t for t in trials if PRIOR_ATTR not in t.user_attrs]
     retried = _retried_numbers(trials)
     counts = {s: 0 for s in TrialState}
     for t in trials:
@@ -122,7 +142,7 @@ def summarize(
     stage_rows: list[StageSummary] = []
     for index, quota in enumerate(quotas):
         mine = [t for t in trials if int(t.user_attrs.get(STAGE_ATTR, 0)) == index]
-        best = _best(mine, direction)
+        best = _best(mine, directions)
         stage_rows.append(
             StageSummary(
                 index=index,
@@ -130,9 +150,10 @@ def summarize(
                 complete=sum(t.state == TrialState.COMPLETE for t in mine),
                 pruned=sum(t.state == TrialState.PRUNED for t in mine),
                 active=sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in mine),
-                best_value=best.value if best else None,
+                best_value=best.values[0] if best else None,
                 best_params=dict(best.params) if best else None,
                 best_trial=best.number if best else None,
+                best_values=tuple(best.values) if best else None,
             )
         )
     current = len(quotas) - 1
@@ -141,7 +162,8 @@ def summarize(
             current = row.index
             break
 
-    best = _best(trials, direction)
+    single = len(directions) == 1
+    best = _best(trials, directions) if single else None
     claimed = (
         counts[TrialState.COMPLETE]
         + counts[TrialState.PRUNED]
@@ -169,23 +191,30 @@ def summarize(
         running=counts[TrialState.RUNNING],
         waiting=counts[TrialState.WAITING],
         max_trials=budget.max_trials,
-        best_value=best.value if best else None,
+        best_value=best.values[0] if best else None,
         best_params=dict(best.params) if best else None,
         best_trial=best.number if best else None,
         current_stage=current,
         stages=tuple(stage_rows),
         outcome=outcome,
         elapsed_seconds=elapsed_seconds,
+        pareto_front=() if single else pareto_front(trials, directions),
     )
 
 
-def _best(trials: Sequence[FrozenTrial], direction: str) -> FrozenTrial | None:
+def _best(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> FrozenTrial | None:
+    """The first complete trial best by the first objective, ties broken by the next ones."""
     best: FrozenTrial | None = None
+    best_key: tuple[float, ...] = ()
     for t in trials:
-        if t.state != TrialState.COMPLETE or t.value is None or math.isnan(t.value):
+        values = t.values
+        if t.state != TrialState.COMPLETE or values is None or len(values) != len(directions):
             continue
-        if best is None or is_better(direction, t.value, best.value):  # type: ignore[arg-type]
-            best = t
+        if any(math.isnan(v) for v in values):
+            continue
+        key = best_first_key(directions, values)
+        if best is None or key < best_key:
+            best, best_key = t, key
     return best
 
 
@@ -205,8 +234,9 @@ def plan_claim(progress: StudyProgress) -> Claim:
     if progress.outcome == "TimedOut":
         return Claim("Stop", reason="timeout reached")
     if progress.waiting > 0:
-        # A retried trial is waiting: run it (it keeps its own stage).
-        return Claim("Run", stage=progress.current_stage, reason="retry")
+        # A queued trial (a retry, or a warm start's point) is waiting: run it (it keeps its
+        # own stage).
+        return Claim("Run", stage=progress.current_stage, reason="queued trial")
     if progress.outcome == "BudgetSpent":
         if progress.running > 0:
             # Another runner may still die mid-trial; stay to pick up its retry.

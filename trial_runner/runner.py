@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from trial_runner.contract import (
 from trial_runner.engine import Engine
 from trial_runner.progress import Claim, StudyProgress, plan_claim
 from trial_runner.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
-from trial_runner.spec import HPOStudy, Objective
+from trial_runner.spec import HPOStudy, Objective, best_first_key
 from trial_runner.storage import MAX_RETRY, ClaimLock, open_storage, read_progress
 from trial_runner.task import load_task_class
 
@@ -115,7 +115,7 @@ def run_runner(
     pruner = build_pruner(spec)
     study.pruner = pruner
     checkpoint = (
-        BestCheckpoint(Path(spec.training.checkpoint.directory), spec.objective)
+        BestCheckpoint(Path(spec.training.checkpoint.directory), spec.primary_objective)
         if spec.training.checkpoint
         else None
     )
@@ -138,7 +138,7 @@ def run_runner(
                 lock.release()
                 stop.wait(WAIT_SECONDS)
                 continue
-            best_earlier = _best_params_before(progress, claim, spec.objective)
+            best_earlier = _best_params_before(progress, claim, spec.all_objectives)
             study.sampler = build_sampler(
                 spec.sampler,
                 seed_offset=len(study.get_trials(deepcopy=False)),
@@ -148,20 +148,25 @@ def run_runner(
 
             def objective(
                 trial: optuna.Trial, claim: Claim = claim, current: dict[str, Any] = current
-            ) -> float:
+            ) -> float | Sequence[float]:
                 current["number"] = trial.number
                 stage = int(trial.user_attrs.get(STAGE_ATTR, claim.stage))
                 trial.set_user_attr(STAGE_ATTR, stage)
                 trial.set_user_attr(WORKER_ATTR, me)
                 lock.release()  # the trial exists: other runners may claim now
                 params = suggest_all(trial, spec)
-                result = engine.run_trial(params, trial_number=trial.number, reporter=trial)
+                # Optuna prunes single-objective trials only; the spec allows no pruner with
+                # several objectives, so their trials report nothing.
+                reporter = None if spec.multi_objective else trial
+                result = engine.run_trial(params, trial_number=trial.number, reporter=reporter)
                 # One attribute, one storage write: the telemetry and the task's metrics.
                 trial.set_user_attr(TELEMETRY_ATTR, {**result.telemetry, "metrics": result.metrics})
                 if result.pruned:
                     raise optuna.TrialPruned(result.stop_reason)
                 if checkpoint is not None and result.model is not None:
                     checkpoint.offer(trial.number, result.value, result.model, params)
+                if spec.multi_objective:
+                    return [result.metrics[o.metric] for o in spec.all_objectives]
                 return result.value
 
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
@@ -180,15 +185,19 @@ def run_runner(
 
 
 def _best_params_before(
-    progress: StudyProgress, claim: Claim, objective: Objective
+    progress: StudyProgress, claim: Claim, objectives: Objective | Sequence[Objective]
 ) -> dict[str, Any] | None:
-    """Parameters of the best trial of the stages before the claimed one."""
-    best: tuple[float, dict[str, Any]] | None = None
+    """Parameters of the best trial of the stages before the claimed one (the first of
+    equals; with several objectives, best by the first objective, ties by the next)."""
+    listed = [objectives] if isinstance(objectives, Objective) else list(objectives)
+    directions = [o.direction for o in listed]
+    best: tuple[tuple[float, ...], dict[str, Any]] | None = None
     for row in progress.stages[: claim.stage]:
-        if row.best_value is None or row.best_params is None:
+        if row.best_values is None or row.best_params is None:
             continue
-        if best is None or objective.better(row.best_value, best[0]):
-            best = (row.best_value, row.best_params)
+        key = best_first_key(directions, row.best_values)
+        if best is None or key < best[0]:
+            best = (key, row.best_params)
     return best[1] if best else None
 
 

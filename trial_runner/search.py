@@ -36,13 +36,15 @@ from optuna.samplers import (
     BaseSampler,
     CmaEsSampler,
     GPSampler,
+    NSGAIIISampler,
+    NSGAIISampler,
     PartialFixedSampler,
     QMCSampler,
     RandomSampler,
     TPESampler,
 )
 
-from trial_runner.spec import Parameter, StudySpec
+from trial_runner.spec import Parameter, StudySpec, WarmStartPoint
 from trial_runner.spec import Pruner as PrunerSpec
 from trial_runner.spec import Sampler as SamplerSpec
 
@@ -52,7 +54,9 @@ __all__ = [
     "default_value",
     "distribution",
     "fixed_params_for_stage",
+    "in_distribution",
     "max_pruning_steps",
+    "point_params",
     "searched_names",
     "suggest_all",
 ]
@@ -69,6 +73,28 @@ def distribution(p: Parameter) -> BaseDistribution:
         step = int(p.step_value) if p.step_value is not None else 1
         return IntDistribution(int(p.low_value), int(p.high_value), log=log, step=step)
     return FloatDistribution(p.low_value, p.high_value, log=log, step=p.step_value)
+
+
+def in_distribution(dist: BaseDistribution, value: Any) -> tuple[bool, Any]:
+    """Whether ``value`` is a value of ``dist``, and the value as ``dist`` gives it out.
+
+    Optuna's own test, the one a trial applies to an enqueued value: the value converts to the
+    distribution's internal representation and lies inside it (bounds, step, choices). An Int
+    distribution gives an integral float back as an int.
+    """
+    try:
+        internal = dist.to_internal_repr(value)
+    except (ValueError, TypeError):
+        return False, None
+    if not dist._contains(internal):
+        return False, None
+    return True, dist.to_external_repr(internal)
+
+
+def point_params(spec: StudySpec, point: WarmStartPoint) -> dict[str, Any]:
+    """A validated warm-start point as trial parameters, each of its parameter's type."""
+    by_name = {p.name: p for p in spec.search_space}
+    return {given.name: by_name[given.name].typed(given.value) for given in point.params}
 
 
 def default_value(p: Parameter) -> Any:
@@ -129,6 +155,8 @@ def build_sampler(
     Runners build a sampler per trial under the study's claim lock. Offsetting the seed by the
     trial number makes runs reproducible with one runner and keeps several runners from
     drawing the same values. QMC keeps one seed: its sequence index is the trial number.
+    NSGA-II and NSGA-III keep their generations in the study's trials, so a sampler built per
+    trial continues them.
     """
     seed = None if sampler.seed is None else (sampler.seed + 7919 * seed_offset) % 2**31
     base: BaseSampler
@@ -154,6 +182,12 @@ def build_sampler(
         if sampler.n_startup_trials is not None:
             kwargs["n_startup_trials"] = sampler.n_startup_trials
         base = GPSampler(seed=seed, **kwargs)
+    elif sampler.type in ("NSGAII", "NSGAIII"):
+        genetic = NSGAIISampler if sampler.type == "NSGAII" else NSGAIIISampler
+        kwargs = {}
+        if sampler.population_size is not None:
+            kwargs["population_size"] = sampler.population_size
+        base = genetic(seed=seed, **kwargs)
     else:
         base = QMCSampler(seed=sampler.seed, warn_independent_sampling=False)
     if fixed:

@@ -22,9 +22,10 @@ import fcntl
 import hashlib
 import os
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from optuna.storages import (
@@ -34,6 +35,7 @@ from optuna.storages import (
     RetryHeartbeatStaleTrialCallback,
 )
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from trial_runner.contract import (
@@ -242,22 +244,44 @@ def read_budget(study: optuna.Study) -> BudgetState | None:
 
 
 def ensure_study(storage: BaseStorage, name: str, spec: StudySpec) -> optuna.Study:
-    """Create the study (or load it) and store the spec's budget as the live budget."""
-    direction: Literal["maximize", "minimize"] = (
-        "maximize" if spec.objective.direction == "Maximize" else "minimize"
-    )
+    """Create the study (or load it) and store the spec's budget as the live budget.
+
+    The objectives of an existing study cannot change: its trials were scored against them.
+    """
+    directions = [d.lower() for d in spec.directions]
     study = optuna.create_study(
-        storage=storage, study_name=name, direction=direction, load_if_exists=True
+        storage=storage,
+        study_name=name,
+        directions=[StudyDirection[d.upper()] for d in directions],
+        load_if_exists=True,
     )
-    existing = study.direction.name.lower()
-    if existing != direction:
+    existing = [d.name.lower() for d in study.directions]
+    if existing != directions and len(existing) == len(directions) == 1:
         raise SpecError(
             [
                 FieldError(
                     "spec.objective.direction",
                     f"study {name!r} already exists in the storage with direction "
-                    f"{existing.capitalize()}; the objective of a study cannot change "
+                    f"{existing[0].capitalize()}; the objective of a study cannot change "
                     "(use a new metadata.name)",
+                )
+            ]
+        )
+    metrics = [o.metric for o in spec.all_objectives]
+    if spec.multi_objective and study.metric_names is None and existing == directions:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metrics)
+    stored = study.metric_names
+    if existing != directions or (spec.multi_objective and stored != metrics):
+        field = "spec.objectives" if spec.multi_objective else "spec.objective"
+        raise SpecError(
+            [
+                FieldError(
+                    field,
+                    f"study {name!r} already exists in the storage with "
+                    f"{_describe_objectives(existing, stored)}; the objectives of a study "
+                    "cannot change (use a new metadata.name)",
                 )
             ]
         )
@@ -267,6 +291,14 @@ def ensure_study(storage: BaseStorage, name: str, spec: StudySpec) -> optuna.Stu
     if read_budget(study) != budget:
         write_budget(study, budget)
     return study
+
+
+def _describe_objectives(directions: list[str], metrics: list[str] | None) -> str:
+    if len(directions) == 1:
+        return f"one objective ({directions[0].capitalize()})"
+    names = metrics or ["?"] * len(directions)
+    listed = ", ".join(f"{m} ({d.capitalize()})" for m, d in zip(names, directions, strict=True))
+    return f"{len(directions)} objectives: {listed}"
 
 
 def elapsed_seconds(study: optuna.Study) -> float | None:
@@ -279,7 +311,7 @@ def elapsed_seconds(study: optuna.Study) -> float | None:
 def read_progress(study: optuna.Study, spec: StudySpec) -> StudyProgress:
     budget = read_budget(study) or budget_from_spec(spec)
     trials = study.get_trials(deepcopy=False)
-    return summarize(trials, budget, spec.objective.direction, elapsed_seconds(study))
+    return summarize(trials, budget, spec.directions, elapsed_seconds(study))
 
 
 def requeue_trials_of_worker(study: optuna.Study, worker: str) -> list[int]:

@@ -12,7 +12,9 @@ Contract:
       ``torch.utils.data.Dataset`` otherwise (served by one persistent DataLoader).
     * ``build_model`` must return a fresh, untrained module for the given parameters.
     * ``score`` gets the concatenated outputs and targets of a whole validation split and
-      returns named metrics; ``spec.objective.metric`` must be one of the names.
+      returns named metrics; ``model_metrics`` may add metrics of the trained model itself
+      (its size, its speed). ``spec.objective.metric`` (or each of ``spec.objectives``) must
+      be one of the names.
     * A task is used by one thread at a time.
 """
 
@@ -57,7 +59,8 @@ class TaskData:
 class Task:
     """Base class for user tasks. Override :meth:`load_data` and :meth:`build_model`."""
 
-    #: Metric names ``score`` returns, for validating ``spec.objective.metric`` early.
+    #: Metric names ``score`` and ``model_metrics`` return, for validating the objectives'
+    #: metrics early.
     metrics: tuple[str, ...] = ("accuracy",)
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -90,6 +93,12 @@ class Task:
         """Metrics over a whole validation split (default: accuracy for classification)."""
         predicted = outputs.argmax(dim=-1)
         return {"accuracy": float((predicted == targets).float().mean().item())}
+
+    def model_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Metrics of the trained model rather than of its predictions, such as its parameter
+        count, for objectives that trade accuracy against size; merged into ``score``'s after
+        each validation. Default: none."""
+        return {}
 
 
 def load_task_class(entrypoint: str) -> type[Task]:

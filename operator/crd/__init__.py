@@ -91,6 +91,12 @@ def crd() -> dict[str, Any]:
         _column("Pruned", ".status.trials.pruned", "integer"),
         _column("Failed", ".status.trials.failed", "integer"),
         _column("Best", ".status.best.value", description="Best objective value so far."),
+        _column(
+            "Front",
+            ".status.paretoFront.size",
+            "integer",
+            description="Trials on the Pareto front (studies with several objectives).",
+        ),
         _column("Runners", ".status.runnersSummary", description="Ready of desired runners."),
         _column("Age", ".metadata.creationTimestamp", "date"),
         _column("Stage", ".status.stage.current", "integer", priority=1),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trial_runner.spec import MAX_STUDY_NAME, NAME_PATTERN
+from trial_runner.spec import MAX_STUDY_NAME, MULTI_OBJECTIVE_SAMPLERS, NAME_PATTERN
 
 __all__ = ["CRD_ONLY_BOUNDS", "NAME_RULES", "PATH_EXTRAS", "PATH_RULES"]
 
@@ -23,6 +23,7 @@ CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
     # The model bounds string choices; int-or-string items carry no maxLength from the union.
     "searchSpace[].choices[]": {"maxLength": 253},
     "searchSpace[].default": {"maxLength": 253},
+    "warmStart.points[].params[].value": {"maxLength": 253},
 }
 
 # NUMBER_PATTERN without backslashes, so it can sit in a CEL string literal.
@@ -177,14 +178,121 @@ _STUDY_RULES: list[dict[str, str]] = [
     },
 ]
 
+# One objective or several; several rule out CMA-ES and pruning (Optuna supports neither).
+_OBJECTIVE_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!(has(self.objective) && has(self.objectives))",
+        "message": "mutually exclusive with spec.objective: give one objective, or a list of "
+        "several in objectives",
+        "fieldPath": ".objectives",
+    },
+    {
+        "rule": "has(self.objective) || has(self.objectives)",
+        "message": "required: one objective, or a list of several in spec.objectives",
+        "fieldPath": ".objective",
+    },
+    {
+        "rule": "has(self.objectives) == has(oldSelf.objectives)",
+        "message": "cannot switch between objective and objectives: the study's trials were "
+        "scored against them",
+        "fieldPath": ".objectives",
+    },
+    {
+        "rule": "!has(self.objectives) || !has(self.sampler) || self.sampler.type in "
+        f"{list(MULTI_OBJECTIVE_SAMPLERS)}",
+        "message": "this sampler cannot optimise several objectives; use one of "
+        f"{', '.join(MULTI_OBJECTIVE_SAMPLERS)}",
+        "fieldPath": ".sampler.type",
+    },
+    {
+        "rule": "!has(self.objectives) || !has(self.pruner) || self.pruner.type == 'Nop'",
+        "message": "must be Nop with several objectives: Optuna cannot prune a multi-objective "
+        "trial (a pruner compares one intermediate value)",
+        "fieldPath": ".pruner.type",
+    },
+    {
+        "rule": "!has(self.objectives) || !has(self.pruner) || !has(self.pruner.patience)",
+        "message": "not accepted with several objectives (nothing is pruned)",
+        "fieldPath": ".pruner.patience",
+    },
+]
+
+# Points name searchSpace parameters of the first stage's groups; they and fromStudy.topK fit
+# in the budget. Their values are checked by the spec model only (kubetune validate, the
+# operator's InvalidSpec condition): a CEL rule over every value of every point exceeds the
+# API server's cost budget.
+_WARM_START_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!has(self.warmStart) || !has(self.warmStart.points) || "
+        "self.warmStart.points.all(pt, pt.params.all(v, "
+        "self.searchSpace.exists(p, p.name == v.name)))",
+        "message": "every parameter of a point must be a searchSpace parameter",
+        "fieldPath": ".warmStart.points",
+    },
+    {
+        "rule": "!has(self.warmStart) || !has(self.warmStart.points) || !has(self.stages) "
+        "|| size(self.stages) == 0 || self.warmStart.points.all(pt, pt.params.all(v, "
+        "self.searchSpace.all(p, p.name != v.name || p.group in self.stages[0].groups)))",
+        "message": "a point may set only parameters the first stage searches: points are "
+        "the first stage's first trials",
+        "fieldPath": ".warmStart.points",
+    },
+    {
+        "rule": "!has(self.warmStart) || ((has(self.warmStart.points) ? "
+        "size(self.warmStart.points) : 0) + (has(self.warmStart.fromStudy) "
+        "&& has(self.warmStart.fromStudy.topK) ? self.warmStart.fromStudy.topK : 0)) <= "
+        "(has(self.stages) && size(self.stages) > 0 && has(self.stages[0].trials) "
+        "&& self.stages[0].trials < self.budget.maxTrials ? self.stages[0].trials "
+        ": self.budget.maxTrials)",
+        "message": "points and fromStudy.topK must fit in budget.maxTrials (and in "
+        "stages[0].trials)",
+        "fieldPath": ".warmStart",
+    },
+]
+
 PATH_RULES: Mapping[str, list[dict[str, str]]] = {
-    "": _STUDY_RULES,
+    "": [*_STUDY_RULES, *_OBJECTIVE_RULES, *_WARM_START_RULES],
     "searchSpace[]": _PARAMETER_RULES,
     "objective": [
         {
             "rule": "self == oldSelf",
             "message": "is immutable: the study's trials were scored against it",
         }
+    ],
+    "objectives": [
+        {
+            "rule": "self == oldSelf",
+            "message": "is immutable: the study's trials were scored against them",
+        }
+    ],
+    "sampler": [
+        {
+            "rule": "!has(self.populationSize) || self.type in ['NSGAII', 'NSGAIII']",
+            "message": "only used by the NSGAII and NSGAIII samplers",
+            "fieldPath": ".populationSize",
+        }
+    ],
+    "warmStart": [
+        {
+            "rule": "has(self.points) || has(self.fromStudy)",
+            "message": "set points, fromStudy or both",
+        }
+    ],
+    "warmStart.fromStudy": [
+        {
+            "rule": "has(self.hpoStudy) != has(self.studyName)",
+            "message": "set exactly one of hpoStudy and studyName",
+        },
+        {
+            "rule": "self.mode != 'Reevaluate' || has(self.topK)",
+            "message": "required when mode is Reevaluate",
+            "fieldPath": ".topK",
+        },
+        {
+            "rule": "self.mode != 'AddTrials' || !has(self.topK)",
+            "message": "only used when mode is Reevaluate",
+            "fieldPath": ".topK",
+        },
     ],
     "resources": [
         {
@@ -252,6 +360,12 @@ NAME_RULES: list[dict[str, str]] = [
 
 PATH_EXTRAS: Mapping[str, Mapping[str, Any]] = {
     "searchSpace": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    # Lists of named items: the API server rejects a repeated metric or parameter name.
+    "objectives": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["metric"]},
+    "warmStart.points[].params": {
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+    },
     "task.config": {"x-kubernetes-preserve-unknown-fields": True},
     # A set: the API server rejects a repeated choice (semantic_errors: "must not repeat").
     "searchSpace[].choices": {"x-kubernetes-list-type": "set"},

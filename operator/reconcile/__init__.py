@@ -9,7 +9,9 @@ carries the plan out.
 
 The steps (:mod:`._decide`), in order:
     * storage unreadable: keep what runs, create nothing, ``Ready=False StorageUnavailable``;
-    * record the progress: trial counts, the best trial (its ConfigMap when it changed), stage;
+    * record the progress: trial counts, the best trial (its ConfigMap when it changed) or,
+      with several objectives, the Pareto front (bounded; its ConfigMap when it changed),
+      stage; the warm start's report as the ``WarmStarted`` condition;
     * the study is done (budget spent, timed out or too many failed trials, nothing in
       flight): ``Succeeded`` or ``Failed``, every pod deleted, ``completionTime`` set;
     * runner pods that ended are deleted; an OOMKilled runner raises the memory floor so
@@ -36,6 +38,7 @@ from hpo_operator.reconcile._plan import (
     Event,
     Plan,
     WriteBest,
+    WriteFront,
 )
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "Plan",
     "SizingInput",
     "WriteBest",
+    "WriteFront",
     "decide",
     "observe_pod",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from hpo_operator.reconcile._plan import (
     Plan,
     PlanBuilder,
     WriteBest,
+    WriteFront,
 )
 from hpo_operator.sizing import (
     NoFit,
@@ -24,7 +26,11 @@ from hpo_operator.sizing import (
     next_floor,
 )
 from hpo_operator.status import (
+    FRONT_LIMIT,
+    MESSAGE_LIMIT,
     BestTrial,
+    FrontTrial,
+    ParetoFront,
     SizingStatus,
     StageStatus,
     StudyStatus,
@@ -32,8 +38,10 @@ from hpo_operator.status import (
     timestamp,
 )
 
+from trial_runner.pareto import spread
 from trial_runner.progress import StudyProgress
 from trial_runner.spec import StudySpec
+from trial_runner.warmstart import WarmStartReport
 
 __all__ = ["SizingInput", "decide"]
 
@@ -51,6 +59,7 @@ def decide(
     *,
     storage_error: str | None = None,
     max_runner_failures: int = 5,
+    warm_start: WarmStartReport | None = None,
 ) -> Plan:
     """The plan for one study at one moment (see :mod:`hpo_operator.reconcile` for the rules).
 
@@ -65,11 +74,14 @@ def decide(
         storage_error: Why the storage cannot be read, when ``progress`` is ``None``.
         max_runner_failures: Failed runner pods (on top of the parallelism) after which the
             study is Failed; counted since the spec last changed.
+        warm_start: What the study's warm start did (``None``: it has none, or it is not
+            known in this pass).
     """
     b = PlanBuilder(spec, status, generation, now, children)
     if progress is None:
         return _storage_unavailable(b, storage_error)
     _record_progress(b, progress)
+    _record_warm_start(b, warm_start)
     if progress.done:
         return _finished(b, progress)
     b.status.completion_time = None
@@ -89,7 +101,7 @@ def decide(
 
 def _storage_unavailable(b: PlanBuilder, error: str | None) -> Plan:
     """Keep what runs and what is known; create nothing; say why."""
-    for name in ("trials", "best", "stage", "trials_summary"):
+    for name in ("trials", "best", "pareto_front", "stage", "trials_summary"):
         value = getattr(b.old, name)
         if value is not None:
             setattr(b.status, name, value)
@@ -116,19 +128,10 @@ def _record_progress(b: PlanBuilder, progress: StudyProgress) -> None:
     b.status.stage = StageStatus(
         current=progress.current_stage + 1, total=len(spec.stages) if spec.stages else 1
     )
-    best, value, params = progress.best_trial, progress.best_value, progress.best_params or {}
-    if best is not None and value is not None:
-        b.status.best = BestTrial(
-            value=_number(value), trial=best, params={k: _param(v) for k, v in params.items()}
-        )
-        if best != (b.old.best.trial if b.old.best is not None else None):
-            b.actions.append(WriteBest(value, dict(params), best))
-            b.event(
-                "Normal",
-                "NewBestTrial",
-                f"trial {best}: {spec.objective.metric}={_number(value)} "
-                f"with {_describe_params(params)}",
-            )
+    if spec.multi_objective:
+        _record_front(b, progress)
+    else:
+        _record_best(b, progress)
     old_stage = b.old.stage.current if b.old.stage is not None else None
     if spec.stages and old_stage is not None and old_stage != progress.current_stage + 1:
         b.event(
@@ -139,15 +142,82 @@ def _record_progress(b: PlanBuilder, progress: StudyProgress) -> None:
         )
 
 
+def _record_best(b: PlanBuilder, progress: StudyProgress) -> None:
+    """The best trial, and its ConfigMap and event when it changed."""
+    spec = b.spec
+    best, value, params = progress.best_trial, progress.best_value, progress.best_params or {}
+    if best is not None and value is not None:
+        b.status.best = BestTrial(
+            value=_number(value), trial=best, params={k: _param(v) for k, v in params.items()}
+        )
+        if best != (b.old.best.trial if b.old.best is not None else None):
+            b.actions.append(WriteBest(value, dict(params), best))
+            b.event(
+                "Normal",
+                "NewBestTrial",
+                f"trial {best}: {spec.primary_objective.metric}={_number(value)} "
+                f"with {_describe_params(params)}",
+            )
+
+
+def _record_front(b: PlanBuilder, progress: StudyProgress) -> None:
+    """The Pareto front's size and at most FRONT_LIMIT of its trials; the whole front to the
+    ConfigMap, and an event, when its trials changed."""
+    objectives = b.spec.all_objectives
+    front = progress.pareto_front
+    digest = _front_digest([t.number for t in front])
+    b.status.pareto_front = ParetoFront(
+        size=len(front),
+        digest=digest,
+        trials=[
+            FrontTrial(
+                trial=t.number,
+                values={o.metric: _number(v) for o, v in zip(objectives, t.values, strict=True)},
+                params={k: _param(v) for k, v in t.params.items()},
+            )
+            for t in spread(front, FRONT_LIMIT)
+        ],
+    )
+    old = b.old.pareto_front.digest if b.old.pareto_front is not None else None
+    if front and digest != old:
+        b.actions.append(WriteFront(front))
+        listed = ", ".join(str(t.number) for t in spread(front, FRONT_LIMIT))
+        more = " ..." if len(front) > FRONT_LIMIT else ""
+        b.event("Normal", "ParetoFrontChanged", f"{len(front)} trial(s): {listed}{more}")
+
+
+def _front_digest(numbers: Sequence[int]) -> str:
+    return hashlib.sha256(",".join(map(str, numbers)).encode()).hexdigest()[:16]
+
+
+def _record_warm_start(b: PlanBuilder, report: WarmStartReport | None) -> None:
+    """``WarmStarted``: what the warm start carried over and what it left out, by name."""
+    if report is None:
+        return
+    if report.source_missing:
+        reason = "SourceNotFound"
+    elif report.complete:
+        reason = "Applied"
+    else:
+        reason = "PartlyApplied"
+    message = report.summary()
+    b.condition("WarmStarted", True, reason, message)
+    old = b.old.condition("WarmStarted")
+    if old is None or old.reason != reason or old.message != message[:MESSAGE_LIMIT]:
+        b.event("Normal" if reason == "Applied" else "Warning", "WarmStarted", message)
+
+
 def _finished(b: PlanBuilder, progress: StudyProgress) -> Plan:
     """Succeeded or Failed for good: every pod deleted, ``completionTime`` set."""
-    metric = b.spec.objective.metric
+    metric = b.spec.primary_objective.metric
     summary = (
         f"{progress.finished} trials finished ({progress.complete} complete, "
         f"{progress.pruned} pruned, {progress.failed} failed)"
     )
     if progress.best_value is not None:
         summary += f"; best {metric}={_number(progress.best_value)} at trial {progress.best_trial}"
+    if progress.pareto_front:
+        summary += f"; Pareto front of {len(progress.pareto_front)} trial(s)"
     if progress.outcome == "TooManyFailures":
         b.condition("Failed", True, "TooManyFailedTrials", f"maxFailedTrials reached: {summary}")
         b.condition("Succeeded", False, "TooManyFailedTrials", "the study failed")

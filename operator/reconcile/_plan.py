@@ -18,6 +18,7 @@ from hpo_operator.status import (
 )
 
 from trial_runner.contract import COMPONENT_ESTIMATE, COMPONENT_RUNNER
+from trial_runner.pareto import FrontTrial
 from trial_runner.spec import StudySpec
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Plan",
     "PlanBuilder",
     "WriteBest",
+    "WriteFront",
 ]
 
 
@@ -56,7 +58,14 @@ class WriteBest:
     trial: int
 
 
-Action = CreateRunner | CreateEstimatePod | DeletePod | WriteBest
+@dataclass(frozen=True)
+class WriteFront:
+    """Write the Pareto front (every trial of it) to the ``<study>-best`` ConfigMap."""
+
+    front: tuple[FrontTrial, ...]
+
+
+Action = CreateRunner | CreateEstimatePod | DeletePod | WriteBest | WriteFront
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,82 @@ INVALID = [
 ]
 
 
+TWO_OBJECTIVES = [
+    {"metric": "accuracy", "direction": "Maximize"},
+    {"metric": "parameters", "direction": "Minimize"},
+]
+
+
+def _several(spec: dict[str, Any], **changes: Any) -> None:
+    """Two objectives instead of one, and ``changes`` on top."""
+    spec.pop("objective")
+    spec["objectives"] = copy.deepcopy(TWO_OBJECTIVES)
+    spec.update(changes)
+
+
+def _points(*points: dict[str, Any]) -> dict[str, Any]:
+    return {"points": [{"params": [{"name": k, "value": v} for k, v in p.items()]} for p in points]}
+
+
+INVALID += [
+    pytest.param(
+        lambda s: s.update(objectives=copy.deepcopy(TWO_OBJECTIVES)),
+        "spec.objectives",
+        "mutually exclusive with spec.objective",
+        id="objective-and-objectives",
+    ),
+    pytest.param(lambda s: s.pop("objective"), "spec.objective", "required", id="no-objective"),
+    pytest.param(
+        lambda s: _several(s, sampler={"type": "CMAES"}),
+        "spec.sampler.type",
+        "cannot optimise several objectives",
+        id="several-objectives-cmaes",
+    ),
+    pytest.param(
+        lambda s: _several(s, pruner={"type": "Median"}),
+        "spec.pruner.type",
+        "cannot prune a multi-objective trial",
+        id="several-objectives-pruner",
+    ),
+    pytest.param(
+        lambda s: _several(s, objectives=[TWO_OBJECTIVES[0], dict(TWO_OBJECTIVES[0])]),
+        "spec.objectives[1]",
+        "Duplicate value",
+        id="repeated-metric",
+    ),
+    pytest.param(
+        lambda s: s.update(sampler={"type": "TPE", "populationSize": 8}),
+        "spec.sampler.populationSize",
+        "only used by the NSGAII and NSGAIII samplers",
+        id="population-for-tpe",
+    ),
+    pytest.param(
+        lambda s: s.update(warmStart=_points({"learning_rat": "1e-3"})),
+        "spec.warmStart.points",
+        "must be a searchSpace parameter",
+        id="warm-start-unknown-parameter",
+    ),
+    pytest.param(
+        lambda s: s.update(warmStart=_points(*[{"learning_rate": "1e-3"}] * 7)),
+        "spec.warmStart",
+        "must fit in budget.maxTrials",
+        id="warm-start-beyond-budget",
+    ),
+    pytest.param(
+        lambda s: s.update(warmStart={"fromStudy": {"hpoStudy": "a", "studyName": "b"}}),
+        "spec.warmStart.fromStudy",
+        "exactly one of hpoStudy and studyName",
+        id="warm-start-two-sources",
+    ),
+    pytest.param(
+        lambda s: s.update(warmStart={"fromStudy": {"hpoStudy": "a", "mode": "Reevaluate"}}),
+        "spec.warmStart.fromStudy.topK",
+        "required when mode is Reevaluate",
+        id="reevaluate-without-top-k",
+    ),
+]
+
+
 @pytest.mark.parametrize(("mutate", "path", "message"), INVALID)
 def test_invalid_spec_is_rejected_at_apply_time_with_the_field(
     studies: StudyClient, mutate: Callable[[dict[str, Any]], None], path: str, message: str
@@ -292,6 +368,21 @@ def test_invalid_spec_is_rejected_at_apply_time_with_the_field(
     with pytest.raises(SpecError) as local:
         study_from_mapping(study)
     assert any(e.path.startswith(path) for e in local.value.errors), local.value.render()
+
+
+def test_objectives_are_immutable_and_cannot_replace_objective(studies: StudyClient) -> None:
+    study = _valid_study("pareto")
+    _several(study["spec"])
+    studies.apply(study)
+    study["spec"]["objectives"][1]["direction"] = "Maximize"
+    result = studies.apply(study, check=False)
+    assert result.returncode != 0
+    assert "spec.objectives" in result.stderr and "immutable" in result.stderr
+    single = _valid_study("pareto")
+    result = studies.apply(single, check=False)
+    assert result.returncode != 0
+    assert "cannot switch between objective and objectives" in result.stderr
+    studies.kubectl("delete", "hpostudy", "pareto")
 
 
 def test_valid_spec_is_accepted_and_objective_is_immutable(studies: StudyClient) -> None:

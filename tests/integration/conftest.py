@@ -63,6 +63,20 @@ def runner_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def kubetune(
+    *args: str, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """The ``kubetune`` command, run to completion with this interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "trial_runner.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=runner_env(),
+        timeout=timeout,
+    )
+
+
 def start_runner(
     study: Path, url: str, name: str, log: Path, **env: str
 ) -> subprocess.Popen[bytes]:

@@ -14,22 +14,11 @@ import pytest
 import yaml
 
 from tests.helpers import wait_until
-from tests.integration.conftest import digits_study, runner_env
-from trial_runner.contract import WORKER_ATTR
+from tests.integration.conftest import digits_study, kubetune, runner_env
+from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, WORKER_ATTR
 from trial_runner.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def kubetune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trial_runner.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=runner_env(),
-        timeout=timeout,
-    )
 
 
 def test_readme_main_command_on_a_tiny_budget(tmp_path: Path) -> None:
@@ -195,3 +184,67 @@ def test_bad_flags_exit_2(
     result = kubetune(args[0], str(path), *args[1:], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("kubetune: --")
+
+
+def test_pareto_example_as_written_on_a_tiny_budget(tmp_path: Path) -> None:
+    """`kubetune run examples/digits-pareto.yaml`, then `kubetune results --output`."""
+    example = REPO / "examples" / "digits-pareto.yaml"
+    run = kubetune("run", str(example), "--trials", "4", "--no-progress", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "done (BudgetSpent): trials 4/4" in run.stdout and "front " in run.stdout
+    assert "Pareto front: " in run.stdout and "parameters=" in run.stdout
+
+    out = tmp_path / "front.yaml"
+    results = kubetune("results", str(example), "--output", str(out), cwd=tmp_path)
+    assert results.returncode == 0, results.stderr
+    assert "Pareto front" in results.stdout and "accuracy (Maximize)" in results.stdout
+    document = yaml.safe_load(out.read_text())
+    front = document["paretoFront"]
+    assert [o["metric"] for o in front["objectives"]] == ["accuracy", "parameters"]
+    assert 1 <= front["size"] == len(front["trials"]) <= 4
+    assert document["trials"]["complete"] == 4
+    for trial in front["trials"]:
+        assert set(trial["values"]) == {"accuracy", "parameters"}
+        assert set(trial["params"]) == {"learning_rate", "batch_size", "hidden_size", "n_layers"}
+
+
+def test_warm_start_example_after_the_first_round(tmp_path: Path) -> None:
+    """The README's warm start: examples/digits-cpu.yaml, then digits-warm-start.yaml."""
+    first = kubetune(
+        "run",
+        str(REPO / "examples" / "digits-cpu.yaml"),
+        "--trials",
+        "3",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    example = REPO / "examples" / "digits-warm-start.yaml"
+    run = kubetune("run", str(example), "--trials", "3", "--no-progress", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith("warm start: ")]
+    assert len(lines) == 1, run.stdout
+    assert lines[0].startswith("warm start: 1 of 1 point(s) queued; ")
+    assert "of study 'digits-mlp' added as priors (3 complete there)" in lines[0]
+    assert "dropped: dropout" in lines[0]
+
+    storage = open_storage(f"journal:{tmp_path}/.kubetune/studies.journal")
+    source = optuna.load_study(study_name="digits-mlp", storage=storage)
+    study = optuna.load_study(study_name="digits-mlp-v2", storage=storage)
+    priors = [t for t in study.trials if PRIOR_ATTR in t.user_attrs]
+    own = [t for t in study.trials if PRIOR_ATTR not in t.user_attrs]
+    # Every complete source trial is either carried over or named as incompatible.
+    carried = {int(str(t.user_attrs[PRIOR_ATTR]).rsplit("#", 1)[1]) for t in priors}
+    complete = {t.number for t in source.trials if t.state.name == "COMPLETE"}
+    named = {n for n in complete - carried if f"trial {n}: " in lines[0]}
+    assert carried | named == complete and not carried & named
+    assert all(
+        1e-3 <= t.params["learning_rate"] <= 3e-2 and t.params["hidden_size"] % 64 == 0
+        for t in priors
+    )
+    # The point ran first, once; the budget counted the study's own trials only.
+    assert own[0].params["learning_rate"] == 5e-3 and own[0].params["hidden_size"] == 256
+    assert [t.user_attrs.get(ORIGIN_ATTR) for t in own].count("point 0") == 1
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in own) == 3
+    results = kubetune("results", str(example), cwd=tmp_path)
+    assert results.returncode == 0 and "warm-start priors" in results.stdout

@@ -37,6 +37,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{stages} stage(s), budget {spec.budget.max_trials} trials, sampler {spec.sampler.type}, "
         f"pruner {spec.pruner.type}"
     )
+    if spec.multi_objective:
+        listed = ", ".join(f"{o.metric} ({o.direction})" for o in spec.all_objectives)
+        print(f"  {len(spec.all_objectives)} objectives: {listed}")
+    ws = spec.warm_start
+    if ws is not None:
+        parts = [f"{len(ws.points)} point(s)"] if ws.points else []
+        if ws.from_study is not None:
+            source = ws.from_study.hpo_study or ws.from_study.study_name
+            top = f", top {ws.from_study.top_k}" if ws.from_study.top_k else ""
+            parts.append(f"from study {source!r} ({ws.from_study.mode}{top})")
+        print(f"  warm start: {', '.join(parts)}")
     return EXIT_OK
 
 

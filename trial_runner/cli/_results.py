@@ -1,16 +1,21 @@
-"""``kubetune results``: a study's summary, the best of each stage and per-trial telemetry."""
+"""``kubetune results``: a study's summary, the best of each stage (or the Pareto front) and
+per-trial telemetry."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
-from trial_runner.contract import TELEMETRY_ATTR
-from trial_runner.spec import load_study
+from trial_runner.contract import PRIOR_ATTR, TELEMETRY_ATTR
+from trial_runner.pareto import front_document
+from trial_runner.progress import StudyProgress
+from trial_runner.spec import StudySpec, best_first_key, load_study
 from trial_runner.storage import read_progress
+from trial_runner.warmstart import recorded_report
 
 __all__ = ["cmd_results"]
 
@@ -25,22 +30,32 @@ def cmd_results(args: argparse.Namespace) -> int:
     name = args.study_name or study_doc.name
     study = open_existing_study(url, name)
     progress = read_progress(study, spec)
+    trials = study.get_trials(deepcopy=False)
+    priors = sum(PRIOR_ATTR in t.user_attrs for t in trials)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # wide enough for the trials table in logs and pipes
     summary = Table(title=f"study {name}", show_header=False)
-    for label, value in [
+    rows: list[tuple[str, Any]] = [
         ("outcome", progress.outcome),
         ("finished", f"{progress.finished}/{progress.max_trials}"),
         ("complete", progress.complete),
         ("pruned", progress.pruned),
         ("failed", progress.failed),
         ("running", progress.running),
-        ("best value", fmt(progress.best_value)),
-        ("best trial", progress.best_trial),
-    ]:
+    ]
+    if spec.multi_objective:
+        rows.append(("Pareto front", f"{len(progress.pareto_front)} trial(s)"))
+    else:
+        rows += [("best value", fmt(progress.best_value)), ("best trial", progress.best_trial)]
+    if priors:
+        rows.append(("warm-start priors", f"{priors} trial(s) from another study, not counted"))
+    for label, value in rows:
         summary.add_row(label, str(value))
     console.print(summary)
+    warm_start = recorded_report(study)
+    if warm_start is not None:
+        console.print(warm_start.summary(), markup=False)
     if len(progress.stages) > 1:
         stages = Table(title="stages")
         for col in ("stage", "trials", "complete", "pruned", "best", "best params"):
@@ -51,28 +66,42 @@ def cmd_results(args: argparse.Namespace) -> int:
                 str(row.quota),
                 str(row.complete),
                 str(row.pruned),
-                fmt(row.best_value),
+                _values(row.best_values),
                 ", ".join(f"{k}={v}" for k, v in (row.best_params or {}).items()),
             )
         console.print(stages)
-    trials = Table(title=f"top {args.top} trials")
-    cols = ["#", "state", "value", "epochs", "folds", "micro×acc", "wall s", "overhead s"]
-    cols += ["peak MiB", "precision", "stop"]
+    if spec.multi_objective:
+        front = Table(title=f"Pareto front ({len(progress.pareto_front)} trials)")
+        front.add_column("#")
+        for objective in spec.all_objectives:
+            front.add_column(f"{objective.metric} ({objective.direction})")
+        front.add_column("params")
+        for t in progress.pareto_front:
+            params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+            front.add_row(str(t.number), *(fmt(v) for v in t.values), params)
+        console.print(front)
+    table = Table(title=f"top {args.top} trials")
+    cols = ["#", "state", "values" if spec.multi_objective else "value", "epochs", "folds"]
+    cols += ["micro×acc", "wall s", "overhead s", "peak MiB", "precision", "stop"]
     for col in cols:
-        trials.add_column(col)
+        table.add_column(col)
     from optuna.trial import TrialState
 
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    finished = [t for t in trials if t.state.is_finished() and PRIOR_ATTR not in t.user_attrs]
+    directions = spec.directions
     ranked = sorted(
         finished,
-        key=lambda t: (t.state != TrialState.COMPLETE, spec.objective.best_first(t.value or 0)),
+        key=lambda t: (
+            t.state != TrialState.COMPLETE,
+            best_first_key(directions, t.values or [0.0] * len(directions)),
+        ),
     )
     for t in ranked[: args.top]:
         a = t.user_attrs.get(TELEMETRY_ATTR) or {}
-        trials.add_row(
+        table.add_row(
             str(t.number),
             t.state.name,
-            fmt(t.value),
+            _values(t.values),
             str(a.get("epochs_run", "-")),
             str(a.get("folds_run", "-")),
             f"{a.get('micro_batch', '-')}×{a.get('accumulation_steps', '-')}",
@@ -82,31 +111,48 @@ def cmd_results(args: argparse.Namespace) -> int:
             str(a.get("precision", "-")),
             str(a.get("stop_reason", "-")),
         )
-    console.print(trials)
+    console.print(table)
     if args.output:
-        out = {
-            "study": name,
-            "outcome": progress.outcome,
-            "bestValue": progress.best_value,
-            "bestParams": progress.best_params,
-            "bestTrial": progress.best_trial,
-            "trials": {
-                "complete": progress.complete,
-                "pruned": progress.pruned,
-                "failed": progress.failed,
-                "running": progress.running,
-                "budget": progress.max_trials,
-            },
-            "stages": [
-                {
-                    "stage": row.index + 1,
-                    "bestValue": row.best_value,
-                    "bestParams": row.best_params,
-                    "bestTrial": row.best_trial,
-                }
-                for row in progress.stages
-            ],
-        }
-        Path(args.output).write_text(yaml.safe_dump(out, sort_keys=False))
+        Path(args.output).write_text(
+            yaml.safe_dump(_document(name, spec, progress), sort_keys=False)
+        )
         print(f"wrote {args.output}")
     return EXIT_OK
+
+
+def _values(values: Any) -> str:
+    return " / ".join(fmt(v) for v in values) if values else "-"
+
+
+def _document(name: str, spec: StudySpec, progress: StudyProgress) -> dict[str, Any]:
+    """What ``--output`` writes: the best parameters, value and counts, or the Pareto front."""
+    out: dict[str, Any] = {"study": name, "outcome": progress.outcome}
+    if spec.multi_objective:
+        out["paretoFront"] = front_document(progress.pareto_front, spec.all_objectives)
+    else:
+        out.update(
+            bestValue=progress.best_value,
+            bestParams=progress.best_params,
+            bestTrial=progress.best_trial,
+        )
+    out["trials"] = {
+        "complete": progress.complete,
+        "pruned": progress.pruned,
+        "failed": progress.failed,
+        "running": progress.running,
+        "budget": progress.max_trials,
+    }
+    stages = []
+    for row in progress.stages:
+        stage: dict[str, Any] = {"stage": row.index + 1}
+        if spec.multi_objective:
+            values = row.best_values or ()
+            stage["bestValues"] = {
+                o.metric: v for o, v in zip(spec.all_objectives, values, strict=False)
+            } or None
+        else:
+            stage["bestValue"] = row.best_value
+        stage.update(bestParams=row.best_params, bestTrial=row.best_trial)
+        stages.append(stage)
+    out["stages"] = stages
+    return out

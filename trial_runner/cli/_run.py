@@ -26,7 +26,9 @@ from trial_runner.cli._common import (
 )
 from trial_runner.contract import LOCAL_WORKERS_ENV
 from trial_runner.entrypoints import check_entrypoint
-from trial_runner.spec import load_study
+from trial_runner.pareto import spread
+from trial_runner.progress import StudyProgress
+from trial_runner.spec import StudySpec, load_study
 from trial_runner.storage import (
     budget_from_spec,
     ensure_study,
@@ -36,6 +38,7 @@ from trial_runner.storage import (
     requeue_trials_of_worker,
     write_budget,
 )
+from trial_runner.warmstart import apply_warm_start, source_study_name
 
 __all__ = ["cmd_run", "cmd_runner"]
 
@@ -89,6 +92,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"study {name!r}: storage {redact(url)}, {args.workers} runner process(es)",
         flush=True,
     )
+    # After the budget (a warm start queues only what the budget leaves room for); local
+    # studies are named after their HPOStudy, so hpoStudy names the source as it is.
+    warm_start = apply_warm_start(study, spec, url, source_study_name(spec))
+    if warm_start is not None:
+        print(warm_start.summary(), flush=True)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     supervisor = _Supervisor(args.study, url, name, args.workers, log_dir)
@@ -100,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    view = _ProgressView(enabled=not args.no_progress)
+    view = _ProgressView(enabled=not args.no_progress, multi_objective=spec.multi_objective)
     try:
         supervisor.start()
         while True:
@@ -129,10 +137,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("best params:")
         for key, value in progress.best_params.items():
             print(f"  {key}: {value}")
+    if progress.pareto_front:
+        _print_front(progress, spec)
     if progress.outcome == "TooManyFailures":
         print(f"study failed: {progress.failed} failed trials (see {log_dir})")
         return EXIT_STUDY_FAILED
     return EXIT_OK
+
+
+#: Front trials ``kubetune run`` prints (``kubetune results`` lists them all).
+FRONT_SHOWN = 10
+
+
+def _print_front(progress: StudyProgress, spec: StudySpec) -> None:
+    front = progress.pareto_front
+    shown = spread(front, FRONT_SHOWN)
+    more = f", {len(shown)} shown; kubetune results lists all" if len(shown) < len(front) else ""
+    print(f"Pareto front: {len(front)} trial(s){more}")
+    for t in shown:
+        values = "  ".join(
+            f"{o.metric}={fmt(v)}" for o, v in zip(spec.all_objectives, t.values, strict=True)
+        )
+        params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        print(f"  trial {t.number}: {values}  ({params})")
 
 
 def _scaled_stages(stages: tuple[int | None, ...], trials: int) -> tuple[int | None, ...]:
@@ -221,11 +248,13 @@ class _Supervisor:
 
 
 class _ProgressView:
-    """Live progress with rich: trials done / budget, pruned, failed, best so far."""
+    """Live progress with rich: trials done / budget, pruned, failed, best so far (or the
+    Pareto front's size)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, multi_objective: bool = False) -> None:
         from rich.console import Console
 
+        self.multi_objective = multi_objective
         self.console = Console(stderr=False)
         self.enabled = enabled and self.console.is_terminal
         self._live: Any = None
@@ -233,9 +262,12 @@ class _ProgressView:
 
     def _render(self, p: Any) -> str:
         stage = f"  stage {p.current_stage + 1}/{len(p.stages)}" if len(p.stages) > 1 else ""
+        best = (
+            f"front {len(p.pareto_front)}" if self.multi_objective else f"best {fmt(p.best_value)}"
+        )
         return (
             f"trials {p.finished}/{p.max_trials}  running {p.running}  pruned {p.pruned}  "
-            f"failed {p.failed}  best {fmt(p.best_value)}{stage}"
+            f"failed {p.failed}  {best}{stage}"
         )
 
     def update(self, progress: Any) -> None:

@@ -72,7 +72,7 @@ class _EarlyStopper:
 
     def __init__(self, spec: StudySpec) -> None:
         es = spec.training.early_stopping
-        self.objective = spec.objective
+        self.objective = spec.primary_objective
         self.patience = es.patience if es else None
         self.min_delta = es.min_delta_value if es else 0.0
         self.best: float | None = None
@@ -176,7 +176,7 @@ class FoldTrainer:
             started = time.perf_counter()
             last = self._evaluate(model, val_idx, validation_batch)
             clock.eval += time.perf_counter() - started
-            if best is None or self.spec.objective.better(last[0], best[0]):
+            if best is None or self.spec.primary_objective.better(last[0], best[0]):
                 best = last
             if report is not None and report(last[0], epoch):
                 stop = "Pruned"
@@ -185,7 +185,8 @@ class FoldTrainer:
                 stop = "EarlyStopped"
                 break
         # The fold's score is its best validated epoch when early stopping restores the best,
-        # otherwise the final one.
+        # otherwise the final one; with several objectives, the epoch the first objective
+        # prefers, and every metric of that epoch.
         score, metrics = best if self.spec.training.early_stopping and best else last
         return FoldOutcome(model, score, metrics, epochs_run, stop)
 
@@ -209,14 +210,19 @@ class FoldTrainer:
                 step.eval_forward(model, inputs, precision=self.precision, device=self.device)
             )
             targets.append(target)
-        metrics = self.task.score(torch.cat(outputs), torch.cat(targets))
-        metric = self.spec.objective.metric
-        if metric not in metrics:
-            raise KeyError(
-                f"spec.objective.metric: the task returned no metric {metric!r} "
-                f"(it returned: {', '.join(sorted(metrics))})"
-            )
-        return float(metrics[metric]), metrics
+        metrics = {
+            **self.task.score(torch.cat(outputs), torch.cat(targets)),
+            **self.task.model_metrics(model),
+        }
+        spec = self.spec
+        for i, objective in enumerate(spec.all_objectives):
+            if objective.metric not in metrics:
+                field = f"objectives[{i}]" if spec.multi_objective else "objective"
+                raise KeyError(
+                    f"spec.{field}.metric: the task returned no metric {objective.metric!r} "
+                    f"(it returned: {', '.join(sorted(metrics))})"
+                )
+        return float(metrics[spec.primary_objective.metric]), metrics
 
 
 def _compiled(model: nn.Module) -> nn.Module:

@@ -3,7 +3,8 @@
 The same YAML a user gives to ``kubectl apply`` is loaded here:
 
 * :mod:`._models`: the pydantic models (structure, enums, bounds; strict), each exposing its
-  numbers parsed once, and :meth:`Objective.better`;
+  numbers parsed once, :meth:`Objective.better` and :func:`best_first_key` (the order of
+  trials over several objectives);
 * :mod:`._rules`: :func:`semantic_errors`, rules that span fields (``low < high``, stage groups,
   defaults inside their range, ...), each reported with its field path;
 * :mod:`._load`: loading a file, a whole document or a bare spec, every problem at once as a
@@ -21,7 +22,10 @@ from trial_runner.spec._load import load_study, study_from_mapping, validate_spe
 from trial_runner.spec._models import (
     API_VERSION,
     KIND,
+    MAX_OBJECTIVES,
     MAX_STUDY_NAME,
+    MAX_WARM_START_POINTS,
+    MULTI_OBJECTIVE_SAMPLERS,
     NAME_PATTERN,
     NUMBER_PATTERN,
     QUANTITY_PATTERN,
@@ -29,10 +33,12 @@ from trial_runner.spec._models import (
     Checkpoint,
     EarlyStopping,
     EpochScheduleEntry,
+    FromStudy,
     HPOStudy,
     Objective,
     ObjectMeta,
     Parameter,
+    ParameterValue,
     Pruner,
     Resources,
     Sampler,
@@ -42,15 +48,22 @@ from trial_runner.spec._models import (
     StudySpec,
     Task,
     Training,
+    WarmStart,
+    WarmStartPoint,
+    best_first,
+    best_first_key,
     is_better,
 )
 from trial_runner.spec._parse import parse_duration, parse_number, parse_quantity
-from trial_runner.spec._rules import semantic_errors
+from trial_runner.spec._rules import point_value_error, semantic_errors
 
 __all__ = [
     "API_VERSION",
     "KIND",
+    "MAX_OBJECTIVES",
     "MAX_STUDY_NAME",
+    "MAX_WARM_START_POINTS",
+    "MULTI_OBJECTIVE_SAMPLERS",
     "NAME_PATTERN",
     "NUMBER_PATTERN",
     "QUANTITY_PATTERN",
@@ -59,10 +72,12 @@ __all__ = [
     "EarlyStopping",
     "EpochScheduleEntry",
     "FieldError",
+    "FromStudy",
     "HPOStudy",
     "ObjectMeta",
     "Objective",
     "Parameter",
+    "ParameterValue",
     "Pruner",
     "Resources",
     "Sampler",
@@ -73,12 +88,17 @@ __all__ = [
     "StudySpec",
     "Task",
     "Training",
+    "WarmStart",
+    "WarmStartPoint",
+    "best_first",
+    "best_first_key",
     "format_path",
     "is_better",
     "load_study",
     "parse_duration",
     "parse_number",
     "parse_quantity",
+    "point_value_error",
     "semantic_errors",
     "study_from_mapping",
     "validate_spec_mapping",

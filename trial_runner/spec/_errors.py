@@ -134,5 +134,6 @@ def _pattern_hint(loc: tuple[str | int, ...]) -> str:
         "memory": "expected a quantity such as 512Mi or 20Gi",
         "cpu": "expected a CPU quantity such as 500m or 2",
         "batchSizeParameter": "expected a parameter name",
+        "hpoStudy": "expected the name of an HPOStudy (a lowercase DNS label)",
     }
     return hints.get(last, "does not match the accepted format")

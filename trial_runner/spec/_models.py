@@ -10,6 +10,7 @@ two scores is better.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,10 @@ from trial_runner.spec._parse import DURATION_PATTERN, parse_duration, parse_num
 __all__ = [
     "API_VERSION",
     "KIND",
+    "MAX_OBJECTIVES",
     "MAX_STUDY_NAME",
+    "MAX_WARM_START_POINTS",
+    "MULTI_OBJECTIVE_SAMPLERS",
     "NAME_PATTERN",
     "NUMBER_PATTERN",
     "QUANTITY_PATTERN",
@@ -29,10 +33,12 @@ __all__ = [
     "Checkpoint",
     "EarlyStopping",
     "EpochScheduleEntry",
+    "FromStudy",
     "HPOStudy",
     "ObjectMeta",
     "Objective",
     "Parameter",
+    "ParameterValue",
     "Pruner",
     "Resources",
     "Sampler",
@@ -42,6 +48,10 @@ __all__ = [
     "StudySpec",
     "Task",
     "Training",
+    "WarmStart",
+    "WarmStartPoint",
+    "best_first",
+    "best_first_key",
     "is_better",
 ]
 
@@ -65,6 +75,14 @@ IntOrNumber = int | Annotated[str, Field(pattern=NUMBER_PATTERN, max_length=64)]
 ChoiceValue = int | Annotated[str, Field(max_length=253)]
 
 
+#: Samplers Optuna can run on a study with several objectives (CMA-ES cannot).
+MULTI_OBJECTIVE_SAMPLERS = ("TPE", "NSGAII", "NSGAIII", "Random", "GP", "QMC")
+#: Objectives a study may have (``spec.objectives``).
+MAX_OBJECTIVES = 8
+#: Warm-start points a study may list.
+MAX_WARM_START_POINTS = 16
+
+
 def is_better(direction: str, a: float, b: float, margin: float = 0.0) -> bool:
     """Whether score ``a`` beats ``b`` by more than ``margin`` under ``direction``.
 
@@ -72,6 +90,17 @@ def is_better(direction: str, a: float, b: float, margin: float = 0.0) -> bool:
     through this function, usually as :meth:`Objective.better`.
     """
     return a > b + margin if direction == "Maximize" else a < b - margin
+
+
+def best_first(direction: str, value: float) -> float:
+    """A sort key that puts the best score under ``direction`` first."""
+    return -value if direction == "Maximize" else value
+
+
+def best_first_key(directions: Sequence[str], values: Sequence[float]) -> tuple[float, ...]:
+    """A sort key over several objectives: the best by the first objective first, ties broken
+    by the next ones (a lexicographic order, so the first is always Pareto-optimal)."""
+    return tuple(best_first(d, v) for d, v in zip(directions, values, strict=True))
 
 
 class _Model(BaseModel):
@@ -100,7 +129,7 @@ class Objective(_Model):
 
     def best_first(self, value: float) -> float:
         """A sort key that puts the best score first."""
-        return -value if self.direction == "Maximize" else value
+        return best_first(self.direction, value)
 
 
 class Task(_Model):
@@ -181,9 +210,15 @@ class Budget(_Model):
 
 
 class Sampler(_Model):
-    type: Literal["TPE", "Random", "CMAES", "GP", "QMC"] = "TPE"
+    type: Literal["TPE", "Random", "CMAES", "GP", "QMC", "NSGAII", "NSGAIII"] = "TPE"
     seed: int | None = None
     n_startup_trials: int | None = Field(default=None, ge=0)
+    population_size: int | None = Field(
+        default=None,
+        ge=2,
+        le=10000,
+        description="NSGAII and NSGAIII only: trials per generation (default 50).",
+    )
     constant_liar: bool = Field(
         default=True, description="TPE only: treat running trials as bad to spread workers."
     )
@@ -314,8 +349,67 @@ class Storage(_Model):
     )
 
 
+class ParameterValue(_Model):
+    name: str = Field(pattern=PARAM_NAME_PATTERN, max_length=63)
+    value: ChoiceValue = Field(
+        description='A number for Float and Int (text such as "3e-3" for a Float), one of '
+        "the choices for Categorical."
+    )
+
+
+class WarmStartPoint(_Model):
+    params: list[ParameterValue] = Field(
+        min_length=1,
+        max_length=64,
+        description="Values of searchSpace parameters; the sampler chooses the others.",
+    )
+
+
+class FromStudy(_Model):
+    hpo_study: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        max_length=MAX_STUDY_NAME,
+        description="An HPOStudy in the same namespace (locally: the study of that name).",
+    )
+    study_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="An Optuna study in the same storage, by its exact name.",
+    )
+    mode: Literal["AddTrials", "Reevaluate"] = Field(
+        default="AddTrials",
+        description="AddTrials: its complete trials inform the sampler (not counted in the "
+        "budget); Reevaluate: its topK best trials are run again as the first trials.",
+    )
+    top_k: int | None = Field(
+        default=None, ge=1, le=1000, description="Reevaluate: how many of its best trials."
+    )
+
+
+class WarmStart(_Model):
+    points: list[WarmStartPoint] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_WARM_START_POINTS,
+        description="Parameter sets evaluated first, each exactly once.",
+    )
+    from_study: FromStudy | None = Field(
+        default=None, description="Start from another study's finished trials."
+    )
+
+
 class StudySpec(_Model):
-    objective: Objective
+    objective: Objective | None = Field(
+        default=None, description="The metric to optimise (or objectives, for several)."
+    )
+    objectives: list[Objective] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=MAX_OBJECTIVES,
+        description="Several metrics to optimise at once (a Pareto front); instead of objective.",
+    )
     task: Task
     search_space: list[Parameter] = Field(min_length=1, max_length=64)
     stages: list[Stage] | None = Field(default=None, max_length=16)
@@ -325,7 +419,30 @@ class StudySpec(_Model):
     training: Training = Field(default_factory=Training)
     resources: Resources = Field(default_factory=Resources)
     storage: Storage = Field(default_factory=Storage)
+    warm_start: WarmStart | None = None
     suspend: bool = False
+
+    @property
+    def all_objectives(self) -> tuple[Objective, ...]:
+        """``objectives``, or ``objective`` alone (a validated spec has one of them)."""
+        if self.objectives:
+            return tuple(self.objectives)
+        assert self.objective is not None, "a validated spec has objective or objectives"
+        return (self.objective,)
+
+    @property
+    def primary_objective(self) -> Objective:
+        """The objective that scores a fold's epochs (early stopping, the epoch a fold keeps)
+        and keeps the best checkpoint: ``objective``, or the first of ``objectives``."""
+        return self.all_objectives[0]
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return tuple(o.direction for o in self.all_objectives)
+
+    @property
+    def multi_objective(self) -> bool:
+        return bool(self.objectives)
 
 
 class ObjectMeta(BaseModel):

@@ -6,10 +6,10 @@ import math
 import re
 
 from trial_runner.spec._errors import FieldError
-from trial_runner.spec._models import Parameter, StudySpec
+from trial_runner.spec._models import MULTI_OBJECTIVE_SAMPLERS, Parameter, StudySpec
 from trial_runner.spec._parse import parse_number
 
-__all__ = ["semantic_errors"]
+__all__ = ["point_value_error", "semantic_errors"]
 
 
 def semantic_errors(spec: StudySpec, prefix: str = "spec") -> list[FieldError]:
@@ -110,7 +110,145 @@ def semantic_errors(spec: StudySpec, prefix: str = "spec") -> list[FieldError]:
         err("pruner.maxResource", f"must be above minResource (got {pr.max_resource})")
     if pr.min_delta is not None and pr.patience is None:
         err("pruner.minDelta", "only used with patience: set pruner.patience too")
+    errors.extend(_objective_errors(spec, prefix))
+    errors.extend(_warm_start_errors(spec, prefix))
     return errors
+
+
+def _objective_errors(spec: StudySpec, prefix: str) -> list[FieldError]:
+    """One objective or several, and what several objectives rule out."""
+    errors: list[FieldError] = []
+
+    def err(path: str, message: str) -> None:
+        errors.append(FieldError(f"{prefix}.{path}", message))
+
+    if spec.objective is not None and spec.objectives is not None:
+        err(
+            "objectives",
+            "mutually exclusive with spec.objective: give one objective, or a list of "
+            "several in objectives",
+        )
+    if spec.objective is None and spec.objectives is None:
+        err("objective", "required: one objective, or a list of several in spec.objectives")
+    if spec.sampler.population_size is not None and spec.sampler.type not in ("NSGAII", "NSGAIII"):
+        err("sampler.populationSize", "only used by the NSGAII and NSGAIII samplers")
+    if not spec.objectives:
+        return errors
+    seen: dict[str, int] = {}
+    for i, objective in enumerate(spec.objectives):
+        if objective.metric in seen:
+            err(
+                f"objectives[{i}].metric",
+                f"duplicate metric {objective.metric!r} "
+                f"(also objectives[{seen[objective.metric]}])",
+            )
+        seen.setdefault(objective.metric, i)
+    if spec.sampler.type not in MULTI_OBJECTIVE_SAMPLERS:
+        err(
+            "sampler.type",
+            f"{spec.sampler.type} cannot optimise several objectives; use one of "
+            f"{', '.join(MULTI_OBJECTIVE_SAMPLERS)}",
+        )
+    if spec.pruner.type != "Nop":
+        err(
+            "pruner.type",
+            "must be Nop with several objectives: Optuna cannot prune a multi-objective trial "
+            "(a pruner compares one intermediate value)",
+        )
+    if spec.pruner.patience is not None:
+        err("pruner.patience", "not accepted with several objectives (nothing is pruned)")
+    return errors
+
+
+def _warm_start_errors(spec: StudySpec, prefix: str) -> list[FieldError]:
+    """Warm-start points name parameters of this search space with values they accept, and
+    fit in the first stage; fromStudy names one source."""
+    ws = spec.warm_start
+    if ws is None:
+        return []
+    errors: list[FieldError] = []
+    at = f"{prefix}.warmStart"
+
+    def err(path: str, message: str) -> None:
+        errors.append(FieldError(f"{at}{path}", message))
+
+    if ws.points is None and ws.from_study is None:
+        err("", "set points, fromStudy or both")
+    by_name = {p.name: p for p in spec.search_space}
+    first_groups = set(spec.stages[0].groups) if spec.stages else None
+    for i, point in enumerate(ws.points or []):
+        names: set[str] = set()
+        for j, given in enumerate(point.params):
+            here = f".points[{i}].params[{j}]"
+            if given.name in names:
+                err(f"{here}.name", f"duplicate parameter {given.name!r} in this point")
+            names.add(given.name)
+            parameter = by_name.get(given.name)
+            if parameter is None:
+                err(
+                    f"{here}.name",
+                    f"{given.name!r} is not a searchSpace parameter "
+                    f"(parameters: {', '.join(by_name)})",
+                )
+                continue
+            problem = point_value_error(parameter, given.value)
+            if problem:
+                err(f"{here}.value", problem)
+            if first_groups is not None and parameter.group not in first_groups:
+                err(
+                    f"{here}.name",
+                    f"group {parameter.group!r} is not searched in the first stage (stages[0] "
+                    f"searches {', '.join(sorted(first_groups))}): points are the first "
+                    "stage's first trials",
+                )
+    source = ws.from_study
+    if source is not None:
+        if (source.hpo_study is None) == (source.study_name is None):
+            err(".fromStudy", "set exactly one of hpoStudy and studyName")
+        if source.mode == "Reevaluate" and source.top_k is None:
+            err(".fromStudy.topK", "required when mode is Reevaluate")
+        if source.mode == "AddTrials" and source.top_k is not None:
+            err(".fromStudy.topK", "only used when mode is Reevaluate")
+    enqueued = len(ws.points or []) + (
+        source.top_k or 0 if source is not None and source.mode == "Reevaluate" else 0
+    )
+    room = spec.budget.max_trials
+    where = "budget.maxTrials"
+    if spec.stages and spec.stages[0].trials is not None:
+        room, where = min(room, spec.stages[0].trials), "stages[0].trials"
+    if enqueued > room:
+        err(
+            "",
+            f"{enqueued} trials to evaluate first (points and fromStudy.topK) do not fit in "
+            f"{where} ({room})",
+        )
+    return errors
+
+
+def point_value_error(p: Parameter, raw: int | str) -> str | None:
+    """Why ``raw`` is not a value of parameter ``p`` (``None`` when it is one).
+
+    The checks Optuna's distribution of ``p`` makes (type, bounds, step), so a point that
+    validates is evaluated as written.
+    """
+    if p.type == "Categorical":
+        choices = p.choices or []
+        if raw not in choices:
+            return f"must be one of the choices of {p.name!r} (got {raw!r})"
+        return None
+    if isinstance(raw, str) and not _is_number(raw):
+        return f"must be a number for a {p.type} parameter (got {raw!r})"
+    if p.type == "Int" and not _is_integral(raw):
+        return f"must be an integer for an Int parameter (got {raw!r})"
+    value = parse_number(raw)
+    low, high, step = p.low_value, p.high_value, p.step_value
+    if low is None or high is None or not low <= value <= high:
+        return f"must lie within [{p.low}, {p.high}] (got {raw})"
+    if step is not None and step > 0 and low is not None:
+        k = (value - low) / step
+        if abs(k - round(k)) > 1e-8:
+            return f"must be low plus a multiple of step {p.step} (got {raw})"
+    return None
 
 
 def _parameter_errors(p: Parameter, at: str) -> list[FieldError]:

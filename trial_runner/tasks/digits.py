@@ -19,9 +19,11 @@ class DigitsMLP(Task):
     Parameters read from a trial: ``hidden_size`` (128), ``n_layers`` (2), ``dropout`` (0.1),
     ``activation`` ("relu" | "gelu" | "tanh"), ``learning_rate``, ``weight_decay``.
     Config: ``repeat`` (1) tiles the data set to make epochs longer for benchmarks.
+    Metrics: ``accuracy``, ``f1_macro`` and ``parameters`` (the model's parameter count, to
+    trade accuracy against size with several objectives).
     """
 
-    metrics = ("accuracy", "f1_macro")
+    metrics = ("accuracy", "f1_macro", "parameters")
 
     def load_data(self) -> TaskData:
         from sklearn.datasets import load_digits
@@ -60,3 +62,6 @@ class DigitsMLP(Task):
             fn = float(((predicted != c) & (targets == c)).sum())
             f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
         return {"accuracy": accuracy, "f1_macro": sum(f1s) / len(f1s)}
+
+    def model_metrics(self, model: nn.Module) -> dict[str, float]:
+        return {"parameters": float(sum(p.numel() for p in model.parameters()))}

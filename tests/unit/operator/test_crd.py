@@ -11,7 +11,7 @@ import yaml
 from hpo_operator.crd import CRD_ONLY_BOUNDS, crd, crd_yaml, spec_schema, status_schema
 from hpo_operator.status import StudyStatus
 
-from trial_runner.spec import StudySpec
+from trial_runner.spec import MULTI_OBJECTIVE_SAMPLERS, StudySpec
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_FILE = REPO / "crds" / "kubetune.dev_hpostudies.yaml"
@@ -158,3 +158,37 @@ def test_crd_names_and_subresources() -> None:
     version = spec["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     assert yaml.safe_load(crd_yaml())["metadata"]["name"] == "hpostudies.kubetune.dev"
+
+
+def test_objectives_are_a_map_list_by_metric_and_immutable() -> None:
+    objectives = spec_schema()["properties"]["objectives"]
+    assert objectives["x-kubernetes-list-type"] == "map"
+    assert objectives["x-kubernetes-list-map-keys"] == ["metric"]
+    assert objectives["minItems"] == 2
+    assert {"rule": "self == oldSelf"}.items() <= objectives["x-kubernetes-validations"][0].items()
+    params = spec_schema()["properties"]["warmStart"]["properties"]["points"]["items"]
+    assert params["properties"]["params"]["x-kubernetes-list-map-keys"] == ["name"]
+
+
+def test_cel_rules_of_several_objectives_and_warm_start_name_their_fields() -> None:
+    paths = {rule.get("fieldPath") for rule in spec_schema()["x-kubernetes-validations"]}
+    assert {
+        ".objective",
+        ".objectives",
+        ".sampler.type",
+        ".pruner.type",
+        ".pruner.patience",
+        ".warmStart",
+        ".warmStart.points",
+    } <= paths
+    rules = " ".join(rule["rule"] for rule in spec_schema()["x-kubernetes-validations"])
+    # The samplers CEL accepts with several objectives are the model's.
+    assert str(list(MULTI_OBJECTIVE_SAMPLERS)) in rules
+
+
+def test_front_size_has_a_printer_column() -> None:
+    columns = crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    front = next(c for c in columns if c["name"] == "Front")
+    assert (front["jsonPath"], front["type"]) == (".status.paretoFront.size", "integer")
+    trials = status_schema()["properties"]["paretoFront"]["properties"]["trials"]
+    assert trials["maxItems"] == 10

@@ -9,6 +9,7 @@ from hpo_operator.config import OperatorConfig
 from hpo_operator.manifests import (
     best_configmap,
     estimate_pod,
+    front_configmap,
     runner_index,
     runner_pod,
     spec_configmap,
@@ -17,6 +18,7 @@ from hpo_operator.manifests import (
 from hpo_operator.sizing import Peak, SizingDecision
 
 from tests.unit.operator.data import OWNER, make_spec
+from trial_runner.pareto import FrontTrial, front_document
 from trial_runner.spec import study_from_mapping
 
 MIG = SizingDecision(
@@ -166,3 +168,29 @@ def test_default_storage_secret_is_owned_by_the_study() -> None:
     assert secret["metadata"]["name"] == "digits-storage"
     assert secret["stringData"] == {"url": "postgresql://u:p@h/db"}
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "0b5e-uid"
+
+
+def test_front_configmap_holds_the_whole_front_as_yaml() -> None:
+    spec = make_spec(
+        objective=None,
+        objectives=[
+            {"metric": "accuracy", "direction": "Maximize"},
+            {"metric": "parameters", "direction": "Minimize"},
+        ],
+    )
+    front = tuple(
+        FrontTrial(n, (0.99 - n / 100, 1000.0 - n), {"learning_rate": 0.003, "batch_size": 64})
+        for n in range(12)
+    )
+    cm = front_configmap(OWNER, spec, front)
+    assert cm["metadata"]["name"] == "digits-best"
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == "0b5e-uid"
+    assert cm["data"]["size"] == "12"
+    document = yaml.safe_load(cm["data"]["front.yaml"])
+    assert document == front_document(front, spec.all_objectives)  # what results --output has
+    assert len(document["trials"]) == 12  # every trial, not the status's ten
+    assert document["trials"][0] == {
+        "trial": 0,
+        "values": {"accuracy": 0.99, "parameters": 1000.0},
+        "params": {"learning_rate": 0.003, "batch_size": 64},
+    }

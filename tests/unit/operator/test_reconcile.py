@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -12,6 +13,7 @@ from hpo_operator.reconcile import (
     ObservedPod,
     Plan,
     WriteBest,
+    WriteFront,
     decide,
     observe_pod,
 )
@@ -19,6 +21,8 @@ from hpo_operator.sizing import NoFit, Peak, PeakFailed, PeakPending, SizingDeci
 from hpo_operator.status import StudyStatus, set_condition
 
 from tests.unit.operator.data import NOW, make_progress, make_spec
+from trial_runner.pareto import FrontTrial
+from trial_runner.warmstart import WarmStartReport
 
 CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "cpu 1Gi")
 MIG1 = SizingDecision(
@@ -413,3 +417,134 @@ def test_observe_pod_reads_oom_and_termination_message() -> None:
     assert observed.oom_killed and observed.exit_code == 137
     assert (observed.kind, observed.memory_bytes) == ("CPU", 2**30)
     assert observed.message == "killed"
+
+
+# --------------------------------------------------------------------------- several objectives
+
+TWO = [
+    {"metric": "accuracy", "direction": "Maximize"},
+    {"metric": "parameters", "direction": "Minimize"},
+]
+
+
+def front_progress(numbers: list[int], complete: int | None = None) -> Any:
+    """Progress of a two-objective study whose front is the trials ``numbers``, in this order
+    (accuracy falling and size falling along it)."""
+    front = tuple(
+        FrontTrial(n, (0.99 - i / 1000, 100.0 * (len(numbers) - i)), {"learning_rate": 0.01})
+        for i, n in enumerate(numbers)
+    )
+    return dataclasses.replace(
+        make_progress(complete=len(numbers) if complete is None else complete, max_trials=40),
+        pareto_front=front,
+    )
+
+
+def run_multi(progress: Any, status: Any = None, **kw: Any) -> Plan:
+    return run([runner(0), runner(1)], progress, status, objective=None, objectives=TWO, **kw)
+
+
+def test_the_front_is_in_the_status_bounded_and_written_to_the_configmap() -> None:
+    plan = run_multi(front_progress(list(range(25))))
+    front = status(plan)["paretoFront"]
+    assert front["size"] == 25
+    # At most ten, evenly spaced along the front, both ends kept.
+    assert [t["trial"] for t in front["trials"]] == [0, 3, 5, 8, 11, 13, 16, 19, 21, 24]
+    assert front["trials"][0] == {
+        "trial": 0,
+        "values": {"accuracy": "0.99", "parameters": "2500"},
+        "params": {"learning_rate": "0.01"},
+    }
+    assert "best" not in status(plan)
+    (write,) = [a for a in plan.actions if isinstance(a, WriteFront)]
+    assert len(write.front) == 25  # the ConfigMap gets every trial
+    assert not [a for a in plan.actions if isinstance(a, WriteBest)]
+    (event,) = [e for e in plan.events if e.reason == "ParetoFrontChanged"]
+    assert event.message == "25 trial(s): 0, 3, 5, 8, 11, 13, 16, 19, 21, 24 ..."
+
+
+def test_the_front_is_written_again_only_when_its_trials_change() -> None:
+    first = run_multi(front_progress([1, 2, 3]))
+    same = run_multi(front_progress([1, 2, 3], complete=5), first.status)
+    assert not [a for a in same.actions if isinstance(a, WriteFront)]
+    assert not [e for e in same.events if e.reason == "ParetoFrontChanged"]
+    # A trial the status does not show is replaced: same size, same ten shown, still noticed.
+    many = run_multi(front_progress(list(range(30))), first.status)
+    swapped = run_multi(front_progress([0, 99, *range(2, 30)]), many.status)
+    shown = status(swapped)["paretoFront"]
+    assert shown["trials"] == status(many)["paretoFront"]["trials"] and shown["size"] == 30
+    assert [a for a in swapped.actions if isinstance(a, WriteFront)]
+
+
+def test_an_empty_front_shows_size_zero_and_writes_nothing() -> None:
+    plan = run_multi(front_progress([], complete=0))
+    assert status(plan)["paretoFront"] == {
+        "size": 0,
+        "digest": status(plan)["paretoFront"]["digest"],
+        "trials": [],
+    }
+    assert not [a for a in plan.actions if isinstance(a, WriteFront)]
+
+
+def test_a_finished_multi_objective_study_names_its_front() -> None:
+    done = dataclasses.replace(front_progress([1, 2]), outcome="BudgetSpent")
+    plan = run([], done, objective=None, objectives=TWO)
+    assert condition(plan, "Succeeded")["status"] == "True"
+    assert "Pareto front of 2 trial(s)" in condition(plan, "Succeeded")["message"]
+
+
+def test_storage_outage_keeps_the_front_it_showed() -> None:
+    shown = run_multi(front_progress([1, 2]))
+    plan = decide(
+        make_spec(objective=None, objectives=TWO),
+        StudyStatus.from_api(shown.status.to_api()),
+        1,
+        [runner(0)],
+        None,
+        CPU,
+        NOW,
+        storage_error="refused",
+    )
+    assert status(plan)["paretoFront"] == status(shown)["paretoFront"]
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+def test_warm_start_report_is_a_condition_and_one_event() -> None:
+    report = WarmStartReport(
+        points=1,
+        points_queued=1,
+        source="team-a.old",
+        mode="AddTrials",
+        source_trials=4,
+        carried=3,
+        incompatible_trials=1,
+        incompatible=("trial 2: learning_rate=0.5 does not fit Float [1e-4, 1e-1] (Log)",),
+    )
+    plan = decide(make_spec(), StudyStatus(), 1, [], make_progress(), CPU, NOW, warm_start=report)
+    warm = condition(plan, "WarmStarted")
+    assert (warm["status"], warm["reason"]) == ("True", "PartlyApplied")
+    assert "trial 2: learning_rate=0.5" in warm["message"]
+    (event,) = [e for e in plan.events if e.reason == "WarmStarted"]
+    assert event.type == "Warning" and event.message == warm["message"]
+    again = decide(make_spec(), plan.status, 1, [], make_progress(), CPU, NOW, warm_start=report)
+    assert not [e for e in again.events if e.reason == "WarmStarted"]
+    assert condition(again, "WarmStarted") == warm
+    clean = decide(
+        make_spec(),
+        StudyStatus(),
+        1,
+        [],
+        make_progress(),
+        CPU,
+        NOW,
+        warm_start=WarmStartReport(points=1, points_queued=1),
+    )
+    assert condition(clean, "WarmStarted")["reason"] == "Applied"
+    assert [e.type for e in clean.events if e.reason == "WarmStarted"] == ["Normal"]
+    missing = WarmStartReport(source="team-a.x", mode="AddTrials", source_missing=True)
+    lost = decide(make_spec(), StudyStatus(), 1, [], make_progress(), CPU, NOW, warm_start=missing)
+    assert condition(lost, "WarmStarted")["reason"] == "SourceNotFound"
+    # A study without a warm start has no such condition.
+    assert "WarmStarted" not in {c["type"] for c in status(run())["conditions"]}

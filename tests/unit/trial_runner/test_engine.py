@@ -273,3 +273,41 @@ def test_trials_train_through_the_shared_step(monkeypatch: pytest.MonkeyPatch) -
     result = engine.run_trial({**PARAMS, "batch_size": 32}, trial_number=0)
     assert calls and set(calls) == {4}  # 32 samples in micro-batches of 8
     assert result.telemetry["accumulation_steps"] == 4
+
+
+class SizedBlobs(Blobs):
+    """Blobs that also report the model's parameter count, as DigitsMLP does."""
+
+    def model_metrics(self, model: nn.Module) -> dict[str, float]:
+        return {"parameters": float(sum(p.numel() for p in model.parameters()))}
+
+
+def two_objectives(second: str) -> StudySpec:
+    return spec_model(
+        stages=None,
+        objective=None,
+        objectives=[
+            {"metric": "accuracy", "direction": "Maximize"},
+            {"metric": second, "direction": "Minimize"},
+        ],
+        searchSpace=[
+            {"name": "learning_rate", "type": "Float", "low": "1e-3", "high": "1e-1"},
+            {"name": "batch_size", "type": "Categorical", "choices": [16, 32]},
+        ],
+        training={"folds": 2, "epochs": 3},
+    )
+
+
+def test_a_trial_of_several_objectives_scores_each_metric_and_the_model_itself() -> None:
+    result = Engine(SizedBlobs({}), two_objectives("parameters")).run_trial(PARAMS, trial_number=0)
+    assert result.metrics["parameters"] == 2 * 16 + 16 + 16 * 3 + 3  # the Blobs MLP
+    assert result.value == result.metrics["accuracy"] > 0.8  # the first objective's score
+
+
+def test_a_missing_objective_metric_names_the_objective() -> None:
+    with pytest.raises(
+        KeyError,
+        match=r"spec.objectives\[1\].metric: the task returned no "
+        r"metric 'latency' \(it returned: accuracy, parameters\)",
+    ):
+        Engine(SizedBlobs({}), two_objectives("latency")).run_trial(PARAMS, trial_number=0)

@@ -8,7 +8,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import STAGE_ATTR
+from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, STAGE_ATTR
 from trial_runner.progress import BudgetState, plan_claim, summarize
 
 
@@ -98,3 +98,92 @@ def test_stage_transition_waits_for_the_previous_stage() -> None:
     assert (claim.action, claim.stage) == ("Run", 1)
     assert done0.stages[0].best_params == {"x": 0.1}
     assert done0.stages[0].best_value == 0.7
+
+
+# --------------------------------------------------------------------------- several objectives
+
+TWO = ("Maximize", "Minimize")
+
+
+def scored(
+    number: int,
+    state: TrialState,
+    values: tuple[float, float] | None = None,
+    stage: int = 0,
+    **user: Any,
+) -> FrozenTrial:
+    t = optuna.trial.create_trial(
+        state=state,
+        values=list(values) if state == TrialState.COMPLETE and values else None,
+        params={"x": 0.1 * number},
+        distributions={"x": FloatDistribution(0, 10)},
+        user_attrs={STAGE_ATTR: stage, **user},
+    )
+    t.number = number
+    return t
+
+
+def test_multi_objective_trials_count_against_the_budget_like_single_ones() -> None:
+    budget = BudgetState(max_trials=3)
+    trials = [scored(0, C, (0.9, 100)), scored(1, P), scored(2, R)]
+    progress = summarize(trials, budget, TWO)
+    assert (progress.complete, progress.pruned, progress.running) == (1, 1, 1)
+    assert progress.outcome == "BudgetSpent" and plan_claim(progress).action == "Wait"
+    single = summarize([trial(0, C, 0.9), trial(1, P), trial(2, R)], budget, "Maximize")
+    assert (progress.finished, progress.active, progress.outcome) == (
+        single.finished,
+        single.active,
+        single.outcome,
+    )
+
+
+def test_multi_objective_progress_has_a_front_not_a_best() -> None:
+    trials = [
+        scored(0, C, (0.90, 1000)),
+        scored(1, C, (0.95, 5000)),
+        scored(2, C, (0.85, 2000)),
+        scored(3, C, (0.80, 100)),
+    ]
+    progress = summarize(trials, BudgetState(max_trials=10), TWO)
+    assert progress.best_value is None and progress.best_trial is None
+    assert [t.number for t in progress.pareto_front] == [1, 0, 3]
+    # The stage's best (what later stages fix): best by the first objective, on the front.
+    assert progress.stages[0].best_trial == 1
+    assert progress.stages[0].best_values == (0.95, 5000)
+    assert progress.stages[0].best_value == 0.95
+
+
+def test_a_stage_tie_on_the_first_objective_goes_to_the_better_second() -> None:
+    trials = [scored(0, C, (0.95, 900)), scored(1, C, (0.95, 300)), scored(2, C, (0.90, 10))]
+    progress = summarize(trials, BudgetState(max_trials=10), TWO)
+    assert progress.stages[0].best_trial == 1
+
+
+def test_warm_start_priors_are_neither_counted_nor_best() -> None:
+    prior = {PRIOR_ATTR: "old#0"}
+    copied = optuna.trial.create_trial(
+        state=C,
+        value=0.999,
+        params={"x": 0.5},
+        distributions={"x": FloatDistribution(0, 10)},
+        user_attrs=prior,
+    )
+    copied.number = 0
+    # One objective: a prior with the best value is not the best, not counted, in no stage.
+    progress = summarize([copied, trial(1, C, 0.5)], BudgetState(max_trials=2), "Maximize")
+    assert (progress.complete, progress.finished) == (1, 1)
+    assert progress.best_trial == 1 and progress.stages[0].complete == 1
+    assert plan_claim(progress).action == "Run"
+    # Several objectives: a prior is never on the front.
+    several = summarize(
+        [scored(0, C, (0.99, 1), **prior), scored(1, C, (0.5, 50))], BudgetState(max_trials=5), TWO
+    )
+    assert [t.number for t in several.pareto_front] == [1] and several.complete == 1
+
+
+def test_a_queued_warm_start_point_is_run_first_and_counted() -> None:
+    queued = scored(0, W, **{ORIGIN_ATTR: "point 0"})
+    progress = summarize([queued], BudgetState(max_trials=1), TWO)
+    assert progress.waiting == 1 and progress.outcome == "Running"
+    claim = plan_claim(progress)
+    assert (claim.action, claim.stage) == ("Run", 0)

@@ -15,7 +15,9 @@ from trial_runner.search import (
     default_value,
     distribution,
     fixed_params_for_stage,
+    in_distribution,
     max_pruning_steps,
+    point_params,
     suggest_all,
 )
 from trial_runner.spec import StudySpec, study_from_mapping
@@ -159,3 +161,82 @@ def test_partial_fixed_sampler_answers_fixed_parameters() -> None:
         assert params["hidden_size"] == 64
         assert 1e-4 <= params["learning_rate"] <= 1e-1
         study.tell(trial, 0.5)
+
+
+# --------------------------------------------------------------------------- several objectives
+
+TWO_OBJECTIVES = [
+    {"metric": "accuracy", "direction": "Maximize"},
+    {"metric": "parameters", "direction": "Minimize"},
+]
+
+
+@pytest.mark.parametrize("kind", ["TPE", "NSGAII", "NSGAIII", "Random", "GP", "QMC"])
+def test_every_accepted_sampler_optimises_two_objectives_in_optuna(kind: str) -> None:
+    """A real two-objective Optuna study, staged like the runner's (a sampler per trial)."""
+    population = {"populationSize": 4} if kind.startswith("NSGA") else {}
+    spec = spec_with(
+        objective=None,
+        objectives=TWO_OBJECTIVES,
+        stages=None,
+        sampler={"type": kind, "seed": 3, "nStartupTrials": 2, **population},
+    )
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for number in range(6):
+        study.sampler = build_sampler(spec.sampler, seed_offset=number)
+        trial = study.ask()
+        params = suggest_all(trial, spec)
+        study.tell(trial, [params["learning_rate"], float(params["hidden_size"])])
+    assert len(study.best_trials) >= 1
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_cmaes_cannot_take_two_objectives_which_is_why_the_spec_refuses_it() -> None:
+    study = optuna.create_study(
+        directions=["maximize", "minimize"],
+        sampler=build_sampler(spec_with(sampler={"type": "CMAES"}).sampler),
+    )
+    with pytest.raises(ValueError, match="multi-objective"):
+        study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=1)
+
+
+def test_nsga_samplers_take_the_population_size() -> None:
+    for kind, cls in (
+        ("NSGAII", optuna.samplers.NSGAIISampler),
+        ("NSGAIII", optuna.samplers.NSGAIIISampler),
+    ):
+        sampler = build_sampler(spec_with(sampler={"type": kind, "populationSize": 6}).sampler)
+        assert isinstance(sampler, cls) and sampler._population_size == 6
+
+
+# --------------------------------------------------------------------------- warm-start values
+
+
+def test_in_distribution_is_optunas_own_test() -> None:
+    log = FloatDistribution(1e-4, 1e-1, log=True)
+    assert in_distribution(log, 1e-3) == (True, 1e-3)
+    assert in_distribution(log, 0.5) == (False, None)
+    assert in_distribution(IntDistribution(16, 128, step=16), 32.0) == (True, 32)
+    assert in_distribution(IntDistribution(16, 128, step=16), 40) == (False, None)
+    assert in_distribution(CategoricalDistribution([32, 64]), 64) == (True, 64)
+    assert in_distribution(CategoricalDistribution([32, 64]), "64") == (False, None)
+    assert in_distribution(FloatDistribution(0, 1), "relu") == (False, None)
+
+
+def test_points_become_parameters_of_their_types() -> None:
+    spec = spec_with(
+        warmStart={
+            "points": [
+                {
+                    "params": [
+                        {"name": "learning_rate", "value": "3e-3"},
+                        {"name": "batch_size", "value": 64},
+                    ]
+                }
+            ]
+        },
+    )
+    assert spec.warm_start is not None and spec.warm_start.points is not None
+    params = point_params(spec, spec.warm_start.points[0])
+    assert params == {"learning_rate": 0.003, "batch_size": 64}
+    assert isinstance(params["learning_rate"], float)

@@ -96,6 +96,36 @@ def test_ensure_study_stores_the_spec_budget_and_refuses_another_direction(tmp_p
         )
 
 
+def test_a_study_of_several_objectives_keeps_them(tmp_path: Path) -> None:
+    storage = open_storage(f"journal:{tmp_path}/s.journal")
+    two = [
+        {"metric": "accuracy", "direction": "Maximize"},
+        {"metric": "parameters", "direction": "Minimize"},
+    ]
+    spec = spec_model(objective=None, objectives=two)
+    study = ensure_study(storage, "pareto", spec)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["accuracy", "parameters"]  # shown by optuna-dashboard
+    assert ensure_study(storage, "pareto", spec).study_name == "pareto"  # loads it again
+    with pytest.raises(SpecError) as single:
+        ensure_study(storage, "pareto", spec_model())
+    assert str(single.value.errors[0]) == (
+        "spec.objective: study 'pareto' already exists in the storage with 2 objectives: "
+        "accuracy (Maximize), parameters (Minimize); the objectives of a study cannot change "
+        "(use a new metadata.name)"
+    )
+    renamed = spec_model(
+        objective=None, objectives=[two[0], {"metric": "latency", "direction": "Minimize"}]
+    )
+    with pytest.raises(SpecError) as other:
+        ensure_study(storage, "pareto", renamed)
+    assert other.value.errors[0].path == "spec.objectives"
+    with pytest.raises(SpecError) as several:
+        ensure_study(storage, "digits", spec_model())
+        ensure_study(storage, "digits", spec)
+    assert "with one objective (Maximize)" in str(several.value.errors[0])
+
+
 def test_requeue_fails_and_retries_only_the_dead_workers_trials(tmp_path: Path) -> None:
     study = optuna.create_study(storage=open_storage(f"journal:{tmp_path}/s.journal"))
     dead, alive = study.ask(), study.ask()

@@ -1,0 +1,73 @@
+"""A study with two objectives, shared by two runner processes on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from optuna.trial import TrialState
+
+from tests.integration.conftest import digits_study, kubetune, start_runner
+from tests.integration.test_shared_study import finish
+from trial_runner.contract import TELEMETRY_ATTR, WORKER_ATTR
+from trial_runner.spec import load_study
+from trial_runner.storage import ensure_study, open_storage, read_progress
+
+OBJECTIVES = [
+    {"metric": "accuracy", "direction": "Maximize"},
+    {"metric": "parameters", "direction": "Minimize"},
+]
+
+
+def digits_parameters(hidden: int, layers: int = 2) -> float:
+    """DigitsMLP's parameter count: 64 inputs, ``layers`` hidden layers, 10 classes."""
+    count, width = 0, 64
+    for _ in range(layers):
+        count += width * hidden + hidden
+        width = hidden
+    return float(count + width * 10 + 10)
+
+
+def test_two_runners_finish_exactly_the_budget_of_a_two_objective_study(
+    postgres_url: str, write_study: Callable[[dict[str, Any]], Path], tmp_path: Path
+) -> None:
+    doc = digits_study(
+        "pareto",
+        objective=None,
+        objectives=OBJECTIVES,
+        budget={"maxTrials": 8},
+        sampler={"type": "NSGAII", "seed": 0, "populationSize": 4},
+    )
+    path = write_study(doc)
+    spec = load_study(path).spec
+    study = ensure_study(open_storage(postgres_url), "pareto", spec)
+    logs = [tmp_path / f"runner-{i}.log" for i in range(2)]
+    finish([start_runner(path, postgres_url, "pareto", log) for log in logs], logs)
+
+    trials = study.get_trials()
+    assert len(trials) == 8, [t.state for t in trials]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.number for t in trials) == list(range(8))
+    assert len({t.user_attrs[WORKER_ATTR] for t in trials}) == 2, "both runners took trials"
+    for t in trials:
+        accuracy, parameters = t.values
+        metrics = t.user_attrs[TELEMETRY_ATTR]["metrics"]
+        assert accuracy == metrics["accuracy"] and parameters == metrics["parameters"]
+        assert parameters == digits_parameters(t.params["hidden_size"])
+    # The front kubetune reports is Optuna's own.
+    progress = read_progress(study, spec)
+    assert progress.finished == 8 and progress.outcome == "BudgetSpent"
+    assert {t.number for t in progress.pareto_front} == {t.number for t in study.best_trials}
+
+    out = tmp_path / "front.yaml"
+    results = kubetune(
+        "results", str(path), "--storage", postgres_url, "--output", str(out), timeout=120
+    )
+    assert results.returncode == 0, results.stderr
+    assert "Pareto front" in results.stdout
+    front = yaml.safe_load(out.read_text())["paretoFront"]
+    assert front["size"] == len(study.best_trials)
+    assert {t["trial"] for t in front["trials"]} == {t.number for t in study.best_trials}
+    assert all(set(t["values"]) == {"accuracy", "parameters"} for t in front["trials"])
