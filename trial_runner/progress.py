@@ -7,8 +7,8 @@ talking to each other: the storage is the only shared state.
 Budget rules:
     * ``maxTrials`` counts trials that finished COMPLETE or PRUNED, plus those RUNNING or
       WAITING (they will finish). A claim is refused once that sum reaches the budget.
-    * A FAIL trial that was retried (a WAITING/RUNNING/finished copy names it in
-      ``retry_history``) is not counted as a failure: the retry stands in for it.
+    * A *preempted* trial (its runner was stopped or died: :func:`is_preempted`) is counted
+      apart, never as a failure: it is re-queued and its retry stands in for it.
     * ``maxFailedTrials``, ``timeout``: once reached, nothing new is claimed.
     * A trial with several objectives counts exactly like one with one.
     * Trials added from another study by a warm start (``PRIOR_ATTR``) inform the sampler
@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import PRIOR_ATTR, STAGE_ATTR
+from trial_runner.contract import PREEMPTED_ATTR, PRIOR_ATTR, STAGE_ATTR
 from trial_runner.pareto import FrontTrial, pareto_front
 from trial_runner.spec import best_first_key
 
@@ -38,7 +38,10 @@ __all__ = [
     "Claim",
     "StageSummary",
     "StudyProgress",
+    "is_preempted",
+    "overclaimed",
     "plan_claim",
+    "retried_numbers",
     "summarize",
 ]
 
@@ -85,7 +88,7 @@ class StageSummary:
 class StudyProgress:
     complete: int
     pruned: int
-    failed: int  # not retried
+    failed: int  # the task failed (preempted trials are not counted here)
     running: int
     waiting: int
     max_trials: int
@@ -99,6 +102,8 @@ class StudyProgress:
     stage_best_params: tuple[dict[str, Any], ...] = field(default=())
     #: Several objectives: the Pareto front (``best_*`` are then ``None``).
     pareto_front: tuple[FrontTrial, ...] = ()
+    #: Trials whose runner was stopped or died (re-queued; neither failed nor in the budget).
+    preempted: int = 0
 
     @property
     def finished(self) -> int:
@@ -114,11 +119,25 @@ class StudyProgress:
         return self.outcome != "Running" and self.active == 0
 
 
-def _retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials some retry names in its ``retry_history`` (Optuna's record)."""
     retried: set[int] = set()
     for t in trials:
         retried.update(int(n) for n in t.system_attrs.get("retry_history", []))
     return retried
+
+
+def is_preempted(trial: FrozenTrial, retried: set[int]) -> bool:
+    """Whether ``trial`` failed because its runner was stopped or died, not because of its task.
+
+    kubetune marks such a trial (:data:`~trial_runner.contract.PREEMPTED_ATTR`) before failing
+    it. Optuna's own stale-trial sweep, which ``study.optimize`` runs too, fails a trial without
+    the mark but queues a retry naming it, so a retried trial counts as preempted as well
+    (``retried`` is :func:`retried_numbers` of the study's trials).
+    """
+    if trial.state != TrialState.FAIL:
+        return False
+    return PREEMPTED_ATTR in trial.user_attrs or trial.number in retried
 
 
 def summarize(
@@ -131,10 +150,12 @@ def summarize(
     direction for a study with one objective)."""
     directions = (directions,) if isinstance(directions, str) else tuple(directions)
     trials = [t for t in trials if PRIOR_ATTR not in t.user_attrs]
-    retried = _retried_numbers(trials)
+    retried = retried_numbers(trials)
     counts = {s: 0 for s in TrialState}
+    preempted = 0
     for t in trials:
-        if t.state == TrialState.FAIL and t.number in retried:
+        if is_preempted(t, retried):
+            preempted += 1
             continue
         counts[t.state] += 1
 
@@ -199,6 +220,7 @@ def summarize(
         outcome=outcome,
         elapsed_seconds=elapsed_seconds,
         pareto_front=() if single else pareto_front(trials, directions),
+        preempted=preempted,
     )
 
 
@@ -251,3 +273,11 @@ def plan_claim(progress: StudyProgress) -> Claim:
     if any(s.active > 0 for s in earlier):
         return Claim("Wait", reason="waiting for the previous stage to finish")
     return Claim("Run", stage=progress.current_stage)
+
+
+def overclaimed(progress: StudyProgress) -> bool:
+    """Whether more trials are claimed than the budget or a stage's quota allows, which only
+    happens when two runners claimed at once (a claim lock lost with its connection)."""
+    if progress.finished + progress.active > progress.max_trials:
+        return True
+    return any(s.complete + s.pruned + s.active > s.quota for s in progress.stages)

@@ -12,7 +12,7 @@ import yaml
 from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
 from trial_runner.contract import PRIOR_ATTR, TELEMETRY_ATTR
 from trial_runner.pareto import front_document
-from trial_runner.progress import StudyProgress
+from trial_runner.progress import StudyProgress, is_preempted, retried_numbers
 from trial_runner.spec import StudySpec, best_first_key, load_study
 from trial_runner.storage import read_progress
 from trial_runner.warmstart import recorded_report
@@ -42,6 +42,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         ("complete", progress.complete),
         ("pruned", progress.pruned),
         ("failed", progress.failed),
+        ("preempted", f"{progress.preempted} (re-queued; not failures, not in the budget)"),
         ("running", progress.running),
     ]
     if spec.multi_objective:
@@ -88,6 +89,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     finished = [t for t in trials if t.state.is_finished() and PRIOR_ATTR not in t.user_attrs]
+    retried = retried_numbers(trials)
     directions = spec.directions
     ranked = sorted(
         finished,
@@ -100,7 +102,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         a = t.user_attrs.get(TELEMETRY_ATTR) or {}
         table.add_row(
             str(t.number),
-            t.state.name,
+            "PREEMPTED" if is_preempted(t, retried) else t.state.name,
             _values(t.values),
             str(a.get("epochs_run", "-")),
             str(a.get("folds_run", "-")),
@@ -139,6 +141,7 @@ def _document(name: str, spec: StudySpec, progress: StudyProgress) -> dict[str, 
         "complete": progress.complete,
         "pruned": progress.pruned,
         "failed": progress.failed,
+        "preempted": progress.preempted,
         "running": progress.running,
         "budget": progress.max_trials,
     }

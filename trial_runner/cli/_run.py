@@ -26,6 +26,7 @@ from trial_runner.cli._common import (
 )
 from trial_runner.contract import LOCAL_WORKERS_ENV
 from trial_runner.entrypoints import check_entrypoint
+from trial_runner.outage import first_line, is_connection_error
 from trial_runner.pareto import spread
 from trial_runner.progress import StudyProgress
 from trial_runner.spec import StudySpec, load_study
@@ -115,12 +116,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             if interrupted:
                 supervisor.terminate()
                 break
-            # Exits are handled before asking whether anything still runs, so a runner that
-            # died is re-queued and replaced even when it was the last one running.
-            supervisor.check(study)
-            if supervisor.config_error or not supervisor.running():
-                break
-            view.update(read_progress(study, spec))
+            try:
+                # Exits are handled before asking whether anything still runs, so a runner
+                # that died is re-queued and replaced even when it was the last one running.
+                supervisor.check(study)
+                if supervisor.config_error or not supervisor.running():
+                    break
+                view.update(read_progress(study, spec))
+            except Exception as error:
+                if not is_connection_error(error):
+                    raise
+                # The runners wait the outage out and keep their trials; so does this view.
+                view.outage(first_line(error))
             time.sleep(0.5)
     finally:
         supervisor.terminate()
@@ -265,9 +272,10 @@ class _ProgressView:
         best = (
             f"front {len(p.pareto_front)}" if self.multi_objective else f"best {fmt(p.best_value)}"
         )
+        preempted = f"  preempted {p.preempted}" if p.preempted else ""
         return (
             f"trials {p.finished}/{p.max_trials}  running {p.running}  pruned {p.pruned}  "
-            f"failed {p.failed}  {best}{stage}"
+            f"failed {p.failed}{preempted}  {best}{stage}"
         )
 
     def update(self, progress: Any) -> None:
@@ -280,6 +288,13 @@ class _ProgressView:
                 self._live.start()
             self._live.update(line)
         elif line != self._last_line:
+            print(line, flush=True)
+        self._last_line = line
+
+    def outage(self, error: str) -> None:
+        """The storage cannot be read now (said once per outage)."""
+        line = f"storage unreachable ({error}); the runners wait for it"
+        if line != self._last_line:
             print(line, flush=True)
         self._last_line = line
 
