@@ -93,6 +93,8 @@ SETTING_SAMPLES = {
     "KUBETUNE_RUNNER_TOLERATIONS": "dedicated:NoSchedule",
     "KUBETUNE_STORAGE_URL": "postgresql://u:p@db/kubetune",
     "KUBETUNE_DEFAULT_STORAGE_SECRET": "pg",
+    "KUBETUNE_LEADER_ELECTION_LEASE": "kubetune-system/kubetune-operator",
+    "KUBETUNE_LEASE_DURATION": "20",
 }
 
 
