@@ -20,10 +20,9 @@ restarted operator finds its pods and "already exists" means "already done".
 from __future__ import annotations
 
 import dataclasses
-import os
-
 import datetime as dt
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Mapping
