@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import STAGE_ATTR
+from trial_runner.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR, TrialTelemetry
 from trial_runner.spec import is_better
 
 __all__ = [
@@ -29,8 +29,11 @@ __all__ = [
     "Claim",
     "StageSummary",
     "StudyProgress",
+    "TelemetrySummary",
     "plan_claim",
     "summarize",
+    "summarize_telemetry",
+    "trial_telemetry",
 ]
 
 Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "TimedOut"]
@@ -68,6 +71,15 @@ class StageSummary:
 
 
 @dataclass(frozen=True)
+class TelemetrySummary:
+    """What the warm runners saved, over the finished (complete or pruned) trials."""
+
+    mean_overhead_seconds: float | None  # wall time that is not training or validation
+    processes: int  # runner processes that finished trials
+    trials_per_process: float | None  # finished trials per process: how warm runners stay
+
+
+@dataclass(frozen=True)
 class StudyProgress:
     complete: int
     pruned: int
@@ -83,6 +95,7 @@ class StudyProgress:
     outcome: Outcome
     elapsed_seconds: float | None
     stage_best_params: tuple[dict[str, Any], ...] = field(default=())
+    telemetry: TelemetrySummary = field(default=TelemetrySummary(None, 0, None))
 
     @property
     def finished(self) -> int:
@@ -176,6 +189,30 @@ def summarize(
         stages=tuple(stage_rows),
         outcome=outcome,
         elapsed_seconds=elapsed_seconds,
+        telemetry=summarize_telemetry(trials),
+    )
+
+
+def trial_telemetry(trial: FrozenTrial) -> TrialTelemetry:
+    """The trial's telemetry (empty for a trial that recorded none)."""
+    raw = trial.user_attrs.get(TELEMETRY_ATTR)
+    return cast(TrialTelemetry, raw) if isinstance(raw, dict) else {}
+
+
+def summarize_telemetry(trials: Sequence[FrozenTrial]) -> TelemetrySummary:
+    """Mean overhead per finished trial and finished trials per runner process."""
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    overheads = [
+        float(seconds)
+        for t in finished
+        if (seconds := trial_telemetry(t).get("overhead_seconds")) is not None
+    ]
+    workers = [t.user_attrs[WORKER_ATTR] for t in finished if WORKER_ATTR in t.user_attrs]
+    processes = len(set(workers))
+    return TelemetrySummary(
+        mean_overhead_seconds=sum(overheads) / len(overheads) if overheads else None,
+        processes=processes,
+        trials_per_process=len(workers) / processes if processes else None,
     )
 
 

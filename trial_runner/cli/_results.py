@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
-from trial_runner.contract import TELEMETRY_ATTR
+from trial_runner.progress import trial_telemetry
 from trial_runner.spec import load_study
 from trial_runner.storage import read_progress
 
@@ -68,7 +68,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         key=lambda t: (t.state != TrialState.COMPLETE, spec.objective.best_first(t.value or 0)),
     )
     for t in ranked[: args.top]:
-        a = t.user_attrs.get(TELEMETRY_ATTR) or {}
+        a = trial_telemetry(t)
         trials.add_row(
             str(t.number),
             t.state.name,
