@@ -15,6 +15,7 @@ Budget rules:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -34,6 +35,7 @@ __all__ = [
     "summarize",
     "summarize_telemetry",
     "trial_telemetry",
+    "trials_by_process",
 ]
 
 Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "TimedOut"]
@@ -199,20 +201,31 @@ def trial_telemetry(trial: FrozenTrial) -> TrialTelemetry:
     return cast(TrialTelemetry, raw) if isinstance(raw, dict) else {}
 
 
+def _finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def trials_by_process(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """Finished trials of each runner process (``host:pid``), most first."""
+    counts = Counter(
+        str(t.user_attrs[WORKER_ATTR]) for t in _finished(trials) if WORKER_ATTR in t.user_attrs
+    )
+    return dict(counts.most_common())
+
+
 def summarize_telemetry(trials: Sequence[FrozenTrial]) -> TelemetrySummary:
     """Mean overhead per finished trial and finished trials per runner process."""
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     overheads = [
         float(seconds)
-        for t in finished
+        for t in _finished(trials)
         if (seconds := trial_telemetry(t).get("overhead_seconds")) is not None
     ]
-    workers = [t.user_attrs[WORKER_ATTR] for t in finished if WORKER_ATTR in t.user_attrs]
-    processes = len(set(workers))
+    by_process = trials_by_process(trials)
+    processes = len(by_process)
     return TelemetrySummary(
         mean_overhead_seconds=sum(overheads) / len(overheads) if overheads else None,
         processes=processes,
-        trials_per_process=len(workers) / processes if processes else None,
+        trials_per_process=sum(by_process.values()) / processes if processes else None,
     )
 
 
