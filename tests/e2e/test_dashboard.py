@@ -25,8 +25,10 @@ import yaml
 
 from tests.browser import Browser, page_text, publish_screenshot
 from tests.e2e.controlplane import REPO_ROOT, free_port
-from tests.helpers import IN_CI, study_model, wait_until
+from tests.helpers import IN_CI, wait_until
+from tests.integration.conftest import digits_study
 from trial_runner.runner import run_runner
+from trial_runner.spec import study_from_mapping
 from trial_runner.storage import ensure_study, open_storage
 
 pytestmark = pytest.mark.e2e
@@ -76,23 +78,13 @@ def _command(container: dict[str, Any], storage_url: str, port: int) -> list[str
 @pytest.fixture
 def dashboard_study(postgres_url: str) -> optuna.Study:
     """A study real warm runner trials filled: complete and pruned trials with telemetry."""
-    study = study_model(
-        "dashboard",
-        stages=None,
-        searchSpace=[
-            {
-                "name": "learning_rate",
-                "type": "Float",
-                "low": "1e-3",
-                "high": "3e-2",
-                "scale": "Log",
-            },
-            {"name": "hidden_size", "type": "Int", "low": 16, "high": 64},
-        ],
-        budget={"maxTrials": 6},
-        sampler={"type": "TPE", "seed": 0},
-        pruner={"type": "Median", "nStartupTrials": 1},
-        training={"epochs": 1, "folds": 3},
+    study = study_from_mapping(
+        digits_study(
+            "dashboard",
+            budget={"maxTrials": 6},
+            pruner={"type": "Median", "nStartupTrials": 1},
+            training={"epochs": 1, "folds": 3},
+        )
     )
     ensure_study(open_storage(postgres_url, heartbeat=False), "dashboard", study.spec)
     run_runner(study, postgres_url, "dashboard", install_signal_handlers=False)

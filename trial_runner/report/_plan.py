@@ -38,19 +38,6 @@ FigureKind = Literal[
     "Gpu",
 ]
 
-#: Figures drawn by ``optuna.visualization`` (the rest plot kubetune's telemetry).
-OPTUNA_FIGURES: frozenset[FigureKind] = frozenset(
-    {
-        "History",
-        "ParetoFront",
-        "Importances",
-        "ParallelCoordinate",
-        "Slice",
-        "IntermediateValues",
-        "Timeline",
-    }
-)
-
 
 @dataclass(frozen=True)
 class FigurePlan:
