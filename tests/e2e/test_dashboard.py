@@ -120,7 +120,7 @@ def served(control_plane_bin_dir: Path, postgres_url: str, tmp_path: Path) -> It
             except OSError:
                 return False
 
-        wait_until(answers, 60, "optuna-dashboard to answer", diagnose=log.read_text)
+        wait_until(answers, 120, "optuna-dashboard to answer", diagnose=log.read_text)
         yield base
     finally:
         process.terminate()

@@ -56,7 +56,7 @@ def test_report_of_a_run_study_renders_every_plot_in_a_headless_browser(
     browser = Browser(tmp_path)
     study_file = write_study(
         digits_study(
-            "report",
+            "digits-mlp",
             stages=[{"groups": ["Critical"], "trials": 4}, {"groups": ["Critical", "Model"]}],
             budget={"maxTrials": 10},
             pruner={"type": "Median", "nStartupTrials": 2},
@@ -88,7 +88,7 @@ def test_report_of_a_run_study_renders_every_plot_in_a_headless_browser(
         assert DRAWN.search(section), f"{kind}: a plot without traces"
     text = page_text(dom)
     assert "Best of each stage" in text
-    study = optuna.load_study(study_name="report", storage=postgres_url)
+    study = optuna.load_study(study_name="digits-mlp", storage=postgres_url)
     assert f"best value {study.best_value:.6g} (trial {study.best_trial.number})" in text
     # The first trial of each runner was profiled, and the report links the traces.
     traced = [t for t in study.trials if PROFILE_ATTR in t.user_attrs]

@@ -55,7 +55,8 @@ def build_figure(
         figure = vis.plot_timeline(study)
     else:
         figure = _TELEMETRY[kind](rows, trials)
-    figure.update_layout(title=plan.title)
+    # The page's heading names the figure; a second title inside it would repeat it.
+    figure.update_layout(title_text="", margin={"t": 30})
     return figure
 
 

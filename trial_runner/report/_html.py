@@ -65,7 +65,12 @@ def render_report(
     objectives = objective_names(study, names)
     plan = plan_report(trials, study.directions, objectives)
     sections = []
+    headings = {
+        False: '<h2 id="optuna">Optuna\'s plots</h2>',
+        True: '<h2 id="telemetry">Runner telemetry</h2>',
+    }
     for index, figure_plan in enumerate(plan.figures):
+        heading = headings.pop(figure_plan.telemetry, "")
         if on_figure is not None:
             on_figure(figure_plan.title)
         figure = build_figure(figure_plan, study, trials, plan.telemetry, objectives)
@@ -77,7 +82,7 @@ def render_report(
             config={"displaylogo": False, "responsive": True},
         )
         sections.append(
-            f'<section class="figure" data-kind="{figure_plan.kind}">'
+            f'{heading}<section class="figure" data-kind="{figure_plan.kind}">'
             f"<h3>{_e(figure_plan.title)}</h3><p>{_e(figure_plan.caption)}</p>{div}</section>"
         )
     body = [
@@ -85,7 +90,6 @@ def render_report(
         f'<p class="sub">kubetune report, {_e(_now())}; Optuna {_e(optuna.__version__)}</p>',
         _summary(study, trials, objectives, progress),
         _stages(progress),
-        "<h2>Plots</h2>",
         *sections,
         _skipped(plan.skipped),
         _profiles(plan.profiles, output_dir),

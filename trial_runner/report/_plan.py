@@ -39,6 +39,12 @@ FigureKind = Literal[
 ]
 
 
+#: The figures of kubetune's telemetry; the others are drawn by ``optuna.visualization``.
+TELEMETRY_FIGURES: frozenset[FigureKind] = frozenset(
+    {"TrialTime", "Batches", "Memory", "Packing", "WarmUp", "Gpu"}
+)
+
+
 @dataclass(frozen=True)
 class FigurePlan:
     """One figure: its kind and, for a multi-objective study, the objective it plots."""
@@ -47,6 +53,11 @@ class FigurePlan:
     title: str
     caption: str
     objective: int | None = None
+
+    @property
+    def telemetry(self) -> bool:
+        """Whether it plots kubetune's telemetry (else it is one of Optuna's plots)."""
+        return self.kind in TELEMETRY_FIGURES
 
 
 @dataclass(frozen=True)
@@ -216,8 +227,10 @@ def plan_report(
         add(
             "Memory",
             "Memory: estimated and measured peak",
-            "The planner's estimate of the training step's peak against the peak measured "
-            "(CUDA allocator on GPUs; the process's resident high-water mark on CPUs).",
+            "The planner's estimate of the training step's peak against the peak measured. On "
+            "GPUs both count the CUDA allocator's memory; on CPUs the measured peak is the "
+            "whole process's resident high-water mark (Python, torch, the data), far above the "
+            "step's own. Trials that needed no estimate (every configuration fits) have none.",
         )
         add(
             "Packing",
