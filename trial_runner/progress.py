@@ -23,13 +23,21 @@ is then the trial best by the first objective, ties broken by the next ones
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import PREEMPTED_ATTR, PRIOR_ATTR, STAGE_ATTR
+from trial_runner.contract import (
+    PREEMPTED_ATTR,
+    PRIOR_ATTR,
+    STAGE_ATTR,
+    TELEMETRY_ATTR,
+    WORKER_ATTR,
+    TrialTelemetry,
+)
 from trial_runner.pareto import FrontTrial, pareto_front
 from trial_runner.spec import best_first_key
 
@@ -38,11 +46,15 @@ __all__ = [
     "Claim",
     "StageSummary",
     "StudyProgress",
+    "TelemetrySummary",
     "is_preempted",
     "overclaimed",
     "plan_claim",
     "retried_numbers",
     "summarize",
+    "summarize_telemetry",
+    "trial_telemetry",
+    "trials_by_process",
 ]
 
 Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "TimedOut"]
@@ -85,6 +97,15 @@ class StageSummary:
 
 
 @dataclass(frozen=True)
+class TelemetrySummary:
+    """What the warm runners saved, over the finished (complete or pruned) trials."""
+
+    mean_overhead_seconds: float | None  # wall time that is not training or validation
+    processes: int  # runner processes that finished trials
+    trials_per_process: float | None  # finished trials per process: how warm runners stay
+
+
+@dataclass(frozen=True)
 class StudyProgress:
     complete: int
     pruned: int
@@ -104,6 +125,7 @@ class StudyProgress:
     pareto_front: tuple[FrontTrial, ...] = ()
     #: Trials whose runner was stopped or died (re-queued; neither failed nor in the budget).
     preempted: int = 0
+    telemetry: TelemetrySummary = field(default=TelemetrySummary(None, 0, None))
 
     @property
     def finished(self) -> int:
@@ -221,6 +243,41 @@ def summarize(
         elapsed_seconds=elapsed_seconds,
         pareto_front=() if single else pareto_front(trials, directions),
         preempted=preempted,
+        telemetry=summarize_telemetry(trials),
+    )
+
+
+def trial_telemetry(trial: FrozenTrial) -> TrialTelemetry:
+    """The trial's telemetry (empty for a trial that recorded none)."""
+    raw = trial.user_attrs.get(TELEMETRY_ATTR)
+    return cast(TrialTelemetry, raw) if isinstance(raw, dict) else {}
+
+
+def _finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def trials_by_process(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """Finished trials of each runner process (``host:pid``), most first."""
+    counts = Counter(
+        str(t.user_attrs[WORKER_ATTR]) for t in _finished(trials) if WORKER_ATTR in t.user_attrs
+    )
+    return dict(counts.most_common())
+
+
+def summarize_telemetry(trials: Sequence[FrozenTrial]) -> TelemetrySummary:
+    """Mean overhead per finished trial and finished trials per runner process."""
+    overheads = [
+        float(seconds)
+        for t in _finished(trials)
+        if (seconds := trial_telemetry(t).get("overhead_seconds")) is not None
+    ]
+    by_process = trials_by_process(trials)
+    processes = len(by_process)
+    return TelemetrySummary(
+        mean_overhead_seconds=sum(overheads) / len(overheads) if overheads else None,
+        processes=processes,
+        trials_per_process=sum(by_process.values()) / processes if processes else None,
     )
 
 

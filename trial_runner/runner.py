@@ -29,6 +29,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -42,14 +43,17 @@ from trial_runner.contract import (
     FOLDS_ATTR,
     LOCAL_WORKERS_ENV,
     PREEMPTED_ATTR,
+    PROFILE_ATTR,
     STAGE_ATTR,
     TELEMETRY_ATTR,
     WAIT_SECONDS_ENV,
     WORKER_ATTR,
 )
 from trial_runner.engine import Engine, FoldRecord, Interrupted, folds_from_attr, folds_to_attr
+from trial_runner.metrics import RunnerMetrics
 from trial_runner.outage import first_line, is_connection_error
 from trial_runner.preemption import ResumingRetry, release_stale_trials, retried_from
+from trial_runner.profile import profile_directory, record_trace, should_profile, trace_path
 from trial_runner.progress import Claim, StudyProgress, overclaimed, plan_claim
 from trial_runner.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
 from trial_runner.spec import HPOStudy, Objective, StudySpec, best_first_key
@@ -112,8 +116,12 @@ def run_runner(
     stop_requested: threading.Event | None = None,
     install_signal_handlers: bool = True,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+    metrics: RunnerMetrics | None = None,
 ) -> RunnerSummary:
-    """Run trials of ``study_name`` until its budget is spent; returns why it stopped."""
+    """Run trials of ``study_name`` until its budget is spent; returns why it stopped.
+
+    Each trial this runner finishes is passed to ``on_trial`` and counted in ``metrics``.
+    """
     spec = study_doc.spec
     stop = stop_requested or threading.Event()
     if install_signal_handlers:
@@ -140,6 +148,7 @@ def run_runner(
         BestCheckpoint(Path(spec.training.checkpoint.directory), spec.primary_objective)
         if spec.training.checkpoint
         else None,
+        profile_directory(spec.training, study_name),
     )
     trials_run = 0
     while True:
@@ -161,7 +170,10 @@ def run_runner(
             raise
         if step.ran:
             trials_run += 1
-            if step.trial is not None and on_trial is not None:
+        if step.trial is not None:
+            if metrics is not None:
+                metrics.record(step.trial)
+            if on_trial is not None:
                 on_trial(step.trial)
         if step.stop is not None:
             return RunnerSummary(trials_run, step.stop)
@@ -189,9 +201,10 @@ class _Runner:
         lock: ClaimLock,
         stop: threading.Event,
         checkpoint: BestCheckpoint | None,
+        profiles: Path,
     ) -> None:
         self.spec, self.study, self.engine, self.lock = spec, study, engine, lock
-        self.stop, self.checkpoint = stop, checkpoint
+        self.stop, self.checkpoint, self.profiles = stop, checkpoint, profiles
         self.me = worker_id()
         self._quiet = _QuietPreemptedTrials.install()
 
@@ -265,17 +278,24 @@ class _Runner:
         # Optuna prunes single-objective trials only; the spec allows no pruner with several
         # objectives, so their trials report nothing.
         reporter = None if spec.multi_objective else trial
+        engine = self.engine
+        traced = should_profile(spec.training.profile, trial.number, engine.trials_run)
+        trace = trace_path(self.profiles, trial.number, self.me)
         try:
-            result = self.engine.run_trial(
-                params,
-                # A retry trains as the trial it resumes would have: same epochs, same seeds.
-                trial_number=origin if origin is not None else trial.number,
-                reporter=reporter,
-                resume=resume,
-                on_fold=keep,
-            )
+            with record_trace(trace, engine.device) if traced else nullcontext():
+                result = engine.run_trial(
+                    params,
+                    # A retry trains as the trial it resumes would have: same epochs, seeds.
+                    trial_number=origin if origin is not None else trial.number,
+                    reporter=reporter,
+                    resume=resume,
+                    on_fold=keep,
+                )
         except Interrupted:
             self._preempted(trial, "Terminated")
+        finally:
+            if traced and trace.is_file():
+                trial.set_user_attr(PROFILE_ATTR, str(trace.resolve()))
         # One attribute, one storage write: the telemetry and the task's metrics.
         trial.set_user_attr(TELEMETRY_ATTR, {**result.telemetry, "metrics": result.metrics})
         if result.pruned:

@@ -10,9 +10,9 @@ from typing import Any
 import yaml
 
 from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
-from trial_runner.contract import PRIOR_ATTR, TELEMETRY_ATTR
+from trial_runner.contract import PRIOR_ATTR
 from trial_runner.pareto import front_document
-from trial_runner.progress import StudyProgress, is_preempted, retried_numbers
+from trial_runner.progress import StudyProgress, is_preempted, retried_numbers, trial_telemetry
 from trial_runner.spec import StudySpec, best_first_key, load_study
 from trial_runner.storage import read_progress
 from trial_runner.warmstart import recorded_report
@@ -99,7 +99,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         ),
     )
     for t in ranked[: args.top]:
-        a = t.user_attrs.get(TELEMETRY_ATTR) or {}
+        a = trial_telemetry(t)
         table.add_row(
             str(t.number),
             "PREEMPTED" if is_preempted(t, retried) else t.state.name,
