@@ -21,7 +21,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trial_runner.spec import Objective, best_first_key
 
-__all__ = ["FrontTrial", "front_document", "pareto_front", "spread"]
+__all__ = [
+    "FrontTrial",
+    "front_document",
+    "front_trials",
+    "ordered_front",
+    "pareto_front",
+    "spread",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,15 @@ def pareto_front(
     trials: Sequence[FrozenTrial], directions: Sequence[str]
 ) -> tuple[FrontTrial, ...]:
     """The complete trials no other complete trial dominates, in the module's order."""
+    return ordered_front(front_trials(trials, directions), directions)
+
+
+def front_trials(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
+    """The complete trials of ``trials`` no other one dominates (unordered).
+
+    The front of a front plus new trials is the front of all of them, which is how
+    :class:`trial_runner.progress.ProgressTally` keeps it up to date.
+    """
     # Optuna keeps NaN out of complete trials (it fails them).
     scored = [
         t
@@ -48,7 +64,13 @@ def pareto_front(
     optuna_directions = [
         StudyDirection.MAXIMIZE if d == "Maximize" else StudyDirection.MINIMIZE for d in directions
     ]
-    front = _get_pareto_front_trials_by_trials(scored, optuna_directions)
+    return list(_get_pareto_front_trials_by_trials(scored, optuna_directions))
+
+
+def ordered_front(
+    front: Sequence[FrozenTrial], directions: Sequence[str]
+) -> tuple[FrontTrial, ...]:
+    """``front`` in the module's order, as :class:`FrontTrial`."""
     ordered = sorted(front, key=lambda t: (best_first_key(directions, t.values), t.number))
     return tuple(FrontTrial(t.number, tuple(t.values), dict(t.params)) for t in ordered)
 

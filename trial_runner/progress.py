@@ -38,12 +38,13 @@ from trial_runner.contract import (
     WORKER_ATTR,
     TrialTelemetry,
 )
-from trial_runner.pareto import FrontTrial, pareto_front
+from trial_runner.pareto import FrontTrial, front_trials, ordered_front
 from trial_runner.spec import best_first_key
 
 __all__ = [
     "BudgetState",
     "Claim",
+    "ProgressTally",
     "StageSummary",
     "StudyProgress",
     "TelemetrySummary",
@@ -126,6 +127,8 @@ class StudyProgress:
     #: Trials whose runner was stopped or died (re-queued; neither failed nor in the budget).
     preempted: int = 0
     telemetry: TelemetrySummary = field(default=TelemetrySummary(None, 0, None))
+    #: Every trial of the study, warm-start and preempted ones included (the next number).
+    trials_total: int = 0
 
     @property
     def finished(self) -> int:
@@ -170,81 +173,209 @@ def summarize(
 ) -> StudyProgress:
     """Where the study stands; ``directions`` has one direction per objective (a single
     direction for a study with one objective)."""
-    directions = (directions,) if isinstance(directions, str) else tuple(directions)
-    trials = [t for t in trials if PRIOR_ATTR not in t.user_attrs]
-    retried = retried_numbers(trials)
-    counts = {s: 0 for s in TrialState}
-    preempted = 0
-    for t in trials:
-        if is_preempted(t, retried):
-            preempted += 1
-            continue
-        counts[t.state] += 1
+    tally = ProgressTally(directions)
+    tally.update(trials)
+    return tally.progress(budget, elapsed_seconds)
 
-    quotas = budget.stage_quotas()
-    stage_rows: list[StageSummary] = []
-    for index, quota in enumerate(quotas):
-        mine = [t for t in trials if int(t.user_attrs.get(STAGE_ATTR, 0)) == index]
-        best = _best(mine, directions)
-        stage_rows.append(
-            StageSummary(
-                index=index,
-                quota=quota,
-                complete=sum(t.state == TrialState.COMPLETE for t in mine),
-                pruned=sum(t.state == TrialState.PRUNED for t in mine),
-                active=sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in mine),
-                best_value=best.values[0] if best else None,
-                best_params=dict(best.params) if best else None,
-                best_trial=best.number if best else None,
-                best_values=tuple(best.values) if best else None,
+
+@dataclass
+class _Best:
+    """The best complete trial of a group so far (the first of equals)."""
+
+    key: tuple[float, ...] = ()
+    trial: FrozenTrial | None = None
+
+    def offer(self, trial: FrozenTrial, directions: Sequence[str]) -> None:
+        values = trial.values
+        if trial.state != TrialState.COMPLETE or values is None or len(values) != len(directions):
+            return
+        if any(math.isnan(v) for v in values):
+            return
+        key = best_first_key(directions, values)
+        if (
+            self.trial is None
+            or key < self.key
+            or (key == self.key and trial.number < self.trial.number)
+        ):
+            self.key, self.trial = key, trial
+
+
+@dataclass
+class _Group:
+    """What finished trials contribute to a stage's row, or to the whole study's."""
+
+    complete: int = 0
+    pruned: int = 0
+    best: _Best = field(default_factory=_Best)
+
+    def add(self, trial: FrozenTrial, directions: Sequence[str]) -> None:
+        self.complete += trial.state == TrialState.COMPLETE
+        self.pruned += trial.state == TrialState.PRUNED
+        self.best.offer(trial, directions)
+
+
+class ProgressTally:
+    """:func:`summarize`, kept up to date incrementally.
+
+    A finished trial never changes, so each is folded in once (counts, every stage's best,
+    the Pareto front, telemetry); only the trials still running or waiting are looked at again
+    on each :meth:`update`. Runners and the operator keep one per study, so reading a study's
+    progress costs what changed since the last read, not the whole study. One thing about a
+    finished trial can change later: a failed trial becomes *preempted* once a retry names it
+    (:func:`is_preempted`); failed trials are kept as a set of numbers for that.
+    """
+
+    def __init__(self, directions: str | Sequence[str]) -> None:
+        self.directions = (directions,) if isinstance(directions, str) else tuple(directions)
+        self._finished: set[int] = set()
+        self._unfinished: list[FrozenTrial] = []
+        self._total = 0
+        self._study = _Group()
+        self._stages: dict[int, _Group] = {}
+        self._fail_marked = 0  # failed with the preempted mark
+        self._fail_unmarked: set[int] = set()  # failed without it (preempted once retried)
+        self._retried: set[int] = set()  # named by a finished trial's retry_history
+        self._front: list[FrozenTrial] = []
+        self._overhead_sum, self._overhead_count = 0.0, 0
+        self._by_process: Counter[str] = Counter()
+        #: Trials looked at by the last :meth:`update` (what a read costs).
+        self.examined = 0
+
+    def update(self, trials: Sequence[FrozenTrial]) -> None:
+        """Fold in the study's trials as read now (all of them; finished ones already folded
+        in are skipped)."""
+        unfinished: list[FrozenTrial] = []
+        complete: list[FrozenTrial] = []
+        examined = 0
+        for t in trials:
+            if t.number in self._finished:
+                continue
+            examined += 1
+            if t.state.is_finished():
+                self._finished.add(t.number)
+                if PRIOR_ATTR not in t.user_attrs:
+                    self._add_finished(t)
+                    if t.state == TrialState.COMPLETE:
+                        complete.append(t)
+            else:
+                unfinished.append(t)
+        self.examined = examined
+        self._total = max(self._total, len(trials))
+        self._unfinished = [t for t in unfinished if PRIOR_ATTR not in t.user_attrs]
+        if complete and len(self.directions) > 1:
+            self._front = front_trials([*self._front, *complete], self.directions)
+
+    def _add_finished(self, t: FrozenTrial) -> None:
+        self._retried.update(int(n) for n in t.system_attrs.get("retry_history", []))
+        if t.state == TrialState.FAIL:
+            if PREEMPTED_ATTR in t.user_attrs:
+                self._fail_marked += 1
+            else:
+                self._fail_unmarked.add(t.number)
+        self._study.add(t, self.directions)
+        self._stages.setdefault(_stage_of(t), _Group()).add(t, self.directions)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            seconds = trial_telemetry(t).get("overhead_seconds")
+            if seconds is not None:
+                self._overhead_sum += float(seconds)
+                self._overhead_count += 1
+            if WORKER_ATTR in t.user_attrs:
+                self._by_process[str(t.user_attrs[WORKER_ATTR])] += 1
+
+    def progress(self, budget: BudgetState, elapsed_seconds: float | None = None) -> StudyProgress:
+        """Where the study stands, as of the last :meth:`update`."""
+        directions = self.directions
+        retried = set(self._retried)
+        for t in self._unfinished:
+            retried.update(int(n) for n in t.system_attrs.get("retry_history", []))
+        failed = len(self._fail_unmarked - retried)
+        preempted = self._fail_marked + len(self._fail_unmarked & retried)
+        running = sum(t.state == TrialState.RUNNING for t in self._unfinished)
+        waiting = sum(t.state == TrialState.WAITING for t in self._unfinished)
+
+        quotas = budget.stage_quotas()
+        stage_rows: list[StageSummary] = []
+        for index, quota in enumerate(quotas):
+            group = self._stages.get(index, _Group())
+            best = group.best.trial
+            stage_rows.append(
+                StageSummary(
+                    index=index,
+                    quota=quota,
+                    complete=group.complete,
+                    pruned=group.pruned,
+                    active=sum(_stage_of(t) == index for t in self._unfinished),
+                    best_value=best.values[0] if best else None,
+                    best_params=dict(best.params) if best else None,
+                    best_trial=best.number if best else None,
+                    best_values=tuple(best.values) if best else None,
+                )
             )
-        )
-    current = len(quotas) - 1
-    for row in stage_rows:
-        if row.complete + row.pruned + row.active < row.quota:
-            current = row.index
-            break
+        current = len(quotas) - 1
+        for row in stage_rows:
+            if row.complete + row.pruned + row.active < row.quota:
+                current = row.index
+                break
 
-    single = len(directions) == 1
-    best = _best(trials, directions) if single else None
-    claimed = (
-        counts[TrialState.COMPLETE]
-        + counts[TrialState.PRUNED]
-        + counts[TrialState.RUNNING]
-        + counts[TrialState.WAITING]
-    )
-    outcome: Outcome = "Running"
-    failed = counts[TrialState.FAIL]
-    # Reaching maxFailedTrials failures stops the study (0: the first failure does).
-    if budget.max_failed_trials is not None and failed > 0 and failed >= budget.max_failed_trials:
-        outcome = "TooManyFailures"
-    if outcome == "Running" and claimed >= budget.max_trials and counts[TrialState.WAITING] == 0:
-        outcome = "BudgetSpent"
-    if (
-        outcome == "Running"
-        and budget.timeout_seconds is not None
-        and elapsed_seconds is not None
-        and elapsed_seconds >= budget.timeout_seconds
-    ):
-        outcome = "TimedOut"
-    return StudyProgress(
-        complete=counts[TrialState.COMPLETE],
-        pruned=counts[TrialState.PRUNED],
-        failed=counts[TrialState.FAIL],
-        running=counts[TrialState.RUNNING],
-        waiting=counts[TrialState.WAITING],
-        max_trials=budget.max_trials,
-        best_value=best.values[0] if best else None,
-        best_params=dict(best.params) if best else None,
-        best_trial=best.number if best else None,
-        current_stage=current,
-        stages=tuple(stage_rows),
-        outcome=outcome,
-        elapsed_seconds=elapsed_seconds,
-        pareto_front=() if single else pareto_front(trials, directions),
-        preempted=preempted,
-        telemetry=summarize_telemetry(trials),
-    )
+        single = len(directions) == 1
+        best = self._study.best.trial if single else None
+        complete, pruned = self._study.complete, self._study.pruned
+        claimed = complete + pruned + running + waiting
+        outcome: Outcome = "Running"
+        # Reaching maxFailedTrials failures stops the study (0: the first failure does).
+        if (
+            budget.max_failed_trials is not None
+            and failed > 0
+            and failed >= budget.max_failed_trials
+        ):
+            outcome = "TooManyFailures"
+        if outcome == "Running" and claimed >= budget.max_trials and waiting == 0:
+            outcome = "BudgetSpent"
+        if (
+            outcome == "Running"
+            and budget.timeout_seconds is not None
+            and elapsed_seconds is not None
+            and elapsed_seconds >= budget.timeout_seconds
+        ):
+            outcome = "TimedOut"
+        return StudyProgress(
+            complete=complete,
+            pruned=pruned,
+            failed=failed,
+            running=running,
+            waiting=waiting,
+            max_trials=budget.max_trials,
+            best_value=best.values[0] if best else None,
+            best_params=dict(best.params) if best else None,
+            best_trial=best.number if best else None,
+            current_stage=current,
+            stages=tuple(stage_rows),
+            outcome=outcome,
+            elapsed_seconds=elapsed_seconds,
+            pareto_front=() if single else ordered_front(self._front, directions),
+            preempted=preempted,
+            telemetry=self.telemetry(),
+            trials_total=self._total,
+        )
+
+    def telemetry(self) -> TelemetrySummary:
+        """Mean overhead per finished trial and finished trials per runner process."""
+        processes = len(self._by_process)
+        return TelemetrySummary(
+            mean_overhead_seconds=(
+                self._overhead_sum / self._overhead_count if self._overhead_count else None
+            ),
+            processes=processes,
+            trials_per_process=sum(self._by_process.values()) / processes if processes else None,
+        )
+
+    def trials_by_process(self) -> dict[str, int]:
+        """Finished trials of each runner process (``host:pid``), most first."""
+        return dict(self._by_process.most_common())
+
+
+def _stage_of(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get(STAGE_ATTR, 0))
 
 
 def trial_telemetry(trial: FrozenTrial) -> TrialTelemetry:
@@ -253,48 +384,20 @@ def trial_telemetry(trial: FrozenTrial) -> TrialTelemetry:
     return cast(TrialTelemetry, raw) if isinstance(raw, dict) else {}
 
 
-def _finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-
-
 def trials_by_process(trials: Sequence[FrozenTrial]) -> dict[str, int]:
     """Finished trials of each runner process (``host:pid``), most first."""
-    counts = Counter(
-        str(t.user_attrs[WORKER_ATTR]) for t in _finished(trials) if WORKER_ATTR in t.user_attrs
-    )
-    return dict(counts.most_common())
+    return _tally(trials).trials_by_process()
 
 
 def summarize_telemetry(trials: Sequence[FrozenTrial]) -> TelemetrySummary:
     """Mean overhead per finished trial and finished trials per runner process."""
-    overheads = [
-        float(seconds)
-        for t in _finished(trials)
-        if (seconds := trial_telemetry(t).get("overhead_seconds")) is not None
-    ]
-    by_process = trials_by_process(trials)
-    processes = len(by_process)
-    return TelemetrySummary(
-        mean_overhead_seconds=sum(overheads) / len(overheads) if overheads else None,
-        processes=processes,
-        trials_per_process=sum(by_process.values()) / processes if processes else None,
-    )
+    return _tally(trials).telemetry()
 
 
-def _best(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> FrozenTrial | None:
-    """The first complete trial best by the first objective, ties broken by the next ones."""
-    best: FrozenTrial | None = None
-    best_key: tuple[float, ...] = ()
-    for t in trials:
-        values = t.values
-        if t.state != TrialState.COMPLETE or values is None or len(values) != len(directions):
-            continue
-        if any(math.isnan(v) for v in values):
-            continue
-        key = best_first_key(directions, values)
-        if best is None or key < best_key:
-            best, best_key = t, key
-    return best
+def _tally(trials: Sequence[FrozenTrial]) -> ProgressTally:
+    tally = ProgressTally("Minimize")  # telemetry does not depend on the directions
+    tally.update(trials)
+    return tally
 
 
 @dataclass(frozen=True)

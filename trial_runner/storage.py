@@ -22,8 +22,10 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 import time
 import warnings
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from trial_runner.contract import (
 )
 from trial_runner.outage import PatientRDBStorage, backoff_delays, first_line, is_connection_error
 from trial_runner.preemption import MAX_RETRY, ResumingRetry, preempt
-from trial_runner.progress import BudgetState, StudyProgress, summarize
+from trial_runner.progress import BudgetState, ProgressTally, StudyProgress
 from trial_runner.spec import FieldError, SpecError, StudySpec
 
 __all__ = [
@@ -300,7 +302,11 @@ def write_budget(study: optuna.Study, budget: BudgetState) -> None:
 
 
 def read_budget(study: optuna.Study) -> BudgetState | None:
-    raw = study.user_attrs.get(BUDGET_ATTR)
+    return _budget_of(study.user_attrs)
+
+
+def _budget_of(user_attrs: dict[str, Any]) -> BudgetState | None:
+    raw = user_attrs.get(BUDGET_ATTR)
     if not isinstance(raw, dict):
         return None
     return BudgetState(
@@ -371,16 +377,41 @@ def _describe_objectives(directions: list[str], metrics: list[str] | None) -> st
 
 
 def elapsed_seconds(study: optuna.Study) -> float | None:
-    started = study.user_attrs.get(STARTED_ATTR)
+    return _elapsed(study.user_attrs)
+
+
+def _elapsed(user_attrs: dict[str, Any]) -> float | None:
+    started = user_attrs.get(STARTED_ATTR)
     if not isinstance(started, str):
         return None
     return (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
 
 
+#: One progress tally per storage object and study: finished trials are folded in once.
+_TALLIES: weakref.WeakKeyDictionary[BaseStorage, dict[tuple[int, tuple[str, ...]], ProgressTally]]
+_TALLIES = weakref.WeakKeyDictionary()
+_TALLIES_LOCK = threading.Lock()
+
+
 def read_progress(study: optuna.Study, spec: StudySpec) -> StudyProgress:
-    budget = read_budget(study) or budget_from_spec(spec)
-    trials = study.get_trials(deepcopy=False)
-    return summarize(trials, budget, spec.directions, elapsed_seconds(study))
+    """Where the study stands (:func:`trial_runner.progress.summarize`), read incrementally.
+
+    The trials come from the study's storage, which for PostgreSQL is Optuna's cached
+    storage: it re-reads only unfinished and new trials. The tally kept for the storage object
+    folds each finished trial in once, so a read costs what changed since the last one on the
+    same storage object, not the whole study; the first read of a study is the full one.
+    """
+    user_attrs = study.user_attrs
+    budget = _budget_of(user_attrs) or budget_from_spec(spec)
+    trials = study.get_trials(deepcopy=False)  # no lock held while reading
+    key = (study._study_id, tuple(spec.directions))
+    with _TALLIES_LOCK:
+        tallies = _TALLIES.setdefault(study._storage, {})
+        tally = tallies.get(key)
+        if tally is None:
+            tally = tallies[key] = ProgressTally(spec.directions)
+        tally.update(trials)
+        return tally.progress(budget, _elapsed(user_attrs))
 
 
 def requeue_trials_of_worker(study: optuna.Study, worker: str) -> list[int]:

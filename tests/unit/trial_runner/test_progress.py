@@ -19,6 +19,7 @@ from trial_runner.contract import (
 )
 from trial_runner.progress import (
     BudgetState,
+    ProgressTally,
     TelemetrySummary,
     is_preempted,
     overclaimed,
@@ -277,3 +278,57 @@ def test_telemetry_summary_of_a_study_without_finished_trials_is_empty() -> None
     summary = summarize_telemetry([trial(0, R), trial(1, F)])
     assert summary == TelemetrySummary(None, 0, None)
     assert trial_telemetry(trial(2, C, 0.1)) == {}
+
+
+def _study_trials(count: int) -> list[FrozenTrial]:
+    """A study's trials as runners leave them: finished ones of two stages, failures (some
+    preempted and retried), telemetry, and a few still running or queued at the end."""
+    trials = []
+    for n in range(count):
+        state = [C, C, P, F, C][n % 5]
+        t = trial(n % 100, state, 0.001 * ((n * 37) % 101), stage=n * 2 // count)
+        _renumbered(t, n)
+        t.set_user_attr(WORKER_ATTR, f"host:{n % 3}")
+        t.set_user_attr(TELEMETRY_ATTR, {"overhead_seconds": 0.01 * (n % 7)})
+        if state == F and n % 10 == 3:
+            t.set_user_attr(PREEMPTED_ATTR, "HeartbeatLost")
+        trials.append(t)
+    return trials
+
+
+def _renumbered(t: FrozenTrial, number: int) -> FrozenTrial:
+    t.number = number
+    return t
+
+
+def test_an_incremental_tally_agrees_with_a_summary_of_all_trials_at_every_read() -> None:
+    budget = BudgetState(max_trials=200, max_failed_trials=100, stage_trials=(60, None))
+    trials = _study_trials(150)
+    tally = ProgressTally("Maximize")
+    for end in range(0, 151, 25):
+        # The study as a reader sees it: the first `end` trials, the last two still running,
+        # and a retry queued that names an earlier failure (which becomes preempted).
+        seen = list(trials[:end])
+        if end >= 10:
+            seen[-2:] = [_renumbered(trial(0, R, stage=1), t.number) for t in seen[-2:]]
+            seen.append(_renumbered(trial(0, W, retry_history=[8]), end))
+        tally.update(seen)
+        assert tally.progress(budget, 5.0) == summarize(seen, budget, "Maximize", 5.0)
+
+
+def test_a_tally_looks_only_at_new_and_unfinished_trials_on_each_read() -> None:
+    trials = _study_trials(1000)
+    tally = ProgressTally("Maximize")
+    tally.update(trials[:-2] + [_renumbered(trial(0, R), n) for n in (998, 999)])
+    assert tally.examined == 1000  # the first read: the whole study
+    tally.update(trials[:-1] + [_renumbered(trial(0, R), n) for n in (999, 1000)])
+    assert tally.examined == 3  # trial 998 finished, 999 still running, 1000 is new
+
+
+def test_a_tally_keeps_the_pareto_front_of_all_trials_read() -> None:
+    trials = [scored(n, C, (0.5 + 0.01 * (n % 7), 100.0 * ((n * 3) % 11))) for n in range(40)]
+    tally = ProgressTally(TWO)
+    for end in (10, 25, 40):
+        tally.update(trials[:end])
+        expected = summarize(trials[:end], BudgetState(max_trials=50), TWO).pareto_front
+        assert tally.progress(BudgetState(max_trials=50)).pareto_front == expected
