@@ -89,7 +89,9 @@ def preempt(study: optuna.Study, trial_id: int, reason: PreemptionReason) -> boo
     return True
 
 
-def release_stale_trials(study: optuna.Study, grace_seconds: float) -> list[int]:
+def release_stale_trials(
+    study: optuna.Study, grace_seconds: float, *, orphans: bool = True
+) -> list[int]:
     """Preempt the trials no runner is running any more; returns their numbers.
 
     * ``HeartbeatLost``: running trials whose heartbeats stopped (RDB storages with heartbeats;
@@ -98,14 +100,15 @@ def release_stale_trials(study: optuna.Study, grace_seconds: float) -> list[int]
       (:data:`~trial_runner.contract.WORKER_ATTR`, set right after a claim) although they
       started more than ``grace_seconds`` ago: their runner lost its claim half-way (the
       storage failed between creating the trial and starting it), so no heartbeat will ever
-      make them stale.
+      make them stale. Looking for them reads the study's running trials; ``orphans=False``
+      skips that (a runner looks once per half grace period, not on every claim).
     """
     storage = study._storage
     stale: list[tuple[int, PreemptionReason]] = []
     if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
         # Optuna's own fail_stale_trials reads the same list; it is private there too.
         stale += [(i, "HeartbeatLost") for i in storage._get_stale_trial_ids(study._study_id)]
-    if _reachable_for(storage) >= grace_seconds:
+    if orphans and _reachable_for(storage) >= grace_seconds:
         started_before = dt.datetime.now() - dt.timedelta(seconds=grace_seconds)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             start = trial.datetime_start

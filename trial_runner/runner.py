@@ -117,20 +117,28 @@ def run_runner(
     install_signal_handlers: bool = True,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
     metrics: RunnerMetrics | None = None,
+    before_claims: Callable[[], None] | None = None,
 ) -> RunnerSummary:
     """Run trials of ``study_name`` until its budget is spent; returns why it stopped.
 
     Each trial this runner finishes is passed to ``on_trial`` and counted in ``metrics``.
+    The task's data is loaded first, then ``before_claims`` is called (it may wait for the
+    study to exist), then the storage is opened: loading overlaps whatever creates the study.
     """
     spec = study_doc.spec
     stop = stop_requested or threading.Event()
+    # Optuna's "Trial N finished" line reads the study's best trial from the storage for every
+    # trial; the runner logs its own line (:func:`_log_finished`).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if install_signal_handlers:
         _install_sigterm(stop)
     configure_threads()
-    storage = open_storage(storage_url, patience=STORAGE_PATIENCE)
-    study = optuna.load_study(study_name=study_name, storage=storage)
     task = load_task_class(spec.task.entrypoint)(spec.task.config)
     engine = Engine(task, spec, stop_requested=stop, seed=spec.sampler.seed or 0)
+    if before_claims is not None:
+        before_claims()
+    storage = open_storage(storage_url, patience=STORAGE_PATIENCE)
+    study = optuna.load_study(study_name=study_name, storage=storage)
     log.info(
         "runner %s: data loaded in %.2fs on %s; study %s",
         worker_id(),
@@ -207,13 +215,20 @@ class _Runner:
         self.stop, self.checkpoint, self.profiles = stop, checkpoint, profiles
         self.me = worker_id()
         self._quiet = _QuietPreemptedTrials.install()
+        # Orphaned claims (ClaimInterrupted) take a grace period to qualify: looking for them
+        # once per half grace period finds each as soon as it does, give or take half of one.
+        self._orphans_swept = -float("inf")
 
     def claim_and_run(self) -> _Step:
         """Under the claim lock: release stale trials, then run one trial, wait, or stop."""
         spec, study = self.spec, self.study
         self.lock.acquire()
         try:
-            release_stale_trials(study, GRACE_PERIOD)
+            now = time.monotonic()
+            orphans = now - self._orphans_swept >= GRACE_PERIOD / 2
+            release_stale_trials(study, GRACE_PERIOD, orphans=orphans)
+            if orphans:
+                self._orphans_swept = now
             progress = read_progress(study, spec)
             claim = plan_claim(progress)
             if claim.action == "Stop":
@@ -226,21 +241,23 @@ class _Runner:
             best_earlier = _best_params_before(progress, claim, spec.all_objectives)
             study.sampler = build_sampler(
                 spec.sampler,
-                seed_offset=len(study.get_trials(deepcopy=False)),
+                seed_offset=progress.trials_total,
                 fixed=fixed_params_for_stage(spec, claim.stage, best_earlier),
             )
-            numbers: list[int] = []
+            trial_ids: list[int] = []
 
             def objective(trial: optuna.Trial) -> float | Sequence[float]:
-                numbers.append(trial.number)
+                trial_ids.append(trial._trial_id)
                 return self._objective(trial, claim)
 
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
         finally:
             self.lock.release()
-        if not numbers:
+        if not trial_ids:
             return _Step(ran=True)
-        frozen = study.get_trials(deepcopy=False)[numbers[0]]
+        # This one trial, not the study's list (a finished trial is read from the cache).
+        frozen = study._storage.get_trial(trial_ids[0])
+        _log_finished(frozen)
         if (
             frozen.state == TrialState.FAIL
             and frozen.user_attrs.get(PREEMPTED_ATTR) == "Terminated"
@@ -258,8 +275,10 @@ class _Runner:
         self._check_claim(trial)
         self.lock.release()  # the trial exists: other runners may claim now
         params = suggest_all(trial, spec)
-        # A running trial's system attributes are the storage's to read (optuna.Trial has none).
-        origin = retried_from(trial.study._storage.get_trial(trial._trial_id))
+        # A running trial's system attributes are the storage's (optuna.Trial has none); the
+        # trial read them when it was created (a retry's are set when it is queued), so no
+        # storage read is needed here.
+        origin = retried_from(trial._cached_frozen_trial)
         resume = folds_from_attr(trial.user_attrs.get(FOLDS_ATTR), spec.training.folds)
         if origin is not None:
             log.info(
@@ -321,6 +340,13 @@ class _Runner:
         trial.set_user_attr(PREEMPTED_ATTR, reason)
         self._quiet.numbers.add(trial.number)
         raise Preempted(reason)
+
+
+def _log_finished(trial: optuna.trial.FrozenTrial) -> None:
+    """The runner's line for a finished trial, in place of Optuna's, which looks up the study's
+    best trial in the storage on every trial (a query over all of the study's trials)."""
+    values = trial.values if trial.values is not None else "-"
+    log.info("trial %d %s: %s %s", trial.number, trial.state.name.lower(), values, trial.params)
 
 
 class _QuietPreemptedTrials(logging.Filter):
