@@ -41,6 +41,7 @@ __all__ = [
     "RESOURCE_ANNOTATION",
     "STAGE_ATTR",
     "STARTED_ATTR",
+    "START_GATE_FD_ENV",
     "STORAGE_ENV",
     "STORAGE_PATIENCE_ENV",
     "STUDY_ENV",
@@ -70,6 +71,10 @@ HEARTBEAT_GRACE_PERIOD_ENV = "KUBETUNE_HEARTBEAT_GRACE_PERIOD"
 CPU_THREADS_ENV = "KUBETUNE_CPU_THREADS"
 #: Runner processes `kubetune run` starts on this machine (they share its CPUs).
 LOCAL_WORKERS_ENV = "KUBETUNE_LOCAL_WORKERS"
+#: A pipe `kubetune run` passes to the runner processes it starts before the study is set up:
+#: each loads its task, then reads one byte from it before its first claim (end of file: the
+#: set-up failed, and the runner exits).
+START_GATE_FD_ENV = "KUBETUNE_START_GATE_FD"
 #: Seconds a runner waits before asking again when it may not claim a trial yet.
 WAIT_SECONDS_ENV = "KUBETUNE_WAIT_SECONDS"
 #: Log level of the ``kubetune`` command (default INFO).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from trial_runner.cli._common import (
     load_study_or_env,
     storage_url,
 )
-from trial_runner.contract import LOCAL_WORKERS_ENV, METRICS_PORT_ENV
+from trial_runner.contract import LOCAL_WORKERS_ENV, METRICS_PORT_ENV, START_GATE_FD_ENV
 from trial_runner.entrypoints import check_entrypoint
 from trial_runner.outage import first_line, is_connection_error
 from trial_runner.pareto import spread
@@ -39,7 +40,7 @@ from trial_runner.storage import (
     requeue_trials_of_worker,
     write_budget,
 )
-from trial_runner.warmstart import apply_warm_start, source_study_name
+from trial_runner.warmstart import WarmStartReport, apply_warm_start, source_study_name
 
 __all__ = ["cmd_run", "cmd_runner"]
 
@@ -55,20 +56,40 @@ def cmd_runner(args: argparse.Namespace) -> int:
     url = storage_url(args.storage)
     name = args.study_name or study.name
     port = _metrics_port()
-    try:
-        wait_for_study(url, name, timeout=args.wait_for_study)
-    except KeyError:
-        raise CliError(f"no study named {name!r} in {redact(url)}", EXIT_STORAGE) from None
+
+    def before_claims() -> None:
+        """After the task's data is loaded: wait for ``kubetune run`` (when it started this
+        process), then for the study."""
+        _wait_for_start_gate()
+        try:
+            wait_for_study(url, name, timeout=args.wait_for_study)
+        except KeyError:
+            raise CliError(f"no study named {name!r} in {redact(url)}", EXIT_STORAGE) from None
+
     metrics = None
     if port is not None:
         metrics = RunnerMetrics(study.metadata.namespace or "", study.name)
         start_metrics_server(port)
     try:
-        summary = run_runner(study, url, name, metrics=metrics)
+        summary = run_runner(study, url, name, metrics=metrics, before_claims=before_claims)
     except TaskLoadError as exc:
         raise CliError(str(exc)) from None
     log.info("runner done: %d trial(s), %s", summary.trials_run, summary.stop_reason)
     return EXIT_OK
+
+
+def _wait_for_start_gate() -> None:
+    """Block until ``kubetune run`` has set the study up (:data:`START_GATE_FD_ENV`)."""
+    raw = os.environ.pop(START_GATE_FD_ENV, None)
+    if raw is None:
+        return
+    fd = int(raw)
+    try:
+        go = os.read(fd, 1)
+    finally:
+        os.close(fd)
+    if not go:
+        raise CliError("kubetune run stopped before the study was set up", EXIT_INTERRUPTED)
 
 
 def _metrics_port() -> int | None:
@@ -92,31 +113,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError("--trials: must be at least 1")
     # Checked before the storage is touched, so a typo in the entrypoint changes nothing.
     check_entrypoint(spec.task.entrypoint)
-    storage = open_storage(url, heartbeat=False)
-    study = ensure_study(storage, name, spec)
-    if args.trials is not None:
-        budget = budget_from_spec(spec)
-        write_budget(
-            study,
-            type(budget)(
-                max_trials=args.trials,
-                max_failed_trials=budget.max_failed_trials,
-                timeout_seconds=budget.timeout_seconds,
-                stage_trials=_scaled_stages(budget.stage_trials, args.trials),
-            ),
-        )
-    print(
-        f"study {name!r}: storage {redact(url)}, {args.workers} runner process(es)",
-        flush=True,
-    )
-    # After the budget (a warm start queues only what the budget leaves room for); local
-    # studies are named after their HPOStudy, so hpoStudy names the source as it is.
-    warm_start = apply_warm_start(study, spec, url, source_study_name(spec))
-    if warm_start is not None:
-        print(warm_start.summary(), flush=True)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     supervisor = _Supervisor(args.study, url, name, args.workers, log_dir)
+    # The runners start now and load their task (an interpreter, torch, the data, the memory
+    # estimate: most of a run's start-up) while this process sets the study up; they claim
+    # nothing until the gate opens.
+    supervisor.start()
+    try:
+        study, warm_start = _set_up(args, spec, url, name)
+    except BaseException:
+        supervisor.terminate()
+        raise
+    supervisor.open_gate()
+    if warm_start is not None:
+        print(warm_start.summary(), flush=True)
     interrupted = False
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -127,7 +138,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     view = _ProgressView(enabled=not args.no_progress, multi_objective=spec.multi_objective)
     try:
-        supervisor.start()
         while True:
             if interrupted:
                 supervisor.terminate()
@@ -144,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     raise
                 # The runners wait the outage out and keep their trials; so does this view.
                 view.outage(first_line(error))
-            time.sleep(0.5)
+            supervisor.wait(0.5)
     finally:
         supervisor.terminate()
         view.close()
@@ -166,6 +176,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"study failed: {progress.failed} failed trials (see {log_dir})")
         return EXIT_STUDY_FAILED
     return EXIT_OK
+
+
+def _set_up(
+    args: argparse.Namespace, spec: StudySpec, url: str, name: str
+) -> tuple[Any, WarmStartReport | None]:
+    """Create or load the study, write ``--trials`` as its budget, apply the warm start."""
+    storage = open_storage(url, heartbeat=False)
+    study = ensure_study(storage, name, spec)
+    if args.trials is not None:
+        budget = budget_from_spec(spec)
+        write_budget(
+            study,
+            type(budget)(
+                max_trials=args.trials,
+                max_failed_trials=budget.max_failed_trials,
+                timeout_seconds=budget.timeout_seconds,
+                stage_trials=_scaled_stages(budget.stage_trials, args.trials),
+            ),
+        )
+    print(
+        f"study {name!r}: storage {redact(url)}, {args.workers} runner process(es)",
+        flush=True,
+    )
+    # After the budget (a warm start queues only what the budget leaves room for); local
+    # studies are named after their HPOStudy, so hpoStudy names the source as it is.
+    return study, apply_warm_start(study, spec, url, source_study_name(spec))
 
 
 #: Front trials ``kubetune run`` prints (``kubetune results`` lists them all).
@@ -204,9 +240,12 @@ class _Supervisor:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.restarts = 0
         self.config_error: str | None = None
+        self._gate: int | None = None  # write end of the runners' start gate
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self, slot: int, gate: int | None = None) -> None:
         env = {**os.environ, LOCAL_WORKERS_ENV: str(self.workers)}
+        if gate is not None:
+            env[START_GATE_FD_ENV] = str(gate)
         cmd = [
             sys.executable,
             "-m",
@@ -219,12 +258,49 @@ class _Supervisor:
             self.study_path,
         ]
         log_file = open(self.log_dir / f"{self.name}-runner-{slot}.log", "ab")  # noqa: SIM115
-        self.procs[slot] = subprocess.Popen(cmd, stdout=log_file, stderr=log_file, env=env)
+        self.procs[slot] = subprocess.Popen(
+            cmd,
+            stdout=log_file,
+            stderr=log_file,
+            env=env,
+            pass_fds=() if gate is None else (gate,),
+        )
         log_file.close()
 
     def start(self) -> None:
-        for slot in range(self.workers):
-            self._spawn(slot)
+        """Start the runners; they load their task, then wait for :meth:`open_gate`."""
+        gate, self._gate = os.pipe()
+        try:
+            for slot in range(self.workers):
+                self._spawn(slot, gate)
+        finally:
+            os.close(gate)
+
+    def open_gate(self) -> None:
+        """Let the runners claim (the study is set up)."""
+        if self._gate is not None:
+            os.write(self._gate, b"g" * self.workers)
+            self._close_gate()
+
+    def _close_gate(self) -> None:
+        if self._gate is not None:
+            os.close(self._gate)
+            self._gate = None
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, waking as soon as a runner exits."""
+        pidfds = []
+        try:
+            for proc in self.procs.values():
+                if proc.returncode is None:
+                    try:
+                        pidfds.append(os.pidfd_open(proc.pid))
+                    except ProcessLookupError:
+                        return  # exited and reaped meanwhile: look at it now
+            select.select(pidfds, [], [], timeout)
+        finally:
+            for fd in pidfds:
+                os.close(fd)
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs.values())
@@ -258,6 +334,7 @@ class _Supervisor:
         return (errors or lines or ["runner failed"])[-1].removeprefix("kubetune: ")
 
     def terminate(self) -> None:
+        self._close_gate()  # a runner still waiting at the gate exits
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
