@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages.journal._storage import JournalOperation
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
@@ -128,7 +130,7 @@ def open_storage(url: str, *, heartbeat: bool = True, patience: float = 0.0) -> 
     if url.startswith("journal:"):
         path = _journal_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        backend = _Journal(str(path), lock_obj=JournalFileOpenLock(str(path)))
         return JournalStorage(backend)
     if _is_postgres(url) or url.startswith("sqlite:"):
         kwargs: dict[str, Any] = {}
@@ -159,6 +161,45 @@ def open_storage(url: str, *, heartbeat: bool = True, patience: float = 0.0) -> 
     raise StorageError(
         f"unsupported storage URL {redact(url)!r}: use postgresql://…, journal:PATH or sqlite:///PATH"
     )
+
+
+#: Journal operations written to disk at once (fsync); others reach the disk with the next.
+_SYNCED_OPERATIONS = frozenset(
+    {
+        JournalOperation.CREATE_STUDY,
+        JournalOperation.DELETE_STUDY,
+        JournalOperation.SET_STUDY_USER_ATTR,
+        JournalOperation.SET_STUDY_SYSTEM_ATTR,
+        JournalOperation.CREATE_TRIAL,
+        JournalOperation.SET_TRIAL_STATE_VALUES,
+        JournalOperation.DISCARD_TRIALS,
+    }
+)
+
+
+class _Journal(JournalFileBackend):
+    """Optuna's journal file, with ``fsync`` only where a trial is created or finished (and on
+    the study's own changes) instead of after every append.
+
+    A trial used to cost about ten ``fsync`` calls (each parameter, attribute and reported
+    value), a few milliseconds each on an ordinary disk. Every append still reaches the file
+    at once (the page cache), so other processes read it and a crashed process loses nothing;
+    only a power loss can drop the attributes a running trial wrote since its last synced
+    append, and a running trial is re-run then anyway. ``fsync`` writes out every earlier
+    append of the file, so a finished trial is on disk whole.
+    """
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        if any(log.get("op_code") in _SYNCED_OPERATIONS for log in logs):
+            super().append_logs(logs)
+            return
+        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        self._lock.acquire()
+        try:
+            with open(self._file_path, "ab") as f:
+                f.write(text.encode("utf-8"))
+        finally:
+            self._lock.release()
 
 
 class ClaimLock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
 
 import optuna
@@ -141,3 +142,27 @@ def test_requeue_fails_and_retries_only_the_dead_workers_trials(tmp_path: Path) 
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING
     assert retry[0].params == trials[dead.number].params
     assert requeue_trials_of_worker(study, "host:1") == []  # nothing left running
+
+
+def test_a_journal_trial_is_synced_to_disk_when_created_and_finished_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"journal:{tmp_path}/studies.journal"
+    study = optuna.create_study(study_name="synced", storage=open_storage(url))
+    syncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd))[1])
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.suggest_int("n", 1, 4)
+    trial.set_user_attr("stage", 0)
+    trial.set_user_attr("worker", "host:1")
+    trial.report(0.5, 0)
+    study.tell(trial, 0.25)
+    assert len(syncs) == 2  # created, finished (not once per parameter, attribute, value)
+    # Everything is in the file: a fresh reader sees the whole trial.
+    again = optuna.load_study(study_name="synced", storage=open_storage(url))
+    (stored,) = again.get_trials()
+    assert stored.value == 0.25 and set(stored.params) == {"x", "n"}
+    assert stored.user_attrs == {"stage": 0, "worker": "host:1"}
+    assert stored.intermediate_values == {0: 0.5}
