@@ -10,7 +10,9 @@ for 64 runners with a claim-lock connection each).
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +52,8 @@ def postgres_server(dbname: str = "kubetune_bench", max_connections: int = 400) 
         postgres_options=f"-c max_connections={max_connections}",
     )
     executor.start()
+    # A benchmark stopped with SIGTERM stops its server too (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         executor.wait_for_postgres()
         janitor = DatabaseJanitor(

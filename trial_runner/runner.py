@@ -158,6 +158,7 @@ def run_runner(
         else None,
         profile_directory(spec.training, study_name),
     )
+    runner.read_study()
     trials_run = 0
     while True:
         if stop.is_set():
@@ -218,6 +219,13 @@ class _Runner:
         # Orphaned claims (ClaimInterrupted) take a grace period to qualify: looking for them
         # once per half grace period finds each as soon as it does, give or take half of one.
         self._orphans_swept = -float("inf")
+
+    def read_study(self) -> None:
+        """Read the whole study once, before the first claim: the storage's cache and the
+        progress tally then hold it, and every read under the claim lock is incremental. A
+        runner joining a large study used to make this read under the lock, holding up every
+        other runner's claims for as long as it took."""
+        read_progress(self.study, self.spec)
 
     def claim_and_run(self) -> _Step:
         """Under the claim lock: release stale trials, then run one trial, wait, or stop."""
