@@ -20,12 +20,11 @@ import copy
 import sys
 from typing import Any
 
-import yaml
 from hpo_operator.crd._rules import CRD_ONLY_BOUNDS, NAME_RULES, PATH_EXTRAS, PATH_RULES
 from hpo_operator.crd._schema import structural_schema
 from hpo_operator.status import StudyStatus
 
-from trial_runner.spec import KIND, StudySpec
+from trial_runner.spec import KIND, StudySpec, dump_yaml
 
 __all__ = [
     "CRD_ONLY_BOUNDS",
@@ -160,7 +159,7 @@ def crd_yaml() -> str:
         "# hpo_operator.status.StudyStatus.\n"
         "# Do not edit by hand: change the models (or operator/crd/) and regenerate.\n"
     )
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+    return header + dump_yaml(crd())
 
 
 def main() -> None:

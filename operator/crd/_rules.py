@@ -14,7 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trial_runner.spec import MAX_STUDY_NAME, MULTI_OBJECTIVE_SAMPLERS, NAME_PATTERN
+from trial_runner.spec import (
+    FREE_FORM_FIELDS,
+    MAX_STAGES,
+    MAX_STUDY_NAME,
+    MULTI_OBJECTIVE_SAMPLERS,
+    NAME_PATTERN,
+)
 
 __all__ = ["CRD_ONLY_BOUNDS", "NAME_RULES", "PATH_EXTRAS", "PATH_RULES"]
 
@@ -120,13 +126,27 @@ _PARAMETER_RULES: list[dict[str, str]] = [
     },
 ]
 
-_STUDY_RULES: list[dict[str, str]] = [
-    {
-        "rule": "!has(self.stages) || self.stages.all(s, s.groups.all(g, "
-        "self.searchSpace.exists(p, p.group == g)))",
-        "message": "every group a stage names must be the group of a searchSpace parameter",
+# Whether every group each stage names is a searchSpace parameter's group.
+_KNOWN_GROUPS = "self.stages.all(s, s.groups.all(g, self.searchSpace.exists(p, p.group == g)))"
+
+
+def _stage_groups_rule(index: int) -> dict[str, str]:
+    """Stage ``index`` names only groups of the search space; the message names the stage and
+    an unknown group (a rule per stage: CEL has no index to name, and fieldPath takes none)."""
+    stage = f"self.stages[{index}]"
+    # The first unknown group: joining them all exceeds the API server's cost budget.
+    unknown = f"{stage}.groups.filter(g, !self.searchSpace.exists(p, p.group == g))[0]"
+    return {
+        "rule": f"!has(self.stages) || size(self.stages) <= {index} "
+        f"|| {stage}.groups.all(g, self.searchSpace.exists(p, p.group == g))",
+        "messageExpression": f'"stages[{index}].groups: unknown group \'" + {unknown} '
+        '+ "\' (not the group of any searchSpace parameter)"',
         "fieldPath": ".stages",
-    },
+    }
+
+
+_STUDY_RULES: list[dict[str, str]] = [
+    *(_stage_groups_rule(index) for index in range(MAX_STAGES)),
     {
         "rule": "!has(self.stages) || size(self.stages) == 0 "
         "|| self.stages.filter(s, !has(s.trials)).size() == 0 "
@@ -135,15 +155,16 @@ _STUDY_RULES: list[dict[str, str]] = [
         "message": "trials is required on every stage but the last",
         "fieldPath": ".stages",
     },
+    # These two follow from a misspelt group too: only the misspelling is reported then.
     {
-        "rule": "!has(self.stages) || self.searchSpace.all(p, "
+        "rule": f"!has(self.stages) || !{_KNOWN_GROUPS} || self.searchSpace.all(p, "
         "self.stages.exists(s, p.group in s.groups))",
         "message": "every searchSpace group must be searched by some stage",
         "fieldPath": ".stages",
     },
     {
-        "rule": "!has(self.stages) || size(self.stages) == 0 || self.searchSpace.all(p, "
-        "p.group in self.stages[0].groups || has(p.default))",
+        "rule": f"!has(self.stages) || size(self.stages) == 0 || !{_KNOWN_GROUPS} "
+        "|| self.searchSpace.all(p, p.group in self.stages[0].groups || has(p.default))",
         "message": "a parameter whose group is not searched in the first stage needs a default",
         "fieldPath": ".searchSpace",
     },
@@ -265,6 +286,13 @@ PATH_RULES: Mapping[str, list[dict[str, str]]] = {
             "message": "is immutable: the study's trials were scored against them",
         }
     ],
+    "budget": [
+        {
+            "rule": "!has(self.timeout) || self.timeout.matches('[1-9]')",
+            "message": "must be longer than 0",
+            "fieldPath": ".timeout",
+        }
+    ],
     "sampler": [
         {
             "rule": "!has(self.populationSize) || self.type in ['NSGAII', 'NSGAIII']",
@@ -366,7 +394,7 @@ PATH_EXTRAS: Mapping[str, Mapping[str, Any]] = {
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["name"],
     },
-    "task.config": {"x-kubernetes-preserve-unknown-fields": True},
+    **{".".join(path): {"x-kubernetes-preserve-unknown-fields": True} for path in FREE_FORM_FIELDS},
     # A set: the API server rejects a repeated choice (semantic_errors: "must not repeat").
     "searchSpace[].choices": {"x-kubernetes-list-type": "set"},
 }

@@ -16,6 +16,7 @@ import yaml
 from tests.helpers import wait_until
 from tests.integration.conftest import digits_study, kubetune, runner_env
 from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, WORKER_ATTR
+from trial_runner.spec import dump_yaml
 from trial_runner.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_bad_input_leaves_the_study_and_its_trials_intact(
 
     changed = digits_study("keep", budget={"maxTrials": 2})
     changed["spec"]["objective"]["direction"] = "Minimize"
-    path.write_text(yaml.safe_dump(changed))
+    path.write_text(dump_yaml(changed))
     flipped = kubetune("run", str(path), "--no-progress", cwd=tmp_path)
     assert flipped.returncode == 2
     assert "spec.objective.direction: study 'keep' already exists" in flipped.stderr
@@ -98,7 +99,7 @@ def test_bad_input_leaves_the_study_and_its_trials_intact(
     broken = digits_study("keep")
     broken["spec"]["task"]["entrypoint"] = "no_such_module:Task"
     broken["spec"]["budget"] = {"maxTrials": 5}
-    path.write_text(yaml.safe_dump(broken))
+    path.write_text(dump_yaml(broken))
     missing = kubetune("run", str(path), "--no-progress", cwd=tmp_path)
     assert missing.returncode == 2
     assert "spec.task.entrypoint: cannot import module 'no_such_module'" in missing.stderr

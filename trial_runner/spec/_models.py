@@ -21,8 +21,11 @@ from trial_runner.spec._parse import DURATION_PATTERN, parse_duration, parse_num
 
 __all__ = [
     "API_VERSION",
+    "FREE_FORM_FIELDS",
     "KIND",
     "MAX_OBJECTIVES",
+    "MAX_SEED",
+    "MAX_STAGES",
     "MAX_STUDY_NAME",
     "MAX_WARM_START_POINTS",
     "MULTI_OBJECTIVE_SAMPLERS",
@@ -81,6 +84,12 @@ MULTI_OBJECTIVE_SAMPLERS = ("TPE", "NSGAII", "NSGAIII", "Random", "GP", "QMC")
 MAX_OBJECTIVES = 8
 #: Warm-start points a study may list.
 MAX_WARM_START_POINTS = 16
+#: Stages a study may have.
+MAX_STAGES = 16
+#: The largest ``sampler.seed``: NumPy and scikit-learn take seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+#: Fields whose content is free-form (paths below ``spec``): kept as written, nulls included.
+FREE_FORM_FIELDS: tuple[tuple[str, ...], ...] = (("task", "config"),)
 
 
 def is_better(direction: str, a: float, b: float, margin: float = 0.0) -> bool:
@@ -201,7 +210,11 @@ class Budget(_Model):
         default=None, ge=0, description="Failed trials after which the study is Failed."
     )
     timeout: str | None = Field(
-        default=None, pattern=DURATION_PATTERN, description="Wall-clock limit, e.g. 6h or 90m."
+        default=None,
+        pattern=DURATION_PATTERN,
+        min_length=1,
+        max_length=32,
+        description="Wall-clock limit, e.g. 6h or 90m.",
     )
 
     @cached_property
@@ -211,7 +224,9 @@ class Budget(_Model):
 
 class Sampler(_Model):
     type: Literal["TPE", "Random", "CMAES", "GP", "QMC", "NSGAII", "NSGAIII"] = "TPE"
-    seed: int | None = None
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="Seed of the sampler and the data splits."
+    )
     n_startup_trials: int | None = Field(default=None, ge=0)
     population_size: int | None = Field(
         default=None,
@@ -412,7 +427,7 @@ class StudySpec(_Model):
     )
     task: Task
     search_space: list[Parameter] = Field(min_length=1, max_length=64)
-    stages: list[Stage] | None = Field(default=None, max_length=16)
+    stages: list[Stage] | None = Field(default=None, max_length=MAX_STAGES)
     budget: Budget
     sampler: Sampler = Field(default_factory=Sampler)
     pruner: Pruner = Field(default_factory=Pruner)

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.helpers import spec_model, study_document
 from trial_runner.spec import (
     Objective,
     SpecError,
+    dump_yaml,
     is_better,
     load_study,
     parse_duration,
@@ -204,7 +204,7 @@ def test_load_study_reports_yaml_and_file_errors(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="cannot read file"):
         load_study(tmp_path / "missing.yaml")
     two = tmp_path / "two.yaml"
-    two.write_text(yaml.safe_dump_all([base(), base()]))
+    two.write_text(dump_yaml(base()) + "---\n" + dump_yaml(base()))
     with pytest.raises(SpecError, match="exactly one HPOStudy"):
         load_study(two)
 
@@ -212,7 +212,7 @@ def test_load_study_reports_yaml_and_file_errors(tmp_path: Path) -> None:
 def test_multi_document_file_picks_the_study(tmp_path: Path) -> None:
     path = tmp_path / "study.yaml"
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg"}}
-    path.write_text(yaml.safe_dump_all([secret, base()]))
+    path.write_text(dump_yaml(secret) + "---\n" + dump_yaml(base()))
     assert load_study(path).name == "digits"
 
 
