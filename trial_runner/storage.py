@@ -46,7 +46,12 @@ from trial_runner.contract import (
     WORKER_ATTR,
 )
 from trial_runner.progress import BudgetState, StudyProgress, summarize
-from trial_runner.spec import FieldError, SpecError, StudySpec
+from trial_runner.spec import (
+    DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
+    FieldError,
+    SpecError,
+    StudySpec,
+)
 
 __all__ = [
     "DEFAULT_LOCAL_STORAGE",
@@ -214,6 +219,7 @@ def budget_from_spec(spec: StudySpec) -> BudgetState:
     return BudgetState(
         max_trials=spec.budget.max_trials,
         max_failed_trials=spec.budget.max_failed_trials,
+        max_consecutive_failed_trials=spec.budget.max_consecutive_failed_trials,
         timeout_seconds=spec.budget.timeout_seconds,
         stage_trials=tuple(s.trials for s in spec.stages) if spec.stages else (),
     )
@@ -225,6 +231,7 @@ def write_budget(study: optuna.Study, budget: BudgetState) -> None:
         {
             "maxTrials": budget.max_trials,
             "maxFailedTrials": budget.max_failed_trials,
+            "maxConsecutiveFailedTrials": budget.max_consecutive_failed_trials,
             "timeoutSeconds": budget.timeout_seconds,
             "stageTrials": list(budget.stage_trials),
         },
@@ -238,6 +245,10 @@ def read_budget(study: optuna.Study) -> BudgetState | None:
     return BudgetState(
         max_trials=int(raw["maxTrials"]),
         max_failed_trials=raw.get("maxFailedTrials"),
+        # Budgets stored before the failure breaker get its default.
+        max_consecutive_failed_trials=int(
+            raw.get("maxConsecutiveFailedTrials") or DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
+        ),
         timeout_seconds=raw.get("timeoutSeconds"),
         stage_trials=tuple(raw.get("stageTrials") or ()),
     )

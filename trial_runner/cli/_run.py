@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = ensure_study(storage, name, spec)
     if args.trials is not None:
         budget = budget_from_spec(spec)
-        write_budget(
-            study,
-            type(budget)(
-                max_trials=args.trials,
-                max_failed_trials=budget.max_failed_trials,
-                timeout_seconds=budget.timeout_seconds,
-                stage_trials=_scaled_stages(budget.stage_trials, args.trials),
-            ),
-        )
+        stages = _scaled_stages(budget.stage_trials, args.trials)
+        write_budget(study, replace(budget, max_trials=args.trials, stage_trials=stages))
     print(
         f"study {name!r}: storage {redact(url)}, {args.workers} runner process(es)",
         flush=True,
@@ -139,8 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {key}: {value}")
     if progress.pareto_front:
         _print_front(progress, spec)
-    if progress.outcome == "TooManyFailures":
-        print(f"study failed: {progress.failed} failed trials (see {log_dir})")
+    if progress.failure is not None:
+        print(f"study failed: {progress.failure} (logs: {log_dir})")
         return EXIT_STUDY_FAILED
     return EXIT_OK
 

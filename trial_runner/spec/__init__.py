@@ -31,6 +31,7 @@ from trial_runner.spec._load import (
 )
 from trial_runner.spec._models import (
     API_VERSION,
+    DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
     FREE_FORM_FIELDS,
     KIND,
     MAX_OBJECTIVES,
@@ -73,6 +74,7 @@ from trial_runner.spec._yaml import dump_yaml, load_yaml_documents
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS",
     "FREE_FORM_FIELDS",
     "KIND",
     "MAX_DOCUMENT_BYTES",

@@ -21,6 +21,7 @@ from trial_runner.spec._parse import DURATION_PATTERN, parse_duration, parse_num
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS",
     "FREE_FORM_FIELDS",
     "KIND",
     "MAX_OBJECTIVES",
@@ -88,6 +89,9 @@ MAX_WARM_START_POINTS = 16
 MAX_STAGES = 16
 #: The largest ``sampler.seed``: NumPy and scikit-learn take seeds in [0, 2**32 - 1].
 MAX_SEED = 2**32 - 1
+#: Failed trials in a row after which a study fails (``budget.maxConsecutiveFailedTrials``):
+#: a task that fails every trial stops after a handful, not after thousands.
+DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS = 10
 #: Fields whose content is free-form (paths below ``spec``): kept as written, nulls included.
 FREE_FORM_FIELDS: tuple[tuple[str, ...], ...] = (("task", "config"),)
 
@@ -208,6 +212,13 @@ class Budget(_Model):
     max_trials: int = Field(ge=1, le=100000, description="Finished trials the study runs.")
     max_failed_trials: int | None = Field(
         default=None, ge=0, description="Failed trials after which the study is Failed."
+    )
+    max_consecutive_failed_trials: int = Field(
+        default=DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
+        ge=1,
+        le=100000,
+        description="Trials failing in a row (none complete or pruned between them) after "
+        "which the study is Failed.",
     )
     timeout: str | None = Field(
         default=None,

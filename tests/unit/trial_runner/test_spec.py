@@ -46,6 +46,7 @@ def test_base_document_is_valid() -> None:
     assert study.name == "digits"
     assert study.spec.search_space[0].scale == "Log"
     assert study.spec.training.folds == 1  # defaults fill in
+    assert study.spec.budget.max_consecutive_failed_trials == 10  # the failure breaker
     assert study.spec.task.config == {"a": 1}
 
 
@@ -113,6 +114,12 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ),
     ("spec.budget.maxTrials", 0, "spec.budget.maxTrials", "greater than or equal to 1"),
     ("spec.budget.maxTrials", "10", "spec.budget.maxTrials", "valid integer"),
+    (
+        "spec.budget.maxConsecutiveFailedTrials",
+        0,
+        "spec.budget.maxConsecutiveFailedTrials",
+        "greater than or equal to 1",
+    ),
     ("spec.budget.timeout", "6 hours", "spec.budget.timeout", "duration such as"),
     ("spec.sampler", {"type": "Bayes"}, "spec.sampler.type", "'TPE'"),
     (

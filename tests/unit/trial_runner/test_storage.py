@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from tests.helpers import spec_model
 from trial_runner.contract import BUDGET_ATTR, STARTED_ATTR, WORKER_ATTR
 from trial_runner.progress import BudgetState
-from trial_runner.spec import SpecError
+from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, SpecError
 from trial_runner.storage import (
     ClaimLock,
     StorageError,
@@ -79,6 +79,19 @@ def test_budget_round_trips_through_the_study(tmp_path: Path) -> None:
     write_budget(study, budget)
     assert read_budget(study) == budget
     assert study.user_attrs[BUDGET_ATTR]["stageTrials"] == [3, None]
+    breaker = BudgetState(max_trials=7, max_consecutive_failed_trials=4)
+    write_budget(study, breaker)
+    assert read_budget(study) == breaker
+
+
+def test_a_budget_stored_before_the_failure_breaker_gets_its_default(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path}/s.journal"))
+    study.set_user_attr(BUDGET_ATTR, {"maxTrials": 7, "maxFailedTrials": None})
+    stored = read_budget(study)
+    assert stored is not None
+    assert stored.max_consecutive_failed_trials == DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
+    spec = spec_model(budget={"maxTrials": 7, "maxConsecutiveFailedTrials": 3})
+    assert budget_from_spec(spec).max_consecutive_failed_trials == 3
 
 
 def test_ensure_study_stores_the_spec_budget_and_refuses_another_direction(tmp_path: Path) -> None:
