@@ -56,7 +56,12 @@ def cmd_runner(args: argparse.Namespace) -> int:
     try:
         wait_for_study(url, name, timeout=args.wait_for_study)
     except KeyError:
-        raise CliError(f"no study named {name!r} in {redact(url)}", EXIT_STORAGE) from None
+        raise CliError(
+            f"no study named {name!r} in {redact(url)} after {args.wait_for_study:g}s: a runner "
+            "joins a study that exists; create it with `kubetune run` on the same storage (or "
+            "apply the HPOStudy for the operator to create)",
+            EXIT_STORAGE,
+        ) from None
     try:
         summary = run_runner(study, url, name)
     except TaskLoadError as exc:

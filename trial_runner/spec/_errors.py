@@ -67,6 +67,8 @@ class SpecError(ValueError):
 
     def render(self) -> str:
         head = f"{self.source}: " if self.source else ""
+        if len(self.errors) == 1 and not self.errors[0].path:
+            return f"{head}{self.errors[0].message}"  # about the file: one line
         lines = [f"{head}invalid HPOStudy ({len(self.errors)} error(s))"]
         lines.extend(f"  {e}" for e in self.errors[:MAX_SHOWN_ERRORS])
         if len(self.errors) > MAX_SHOWN_ERRORS:
