@@ -22,7 +22,7 @@ from trial_runner.spec import (
     NAME_PATTERN,
 )
 
-__all__ = ["CRD_ONLY_BOUNDS", "NAME_RULES", "PATH_EXTRAS", "PATH_RULES"]
+__all__ = ["CRD_ONLY_BOUNDS", "NAME_RULES", "PATH_EXTRAS", "PATH_RULES", "number_kind_rules"]
 
 #: Bounds the CRD adds where the model has none, keyed by field path ("[]" = list items).
 CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
@@ -372,6 +372,27 @@ PATH_RULES: Mapping[str, list[dict[str, str]]] = {
         },
     ],
 }
+
+
+def number_kind_rules(node: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A rule that refuses a float where an integer (or a number as text) goes.
+
+    The API server's schema check takes a whole float (``10.0``, as JSON from most clients) for
+    an integer, but its CEL rules fail on one, so whether such a spec was accepted depended on
+    whether a rule read the field. Every integer field reads itself: a float is never an
+    integer, as in the spec model (kubectl sends YAML's ``10.0`` as ``10`` anyway).
+    """
+    if node.get("type") == "integer":
+        return [{"rule": "type(self) == int", "message": "must be an integer (not a float)"}]
+    if node.get("x-kubernetes-int-or-string"):
+        return [
+            {
+                "rule": "type(self) == int || type(self) == string",
+                "message": 'must be an integer or quoted text such as "0.5" (not a float)',
+            }
+        ]
+    return []
+
 
 # Study names become pod names "<name>-runner-<n>" and label values: a short DNS label.
 NAME_RULES: list[dict[str, str]] = [

@@ -23,6 +23,7 @@ __all__ = [
     "FieldError",
     "SpecError",
     "format_path",
+    "model_at",
     "pydantic_errors",
     "shown",
 ]
@@ -104,7 +105,7 @@ def _accepted_fields(model: type[BaseModel]) -> str:
     return ", ".join(sorted((f.alias or n) for n, f in model.model_fields.items()))
 
 
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+def model_at(loc: Iterable[str | int]) -> type[BaseModel] | None:
     """The model class that owns the object at ``loc`` (for naming the accepted fields)."""
     model: Any = HPOStudy
     for part in loc:
@@ -162,7 +163,7 @@ def pydantic_errors(exc: ValidationError, raw: Any) -> list[FieldError]:
         kind = err["type"]
         value = err.get("input")
         if kind == "extra_forbidden":
-            owner = _model_at(loc[:-1])
+            owner = model_at(loc[:-1])
             accepted = f" (accepted: {_accepted_fields(owner)})" if owner else ""
             message = f"unknown field{accepted}"
         elif kind == "missing":

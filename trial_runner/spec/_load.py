@@ -17,8 +17,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from trial_runner.spec._errors import FieldError, SpecError, format_path, pydantic_errors
-from trial_runner.spec._models import FREE_FORM_FIELDS, KIND, HPOStudy, StudySpec
+from trial_runner.spec._errors import (
+    FieldError,
+    SpecError,
+    format_path,
+    model_at,
+    pydantic_errors,
+)
+from trial_runner.spec._models import KIND, HPOStudy, StudySpec
 from trial_runner.spec._rules import semantic_errors
 from trial_runner.spec._yaml import load_yaml_documents
 
@@ -42,9 +48,12 @@ _INT64_MIN, _INT64_END = -(2**63), 2**63
 def as_api_server_stores(spec: Any, prefix: str = "spec") -> Any:
     """``spec`` as the API server stores it, which is what the operator and runners read.
 
-    * A whole number is an integer, whatever its spelling (``5.0`` is ``5``), as long as it
-      fits 64 bits; an integer beyond 64 bits is a float (and so not an integer).
-    * A ``null`` field is dropped, as if absent, outside free-form fields (``task.config``).
+    * An integer beyond 64 bits is a float (JSON decoding makes it one), and a float is never
+      an integer: ``5.0`` is refused where an integer goes, as the API server's CEL rules refuse
+      it (YAML is another matter: kubectl sends ``5.0`` as ``5``, and so does
+      :func:`~trial_runner.spec.load_yaml_documents`).
+    * A ``null`` field of the spec is dropped, as if absent; a null in free-form content
+      (``task.config``) is kept, and so is an unknown field (it is an error, null or not).
     * A number that is not finite cannot be sent at all: an error at its path.
 
     Raises :class:`SpecError` for a non-finite number or a spec of more than
@@ -52,12 +61,12 @@ def as_api_server_stores(spec: Any, prefix: str = "spec") -> Any:
     """
     counter = [0]
     try:
-        return _stored(spec, (prefix,), False, counter)
+        return _stored(spec, (prefix,), counter)
     except RecursionError:
         raise SpecError([FieldError(prefix, "nested too deeply")]) from None
 
 
-def _stored(value: Any, path: tuple[str | int, ...], free: bool, counter: list[int]) -> Any:
+def _stored(value: Any, path: tuple[str | int, ...], counter: list[int]) -> Any:
     counter[0] += 1
     if counter[0] > MAX_VALUES:
         raise SpecError([FieldError(str(path[0]), f"more than {MAX_VALUES} values: too large")])
@@ -68,19 +77,18 @@ def _stored(value: Any, path: tuple[str | int, ...], free: bool, counter: list[i
     if isinstance(value, float):
         if not math.isfinite(value):
             raise SpecError([FieldError(format_path(path), "must be a finite number")])
-        if value.is_integer() and _INT64_MIN <= value < _INT64_END:
-            return int(value)
         return value
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            here = (*path, key)
-            if item is None and not free:
-                continue
-            out[key] = _stored(item, here, free or here[1:] in FREE_FORM_FIELDS, counter)
-        return out
+        # The spec is HPOStudy.spec, whatever the prefix its errors are named with.
+        model = model_at(("spec", *path[1:]))
+        fields = {f.alias or n for n, f in model.model_fields.items()} if model else set()
+        return {
+            key: _stored(item, (*path, key), counter)
+            for key, item in value.items()
+            if item is not None or key not in fields
+        }
     if isinstance(value, list):
-        return [_stored(item, (*path, i), free, counter) for i, item in enumerate(value)]
+        return [_stored(item, (*path, i), counter) for i, item in enumerate(value)]
     return value
 
 

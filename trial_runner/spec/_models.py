@@ -438,7 +438,12 @@ class StudySpec(_Model):
     )
     task: Task
     search_space: list[Parameter] = Field(min_length=1, max_length=64)
-    stages: list[Stage] | None = Field(default=None, max_length=MAX_STAGES)
+    stages: list[Stage] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_STAGES,
+        description="Progressive stages; omitted, the whole search space is one stage.",
+    )
     budget: Budget
     sampler: Sampler = Field(default_factory=Sampler)
     pruner: Pruner = Field(default_factory=Pruner)

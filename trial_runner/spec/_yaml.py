@@ -11,7 +11,8 @@ rejected. :class:`KubeLoader` resolves plain scalars as kubectl does:
   ``017``, ``0b101``); one too large for 64 bits is read as a float;
 * floats: a dot or an exponent (``1e-4``, ``1.5``, ``.5``, ``1.``); text that overflows a
   double stays a string; ``.inf`` and ``.nan`` are refused as values (JSON has no such numbers,
-  so kubectl cannot send them);
+  so kubectl cannot send them); a whole float that fits 64 bits is the integer kubectl sends
+  (``10.0`` and ``1e3`` go out as ``10`` and ``1000``);
 * no timestamps and no base-60 numbers: ``2024-01-01`` and ``1:30`` are strings;
 * mapping keys become strings as kubectl's YAML-to-JSON step writes them (``1`` -> ``"1"``,
   ``on`` -> ``"true"``, ``1.5`` -> ``"1.5"``); a null key is refused.
@@ -250,23 +251,28 @@ KubeDumper.add_representer(int, _represent_number)
 KubeDumper.add_representer(float, _represent_number)
 
 
-def _refuse_non_finite(value: Any) -> None:
-    stack, seen = [value], set()
+def _as_kubectl_sends(document: Any) -> None:
+    """Values as kubectl's JSON carries them, in place: a whole float that fits 64 bits is an
+    integer (Go writes ``10.0`` as ``10``), and ``.inf`` or ``.nan`` cannot be sent at all."""
+    stack, seen = [document], set()
     while stack:
-        item = stack.pop()
-        if isinstance(item, dict | list):
-            # Aliases share objects: each is looked at once, however often it is referred to.
-            if id(item) in seen:
-                continue
-            seen.add(id(item))
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, _NonFinite):
-            raise YamlValueError(
-                f"{item.text} is not accepted: JSON, and so kubectl, has no such number", item.mark
-            )
+        container = stack.pop()
+        # Aliases share objects: each is looked at once, however often it is referred to.
+        if id(container) in seen:
+            continue
+        seen.add(id(container))
+        keys = container.keys() if isinstance(container, dict) else range(len(container))
+        for key in keys:
+            value = container[key]
+            if isinstance(value, dict | list):
+                stack.append(value)
+            elif isinstance(value, _NonFinite):
+                raise YamlValueError(
+                    f"{value.text} is not accepted: JSON, and so kubectl, has no such number",
+                    value.mark,
+                )
+            elif isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**63:
+                container[key] = int(value)
 
 
 def load_yaml_documents(text: str) -> list[Any]:
@@ -275,8 +281,7 @@ def load_yaml_documents(text: str) -> list[Any]:
     Raises ``yaml.YAMLError`` (with ``problem_mark`` where known) for text kubectl refuses too.
     """
     documents = [d for d in yaml.load_all(text, Loader=KubeLoader) if d is not None]
-    for document in documents:
-        _refuse_non_finite(document)
+    _as_kubectl_sends(documents)
     return documents
 
 

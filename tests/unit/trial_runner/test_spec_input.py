@@ -87,10 +87,13 @@ def test_a_timeout_of_one_second_is_a_timeout() -> None:
 # --------------------------------------------------------------------------- numbers
 
 
-def test_whole_numbers_are_integers_whatever_their_spelling() -> None:
-    # The API server stores 10.0 as 10 and accepts it where an integer goes.
-    spec = study_from_mapping(study_document(budget={"maxTrials": 10.0})).spec
-    assert spec.budget.max_trials == 10 and isinstance(spec.budget.max_trials, int)
+def test_a_float_is_never_an_integer_but_yaml_sends_whole_ones_as_integers() -> None:
+    # JSON 10.0 in an integer field: the API server's CEL rules refuse it, and so does kubetune.
+    errors = spec_errors(budget={"maxTrials": 10.0})
+    assert errors == ["spec.budget.maxTrials: must be an integer (got the number 10.0)"]
+    # YAML's 10.0 is sent by kubectl as 10, and kubetune reads it so.
+    study = study_from_text(study_text().replace("maxTrials: 10", "maxTrials: 10.0"), "s.yaml")
+    assert study.spec.budget.max_trials == 10
 
 
 @pytest.mark.parametrize(
@@ -136,6 +139,9 @@ def test_null_fields_are_absent_but_free_form_nulls_are_kept() -> None:
     required = study_document()
     required["spec"]["task"] = None
     assert any(e.startswith("spec.task: required") for e in errors_of(required))
+    unknown = study_document()
+    unknown["spec"]["budget"]["maxTrails"] = None  # an unknown field is one, even when null
+    assert any(e.startswith("spec.budget.maxTrails: unknown field") for e in errors_of(unknown))
 
 
 # --------------------------------------------------------------------------- stages
@@ -146,6 +152,12 @@ def test_a_misspelt_stage_group_is_one_error_naming_stage_and_group() -> None:
     assert errors == [
         "spec.stages[0].groups[0]: unknown group 'Nope' (groups in searchSpace: Critical, Model)"
     ]
+
+
+def test_an_empty_list_of_stages_is_refused_as_the_api_server_refuses_it() -> None:
+    # Omitted, the search space is one stage; an empty list is a mistake, not that.
+    errors = spec_errors(stages=[])
+    assert [e.split(":")[0] for e in errors] == ["spec.stages"], errors
 
 
 # --------------------------------------------------------------------------- short messages
@@ -284,15 +296,16 @@ def test_a_file_larger_than_the_api_server_takes_is_refused(tmp_path: Path) -> N
     ("scalar", "value"),
     [
         ("1e-4", 0.0001),
-        ("1.5e3", 1500.0),
+        ("1.5e3", 1500),
+        ("1.5", 1.5),
         (".5", 0.5),
         ("+.5", 0.5),
-        ("1.", 1.0),
+        ("1.", 1),
         ("1_000", 1000),
         ("0x1F", 31),
         ("0o17", 15),
         ("017", 15),
-        ("08", 8.0),
+        ("08", 8),
         ("0b101", 5),
         ("99999999999999999999", 1e20),
         ("1e400", "1e400"),
