@@ -26,6 +26,7 @@ __all__ = [
     "EXAMPLES",
     "StudyClient",
     "finished_trials",
+    "install_crd",
     "operator_env",
     "run_operator",
     "wait_until",
@@ -34,6 +35,14 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "kubetune.dev_hpostudies.yaml"
 EXAMPLES = REPO / "examples"
+
+
+def install_crd(plane: ControlPlane) -> None:
+    """The generated CRD, applied as a user would (server-side), and established."""
+    plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    plane.kubectl(
+        "wait", "--for=condition=Established", "crd/hpostudies.kubetune.dev", "--timeout=60s"
+    )
 
 
 def operator_env(

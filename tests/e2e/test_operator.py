@@ -17,8 +17,8 @@ import yaml
 
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
-    CRD_FILE,
     StudyClient,
+    install_crd,
     load_example,
     operator_env,
     run_operator,
@@ -33,11 +33,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="session")
 def hpostudy_crd(control_plane: ControlPlane) -> None:
-    """The generated CRD, applied as a user would (server-side), and established."""
-    control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/hpostudies.kubetune.dev", "--timeout=60s"
-    )
+    install_crd(control_plane)
 
 
 @pytest.fixture
