@@ -19,11 +19,11 @@ as_root() {
   if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo "$@"; fi
 }
 
-step "System packages: PostgreSQL, and the image build and real node's (buildah, containerd, ...)"
+step "System packages: PostgreSQL, the image build's and real node's (buildah, containerd, ...), Chromium"
 # The suite starts its own throwaway PostgreSQL servers and its own containerd; nothing here is
 # started as a service.
 packages=(postgresql buildah mmdebstrap containerd runc containernetworking-plugins iptables
-  conntrack)
+  conntrack chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" ||

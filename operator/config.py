@@ -33,6 +33,11 @@ Every setting is an environment variable so the same image serves the Helm chart
 ``KUBETUNE_MAX_RUNNER_FAILURES``
     Failed runner pods (not OOMKilled) after which a study is Failed (default 5, plus the
     parallelism).
+``KUBETUNE_METRICS_PORT``
+    Port of the operator's Prometheus ``/metrics`` (default: none served).
+``KUBETUNE_RUNNER_METRICS_PORT``
+    Port of each runner pod's ``/metrics`` (default: runners serve none). The runner pods
+    get the port, ``KUBETUNE_METRICS_PORT`` and the ``prometheus.io/*`` annotations.
 """
 
 from __future__ import annotations
@@ -41,12 +46,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from trial_runner.contract import STORAGE_ENV
+from trial_runner.contract import METRICS_PORT_ENV, STORAGE_ENV
 
 __all__ = ["DEFAULT_IMAGE", "OperatorConfig", "parse_pairs", "reconcile_interval"]
 
 DEFAULT_IMAGE = "ghcr.io/kubetune/kubetune:0.1.0-cpu"
 RECONCILE_INTERVAL_ENV = "KUBETUNE_RECONCILE_INTERVAL"
+RUNNER_METRICS_PORT_ENV = "KUBETUNE_RUNNER_METRICS_PORT"
 
 
 def reconcile_interval(env: Mapping[str, str] | None = None) -> float:
@@ -66,6 +72,15 @@ def parse_pairs(text: str, what: str) -> dict[str, str]:
             raise ValueError(f"{what}: expected key=value[,key=value...], got {item!r}")
         pairs[key.strip()] = value.strip()
     return pairs
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{name}: expected a port number (1-65535), got {raw!r}")
+    return int(raw)
 
 
 def _tolerations(text: str) -> tuple[dict[str, str], ...]:
@@ -102,6 +117,8 @@ class OperatorConfig:
     default_storage_url: str | None = None
     reconcile_interval: float = 5.0
     max_runner_failures: int = 5
+    metrics_port: int | None = None
+    runner_metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -136,6 +153,8 @@ class OperatorConfig:
                 default_storage_url=env.get(STORAGE_ENV) or None,
                 reconcile_interval=reconcile_interval(env),
                 max_runner_failures=int(env.get("KUBETUNE_MAX_RUNNER_FAILURES", "5")),
+                metrics_port=_port(env, METRICS_PORT_ENV),
+                runner_metrics_port=_port(env, RUNNER_METRICS_PORT_ENV),
             )
         except ValueError as exc:
             raise ValueError(f"operator settings: {exc}") from None

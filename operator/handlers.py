@@ -45,6 +45,7 @@ from hpo_operator.manifests import (
     storage_secret,
     storage_secret_name,
 )
+from hpo_operator.metrics import OperatorMetrics
 from hpo_operator.reconcile import (
     CreateEstimatePod,
     CreateRunner,
@@ -61,6 +62,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from trial_runner.contract import STUDY_KEY
+from trial_runner.metrics import start_metrics_server
 from trial_runner.progress import StudyProgress
 from trial_runner.spec import SpecError, StudySpec, validate_spec_mapping
 from trial_runner.storage import StorageError, redact
@@ -77,6 +79,9 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 # Set by configure() at startup.
 _config = OperatorConfig()
 _client: Any = None
+_metrics_server: Any = None
+# One set of metrics per process (the default registry), served on KUBETUNE_METRICS_PORT.
+_metrics = OperatorMetrics()
 # One reconcile at a time per study (change handlers and the timer run concurrently).
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -97,8 +102,10 @@ k8s: Any = kubernetes
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
     """Every operator setting in one place."""
-    global _config, _client
+    global _config, _client, _metrics_server
     _config = OperatorConfig.from_env()
+    if _config.metrics_port is not None and _metrics_server is None:
+        _metrics_server = start_metrics_server(_config.metrics_port)
     # Heartbeats and fail_stale_trials are "experimental" in Optuna; kubetune relies on them.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     _client = cluster.api_client()
@@ -144,7 +151,13 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 def close(**_: Any) -> None:
-    """Release storage connections (tests start and stop the operator in one process)."""
+    """Release storage connections and the metrics port (tests start and stop the operator
+    in one process)."""
+    global _metrics_server
+    if _metrics_server is not None:
+        _metrics_server.shutdown()
+        _metrics_server.server_close()
+        _metrics_server = None
     _storages.close()
     _spec_written.clear()
     _secret_written.clear()
@@ -178,6 +191,7 @@ def on_delete(body: kopf.Body, logger: Logger, **_: Any) -> None:
     if pods:
         raise kopf.TemporaryError(f"waiting for {len(pods)} pod(s) to stop", delay=2)
     _forget(str(meta.get("uid")))
+    _metrics.forget(namespace, name)
     try:
         spec = validate_spec_mapping(dict(body.get("spec") or {}))
     except SpecError:
@@ -217,10 +231,25 @@ def _forget(uid: str) -> None:
 
 
 def reconcile_study(body: kopf.Body, patch: kopf.Patch, logger: Logger) -> None:
-    """One idempotent pass over a study: observe, decide, act, write status."""
+    """One idempotent pass over a study: observe, decide, act, write status (timed and
+    counted in the operator's metrics)."""
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        with _metrics.reconcile_duration.time():
+            _reconcile(body, patch, logger)
+    except ApiException as error:
+        _metrics.reconcile_error(namespace, name, api_status=error.status)
+        raise
+    except Exception:
+        _metrics.reconcile_error(namespace, name)
+        raise
+
+
+def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Logger) -> None:
+    meta = body["metadata"]
     uid = str(meta["uid"])
     with _lock(uid):
         raw: Mapping[str, Any] = body.get("status") or {}
@@ -234,6 +263,7 @@ def reconcile_study(body: kopf.Body, patch: kopf.Patch, logger: Logger) -> None:
         new_status = plan.status.to_api()
         _patch_status(patch, raw, new_status)
         _written[uid] = (str(meta.get("resourceVersion")), new_status)
+        _metrics.observe(meta["namespace"], meta["name"], plan.status)
         for event in plan.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
@@ -263,6 +293,7 @@ def _plan(body: Mapping[str, Any], status: StudyStatus, logger: Logger) -> Plan:
         )
         if storage_error:
             logger.warning("study %s: storage unavailable: %s", study_name, storage_error)
+            _metrics.storage_error(namespace, name)
         children = cluster.list_pods(core, _client, name, namespace)
         plan = decide(
             spec,

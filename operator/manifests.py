@@ -30,8 +30,10 @@ from trial_runner.contract import (
     KIND_ANNOTATION,
     MANAGED_BY_LABEL,
     MEMORY_ANNOTATION,
+    METRICS_PORT_ENV,
     NAME_LABEL,
     POD_NAME_ENV,
+    PROMETHEUS_ANNOTATIONS,
     RESOURCE_ANNOTATION,
     STORAGE_ENV,
     STUDY_ENV,
@@ -348,7 +350,12 @@ def runner_pod(
             "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key}},
         },
     )
-    container = {
+    # Runners live for many trials, so Prometheus scrapes them (the annotations, or the
+    # chart's PodMonitor on the named port) rather than waiting for pushes.
+    port = config.runner_metrics_port
+    if port is not None:
+        env.append({"name": METRICS_PORT_ENV, "value": str(port)})
+    container: dict[str, Any] = {
         "name": "runner",
         "image": spec.task.image or config.runner_image,
         "imagePullPolicy": config.image_pull_policy,
@@ -365,6 +372,8 @@ def runner_pod(
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if port is not None:
+        container["ports"] = [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
     pod = _pod(
         owner,
         runner_pod_name(meta["name"], index),
@@ -380,6 +389,10 @@ def runner_pod(
         MEMORY_ANNOTATION: str(sizing.memory_bytes),
         KIND_ANNOTATION: sizing.kind,
     }
+    if port is not None:
+        pod["metadata"]["annotations"].update(
+            {key: value.format(port=port) for key, value in PROMETHEUS_ANNOTATIONS.items()}
+        )
     return pod
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "SizingStatus",
     "StageStatus",
     "StudyStatus",
+    "TelemetryStatus",
     "TrialCounts",
     "set_condition",
     "timestamp",
@@ -138,6 +139,20 @@ class RunnerCounts(_Status):
     failed_pods: int | None = _int("Runner pods that failed since the spec changed.")
 
 
+class TelemetryStatus(_Status):
+    """What the warm runners save, over the finished trials (``kubectl get -o wide``)."""
+
+    overhead_seconds: str | None = Field(
+        default=None,
+        description="Mean seconds per finished trial that were not training or validation "
+        "(as text: no floats in the API).",
+    )
+    trials_per_process: str | None = Field(
+        default=None, description="Finished trials per runner process, e.g. 12.5."
+    )
+    processes: int | None = _int("Runner processes that finished trials.")
+
+
 class SizingStatus(_Status):
     """How runner pods are sized, and why."""
 
@@ -183,6 +198,7 @@ class StudyStatus(_Status):
         default=None, description="Ready runners of the desired, e.g. 2/2."
     )
     sizing: SizingStatus | None = None
+    telemetry: TelemetryStatus | None = None
     start_time: str | None = Field(
         default=None,
         description="When the operator started the study.",

@@ -10,6 +10,8 @@ they are read and documented in :mod:`hpo_operator.config`.
 
 from __future__ import annotations
 
+from typing import Literal, TypedDict
+
 __all__ = [
     "BUDGET_ATTR",
     "COMPONENT_ESTIMATE",
@@ -26,10 +28,14 @@ __all__ = [
     "LOG_LEVEL_ENV",
     "MANAGED_BY_LABEL",
     "MEMORY_ANNOTATION",
+    "METRICS_PATH",
+    "METRICS_PORT_ENV",
     "NAME_LABEL",
     "ORIGIN_ATTR",
     "POD_NAME_ENV",
     "PRIOR_ATTR",
+    "PROFILE_ATTR",
+    "PROMETHEUS_ANNOTATIONS",
     "RESOURCE_ANNOTATION",
     "STAGE_ATTR",
     "STARTED_ATTR",
@@ -42,6 +48,7 @@ __all__ = [
     "WAIT_SECONDS_ENV",
     "WARM_START_ATTR",
     "WORKER_ATTR",
+    "TrialTelemetry",
 ]
 
 # --- environment variables of runner and estimate containers (and of `kubetune run` workers)
@@ -64,6 +71,8 @@ LOCAL_WORKERS_ENV = "KUBETUNE_LOCAL_WORKERS"
 WAIT_SECONDS_ENV = "KUBETUNE_WAIT_SECONDS"
 #: Log level of the ``kubetune`` command (default INFO).
 LOG_LEVEL_ENV = "KUBETUNE_LOG_LEVEL"
+#: Port on which a runner serves its Prometheus metrics (unset: none are served).
+METRICS_PORT_ENV = "KUBETUNE_METRICS_PORT"
 
 # --- what the operator puts on the objects it creates, and reads back
 
@@ -89,6 +98,15 @@ ESTIMATE_KEY_ANNOTATION = "kubetune.dev/estimate-key"
 STUDY_KEY = "study.yaml"
 #: Where the estimate pod writes its JSON result for the operator to read.
 TERMINATION_LOG = "/dev/termination-log"
+#: The HTTP path of every kubetune metrics endpoint (operator and runners).
+METRICS_PATH = "/metrics"
+#: Annotations of pods with a metrics port, read by Prometheus' annotation-based discovery;
+#: ``{port}`` is filled in.
+PROMETHEUS_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": "{port}",
+    "prometheus.io/path": METRICS_PATH,
+}
 
 # --- Optuna user attributes (in the shared storage)
 
@@ -100,7 +118,7 @@ STARTED_ATTR = "kubetune.startedAt"
 STAGE_ATTR = "kubetune.stage"
 #: Trial: the process that runs it (``host:pid``).
 WORKER_ATTR = "kubetune.worker"
-#: Trial: the engine's telemetry and the task's metrics (JSON).
+#: Trial: the engine's telemetry and the task's metrics (JSON, a :class:`TrialTelemetry`).
 TELEMETRY_ATTR = "kubetune.telemetry"
 #: Study: the warm start applied to it (digest and report, JSON), so it is applied once.
 WARM_START_ATTR = "kubetune.warmStart"
@@ -109,3 +127,43 @@ WARM_START_ATTR = "kubetune.warmStart"
 PRIOR_ATTR = "kubetune.prior"
 #: Trial: why a warm start queued it (``"point <i>"`` or ``"<study>#<number>"``).
 ORIGIN_ATTR = "kubetune.origin"
+#: Trial: the path of its ``torch.profiler`` trace (``spec.training.profile``).
+PROFILE_ATTR = "kubetune.profile"
+
+
+class TrialTelemetry(TypedDict, total=False):
+    """What :data:`TELEMETRY_ATTR` holds: one trial's telemetry, as the engine records it.
+
+    Readers (``kubetune results``, the report, the runner's metrics, the status columns) read
+    these keys and no others; a trial stored by an older runner may lack any of them.
+    """
+
+    wall_seconds: float
+    step_seconds: float  # forward, backward and optimizer steps
+    data_wait_seconds: float
+    eval_seconds: float
+    overhead_seconds: float  # wall time that is neither training nor validation compute
+    epochs_run: int
+    epochs_budget: int
+    folds_run: int
+    folds: int
+    stop_reason: Literal["Completed", "EarlyStopped", "Pruned", "OutOfMemory"]
+    effective_batch: int
+    micro_batch: int
+    accumulation_steps: int
+    validation_batch: int
+    oom_retries: int
+    precision: str
+    tf32: bool
+    cudnn_benchmark: bool
+    fused_optimizer: bool
+    pin_memory: bool
+    compile: bool
+    device: str
+    data_on_device: bool
+    estimated_peak_bytes: int | None
+    peak_memory_bytes: int
+    trial_in_process: int  # 1 for the first trial of its runner process, 2 for the next ...
+    gpu_utilization_mean: float | None  # percent, NVML samples during the trial
+    gpu_memory_used_max: int | None  # bytes, NVML
+    metrics: dict[str, float]  # the task's metrics, averaged over folds

@@ -29,14 +29,21 @@ is then the trial best by the first objective, ties broken by the next ones
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import PRIOR_ATTR, STAGE_ATTR
+from trial_runner.contract import (
+    PRIOR_ATTR,
+    STAGE_ATTR,
+    TELEMETRY_ATTR,
+    WORKER_ATTR,
+    TrialTelemetry,
+)
 from trial_runner.pareto import FrontTrial, pareto_front
 from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, best_first_key
 
@@ -46,8 +53,12 @@ __all__ = [
     "Claim",
     "StageSummary",
     "StudyProgress",
+    "TelemetrySummary",
     "plan_claim",
     "summarize",
+    "summarize_telemetry",
+    "trial_telemetry",
+    "trials_by_process",
 ]
 
 Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "ConsecutiveFailures", "TimedOut"]
@@ -93,6 +104,15 @@ class StageSummary:
 
 
 @dataclass(frozen=True)
+class TelemetrySummary:
+    """What the warm runners saved, over the finished (complete or pruned) trials."""
+
+    mean_overhead_seconds: float | None  # wall time that is not training or validation
+    processes: int  # runner processes that finished trials
+    trials_per_process: float | None  # finished trials per process: how warm runners stay
+
+
+@dataclass(frozen=True)
 class StudyProgress:
     complete: int
     pruned: int
@@ -114,6 +134,7 @@ class StudyProgress:
     failed_in_a_row: int = 0
     #: Why the study failed, in one sentence; ``None`` unless it did.
     failure: str | None = None
+    telemetry: TelemetrySummary = field(default=TelemetrySummary(None, 0, None))
 
     @property
     def finished(self) -> int:
@@ -214,6 +235,41 @@ def summarize(
         pareto_front=() if single else pareto_front(trials, directions),
         failed_in_a_row=in_a_row,
         failure=failure,
+        telemetry=summarize_telemetry(trials),
+    )
+
+
+def trial_telemetry(trial: FrozenTrial) -> TrialTelemetry:
+    """The trial's telemetry (empty for a trial that recorded none)."""
+    raw = trial.user_attrs.get(TELEMETRY_ATTR)
+    return cast(TrialTelemetry, raw) if isinstance(raw, dict) else {}
+
+
+def _finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def trials_by_process(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """Finished trials of each runner process (``host:pid``), most first."""
+    counts = Counter(
+        str(t.user_attrs[WORKER_ATTR]) for t in _finished(trials) if WORKER_ATTR in t.user_attrs
+    )
+    return dict(counts.most_common())
+
+
+def summarize_telemetry(trials: Sequence[FrozenTrial]) -> TelemetrySummary:
+    """Mean overhead per finished trial and finished trials per runner process."""
+    overheads = [
+        float(seconds)
+        for t in _finished(trials)
+        if (seconds := trial_telemetry(t).get("overhead_seconds")) is not None
+    ]
+    by_process = trials_by_process(trials)
+    processes = len(by_process)
+    return TelemetrySummary(
+        mean_overhead_seconds=sum(overheads) / len(overheads) if overheads else None,
+        processes=processes,
+        trials_per_process=sum(by_process.values()) / processes if processes else None,
     )
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,15 @@ from trial_runner.checkpoint import BestCheckpoint
 from trial_runner.contract import (
     CPU_THREADS_ENV,
     LOCAL_WORKERS_ENV,
+    PROFILE_ATTR,
     STAGE_ATTR,
     TELEMETRY_ATTR,
     WAIT_SECONDS_ENV,
     WORKER_ATTR,
 )
 from trial_runner.engine import Engine
+from trial_runner.metrics import RunnerMetrics
+from trial_runner.profile import profile_directory, record_trace, should_profile, trace_path
 from trial_runner.progress import Claim, StudyProgress, plan_claim
 from trial_runner.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
 from trial_runner.spec import HPOStudy, Objective, best_first_key
@@ -94,8 +98,12 @@ def run_runner(
     stop_requested: threading.Event | None = None,
     install_signal_handlers: bool = True,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+    metrics: RunnerMetrics | None = None,
 ) -> RunnerSummary:
-    """Run trials of ``study_name`` until its budget is spent; returns why it stopped."""
+    """Run trials of ``study_name`` until its budget is spent; returns why it stopped.
+
+    Each trial this runner finishes is passed to ``on_trial`` and counted in ``metrics``.
+    """
     spec = study_doc.spec
     stop = stop_requested or threading.Event()
     if install_signal_handlers:
@@ -122,6 +130,7 @@ def run_runner(
     lock = ClaimLock(storage_url, study_name)
     me = worker_id()
     trials_run = 0
+    profiles = profile_directory(spec.training, study_name)
 
     while True:
         if stop.is_set():
@@ -158,7 +167,17 @@ def run_runner(
                 # Optuna prunes single-objective trials only; the spec allows no pruner with
                 # several objectives, so their trials report nothing.
                 reporter = None if spec.multi_objective else trial
-                result = engine.run_trial(params, trial_number=trial.number, reporter=reporter)
+                traced = should_profile(spec.training.profile, trial.number, engine.trials_run)
+                trace = trace_path(profiles, trial.number, me)
+                try:
+                    tracing = record_trace(trace, engine.device) if traced else nullcontext()
+                    with tracing:
+                        result = engine.run_trial(
+                            params, trial_number=trial.number, reporter=reporter
+                        )
+                finally:
+                    if traced and trace.is_file():
+                        trial.set_user_attr(PROFILE_ATTR, str(trace.resolve()))
                 # One attribute, one storage write: the telemetry and the task's metrics.
                 trial.set_user_attr(TELEMETRY_ATTR, {**result.telemetry, "metrics": result.metrics})
                 if result.pruned:
@@ -180,6 +199,8 @@ def run_runner(
                 _requeue(study, frozen)
                 log.info("runner %s interrupted: trial %d re-queued", me, number)
                 return RunnerSummary(trials_run, "Interrupted")
+            if metrics is not None:
+                metrics.record(frozen)
             if on_trial is not None:
                 on_trial(frozen)
 

@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
-__all__ = ["GpuMonitor"]
+__all__ = ["GpuMonitor", "GpuSummary"]
 
 log = logging.getLogger("kubetune.telemetry")
 _warned = False
+
+
+class GpuSummary(TypedDict):
+    """A trial's NVML samples (``None`` without NVML): keys of ``TrialTelemetry`` too."""
+
+    gpu_utilization_mean: float | None
+    gpu_memory_used_max: int | None
 
 
 class GpuMonitor:
@@ -64,7 +71,7 @@ class GpuMonitor:
             except Exception:
                 return
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> GpuSummary:
         self._stop.set()
         if not self._samples:
             return {"gpu_utilization_mean": None, "gpu_memory_used_max": None}
@@ -81,5 +88,5 @@ class _NoGpu(GpuMonitor):
     def reset(self) -> None:
         return None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> GpuSummary:
         return {"gpu_utilization_mean": None, "gpu_memory_used_max": None}

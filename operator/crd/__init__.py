@@ -108,6 +108,18 @@ def crd() -> dict[str, Any]:
         _column("Stage", ".status.stage.current", "integer", priority=1),
         _column("Best-Trial", ".status.best.trial", "integer", priority=1),
         _column("Resource", ".status.sizing.resource", priority=1),
+        _column(
+            "Overhead",
+            ".status.telemetry.overheadSeconds",
+            priority=1,
+            description="Mean seconds of a finished trial that were not training or validation.",
+        ),
+        _column(
+            "Packing",
+            ".status.telemetry.trialsPerProcess",
+            priority=1,
+            description="Finished trials per warm runner process.",
+        ),
         _column("Ready", f"{ready}.status", priority=1),
     ]
     return {

@@ -360,6 +360,18 @@ PATH_RULES: Mapping[str, list[dict[str, str]]] = {
             "fieldPath": ".minDelta",
         },
     ],
+    "training.profile": [
+        {
+            "rule": "!has(self.trials) || self.trials != 'EveryN' || has(self.every)",
+            "message": "required when trials is EveryN",
+            "fieldPath": ".every",
+        },
+        {
+            "rule": "!has(self.every) || (has(self.trials) && self.trials == 'EveryN')",
+            "message": "only used with trials: EveryN",
+            "fieldPath": ".every",
+        },
+    ],
     "training.epochSchedule": [
         {
             "rule": "size(self) == 0 || self[0].fromTrial == 0",

@@ -34,6 +34,7 @@ from hpo_operator.status import (
     SizingStatus,
     StageStatus,
     StudyStatus,
+    TelemetryStatus,
     TrialCounts,
     timestamp,
 )
@@ -101,7 +102,7 @@ def decide(
 
 def _storage_unavailable(b: PlanBuilder, error: str | None) -> Plan:
     """Keep what runs and what is known; create nothing; say why."""
-    for name in ("trials", "best", "pareto_front", "stage", "trials_summary"):
+    for name in ("trials", "best", "pareto_front", "stage", "trials_summary", "telemetry"):
         value = getattr(b.old, name)
         if value is not None:
             setattr(b.status, name, value)
@@ -125,6 +126,13 @@ def _record_progress(b: PlanBuilder, progress: StudyProgress) -> None:
         budget=progress.max_trials,
     )
     b.status.trials_summary = f"{progress.finished}/{progress.max_trials}"
+    telemetry = progress.telemetry
+    if telemetry.processes:
+        b.status.telemetry = TelemetryStatus(
+            overhead_seconds=_rounded(telemetry.mean_overhead_seconds),
+            trials_per_process=_rounded(telemetry.trials_per_process),
+            processes=telemetry.processes,
+        )
     b.status.stage = StageStatus(
         current=progress.current_stage + 1, total=len(spec.stages) if spec.stages else 1
     )
@@ -450,6 +458,10 @@ def _ready(
 
 def _number(value: float) -> str:
     return f"{value:.6g}"
+
+
+def _rounded(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3g}"
 
 
 def _param(value: Any) -> str:

@@ -20,10 +20,14 @@ from typing import Any
 
 import pytest
 import yaml
+from hpo_operator.config import OperatorConfig
+from hpo_operator.manifests import runner_pod
+from hpo_operator.sizing import Peak, SizingDecision
 
 from tests.e2e.controlplane import REPO_ROOT, ControlPlane
 from tests.e2e.operator_fixtures import StudyClient, run_operator, small_cpu_study, wait_until
 from tests.e2e.simulated_cluster import NodeGroup
+from trial_runner.spec import study_from_mapping
 
 pytestmark = pytest.mark.e2e
 
@@ -202,6 +206,7 @@ def test_default_render_is_cluster_wide_and_restricted(control_plane: ControlPla
         "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
+        "Service",
         "ServiceAccount",
     ]
     container = _operator_container(docs)
@@ -211,6 +216,12 @@ def test_default_render_is_cluster_wide_and_restricted(control_plane: ControlPla
     assert env["KUBETUNE_DEFAULT_STORAGE_SECRET"] == "kubetune-postgres/url"
     assert env["KUBETUNE_RUNNER_IMAGE"].endswith(":0.1.0-cpu")
     assert "KUBETUNE_STORAGE_URL" not in env
+    # Metrics on by default: the operator's port behind a Service, and the runners' port.
+    assert env["KUBETUNE_METRICS_PORT"] == "9090"
+    assert env["KUBETUNE_RUNNER_METRICS_PORT"] == "9100"
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    (service,) = _by_kind(docs, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -239,7 +250,52 @@ def test_render_with_postgresql_and_dashboard(control_plane: ControlPlane) -> No
         "secretKeyRef": {"name": "kubetune-postgres", "key": "url"}
     }
     services = {s["metadata"]["name"] for s in _by_kind(docs, "Service")}
-    assert services == {"t-kubetune-postgresql", "t-kubetune-dashboard"}
+    assert services == {
+        "t-kubetune-postgresql",
+        "t-kubetune-dashboard",
+        "t-kubetune-operator-metrics",
+    }
+
+
+MONITORING = (
+    "--set",
+    "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,"
+    "metrics.grafanaDashboard.enabled=true",
+)
+
+
+def test_render_with_monitoring_selects_what_the_operator_creates(
+    control_plane: ControlPlane,
+) -> None:
+    """The ServiceMonitor selects the metrics Service; the PodMonitor selects the runner pods
+    the operator creates (their labels and port, from the operator's own manifest code)."""
+    docs = _render(control_plane, "kubetune-system", *MONITORING)
+    (service,) = _by_kind(docs, "Service")
+    (monitor,) = _by_kind(docs, "ServiceMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+    env = _env(_operator_container(docs))
+    config = OperatorConfig.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    sizing = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "r")
+    owner = {"metadata": {"name": "s", "namespace": "team-a", "uid": "u"}}
+    spec = study_from_mapping(small_cpu_study("s")).spec
+    pod = runner_pod(owner, spec, 0, sizing, ("pg", "url"), config)
+    (pod_monitor,) = _by_kind(docs, "PodMonitor")
+    assert (
+        pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    )
+    (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+
+    (configmap,) = _by_kind(docs, "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["kubetune.json"])
+    assert dashboard["uid"] == "kubetune" and dashboard["panels"]
+    lint = control_plane.helm("lint", "--strict", str(CHART), *MONITORING)
+    assert "0 chart(s) failed" in lint.stdout, lint.stdout
 
 
 def test_namespaced_render_uses_roles(control_plane: ControlPlane) -> None:

@@ -271,6 +271,18 @@ INVALID = [
         "cover the stages",
         id="stages-exceed-budget",
     ),
+    pytest.param(
+        lambda s: s.setdefault("training", {}).update(profile={"trials": "EveryN"}),
+        "spec.training.profile.every",
+        "required when trials is EveryN",
+        id="profile-every-missing",
+    ),
+    pytest.param(
+        lambda s: s.setdefault("training", {}).update(profile={"every": 3}),
+        "spec.training.profile.every",
+        "only used with trials: EveryN",
+        id="profile-every-without-everyn",
+    ),
 ]
 
 

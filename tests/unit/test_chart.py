@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
+import yaml
 from hpo_operator.config import OperatorConfig
+from hpo_operator.metrics import OperatorMetrics
+from prometheus_client import CollectorRegistry
+
+from trial_runner.metrics import RunnerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubetune"
@@ -38,6 +45,7 @@ USER_DATA = {
     "extraEnv",
     "podSecurityContext",
     "securityContext",
+    "labels",
 }
 KEY_LINE = re.compile(r"^(\s*)([^\s#-][^:]*):(.*)$")
 
@@ -93,6 +101,8 @@ SETTING_SAMPLES = {
     "KUBETUNE_RUNNER_TOLERATIONS": "dedicated:NoSchedule",
     "KUBETUNE_STORAGE_URL": "postgresql://u:p@db/kubetune",
     "KUBETUNE_DEFAULT_STORAGE_SECRET": "pg",
+    "KUBETUNE_METRICS_PORT": "9091",
+    "KUBETUNE_RUNNER_METRICS_PORT": "9101",
 }
 
 
@@ -106,3 +116,34 @@ def test_operator_settings_the_chart_passes_are_read_by_the_operator() -> None:
         assert name in SETTING_SAMPLES, f"{name}: add a sample value to this test"
         config = OperatorConfig.from_env({name: SETTING_SAMPLES[name]})
         assert config != defaults, f"operator/config.py does not read {name}"
+
+
+def test_the_dashboard_image_is_the_optuna_dashboard_the_tests_open() -> None:
+    """tests/e2e/test_dashboard.py opens the pinned optuna-dashboard package in a browser with
+    the chart's arguments; the chart must deploy that same version."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["dashboard"]["image"]["tag"] == f"v{version('optuna-dashboard')}"
+
+
+def _exported_series() -> set[str]:
+    """Every series name the operator and a runner export (with the suffixes Prometheus adds)."""
+    registry = CollectorRegistry()
+    OperatorMetrics(registry)
+    RunnerMetrics("ns", "study", registry)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {
+        family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]
+    }
+
+
+def test_the_grafana_dashboard_queries_only_metrics_kubetune_exports() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "kubetune.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queried = {name for expr in expressions for name in re.findall(r"\bkubetune_\w+", expr)}
+    exported = _exported_series()
+    assert queried, "the dashboard queries nothing"
+    assert queried <= exported, f"not exported: {sorted(queried - exported)}"
+    # ... and shows every one of them.
+    shown = {re.sub(r"_(total|bucket)$", "", name) for name in queried}
+    families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in exported}
+    assert shown == families, f"not on the dashboard: {sorted(families - shown)}"

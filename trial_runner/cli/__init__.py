@@ -1,8 +1,9 @@
 """The ``kubetune`` command line.
 
 ``kubetune run`` runs a study on this machine with N runner processes and ``kubetune runner``
-is what a runner pod runs (:mod:`._run`); ``results`` (:mod:`._results`), ``validate`` and
-``estimate`` (:mod:`.estimate`, which the operator's estimate pod runs) inspect a study.
+is what a runner pod runs (:mod:`._run`); ``results`` (:mod:`._results`), ``report``
+(:mod:`._report`), ``validate`` and ``estimate`` (:mod:`.estimate`, which the operator's
+estimate pod runs) inspect a study.
 
 Exit codes: 0 success; 1 the study failed (its trials kept failing); 2 invalid input (spec,
 task entrypoint, flags); 3 storage unreachable; 130 interrupted.
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from trial_runner.cli._common import EXIT_INPUT, EXIT_OK, EXIT_STORAGE, CliError
+from trial_runner.cli._report import cmd_report
 from trial_runner.cli._results import cmd_results
 from trial_runner.cli._run import cmd_run, cmd_runner
 from trial_runner.cli.estimate import cmd_estimate
@@ -83,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--output", help="write best params, value and counts as YAML")
     results.add_argument("--top", type=int, default=10, help="trials to list")
     results.set_defaults(func=cmd_results)
+
+    report = sub.add_parser("report", help="write an HTML report with plots of a study")
+    report.add_argument("study", help="HPOStudy YAML file")
+    report.add_argument("--storage", help="storage URL")
+    report.add_argument("--study-name", help="Optuna study name (default metadata.name)")
+    report.add_argument("--output", default="report.html", help="HTML file (default report.html)")
+    report.set_defaults(func=cmd_report)
 
     validate = sub.add_parser("validate", help="check a study spec")
     validate.add_argument("study", help="HPOStudy YAML file")

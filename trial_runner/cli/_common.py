@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+import time
+from typing import Any, TextIO
 
 from trial_runner.contract import STORAGE_ENV, STUDY_ENV
 from trial_runner.spec import HPOStudy, load_study, study_from_text
@@ -16,6 +18,7 @@ __all__ = [
     "EXIT_STORAGE",
     "EXIT_STUDY_FAILED",
     "CliError",
+    "StepLog",
     "fmt",
     "load_study_or_env",
     "mib",
@@ -30,6 +33,24 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_INPUT) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StepLog:
+    """Progress lines on stderr for commands whose steps take seconds; stdout stays for
+    results (``--json``)."""
+
+    def __init__(self, command: str, stream: TextIO | None = None) -> None:
+        self.command = command
+        self.stream = stream
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        elapsed = time.monotonic() - self.started
+        print(
+            f"kubetune {self.command}: [{elapsed:5.1f}s] {message}",
+            file=self.stream or sys.stderr,
+            flush=True,
+        )
 
 
 def storage_url(flag: str | None) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
-from trial_runner.contract import PRIOR_ATTR, TELEMETRY_ATTR
+from trial_runner.contract import PRIOR_ATTR
 from trial_runner.pareto import front_document
-from trial_runner.progress import StudyProgress
+from trial_runner.progress import StudyProgress, trial_telemetry
 from trial_runner.spec import StudySpec, best_first_key, dump_yaml, load_study
 from trial_runner.storage import read_progress
 from trial_runner.warmstart import recorded_report
@@ -95,7 +95,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         ),
     )
     for t in ranked[: args.top]:
-        a = t.user_attrs.get(TELEMETRY_ATTR) or {}
+        a = trial_telemetry(t)
         table.add_row(
             str(t.number),
             t.state.name,

@@ -25,7 +25,7 @@ from trial_runner.cli._common import (
     load_study_or_env,
     storage_url,
 )
-from trial_runner.contract import LOCAL_WORKERS_ENV
+from trial_runner.contract import LOCAL_WORKERS_ENV, METRICS_PORT_ENV
 from trial_runner.entrypoints import check_entrypoint
 from trial_runner.pareto import spread
 from trial_runner.progress import StudyProgress
@@ -47,12 +47,14 @@ log = logging.getLogger("kubetune")
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
+    from trial_runner.metrics import RunnerMetrics, start_metrics_server
     from trial_runner.runner import run_runner, wait_for_study
     from trial_runner.task import TaskLoadError
 
     study = load_study_or_env(args.study)
     url = storage_url(args.storage)
     name = args.study_name or study.name
+    port = _metrics_port()
     try:
         wait_for_study(url, name, timeout=args.wait_for_study)
     except KeyError:
@@ -62,12 +64,26 @@ def cmd_runner(args: argparse.Namespace) -> int:
             "apply the HPOStudy for the operator to create)",
             EXIT_STORAGE,
         ) from None
+    metrics = None
+    if port is not None:
+        metrics = RunnerMetrics(study.metadata.namespace or "", study.name)
+        start_metrics_server(port)
     try:
-        summary = run_runner(study, url, name)
+        summary = run_runner(study, url, name, metrics=metrics)
     except TaskLoadError as exc:
         raise CliError(str(exc)) from None
     log.info("runner done: %d trial(s), %s", summary.trials_run, summary.stop_reason)
     return EXIT_OK
+
+
+def _metrics_port() -> int | None:
+    """``$KUBETUNE_METRICS_PORT`` (set on runner pods by the operator), if set."""
+    raw = os.environ.get(METRICS_PORT_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise CliError(f"{METRICS_PORT_ENV}: expected a port number, got {raw!r}")
+    return int(raw)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

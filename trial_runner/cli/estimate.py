@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
-from trial_runner.cli._common import load_study_or_env
+from trial_runner.cli._common import StepLog, load_study_or_env
 from trial_runner.memory import (
     MemoryPlanner,
     MicroBatchPlan,
@@ -48,8 +48,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     )
 
 
-def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
-    """The estimate ``kubetune estimate`` prints and the operator reads.
+def estimate_for_study(
+    study: HPOStudy, device: torch.device, step: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """The estimate ``kubetune estimate`` prints and the operator reads; ``step`` is told
+    what is being done (each step can take seconds).
 
     Keys: ``peakBytes`` (the training step's peak at the chosen micro-batch), ``method``,
     ``config`` (the largest configuration), ``microBatch``, ``accumulationSteps`` (the largest
@@ -65,7 +68,9 @@ def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
 
     from trial_runner.task import load_task_class
 
+    say = step or (lambda _message: None)
     spec = study.spec
+    say(f"loading the task {spec.task.entrypoint} and its data")
     task = load_task_class(spec.task.entrypoint)(spec.task.config)
     data = task.load_data()
     planner = MemoryPlanner.for_spec(
@@ -75,11 +80,13 @@ def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
     effective = effective_batch_size(spec, config)
     upper = min(effective, spec.training.max_micro_batch or effective)
     full_plan = MicroBatchPlan.for_sizes(effective, upper)
+    say(f"estimating the largest configuration at micro-batch {upper} on {device}")
     full = planner.estimate(config, upper, accumulation_steps=full_plan.accumulation_steps)
     fits_device = True
     if planner.fits(full):
         plan, estimate = full_plan, full
     else:
+        say("it does not fit this device: searching the largest micro-batch that does")
         try:
             plan, estimate = planner.plan_training(config, effective, max_micro_batch=upper)
         except NoMicroBatchFits:
@@ -93,6 +100,7 @@ def estimate_for_study(study: HPOStudy, device: torch.device) -> dict[str, Any]:
         if isinstance(value, torch.Tensor):
             data_bytes += value.untyped_storage().nbytes()
     headroom = spec.resources.headroom_fraction
+    say(f"done: {mib(estimate.peak_bytes)} peak ({estimate.method})")
     return {
         "peakBytes": estimate.peak_bytes,
         "method": estimate.method,
@@ -180,7 +188,8 @@ def run_estimate(
     """``kubetune estimate``: print the estimate (table or JSON), write the termination message.
 
     Returns the exit code: 0, or 1 when the estimate fails (the error is printed to stderr
-    and written as ``{"error": ...}`` to the termination message).
+    and written as ``{"error": ...}`` to the termination message). Progress lines go to
+    stderr, so ``--json`` output stays parseable.
     """
     import torch
 
@@ -188,7 +197,7 @@ def run_estimate(
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        result = estimate_for_study(study, device)
+        result = estimate_for_study(study, device, StepLog("estimate"))
     except Exception as exc:
         message = f"{type(exc).__name__}: {first_line(exc)}"
         print(f"kubetune estimate: {message}", file=sys.stderr)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trial_runner.contract import TrialTelemetry
 from trial_runner.engine._data import FoldedData
 from trial_runner.engine._fold import (
     Clock,
@@ -56,7 +57,7 @@ class TrialResult:
     metrics: dict[str, float]
     pruned: bool
     stop_reason: StopReason
-    telemetry: dict[str, Any] = field(default_factory=dict)
+    telemetry: TrialTelemetry = field(default_factory=lambda: TrialTelemetry())
     model: nn.Module | None = None
 
 
@@ -254,10 +255,11 @@ class Engine:
         oom_retries: int,
         plan: MicroBatchPlan,
         batches: TrialBatches,
-    ) -> dict[str, Any]:
+    ) -> TrialTelemetry:
         wall = time.perf_counter() - wall_start
         cuda = self.device.type == "cuda"
-        telemetry: dict[str, Any] = {
+        gpu = self._gpu.summary()
+        return {
             "wall_seconds": round(wall, 4),
             "step_seconds": round(clock.step, 4),
             "data_wait_seconds": round(max(clock.train - clock.step, 0.0), 4),
@@ -286,9 +288,9 @@ class Engine:
             "estimated_peak_bytes": batches.estimated_peak_bytes,
             "peak_memory_bytes": self._peak_memory(),
             "trial_in_process": self.trials_run,
+            "gpu_utilization_mean": gpu["gpu_utilization_mean"],
+            "gpu_memory_used_max": gpu["gpu_memory_used_max"],
         }
-        telemetry.update(self._gpu.summary())
-        return telemetry
 
     def _report(self, reporter: Reporter | None, value: float, step: int) -> bool:
         if reporter is None or math.isnan(value):

@@ -43,6 +43,7 @@ __all__ = [
     "Objective",
     "Parameter",
     "ParameterValue",
+    "Profile",
     "Pruner",
     "Resources",
     "Sampler",
@@ -298,6 +299,31 @@ class Checkpoint(_Model):
     directory: str = Field(min_length=1, description="Where the best trial's weights are kept.")
 
 
+class Profile(_Model):
+    """Which trials write a ``torch.profiler`` trace (Chrome/Perfetto JSON), and where."""
+
+    trials: Literal["First", "EveryN"] = Field(
+        default="First",
+        description="First: the first trial of each runner process (where warm-up shows). "
+        "EveryN: the trials whose number is a multiple of every.",
+    )
+    every: int | None = Field(
+        default=None,
+        ge=2,
+        le=100000,
+        description="EveryN only: profile trials 0, every, 2 x every, ... (at most "
+        "maxTrials / every traces).",
+    )
+    directory: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Where traces are written. Default: profiles/ beside "
+        "training.checkpoint.directory, else kubetune-profiles/<study> in the runner's "
+        "temporary directory (/tmp in a pod).",
+    )
+
+
 class Training(_Model):
     epochs: int = Field(default=10, ge=1, le=100000)
     epoch_schedule: list[EpochScheduleEntry] | None = Field(
@@ -335,6 +361,9 @@ class Training(_Model):
     )
     data_loader_workers: int = Field(default=0, ge=0, le=64)
     checkpoint: Checkpoint | None = None
+    profile: Profile | None = Field(
+        default=None, description="Write torch.profiler traces of some trials."
+    )
 
 
 class Resources(_Model):

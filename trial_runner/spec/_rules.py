@@ -106,6 +106,13 @@ def semantic_errors(spec: StudySpec, prefix: str = "spec") -> list[FieldError]:
             f"must be between 0 and 4 (got {spec.resources.memory_headroom})",
         )
 
+    profile = spec.training.profile
+    if profile is not None:
+        if profile.trials == "EveryN" and profile.every is None:
+            err("training.profile.every", "required when trials is EveryN")
+        if profile.trials != "EveryN" and profile.every is not None:
+            err("training.profile.every", "only used with trials: EveryN")
+
     pr = spec.pruner
     if pr.percentile_value is not None and not 0 <= pr.percentile_value <= 100:
         err("pruner.percentile", f"must be between 0 and 100 (got {pr.percentile})")

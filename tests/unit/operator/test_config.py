@@ -11,6 +11,10 @@ def test_bad_operator_settings_name_the_variable() -> None:
         OperatorConfig.from_env({"KUBETUNE_IMAGE_PULL_POLICY": "Sometimes"})
     with pytest.raises(ValueError, match="KUBETUNE_RUNNER_EXTRA_LABELS"):
         OperatorConfig.from_env({"KUBETUNE_RUNNER_EXTRA_LABELS": "no-equals-sign"})
+    with pytest.raises(ValueError, match="KUBETUNE_METRICS_PORT: expected a port number"):
+        OperatorConfig.from_env({"KUBETUNE_METRICS_PORT": "http"})
+    with pytest.raises(ValueError, match="KUBETUNE_RUNNER_METRICS_PORT"):
+        OperatorConfig.from_env({"KUBETUNE_RUNNER_METRICS_PORT": "70000"})
     config = OperatorConfig.from_env(
         {
             "KUBETUNE_DEFAULT_STORAGE_SECRET": "pg",

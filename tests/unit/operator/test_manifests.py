@@ -132,6 +132,24 @@ def test_operator_settings_reach_the_pod() -> None:
     assert pod["spec"]["containers"][0]["image"] == "local/kubetune:dev"
 
 
+def test_runner_metrics_port_is_served_declared_and_annotated_for_prometheus() -> None:
+    config = OperatorConfig.from_env({"KUBETUNE_RUNNER_METRICS_PORT": "9100"})
+    pod = _runner(config=config)
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBETUNE_METRICS_PORT"] == "9100"
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9100"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    # Without the setting, runners serve nothing and say nothing.
+    plain = _runner()
+    assert "ports" not in plain["spec"]["containers"][0]
+    assert not any(k.startswith("prometheus.io/") for k in plain["metadata"]["annotations"])
+    assert "KUBETUNE_METRICS_PORT" not in {e["name"] for e in plain["spec"]["containers"][0]["env"]}
+
+
 def test_estimate_pod_runs_the_estimate_on_cpu() -> None:
     pod = estimate_pod(OWNER, make_spec(), "abc123", OperatorConfig())
     container = pod["spec"]["containers"][0]

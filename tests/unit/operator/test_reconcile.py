@@ -22,6 +22,7 @@ from hpo_operator.status import StudyStatus, set_condition
 
 from tests.unit.operator.data import NOW, make_progress, make_spec
 from trial_runner.pareto import FrontTrial
+from trial_runner.progress import TelemetrySummary
 from trial_runner.warmstart import WarmStartReport
 
 CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "cpu 1Gi")
@@ -380,6 +381,23 @@ def test_better_trial_writes_the_best_configmap_once() -> None:
     assert any(e.reason == "NewBestTrial" for e in plan.events)
     same = run([runner(0), runner(1)], make_progress(complete=3, best=(0.9, 1)), plan.status)
     assert not [a for a in same.actions if isinstance(a, WriteBest)]
+
+
+def test_runner_telemetry_is_summarised_for_the_wide_columns() -> None:
+    progress = dataclasses.replace(
+        make_progress(complete=3, pruned=2), telemetry=TelemetrySummary(0.02351, 2, 2.5)
+    )
+    plan = run([runner(0), runner(1)], progress)
+    assert status(plan)["telemetry"] == {
+        "overheadSeconds": "0.0235",
+        "trialsPerProcess": "2.5",
+        "processes": 2,
+    }
+    # Before any trial finished there is nothing to say.
+    assert "telemetry" not in status(run([runner(0), runner(1)]))
+    # A pass that cannot read the storage keeps what was known.
+    blind = decide(make_spec(), plan.status, 1, [runner(0)], None, CPU, NOW, storage_error="x")
+    assert blind.status.telemetry == plan.status.telemetry
 
 
 def test_storage_unavailable_keeps_pods_and_creates_nothing() -> None:

@@ -6,11 +6,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, STAGE_ATTR
-from trial_runner.progress import BudgetState, plan_claim, summarize
+from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+from trial_runner.progress import (
+    BudgetState,
+    TelemetrySummary,
+    plan_claim,
+    summarize,
+    summarize_telemetry,
+    trial_telemetry,
+)
 from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
 
 
@@ -254,3 +262,31 @@ def test_a_queued_warm_start_point_is_run_first_and_counted() -> None:
     assert progress.waiting == 1 and progress.outcome == "Running"
     claim = plan_claim(progress)
     assert (claim.action, claim.stage) == ("Run", 0)
+
+
+def _run_by(number: int, state: TrialState, worker: str, overhead: float | None) -> FrozenTrial:
+    t = trial(number, state, 0.5)
+    t.set_user_attr(WORKER_ATTR, worker)
+    if overhead is not None:
+        t.set_user_attr(TELEMETRY_ATTR, {"overhead_seconds": overhead, "wall_seconds": 2.0})
+    return t
+
+
+def test_telemetry_summary_counts_finished_trials_per_warm_process() -> None:
+    trials = [
+        _run_by(0, C, "runner-0:7", 0.5),
+        _run_by(1, P, "runner-0:7", 0.1),
+        _run_by(2, C, "runner-1:7", 0.3),
+        _run_by(3, R, "runner-1:7", None),  # not finished: counted nowhere
+        _run_by(4, C, "runner-1:7", None),  # finished by an older runner without telemetry
+    ]
+    summary = summarize(trials, BudgetState(max_trials=10), "Maximize").telemetry
+    assert summary.processes == 2
+    assert summary.trials_per_process == 2.0  # 4 finished trials, 2 processes
+    assert summary.mean_overhead_seconds == pytest.approx(0.3)
+
+
+def test_telemetry_summary_of_a_study_without_finished_trials_is_empty() -> None:
+    summary = summarize_telemetry([trial(0, R), trial(1, F)])
+    assert summary == TelemetrySummary(None, 0, None)
+    assert trial_telemetry(trial(2, C, 0.1)) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Mapping
@@ -12,10 +13,12 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from prometheus_client import CollectorRegistry
 from torch import nn
 
 from tests.helpers import study_model
-from trial_runner.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+from trial_runner.contract import PROFILE_ATTR, STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+from trial_runner.metrics import RunnerMetrics
 from trial_runner.progress import Claim, StageSummary, StudyProgress
 from trial_runner.runner import _best_params_before, configure_threads, run_runner, worker_id
 from trial_runner.spec import HPOStudy, Objective
@@ -35,7 +38,13 @@ class StopsWhileTraining(DigitsMLP):
         return super().build_model(params)
 
 
-def _study(tmp_path: Path, name: str, entrypoint: str, max_trials: int) -> tuple[HPOStudy, str]:
+def _study(
+    tmp_path: Path,
+    name: str,
+    entrypoint: str,
+    max_trials: int,
+    training: dict[str, Any] | None = None,
+) -> tuple[HPOStudy, str]:
     study = study_model(
         name,
         task={"entrypoint": entrypoint},
@@ -52,7 +61,7 @@ def _study(tmp_path: Path, name: str, entrypoint: str, max_trials: int) -> tuple
         stages=None,
         budget={"maxTrials": max_trials},
         sampler={"type": "TPE", "seed": 0},
-        training={"epochs": 1},
+        training={"epochs": 1, **(training or {})},
     )
     url = f"journal:{tmp_path}/studies.journal"
     ensure_study(open_storage(url), name, study.spec)
@@ -89,6 +98,37 @@ def test_runner_takes_trials_until_the_budget_is_spent(tmp_path: Path) -> None:
     assert [t.user_attrs[TELEMETRY_ATTR]["trial_in_process"] for t in trials] == [1, 2, 3]
     # Running it again finds nothing to do.
     assert run_runner(study, url, "budget", install_signal_handlers=False).trials_run == 0
+
+
+def test_chosen_trials_leave_a_trace_and_every_trial_moves_the_metrics(tmp_path: Path) -> None:
+    profile = {"trials": "EveryN", "every": 2, "directory": str(tmp_path / "traces")}
+    study, url = _study(
+        tmp_path, "traced", "trial_runner.tasks.digits:DigitsMLP", 3, {"profile": profile}
+    )
+    registry = CollectorRegistry()
+    metrics = RunnerMetrics("", "traced", registry)
+    run_runner(study, url, "traced", install_signal_handlers=False, metrics=metrics)
+
+    trials = optuna.load_study(study_name="traced", storage=open_storage(url)).get_trials()
+    traced = {
+        t.number: Path(t.user_attrs[PROFILE_ATTR]) for t in trials if PROFILE_ATTR in t.user_attrs
+    }
+    assert sorted(traced) == [0, 2]
+    assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == sorted(
+        p.name for p in traced.values()
+    )
+    events = json.loads(traced[2].read_text())["traceEvents"]
+    names = {e.get("name", "") for e in events}
+    # The whole trial is in it: the model's forward (a linear layer) and the optimizer step.
+    assert "aten::linear" in names, sorted(names)[:50]
+    assert any(n.startswith("Optimizer.step") for n in names), sorted(names)[:50]
+
+    labels = {"namespace": "", "study": "traced"}
+    assert (
+        registry.get_sample_value("kubetune_runner_trials_total", {**labels, "state": "complete"})
+        == 3.0
+    )
+    assert registry.get_sample_value("kubetune_runner_trial_overhead_seconds_count", labels) == 3.0
 
 
 def test_stop_request_releases_the_running_trial_for_another_runner(tmp_path: Path) -> None:

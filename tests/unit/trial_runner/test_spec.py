@@ -156,6 +156,30 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ),
     ("spec.training", {"epoch": 3}, "spec.training.epoch", "unknown field (accepted:"),
     (
+        "spec.training",
+        {"profile": {"trials": "EveryN"}},
+        "spec.training.profile.every",
+        "required when trials is EveryN",
+    ),
+    (
+        "spec.training",
+        {"profile": {"every": 5}},
+        "spec.training.profile.every",
+        "only used with trials: EveryN",
+    ),
+    (
+        "spec.training",
+        {"profile": {"trials": "EveryN", "every": 1}},
+        "spec.training.profile.every",
+        "greater than or equal to 2",
+    ),
+    (
+        "spec.training",
+        {"profile": {"trials": "Last"}},
+        "spec.training.profile.trials",
+        "'First' or 'EveryN'",
+    ),
+    (
         "spec.resources",
         {"parallelism": 0},
         "spec.resources.parallelism",

@@ -51,7 +51,10 @@ def test_run_estimate_writes_a_small_termination_message(
 ) -> None:
     path = tmp_path / "termination-log"
     assert run_estimate(sequence_study(), as_json=True, termination_message_path=str(path)) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # progress lines went to stderr
+    assert "kubetune estimate: [" in captured.err
+    assert "estimating the largest configuration" in captured.err
     written = json.loads(path.read_text())
     assert len(path.read_bytes()) <= TERMINATION_MESSAGE_LIMIT
     for key in ("peakBytes", "method", "config"):

@@ -1,0 +1,172 @@
+"""Prometheus metrics of the operator: what it sees of each study, and how its passes go.
+
+Per-study metrics are labelled ``namespace`` and ``study`` and are set from the
+:class:`~hpo_operator.status.StudyStatus` a pass decided (:meth:`OperatorMetrics.observe`), so
+they say what ``kubectl get hpostudies`` says; a deleted study's series are removed
+(:meth:`OperatorMetrics.forget`). Nothing is labelled per trial or per pod, so the number of
+series is bounded by the studies. The endpoint is served by
+:func:`trial_runner.metrics.start_metrics_server` on ``KUBETUNE_METRICS_PORT``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from hpo_operator.status import CONDITION_TYPES, StudyStatus
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["CONDITION_STATUSES", "TRIAL_STATES", "OperatorMetrics"]
+
+#: ``state`` label values of ``kubetune_study_trials``: the fields of ``status.trials``.
+TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")
+#: ``status`` label values of ``kubetune_study_condition``.
+CONDITION_STATUSES = ("True", "False", "Unknown")
+_STUDY = ("namespace", "study")
+_Family = TypeVar("_Family", Gauge, Counter)
+
+
+class OperatorMetrics:
+    """The operator's metrics, registered in ``registry`` (one instance per registry)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.condition = Gauge(
+            "kubetune_study_condition",
+            "1 for the status each condition of a study has (Ready, Succeeded, Failed, "
+            "Suspended), 0 for the others; sum by condition for studies by condition.",
+            [*_STUDY, "condition", "status"],
+            registry=registry,
+        )
+        self.trials = Gauge(
+            "kubetune_study_trials",
+            "Trials of a study by state, as its status reports them.",
+            [*_STUDY, "state"],
+            registry=registry,
+        )
+        self.budget = Gauge(
+            "kubetune_study_trials_budget",
+            "spec.budget.maxTrials as the runners see it.",
+            _STUDY,
+            registry=registry,
+        )
+        self.best_value = Gauge(
+            "kubetune_study_best_value",
+            "The best objective value so far.",
+            _STUDY,
+            registry=registry,
+        )
+        self.runners_desired = Gauge(
+            "kubetune_study_runners_desired",
+            "Runner pods the study wants now.",
+            _STUDY,
+            registry=registry,
+        )
+        self.runners_ready = Gauge(
+            "kubetune_study_runners_ready",
+            "Runner pods running and ready.",
+            _STUDY,
+            registry=registry,
+        )
+        self.overhead = Gauge(
+            "kubetune_study_trial_overhead_seconds",
+            "Mean seconds of a finished trial that were not training or validation.",
+            _STUDY,
+            registry=registry,
+        )
+        self.trials_per_process = Gauge(
+            "kubetune_study_trials_per_process",
+            "Finished trials per warm runner process.",
+            _STUDY,
+            registry=registry,
+        )
+        self.reconcile_duration = Histogram(
+            "kubetune_reconcile_duration_seconds",
+            "Seconds one reconcile pass over a study took (storage, API reads and writes).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=registry,
+        )
+        self.reconcile_errors = Counter(
+            "kubetune_reconcile_errors",
+            "Reconcile passes that raised (kopf retries them).",
+            _STUDY,
+            registry=registry,
+        )
+        self.api_errors = Counter(
+            "kubetune_api_errors",
+            "Kubernetes API requests of a pass that failed, by HTTP status.",
+            [*_STUDY, "code"],
+            registry=registry,
+        )
+        self.storage_errors = Counter(
+            "kubetune_storage_errors",
+            "Passes that could not read the study's Optuna storage.",
+            _STUDY,
+            registry=registry,
+        )
+        self._families = (
+            self.condition,
+            self.trials,
+            self.budget,
+            self.best_value,
+            self.runners_desired,
+            self.runners_ready,
+            self.overhead,
+            self.trials_per_process,
+            self.reconcile_errors,
+            self.api_errors,
+            self.storage_errors,
+        )
+        # The label values each study has used, so forget() removes exactly those series.
+        self._seen: dict[tuple[str, str], set[tuple[Gauge | Counter, tuple[str, ...]]]] = {}
+
+    def observe(self, namespace: str, study: str, status: StudyStatus) -> None:
+        """Set the study's gauges from the status a pass decided (fields it left unset keep
+        their last value, as the status itself does)."""
+        key = (namespace, study)
+        for type_ in CONDITION_TYPES:
+            found = status.condition(type_)
+            if found is None:
+                continue
+            for value in CONDITION_STATUSES:
+                self._gauge(self.condition, key, type_, value).set(found.status == value)
+        if status.trials is not None:
+            counts = status.trials.model_dump()
+            for state in TRIAL_STATES:
+                if counts.get(state) is not None:
+                    self._gauge(self.trials, key, state).set(counts[state])
+            if status.trials.budget is not None:
+                self._gauge(self.budget, key).set(status.trials.budget)
+        if status.best is not None and status.best.value is not None:
+            self._gauge(self.best_value, key).set(float(status.best.value))
+        if status.runners is not None:
+            if status.runners.desired is not None:
+                self._gauge(self.runners_desired, key).set(status.runners.desired)
+            if status.runners.ready is not None:
+                self._gauge(self.runners_ready, key).set(status.runners.ready)
+        telemetry = status.telemetry
+        if telemetry is not None:
+            if telemetry.overhead_seconds is not None:
+                self._gauge(self.overhead, key).set(float(telemetry.overhead_seconds))
+            if telemetry.trials_per_process is not None:
+                per_process = float(telemetry.trials_per_process)
+                self._gauge(self.trials_per_process, key).set(per_process)
+
+    def storage_error(self, namespace: str, study: str) -> None:
+        self._gauge(self.storage_errors, (namespace, study)).inc()
+
+    def reconcile_error(self, namespace: str, study: str, api_status: int | None = None) -> None:
+        """A pass raised; ``api_status`` is the HTTP status when the API refused a request."""
+        key = (namespace, study)
+        self._gauge(self.reconcile_errors, key).inc()
+        if api_status is not None:
+            self._gauge(self.api_errors, key, str(api_status)).inc()
+
+    def forget(self, namespace: str, study: str) -> None:
+        """Remove every series of a deleted study."""
+        for family, labels in self._seen.pop((namespace, study), set()):
+            family.remove(*labels)
+
+    def _gauge(self, family: _Family, key: tuple[str, str], *extra: str) -> _Family:
+        """The series of ``family`` for this study (and ``extra`` label values)."""
+        labels = (*key, *extra)
+        self._seen.setdefault(key, set()).add((family, labels))
+        return family.labels(*labels)

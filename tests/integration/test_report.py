@@ -1,0 +1,103 @@
+"""``kubetune report`` on a study that real runners ran on PostgreSQL, opened in headless
+Chromium: every plot renders (an SVG with its traces), not a blank page."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from tests.browser import Browser, page_text, publish_screenshot
+from tests.integration.conftest import digits_study, runner_env
+from trial_runner.contract import PROFILE_ATTR
+
+pytestmark = pytest.mark.postgres
+
+#: The figures this study gets: single objective, pruned trials, runner telemetry on CPU.
+EXPECTED_FIGURES = [
+    "History",
+    "Importances",
+    "ParallelCoordinate",
+    "Slice",
+    "IntermediateValues",
+    "Timeline",
+    "TrialTime",
+    "Batches",
+    "Memory",
+    "Packing",
+    "WarmUp",
+]
+# What plotly draws for a trace: scatter and bar traces, parallel-coordinate axes.
+DRAWN = re.compile(r'class="(?:[^"]*\btrace\b[^"]*|parcoords[^"]*)"')
+
+
+def _run(kubetune_cmd: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*kubetune_cmd, *args], capture_output=True, text=True, env=runner_env(), timeout=900
+    )
+
+
+def _sections(dom: str) -> list[tuple[str, str]]:
+    parts = re.split(r'<section class="figure" data-kind="', dom)[1:]
+    return [(part.split('"', 1)[0], part.split("</section>", 1)[0]) for part in parts]
+
+
+def test_report_of_a_run_study_renders_every_plot_in_a_headless_browser(
+    postgres_url: str,
+    tmp_path: Path,
+    write_study: Callable[[dict[str, Any]], Path],
+    kubetune_cmd: list[str],
+) -> None:
+    browser = Browser(tmp_path)
+    study_file = write_study(
+        digits_study(
+            "digits-mlp",
+            stages=[{"groups": ["Critical"], "trials": 4}, {"groups": ["Critical", "Model"]}],
+            budget={"maxTrials": 10},
+            pruner={"type": "Median", "nStartupTrials": 2},
+            training={"epochs": 2, "folds": 3, "profile": {"trials": "First"}},
+        )
+    )
+    ran = _run(
+        kubetune_cmd, "run", str(study_file), "--storage", postgres_url, "--workers", "2",
+        "--no-progress", "--log-dir", str(tmp_path / "logs"),
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+    report = tmp_path / "out" / "report.html"
+    report.parent.mkdir()
+    made = _run(
+        kubetune_cmd, "report", str(study_file), "--storage", postgres_url,
+        "--output", str(report),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == ""  # progress goes to stderr
+    assert "plotting Parameter importances" in made.stderr
+    assert f"wrote {report}" in made.stderr
+
+    dom = browser.dom(report.as_uri(), width=1280, height=900)
+    sections = _sections(dom)
+    assert [kind for kind, _ in sections] == EXPECTED_FIGURES
+    for kind, section in sections:
+        assert 'class="main-svg"' in section, f"{kind}: plotly drew nothing"
+        assert DRAWN.search(section), f"{kind}: a plot without traces"
+    text = page_text(dom)
+    assert "Best of each stage" in text
+    study = optuna.load_study(study_name="digits-mlp", storage=postgres_url)
+    assert f"best value {study.best_value:.6g} (trial {study.best_trial.number})" in text
+    # The first trial of each runner was profiled, and the report links the traces.
+    traced = [t for t in study.trials if PROFILE_ATTR in t.user_attrs]
+    assert len(traced) == 2, [t.user_attrs for t in study.trials]
+    for trial in traced:
+        assert Path(trial.user_attrs[PROFILE_ATTR]).is_file()
+        assert Path(trial.user_attrs[PROFILE_ATTR]).name in dom
+
+    shot = browser.screenshot(
+        report.as_uri(), tmp_path / "report.png", width=1280, height=2200, wait_ms=5000
+    )
+    publish_screenshot(shot)
