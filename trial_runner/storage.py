@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import time
 import warnings
 from datetime import UTC, datetime
@@ -80,14 +81,16 @@ class StorageError(RuntimeError):
     """The storage URL is unusable; the message never contains the password."""
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced, safe for logs and errors."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+#: ``user:password@`` of a URL, with its scheme if it has one, in a URL or in a message that
+#: quotes one; the password runs to the last ``@`` before a space or quote, so a password with
+#: an unencoded ``@`` or ``/`` (a URL nothing can parse) is hidden whole.
+_CREDENTIALS = re.compile(r"(?P<keep>(?:[A-Za-z][A-Za-z0-9+.-]*:/*)?[^\s:/@'\"]*):[^\s'\"]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` (a storage URL, or a message quoting one) with every password replaced, safe for
+    logs, errors and statuses, whether or not the URL is well formed."""
+    return _CREDENTIALS.sub(lambda m: f"{m['keep']}:***@", text)
 
 
 def _is_postgres(url: str) -> bool:
@@ -132,9 +135,9 @@ def open_storage(url: str, *, heartbeat: bool = True) -> BaseStorage:
                 return RDBStorage(_sqlalchemy_url(url), engine_kwargs=engine_kwargs, **kwargs)
             except Exception as exc:  # sqlalchemy raises many kinds; report them uniformly
                 if attempt == 4:
+                    detail = str(exc).splitlines()[0] if str(exc) else ""
                     raise StorageError(
-                        f"cannot open storage {redact(url)}: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                        redact(f"cannot open storage {url}: {type(exc).__name__}: {detail}")
                     ) from None
                 time.sleep(1 + attempt)
     raise StorageError(

@@ -35,6 +35,32 @@ def test_redact_hides_only_the_password() -> None:
     assert redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # URLs nothing can parse still hold a password: a slash short, a colon short.
+        ("postgresql:/kt:s3cret@db/hpo", "postgresql:/kt:***@db/hpo"),
+        ("postgresql//kt:s3cret@db/hpo", "postgresql//kt:***@db/hpo"),
+        # Unencoded '@' and '/' in the password: hidden whole.
+        ("postgresql://kt:s3@c/ret@db/hpo", "postgresql://kt:***@db/hpo"),
+        # In a message, every URL, up to the space or quote after it.
+        (
+            "unsupported storage URL 'pg:/a:s3cret@h/d'; cannot open postgresql://b:s3cret@h: x",
+            "unsupported storage URL 'pg:/a:***@h/d'; cannot open postgresql://b:***@h: x",
+        ),
+        ("at 10:30 on host db", "at 10:30 on host db"),
+    ],
+)
+def test_redact_hides_a_password_in_any_url_or_message(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+def test_a_storage_that_cannot_be_opened_says_so_without_the_password() -> None:
+    with pytest.raises(StorageError) as info:
+        open_storage("postgresql:/kt:s3cret@127.0.0.1:1/hpo")
+    assert "s3cret" not in str(info.value) and "kt:***@" in str(info.value)
+
+
 def test_storage_url_forms(tmp_path: Path) -> None:
     journal = open_storage(f"journal:{tmp_path}/deep/dir/studies.journal")
     assert isinstance(journal, JournalStorage)
