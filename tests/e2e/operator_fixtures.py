@@ -41,9 +41,16 @@ EXAMPLES = REPO / "examples"
 def install_crd(plane: ControlPlane) -> None:
     """The generated CRD, applied as a user would (server-side), and established."""
     plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    plane.kubectl(
-        "wait", "--for=condition=Established", "crd/hpostudies.kubetune.dev", "--timeout=60s"
-    )
+
+    # Polled rather than `kubectl wait`, which fails on a CRD that has no conditions yet.
+    def established() -> bool:
+        crd = json.loads(
+            plane.kubectl("get", "crd", "hpostudies.kubetune.dev", "-o", "json").stdout
+        )
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, 60, "the HPOStudy CRD to be established", interval=0.2)
 
 
 def operator_env(
