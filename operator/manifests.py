@@ -17,7 +17,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
 from hpo_operator.config import OperatorConfig
 from hpo_operator.sizing import GPU, SizingDecision
 
@@ -43,7 +42,7 @@ from trial_runner.contract import (
     TERMINATION_LOG,
 )
 from trial_runner.pareto import FrontTrial, front_document
-from trial_runner.spec import API_VERSION, KIND, StudySpec
+from trial_runner.spec import API_VERSION, KIND, StudySpec, dump_yaml
 
 __all__ = [
     "best_configmap",
@@ -143,7 +142,7 @@ def study_document(name: str, namespace: str, spec: StudySpec) -> str:
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
-    return yaml.safe_dump(document, sort_keys=False)
+    return dump_yaml(document)
 
 
 def spec_configmap(owner: Mapping[str, Any], spec: StudySpec) -> dict[str, Any]:
@@ -209,7 +208,7 @@ def front_configmap(
         "kind": "ConfigMap",
         "metadata": _metadata(owner, best_configmap_name(meta["name"]), "best-params"),
         "data": {
-            "front.yaml": yaml.safe_dump(document, sort_keys=False),
+            "front.yaml": dump_yaml(document),
             "size": str(len(front)),
         },
     }

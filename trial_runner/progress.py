@@ -10,6 +10,12 @@ Budget rules:
     * A FAIL trial that was retried (a WAITING/RUNNING/finished copy names it in
       ``retry_history``) is not counted as a failure: the retry stands in for it.
     * ``maxFailedTrials``, ``timeout``: once reached, nothing new is claimed.
+    * The failure breaker: once the last ``maxConsecutiveFailedTrials`` finished trials (by the
+      time they finished; default 10) all failed, with no complete or pruned trial between
+      them, nothing new is claimed either. A task that fails every trial therefore stops after
+      a handful of trials even without ``maxFailedTrials``. Either way the study has failed,
+      and :attr:`StudyProgress.failure` says why in one sentence (the runner's log, ``kubetune
+      run`` and the operator's ``Failed`` condition all show it).
     * A trial with several objectives counts exactly like one with one.
     * Trials added from another study by a warm start (``PRIOR_ATTR``) inform the sampler
       only: they are not counted, belong to no stage and are never the best.
@@ -26,6 +32,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, cast
 
 from optuna.trial import FrozenTrial, TrialState
@@ -38,9 +45,10 @@ from trial_runner.contract import (
     TrialTelemetry,
 )
 from trial_runner.pareto import FrontTrial, pareto_front
-from trial_runner.spec import best_first_key
+from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, best_first_key
 
 __all__ = [
+    "FAILED_OUTCOMES",
     "BudgetState",
     "Claim",
     "StageSummary",
@@ -53,7 +61,9 @@ __all__ = [
     "trials_by_process",
 ]
 
-Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "TimedOut"]
+Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "ConsecutiveFailures", "TimedOut"]
+#: Outcomes of a study that failed.
+FAILED_OUTCOMES = ("TooManyFailures", "ConsecutiveFailures")
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class BudgetState:
     max_trials: int
     max_failed_trials: int | None = None
     timeout_seconds: float | None = None
+    max_consecutive_failed_trials: int = DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
     stage_trials: tuple[int | None, ...] = ()  # per stage; None = the rest of the budget
 
     def stage_quotas(self) -> list[int]:
@@ -119,6 +130,10 @@ class StudyProgress:
     stage_best_params: tuple[dict[str, Any], ...] = field(default=())
     #: Several objectives: the Pareto front (``best_*`` are then ``None``).
     pareto_front: tuple[FrontTrial, ...] = ()
+    #: Failed trials since the last complete or pruned one (by the time they finished).
+    failed_in_a_row: int = 0
+    #: Why the study failed, in one sentence; ``None`` unless it did.
+    failure: str | None = None
     telemetry: TelemetrySummary = field(default=TelemetrySummary(None, 0, None))
 
     @property
@@ -191,11 +206,9 @@ def summarize(
         + counts[TrialState.RUNNING]
         + counts[TrialState.WAITING]
     )
-    outcome: Outcome = "Running"
     failed = counts[TrialState.FAIL]
-    # Reaching maxFailedTrials failures stops the study (0: the first failure does).
-    if budget.max_failed_trials is not None and failed > 0 and failed >= budget.max_failed_trials:
-        outcome = "TooManyFailures"
+    in_a_row = _failed_in_a_row(trials, retried)
+    outcome, failure = _failed(budget, failed, in_a_row)
     if outcome == "Running" and claimed >= budget.max_trials and counts[TrialState.WAITING] == 0:
         outcome = "BudgetSpent"
     if (
@@ -220,6 +233,8 @@ def summarize(
         outcome=outcome,
         elapsed_seconds=elapsed_seconds,
         pareto_front=() if single else pareto_front(trials, directions),
+        failed_in_a_row=in_a_row,
+        failure=failure,
         telemetry=summarize_telemetry(trials),
     )
 
@@ -258,6 +273,39 @@ def summarize_telemetry(trials: Sequence[FrozenTrial]) -> TelemetrySummary:
     )
 
 
+def _failed_in_a_row(trials: Sequence[FrozenTrial], retried: set[int]) -> int:
+    """Failed trials (not retried) that finished after the last complete or pruned trial."""
+    finished = [
+        t
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and t.number not in retried)
+    ]
+    finished.sort(key=lambda t: (t.datetime_complete or datetime.min, t.number))
+    run = 0
+    for t in reversed(finished):
+        if t.state != TrialState.FAIL:
+            break
+        run += 1
+    return run
+
+
+def _failed(budget: BudgetState, failed: int, in_a_row: int) -> tuple[Outcome, str | None]:
+    """Whether the failures end the study, and why in a sentence."""
+    # Reaching maxFailedTrials failures stops the study (0: the first failure does).
+    if budget.max_failed_trials is not None and failed > 0 and failed >= budget.max_failed_trials:
+        return "TooManyFailures", (
+            f"{failed} trials failed, reaching budget.maxFailedTrials ({budget.max_failed_trials})"
+        )
+    if in_a_row >= budget.max_consecutive_failed_trials:
+        return "ConsecutiveFailures", (
+            f"the last {in_a_row} trials failed in a row, reaching "
+            f"budget.maxConsecutiveFailedTrials ({budget.max_consecutive_failed_trials}); the "
+            "runners' logs say why"
+        )
+    return "Running", None
+
+
 def _best(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> FrozenTrial | None:
     """The first complete trial best by the first objective, ties broken by the next ones."""
     best: FrozenTrial | None = None
@@ -285,8 +333,8 @@ class Claim:
 
 def plan_claim(progress: StudyProgress) -> Claim:
     """Decide, under the study's claim lock, whether this runner may start another trial."""
-    if progress.outcome == "TooManyFailures":
-        return Claim("Stop", reason="maxFailedTrials reached")
+    if progress.failure is not None:
+        return Claim("Stop", reason=f"the study failed: {progress.failure}")
     if progress.outcome == "TimedOut":
         return Claim("Stop", reason="timeout reached")
     if progress.waiting > 0:

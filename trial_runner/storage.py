@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import time
 import warnings
 from datetime import UTC, datetime
@@ -46,7 +47,12 @@ from trial_runner.contract import (
     WORKER_ATTR,
 )
 from trial_runner.progress import BudgetState, StudyProgress, summarize
-from trial_runner.spec import FieldError, SpecError, StudySpec
+from trial_runner.spec import (
+    DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
+    FieldError,
+    SpecError,
+    StudySpec,
+)
 
 __all__ = [
     "DEFAULT_LOCAL_STORAGE",
@@ -75,14 +81,16 @@ class StorageError(RuntimeError):
     """The storage URL is unusable; the message never contains the password."""
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced, safe for logs and errors."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+#: ``user:password@`` of a URL, with its scheme if it has one, in a URL or in a message that
+#: quotes one; the password runs to the last ``@`` before a space or quote, so a password with
+#: an unencoded ``@`` or ``/`` (a URL nothing can parse) is hidden whole.
+_CREDENTIALS = re.compile(r"(?P<keep>(?:[A-Za-z][A-Za-z0-9+.-]*:/*)?[^\s:/@'\"]*):[^\s'\"]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` (a storage URL, or a message quoting one) with every password replaced, safe for
+    logs, errors and statuses, whether or not the URL is well formed."""
+    return _CREDENTIALS.sub(lambda m: f"{m['keep']}:***@", text)
 
 
 def _is_postgres(url: str) -> bool:
@@ -127,9 +135,9 @@ def open_storage(url: str, *, heartbeat: bool = True) -> BaseStorage:
                 return RDBStorage(_sqlalchemy_url(url), engine_kwargs=engine_kwargs, **kwargs)
             except Exception as exc:  # sqlalchemy raises many kinds; report them uniformly
                 if attempt == 4:
+                    detail = str(exc).splitlines()[0] if str(exc) else ""
                     raise StorageError(
-                        f"cannot open storage {redact(url)}: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                        redact(f"cannot open storage {url}: {type(exc).__name__}: {detail}")
                     ) from None
                 time.sleep(1 + attempt)
     raise StorageError(
@@ -214,6 +222,7 @@ def budget_from_spec(spec: StudySpec) -> BudgetState:
     return BudgetState(
         max_trials=spec.budget.max_trials,
         max_failed_trials=spec.budget.max_failed_trials,
+        max_consecutive_failed_trials=spec.budget.max_consecutive_failed_trials,
         timeout_seconds=spec.budget.timeout_seconds,
         stage_trials=tuple(s.trials for s in spec.stages) if spec.stages else (),
     )
@@ -225,6 +234,7 @@ def write_budget(study: optuna.Study, budget: BudgetState) -> None:
         {
             "maxTrials": budget.max_trials,
             "maxFailedTrials": budget.max_failed_trials,
+            "maxConsecutiveFailedTrials": budget.max_consecutive_failed_trials,
             "timeoutSeconds": budget.timeout_seconds,
             "stageTrials": list(budget.stage_trials),
         },
@@ -238,6 +248,10 @@ def read_budget(study: optuna.Study) -> BudgetState | None:
     return BudgetState(
         max_trials=int(raw["maxTrials"]),
         max_failed_trials=raw.get("maxFailedTrials"),
+        # Budgets stored before the failure breaker get its default.
+        max_consecutive_failed_trials=int(
+            raw.get("maxConsecutiveFailedTrials") or DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
+        ),
         timeout_seconds=raw.get("timeoutSeconds"),
         stage_trials=tuple(raw.get("stageTrials") or ()),
     )

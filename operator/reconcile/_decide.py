@@ -40,7 +40,7 @@ from hpo_operator.status import (
 )
 
 from trial_runner.pareto import spread
-from trial_runner.progress import StudyProgress
+from trial_runner.progress import FAILED_OUTCOMES, StudyProgress
 from trial_runner.spec import StudySpec
 from trial_runner.warmstart import WarmStartReport
 
@@ -226,9 +226,11 @@ def _finished(b: PlanBuilder, progress: StudyProgress) -> Plan:
         summary += f"; best {metric}={_number(progress.best_value)} at trial {progress.best_trial}"
     if progress.pareto_front:
         summary += f"; Pareto front of {len(progress.pareto_front)} trial(s)"
-    if progress.outcome == "TooManyFailures":
-        b.condition("Failed", True, "TooManyFailedTrials", f"maxFailedTrials reached: {summary}")
-        b.condition("Succeeded", False, "TooManyFailedTrials", "the study failed")
+    failure = f"{progress.failure or progress.outcome}: {summary}"
+    if progress.outcome in FAILED_OUTCOMES:
+        reason = _FAILURE_REASONS[progress.outcome]
+        b.condition("Failed", True, reason, failure)
+        b.condition("Succeeded", False, reason, "the study failed")
         b.condition("Ready", False, "Failed", summary)
     else:
         reason = "BudgetSpent" if progress.outcome == "BudgetSpent" else "TimedOut"
@@ -244,8 +246,15 @@ def _finished(b: PlanBuilder, progress: StudyProgress) -> Plan:
     if b.flipped_on("Succeeded"):
         b.event("Normal", "Succeeded", summary)
     if b.flipped_on("Failed"):
-        b.event("Warning", "Failed", f"maxFailedTrials reached: {summary}")
+        b.event("Warning", "Failed", failure)
     return b.plan()
+
+
+#: The ``Failed`` condition's reason for each way failing trials end a study.
+_FAILURE_REASONS = {
+    "TooManyFailures": "TooManyFailedTrials",
+    "ConsecutiveFailures": "ConsecutiveFailedTrials",
+}
 
 
 def _remove_ended_runners(b: PlanBuilder) -> list[ObservedPod]:

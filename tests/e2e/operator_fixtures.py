@@ -27,6 +27,7 @@ __all__ = [
     "EXAMPLES",
     "StudyClient",
     "finished_trials",
+    "install_crd",
     "operator_env",
     "run_operator",
     "wait_until",
@@ -35,6 +36,21 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "kubetune.dev_hpostudies.yaml"
 EXAMPLES = REPO / "examples"
+
+
+def install_crd(plane: ControlPlane) -> None:
+    """The generated CRD, applied as a user would (server-side), and established."""
+    plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+
+    # Polled rather than `kubectl wait`, which fails on a CRD that has no conditions yet.
+    def established() -> bool:
+        crd = json.loads(
+            plane.kubectl("get", "crd", "hpostudies.kubetune.dev", "-o", "json").stdout
+        )
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, 60, "the HPOStudy CRD to be established", interval=0.2)
 
 
 def operator_env(

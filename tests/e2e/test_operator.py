@@ -9,7 +9,11 @@ modules (``test_real_node.py``, ``test_node_lifecycle.py``).
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +21,8 @@ import yaml
 
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
-    CRD_FILE,
     StudyClient,
+    install_crd,
     load_example,
     operator_env,
     run_operator,
@@ -26,18 +30,14 @@ from tests.e2e.operator_fixtures import (
     wait_until,
 )
 from tests.e2e.simulated_cluster import NodeGroup
-from trial_runner.spec import SpecError, study_from_mapping
+from trial_runner.spec import SpecError, dump_yaml, study_from_mapping
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="session")
 def hpostudy_crd(control_plane: ControlPlane) -> None:
-    """The generated CRD, applied as a user would (server-side), and established."""
-    control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/hpostudies.kubetune.dev", "--timeout=60s"
-    )
+    install_crd(control_plane)
 
 
 @pytest.fixture
@@ -441,3 +441,47 @@ def test_missing_storage_secret_is_reported_then_recovered(
             "secretKeyRef": {"name": "team-postgres", "key": "dsn"}
         }
         assert postgres_url not in studies.kubectl("get", "pods", "-o", "yaml").stdout
+
+
+def test_a_study_whose_trials_keep_failing_is_failed_with_the_reason(
+    studies: StudyClient,
+    cpu_nodes: list[str],
+    scheduling_operator: Any,
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    """The failure breaker in the operator's status: a real runner on this machine (kwok's pods
+    never run) fails every trial (an activation the task does not know); the operator reads
+    the run of failures from the storage, fails the study and says why."""
+    study = small_cpu_study("brittle")
+    study["spec"]["searchSpace"] = [
+        {"name": "learning_rate", "type": "Float", "low": "1e-3", "high": "3e-2"},
+        {"name": "activation", "type": "Categorical", "choices": ["swish"]},
+    ]
+    # No maxFailedTrials: the breaker alone stops it.
+    study["spec"]["budget"] = {"maxTrials": 1000, "maxConsecutiveFailedTrials": 3}
+    path = tmp_path / "brittle.yaml"
+    path.write_text(dump_yaml(study))
+    log = tmp_path / "runner.log"
+    with scheduling_operator():
+        studies.apply(study)
+        with log.open("ab") as out:
+            runner = subprocess.run(
+                [
+                    *(sys.executable, "-m", "trial_runner.cli", "runner", str(path)),
+                    *("--study-name", f"{studies.namespace}.brittle", "--storage", postgres_url),
+                ],
+                stdout=out,
+                stderr=out,
+                env=dict(os.environ, KUBETUNE_CPU_THREADS="1", KUBETUNE_WAIT_SECONDS="0.5"),
+                timeout=300,
+            )
+        assert runner.returncode == 0, log.read_text()[-3000:]
+        assert "the last 3 trials failed in a row" in log.read_text()
+        failed = studies.wait_condition("brittle", "Failed", "True", 60, "ConsecutiveFailedTrials")
+        assert failed["message"].startswith(
+            "the last 3 trials failed in a row, reaching budget.maxConsecutiveFailedTrials (3)"
+        ), failed
+        wait_until(lambda: not studies.pods("brittle"), 30, "the runner pods deleted")
+        events = studies.kubectl("get", "events", "--field-selector=reason=Failed").stdout
+        assert "brittle" in events and "in a row" in events, events

@@ -5,7 +5,7 @@ is what a runner pod runs (:mod:`._run`); ``results`` (:mod:`._results`), ``repo
 (:mod:`._report`), ``validate`` and ``estimate`` (:mod:`.estimate`, which the operator's
 estimate pod runs) inspect a study.
 
-Exit codes: 0 success; 1 the study failed (maxFailedTrials reached); 2 invalid input (spec,
+Exit codes: 0 success; 1 the study failed (its trials kept failing); 2 invalid input (spec,
 task entrypoint, flags); 3 storage unreachable; 130 interrupted.
 """
 

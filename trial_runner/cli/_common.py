@@ -7,10 +7,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-import yaml
-
 from trial_runner.contract import STORAGE_ENV, STUDY_ENV
-from trial_runner.spec import HPOStudy, load_study, study_from_mapping
+from trial_runner.spec import HPOStudy, load_study, study_from_text
 from trial_runner.storage import DEFAULT_LOCAL_STORAGE, open_storage, redact
 
 __all__ = [
@@ -67,11 +65,7 @@ def load_study_or_env(path: str | None) -> HPOStudy:
     raw = os.environ.get(STUDY_ENV)
     if not raw:
         raise CliError(f"no study: give STUDY.yaml or set {STUDY_ENV}")
-    try:
-        doc = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise CliError(f"{STUDY_ENV}: not valid YAML") from None
-    return study_from_mapping(doc, STUDY_ENV)
+    return study_from_text(raw, f"${STUDY_ENV}")
 
 
 def open_existing_study(url: str, name: str) -> Any:

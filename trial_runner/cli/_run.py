@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,12 @@ def cmd_runner(args: argparse.Namespace) -> int:
     try:
         wait_for_study(url, name, timeout=args.wait_for_study)
     except KeyError:
-        raise CliError(f"no study named {name!r} in {redact(url)}", EXIT_STORAGE) from None
+        raise CliError(
+            f"no study named {name!r} in {redact(url)} after {args.wait_for_study:g}s: a runner "
+            "joins a study that exists; create it with `kubetune run` on the same storage (or "
+            "apply the HPOStudy for the operator to create)",
+            EXIT_STORAGE,
+        ) from None
     metrics = None
     if port is not None:
         metrics = RunnerMetrics(study.metadata.namespace or "", study.name)
@@ -95,15 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = ensure_study(storage, name, spec)
     if args.trials is not None:
         budget = budget_from_spec(spec)
-        write_budget(
-            study,
-            type(budget)(
-                max_trials=args.trials,
-                max_failed_trials=budget.max_failed_trials,
-                timeout_seconds=budget.timeout_seconds,
-                stage_trials=_scaled_stages(budget.stage_trials, args.trials),
-            ),
-        )
+        stages = _scaled_stages(budget.stage_trials, args.trials)
+        write_budget(study, replace(budget, max_trials=args.trials, stage_trials=stages))
     print(
         f"study {name!r}: storage {redact(url)}, {args.workers} runner process(es)",
         flush=True,
@@ -155,8 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {key}: {value}")
     if progress.pareto_front:
         _print_front(progress, spec)
-    if progress.outcome == "TooManyFailures":
-        print(f"study failed: {progress.failed} failed trials (see {log_dir})")
+    if progress.failure is not None:
+        print(f"study failed: {progress.failure} (logs: {log_dir})")
         return EXIT_STUDY_FAILED
     return EXIT_OK
 

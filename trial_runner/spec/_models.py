@@ -21,8 +21,12 @@ from trial_runner.spec._parse import DURATION_PATTERN, parse_duration, parse_num
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS",
+    "FREE_FORM_FIELDS",
     "KIND",
     "MAX_OBJECTIVES",
+    "MAX_SEED",
+    "MAX_STAGES",
     "MAX_STUDY_NAME",
     "MAX_WARM_START_POINTS",
     "MULTI_OBJECTIVE_SAMPLERS",
@@ -82,6 +86,15 @@ MULTI_OBJECTIVE_SAMPLERS = ("TPE", "NSGAII", "NSGAIII", "Random", "GP", "QMC")
 MAX_OBJECTIVES = 8
 #: Warm-start points a study may list.
 MAX_WARM_START_POINTS = 16
+#: Stages a study may have.
+MAX_STAGES = 16
+#: The largest ``sampler.seed``: NumPy and scikit-learn take seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+#: Failed trials in a row after which a study fails (``budget.maxConsecutiveFailedTrials``):
+#: a task that fails every trial stops after a handful, not after thousands.
+DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS = 10
+#: Fields whose content is free-form (paths below ``spec``): kept as written, nulls included.
+FREE_FORM_FIELDS: tuple[tuple[str, ...], ...] = (("task", "config"),)
 
 
 def is_better(direction: str, a: float, b: float, margin: float = 0.0) -> bool:
@@ -201,8 +214,19 @@ class Budget(_Model):
     max_failed_trials: int | None = Field(
         default=None, ge=0, description="Failed trials after which the study is Failed."
     )
+    max_consecutive_failed_trials: int = Field(
+        default=DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
+        ge=1,
+        le=100000,
+        description="Trials failing in a row (none complete or pruned between them) after "
+        "which the study is Failed.",
+    )
     timeout: str | None = Field(
-        default=None, pattern=DURATION_PATTERN, description="Wall-clock limit, e.g. 6h or 90m."
+        default=None,
+        pattern=DURATION_PATTERN,
+        min_length=1,
+        max_length=32,
+        description="Wall-clock limit, e.g. 6h or 90m.",
     )
 
     @cached_property
@@ -212,7 +236,9 @@ class Budget(_Model):
 
 class Sampler(_Model):
     type: Literal["TPE", "Random", "CMAES", "GP", "QMC", "NSGAII", "NSGAIII"] = "TPE"
-    seed: int | None = None
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="Seed of the sampler and the data splits."
+    )
     n_startup_trials: int | None = Field(default=None, ge=0)
     population_size: int | None = Field(
         default=None,
@@ -441,7 +467,12 @@ class StudySpec(_Model):
     )
     task: Task
     search_space: list[Parameter] = Field(min_length=1, max_length=64)
-    stages: list[Stage] | None = Field(default=None, max_length=16)
+    stages: list[Stage] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_STAGES,
+        description="Progressive stages; omitted, the whole search space is one stage.",
+    )
     budget: Budget
     sampler: Sampler = Field(default_factory=Sampler)
     pruner: Pruner = Field(default_factory=Pruner)

@@ -247,12 +247,29 @@ def test_budget_spent_succeeds_deletes_pods_and_records_completion() -> None:
 
 
 def test_too_many_failed_trials_fails_the_study() -> None:
-    plan = run([runner(0)], make_progress(complete=1, failed=3, outcome="TooManyFailures"))
+    why = "3 trials failed, reaching budget.maxFailedTrials (3)"
+    progress = make_progress(complete=1, failed=3, outcome="TooManyFailures", failure=why)
+    plan = run([runner(0)], progress)
     failed = condition(plan, "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "TooManyFailedTrials")
+    assert failed["message"].startswith(why)
     assert condition(plan, "Succeeded")["status"] == "False"
     assert deletes(plan) == ["digits-runner-0"]
     assert any(e.type == "Warning" and e.reason == "Failed" for e in plan.events)
+
+
+def test_trials_failing_in_a_row_fail_the_study_with_their_own_reason() -> None:
+    why = "the last 10 trials failed in a row, reaching budget.maxConsecutiveFailedTrials (10)"
+    progress = make_progress(failed=10, outcome="ConsecutiveFailures", failure=why)
+    plan = run([runner(0), runner(1)], progress)
+    failed = condition(plan, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "ConsecutiveFailedTrials")
+    assert failed["message"].startswith(why) and "10 failed" in failed["message"]
+    assert condition(plan, "Succeeded")["reason"] == "ConsecutiveFailedTrials"
+    assert condition(plan, "Ready")["reason"] == "Failed"
+    assert deletes(plan) == ["digits-runner-0", "digits-runner-1"] and creates(plan) == []
+    (event,) = [e for e in plan.events if e.reason == "Failed"]
+    assert event.type == "Warning" and event.message.startswith(why)
 
 
 def test_timed_out_study_succeeds_with_reason() -> None:
