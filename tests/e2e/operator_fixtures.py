@@ -30,6 +30,7 @@ __all__ = [
     "install_crd",
     "operator_env",
     "run_operator",
+    "wait_established",
     "wait_until",
 ]
 
@@ -41,16 +42,18 @@ EXAMPLES = REPO / "examples"
 def install_crd(plane: ControlPlane) -> None:
     """The generated CRD, applied as a user would (server-side), and established."""
     plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    wait_established(plane, "hpostudies.kubetune.dev")
 
-    # Polled rather than `kubectl wait`, which fails on a CRD that has no conditions yet.
+
+def wait_established(plane: ControlPlane, crd: str) -> None:
+    """Polled rather than `kubectl wait`, which fails on a CRD that has no conditions yet."""
+
     def established() -> bool:
-        crd = json.loads(
-            plane.kubectl("get", "crd", "hpostudies.kubetune.dev", "-o", "json").stdout
-        )
-        conditions = (crd.get("status") or {}).get("conditions") or []
+        found = json.loads(plane.kubectl("get", "crd", crd, "-o", "json").stdout)
+        conditions = (found.get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
-    wait_until(established, 60, "the HPOStudy CRD to be established", interval=0.2)
+    wait_until(established, 60, f"the CRD {crd} to be established", interval=0.2)
 
 
 def operator_env(
