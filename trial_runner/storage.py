@@ -268,7 +268,8 @@ def ensure_study(storage: BaseStorage, name: str, spec: StudySpec) -> optuna.Stu
             ]
         )
     metrics = [o.metric for o in spec.all_objectives]
-    if spec.multi_objective and study.metric_names is None and existing == directions:
+    # Named objectives: optuna-dashboard and the report show the metric, not "Objective 0".
+    if study.metric_names is None and existing == directions:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metrics)

@@ -269,17 +269,22 @@ class PodWatch:
     def names(self) -> set[str]:
         return {pod["metadata"]["name"] for _, _, pod in self.events}
 
-    def terminated(self, pod_name: str) -> dict[str, Any] | None:
-        """The last terminated state seen for the pod's container, if any."""
-        found = None
+    def terminations(self) -> dict[str, dict[str, Any]]:
+        """The last terminated state seen for each pod, by uid: a replacement pod often has its
+        predecessor's name, so a name alone would mix up their states."""
+        found: dict[str, dict[str, Any]] = {}
         for _, _, pod in self.events:
-            if pod["metadata"]["name"] != pod_name:
-                continue
             for status in (pod.get("status") or {}).get("containerStatuses") or []:
                 state = status.get("state") or {}
                 if state.get("terminated"):
-                    found = state["terminated"]
+                    found[pod["metadata"]["uid"]] = state["terminated"]
         return found
+
+    def terminated(self, pod_name: str) -> dict[str, Any] | None:
+        """The terminated state of the first pod seen with this name, if it has stopped."""
+        uids = [pod["metadata"]["uid"] for _, _, pod in self.events
+                if pod["metadata"]["name"] == pod_name]  # fmt: skip
+        return self.terminations().get(uids[0]) if uids else None
 
     def close(self) -> None:
         self._stop.set()

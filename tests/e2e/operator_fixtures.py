@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,18 @@ class StudyClient:
         selector = f"kubetune.dev/study={name},app.kubernetes.io/component={component}"
         result = self.kubectl("get", "pods", "-l", selector, "-o", "json")
         return list(json.loads(result.stdout)["items"])
+
+    def columns(self, name: str, *flags: str) -> dict[str, str]:
+        """``kubectl get hpostudy NAME`` as {header: cell}, each cell read at its header's
+        position: kubectl leaves a column with no value blank, so splitting on spaces misreads
+        every column after it."""
+        header, row = self.kubectl("get", "hpostudy", name, *flags).stdout.splitlines()[:2]
+        starts = [m.start() for m in re.finditer(r"\S+", header)]
+        ends = [*starts[1:], None]
+        return {
+            header[start:end].strip(): row[start:end].strip()
+            for start, end in zip(starts, ends, strict=True)
+        }
 
     def configmap(self, name: str) -> dict[str, str] | None:
         result = self.kubectl("get", "configmap", name, "-o", "json", check=False)

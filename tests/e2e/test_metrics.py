@@ -143,8 +143,7 @@ def test_operator_and_runner_metrics_move_as_the_study_runs(
     assert value(final, "kubetune_reconcile_duration_seconds_count") > 0
 
     # kubectl get -o wide shows the same telemetry, from the status.
-    header, row = node_studies.kubectl("get", "hpostudy", name, "-o", "wide").stdout.splitlines()
-    columns = dict(zip(header.split(), row.split(), strict=True))
+    columns = node_studies.columns(name, "-o", "wide")
     assert float(columns["OVERHEAD"]) > 0, columns
     assert float(columns["PACKING"]) == pytest.approx(
         value(final, "kubetune_study_trials_per_process", **ours), rel=0.01

@@ -241,9 +241,9 @@ def test_runners_given_too_little_memory_are_oom_killed_then_resized(
         node_studies.wait_condition(name, "Succeeded", "True", STUDY_TIMEOUT, reason="BudgetSpent")
     finally:
         watch.close()
-    names = {pod["metadata"]["name"] for _, _, pod in watch.events}
-    oom_killed = [n for n in names if (watch.terminated(n) or {}).get("reason") == "OOMKilled"]
-    assert oom_killed, "no runner was OOMKilled"
+    reasons = [state.get("reason") for state in watch.terminations().values()]
+    oom_killed = [reason for reason in reasons if reason == "OOMKilled"]
+    assert oom_killed, f"no runner was OOMKilled: {reasons}"
     limits = {
         pod["metadata"]["uid"]: pod["spec"]["containers"][0]["resources"]["limits"]["memory"]
         for _, _, pod in watch.events

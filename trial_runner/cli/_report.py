@@ -38,7 +38,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     document, plan = render_report(
         study,
         output_dir=output.parent,
-        names=[o.metric for o in spec.all_objectives],
+        names=[objective.metric for objective in spec.all_objectives],
         progress=progress,
         on_figure=lambda title: step(f"plotting {title}"),
     )

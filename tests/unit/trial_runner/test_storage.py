@@ -88,6 +88,7 @@ def test_ensure_study_stores_the_spec_budget_and_refuses_another_direction(tmp_p
     assert read_budget(study) == budget_from_spec(spec)
     assert budget_from_spec(spec).timeout_seconds == 5400  # "1h30m", parsed once by the spec
     assert STARTED_ATTR in study.user_attrs
+    assert study.metric_names == ["accuracy"]  # named for optuna-dashboard and the report
     edited = spec_model(budget={"maxTrials": 20})
     assert read_progress(ensure_study(storage, "digits", edited), edited).max_trials == 20
     with pytest.raises(SpecError, match="direction"):
