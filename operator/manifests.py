@@ -12,8 +12,9 @@ reads ``KUBETUNE_STUDY``, the same way ``kubetune runner`` reads it on a laptop)
 
 A runner pod runs ``trialsPerDevice`` runner processes on its one device
 (``kubetune runner --processes N``) and asks for CPU and memory for each of them. With
-``spec.resources.queueName`` (or the HPOStudy's own ``kueue.x-k8s.io/queue-name`` label) it
-carries the labels of Kueue's pod integration, and Kueue admits each runner pod on its own.
+``spec.resources.queueName`` (or the HPOStudy's own ``kueue.x-k8s.io/queue-name`` label, or
+the operator's ``KUBETUNE_RUNNER_QUEUE_NAME``) it carries the labels of Kueue's pod
+integration, and Kueue admits each runner pod on its own.
 """
 
 from __future__ import annotations
@@ -313,12 +314,15 @@ def _memory_times(memory: str, count: int) -> str:
     return memory if count == 1 else format_bytes(parse_quantity(memory) * count)
 
 
-def _kueue_labels(owner: Mapping[str, Any], spec: StudySpec) -> dict[str, str]:
+def _kueue_labels(
+    owner: Mapping[str, Any], spec: StudySpec, config: OperatorConfig
+) -> dict[str, str]:
     """The labels of Kueue's pod integration: the LocalQueue (``spec.resources.queueName``,
-    else the HPOStudy's own label) and the HPOStudy's WorkloadPriorityClass, if any."""
+    else the HPOStudy's own label, else the operator's default queue) and the HPOStudy's
+    WorkloadPriorityClass, if any."""
     own = owner["metadata"].get("labels") or {}
     labels = {}
-    queue = spec.resources.queue_name or own.get(KUEUE_QUEUE_LABEL)
+    queue = spec.resources.queue_name or own.get(KUEUE_QUEUE_LABEL) or config.queue_name
     if queue:
         labels[KUEUE_QUEUE_LABEL] = str(queue)
         if own.get(KUEUE_PRIORITY_CLASS_LABEL):
@@ -428,7 +432,7 @@ def runner_pod(
         config.grace_period_seconds,
     )
     pod["metadata"]["labels"][INDEX_LABEL] = str(index)
-    pod["metadata"]["labels"].update(_kueue_labels(owner, spec))
+    pod["metadata"]["labels"].update(_kueue_labels(owner, spec, config))
     pod["metadata"]["annotations"] = {
         RESOURCE_ANNOTATION: sizing.resource,
         MEMORY_ANNOTATION: str(sizing.memory_bytes),

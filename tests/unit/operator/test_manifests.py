@@ -160,6 +160,16 @@ def test_runner_pods_carry_kueue_labels_of_the_queue_and_priority() -> None:
     del owner["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
     pod = runner_pod(owner, make_spec(), 0, CPU, ("pg", "url"), OperatorConfig())
     assert not any(k.startswith("kueue") for k in pod["metadata"]["labels"])
+    # The operator's default queue (runner.queueName) serves studies that name none.
+    default = OperatorConfig(queue_name="everyone")
+    pod = runner_pod(owner, make_spec(), 0, CPU, ("pg", "url"), default)
+    assert {k: v for k, v in pod["metadata"]["labels"].items() if k.startswith("kueue")} == {
+        "kueue.x-k8s.io/queue-name": "everyone",
+        "kueue.x-k8s.io/priority-class": "high",
+    }
+    spec = make_spec(resources={"accelerator": "CPU", "queueName": "mine"})
+    pod = runner_pod(owner, spec, 0, CPU, ("pg", "url"), default)
+    assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mine"
     # The estimate pod is never queued: it is short and runs before sizing is known.
     estimate = estimate_pod(owner, make_spec(resources={"queueName": "q"}), "k", OperatorConfig())
     assert not any(k.startswith("kueue") for k in estimate["metadata"]["labels"])
