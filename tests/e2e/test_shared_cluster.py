@@ -10,6 +10,8 @@ webhook gates each runner pod and its scheduler admits them against a ClusterQue
 * On the real node (marker ``node``): a CPU quota for one runner at a time, two studies in one
   queue, the second of a higher WorkloadPriorityClass. Kueue preempts the first study's
   running runner; its trial is released and retried, not failed; both studies finish exactly.
+  The second study's runner pod runs 2 runner processes (``trialsPerDevice: 2``) on its CPU
+  and memory, as several trials share a GPU.
 """
 
 from __future__ import annotations
@@ -189,6 +191,8 @@ class AdmissionSampler:
         self.namespace = namespace
         self.most = 0
         self.waited = False
+        #: The --processes of each study's admitted runner pods (absent: one process).
+        self.processes: dict[str, set[str]] = {}
         self.stopped_by_kueue: set[str] = set()
         self._client = plane.api_client()
         self._stop = threading.Event()
@@ -207,6 +211,11 @@ class AdmissionSampler:
             pods = [self._client.sanitize_for_serialization(p) for p in listed.items]
             self.most = max(self.most, len(admitted(pods)))
             self.waited = self.waited or any(gated(p) for p in pods)
+            for pod in admitted(pods):
+                command = pod["spec"]["containers"][0]["command"]
+                count = command[-1] if "--processes" in command else "1"
+                study = pod["metadata"]["labels"]["kubetune.dev/study"]
+                self.processes.setdefault(study, set()).add(count)
             for pod in pods:
                 for cond in pod["status"].get("conditions") or []:
                     if cond["type"] == "TerminationTarget" and cond["status"] == "True":
@@ -230,8 +239,8 @@ def test_a_cpu_quota_runs_one_runner_at_a_time_preempts_for_priority_and_loses_n
 ) -> None:
     namespace = node_studies.namespace
     manage(control_plane, namespace)
-    # One runner pod (500m CPU, 1536Mi) at a time; a higher priority preempts a lower one.
-    quota = {"cpu": "500m", "memory": "2Gi"}
+    # One runner pod (500m CPU) at a time; a higher priority preempts a lower one.
+    quota = {"cpu": "500m", "memory": "4Gi"}
     cluster = cluster_queue(
         f"node-{namespace}", quota, f"node-{namespace}", preempt_lower_priority=True
     )
@@ -253,13 +262,15 @@ def test_a_cpu_quota_runs_one_runner_at_a_time_preempts_for_priority_and_loses_n
     ]
     low["spec"]["training"].pop("epochs", None)
     high = on_node(small_cpu_study("high", max_trials=2, parallelism=1), test_images.image)
-    high["spec"]["resources"].update(cpu="500m", memory="1536Mi")
+    # Two runner processes in one pod, each with 250m CPU and 1536Mi: the pod asks for 500m.
+    high["spec"]["resources"].update(cpu="250m", memory="1536Mi", trialsPerDevice=2)
     # Queued as Kueue's users queue their jobs: by the study's own labels.
     high["metadata"]["labels"] = {
         "kueue.x-k8s.io/queue-name": "team",
         "kueue.x-k8s.io/priority-class": f"high-{namespace}",
     }
     low_study = optuna_study(node_database, namespace, "low")
+    names = {parameter["name"] for parameter in low["spec"]["searchSpace"]}
 
     with queues(control_plane, objects):
         sampler = AdmissionSampler(control_plane, namespace)
@@ -270,8 +281,9 @@ def test_a_cpu_quota_runs_one_runner_at_a_time_preempts_for_priority_and_loses_n
                                                   "WaitingForAdmission")  # fmt: skip
             assert "wait for admission by Kueue (team)" in waiting["message"]
             wait_until(
+                # Every parameter chosen (so training), which the retry repeats.
                 lambda: any(
-                    t.number == 0 and t.params
+                    t.number == 0 and set(t.params) == names
                     for t in low_study().get_trials(states=(TrialState.RUNNING,))
                 ),
                 300,
@@ -295,6 +307,9 @@ def test_a_cpu_quota_runs_one_runner_at_a_time_preempts_for_priority_and_loses_n
     assert sampler.waited and sampler.stopped_by_kueue, "Kueue gated and preempted runners"
     assert_exact_budget(node_database, node_studies, "low", 4)
     assert_exact_budget(node_database, node_studies, "high", 2)
+    # The second study's runner pods ran its trials in 2 processes each.
+    assert sampler.processes == {"low": {"1"}, "high": {"2"}}, sampler.processes
+    assert (node_studies.study("high") or {})["status"]["sizing"]["trialsPerDevice"] == 2
     trials = low_study().get_trials()
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE

@@ -176,9 +176,12 @@ def test_a_killed_process_is_replaced_and_its_trial_retried(
     log = tmp_path / "pod.log"
     pod = start_pod_runner(path, "killed", 2, log, KUBETUNE_STORAGE_URL=postgres_url)
 
+    names = {parameter["name"] for parameter in doc["spec"]["searchSpace"]}
+
     def long_trial() -> FrozenTrial | None:
         running = study.get_trials(states=(TrialState.RUNNING,))
-        return next((t for t in running if t.number == 0 and t.params), None)
+        # Every parameter chosen (so training), which the retry repeats.
+        return next((t for t in running if t.number == 0 and set(t.params) == names), None)
 
     victim = wait_until(long_trial, 180, "trial 0 to train", diagnose=log.read_text)
     host, pid = victim.user_attrs[WORKER_ATTR].rsplit(":", 1)
