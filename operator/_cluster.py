@@ -128,8 +128,10 @@ def sizing_input(
     peak = resolve_peak(spec, status.sizing, message, failed)
     if not isinstance(peak, Peak):
         return peak
-    floor = (status.sizing.floor_bytes if status.sizing is not None else None) or 0
-    return choose_resource(list_nodes(), spec, peak, floor)
+    recorded = status.sizing
+    floor = (recorded.floor_bytes if recorded is not None else None) or 0
+    limit = recorded.trials_per_device_limit if recorded is not None else None
+    return choose_resource(list_nodes(), spec, peak, floor, limit)
 
 
 class Storages:

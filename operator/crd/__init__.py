@@ -120,6 +120,19 @@ def crd() -> dict[str, Any]:
             priority=1,
             description="Finished trials per warm runner process.",
         ),
+        _column(
+            "Per-Device",
+            ".status.sizing.trialsPerDevice",
+            "integer",
+            priority=1,
+            description="Runner processes (trials) each runner pod runs on its device.",
+        ),
+        _column(
+            "Device-Use",
+            ".status.sizing.packing",
+            priority=1,
+            description="Estimated peak memory x trials per device / the device's memory.",
+        ),
         _column("Ready", f"{ready}.status", priority=1),
     ]
     return {

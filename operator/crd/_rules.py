@@ -400,7 +400,7 @@ def number_kind_rules(node: Mapping[str, Any]) -> list[dict[str, str]]:
         return [
             {
                 "rule": "type(self) == int || type(self) == string",
-                "message": 'must be an integer or quoted text such as "0.5" (not a float)',
+                "message": "must be an integer or a string (not a float)",
             }
         ]
     return []

@@ -141,16 +141,24 @@ class StudyClient:
         return json.loads(result.stdout).get("data") if result.returncode == 0 else None
 
     def wait_condition(
-        self, name: str, type_: str, status: str, timeout: float, reason: str | None = None
+        self,
+        name: str,
+        type_: str,
+        status: str,
+        timeout: float,
+        reason: str | None = None,
+        message: str | None = None,
     ) -> dict[str, Any]:
+        """Wait for the condition's status, and its reason and a part of its message if given."""
+
         def probe() -> dict[str, Any] | None:
             cond = self.condition(name, type_)
             ok = cond.get("status") == status and (reason is None or cond.get("reason") == reason)
+            ok = ok and (message is None or message in str(cond.get("message")))
             return cond if ok else None
 
-        return wait_until(
-            probe, timeout, f"{name}: {type_}={status} {reason or ''}", diagnose=self.diagnose
-        )
+        what = f"{name}: {type_}={status} {reason or ''} {message or ''}"
+        return wait_until(probe, timeout, what, diagnose=self.diagnose)
 
     def diagnose(self) -> str:
         parts = []

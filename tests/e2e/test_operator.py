@@ -12,20 +12,16 @@ import copy
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
     StudyClient,
-    install_crd,
     load_example,
-    operator_env,
-    run_operator,
     small_cpu_study,
     wait_until,
 )
@@ -35,53 +31,9 @@ from trial_runner.spec import SpecError, dump_yaml, study_from_mapping
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="session")
-def hpostudy_crd(control_plane: ControlPlane) -> None:
-    install_crd(control_plane)
-
-
-@pytest.fixture
-def studies(control_plane: ControlPlane, namespace: str, hpostudy_crd: None) -> StudyClient:
-    # The runner pods must pass the strictest Pod Security Standard.
-    control_plane.kubectl(
-        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
-    )
-    return StudyClient(control_plane, namespace)
-
-
 @pytest.fixture
 def cpu_nodes(simulated_cluster: Callable[..., list[str]]) -> list[str]:
     return simulated_cluster([NodeGroup(count=2, cpu="8", memory="32Gi")])
-
-
-def _delete_studies(studies: StudyClient) -> None:
-    # Whatever a test left behind must not hold the namespace with a finalizer no one handles.
-    studies.kubectl("delete", "hpostudies", "--all", "--wait=false", check=False)
-    for item in yaml.safe_load(studies.kubectl("get", "hpostudies", "-o", "yaml").stdout)["items"]:
-        studies.kubectl(
-            "patch",
-            "hpostudy",
-            item["metadata"]["name"],
-            "--type=merge",
-            "-p",
-            '{"metadata":{"finalizers":null}}',
-            check=False,
-        )
-
-
-@pytest.fixture
-def scheduling_operator(
-    control_plane: ControlPlane,
-    namespace: str,
-    studies: StudyClient,
-    postgres_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[[], Any]]:
-    """The operator in this process; kwok plays the runner pods' kubelet."""
-    for key, value in operator_env(control_plane, storage_url=postgres_url).items():
-        monkeypatch.setenv(key, value)
-    yield lambda: run_operator(namespace)
-    _delete_studies(studies)
 
 
 def test_gpu_study_requests_the_fitting_mig_slice(
@@ -362,6 +314,30 @@ INVALID += [
         "spec.warmStart.fromStudy.topK",
         "required when mode is Reevaluate",
         id="reevaluate-without-top-k",
+    ),
+    pytest.param(
+        lambda s: s["resources"].update(trialsPerDevice="Sometimes"),
+        "spec.resources.trialsPerDevice",
+        "should match '^Auto$'",
+        id="trials-per-device-word",
+    ),
+    pytest.param(
+        lambda s: s["resources"].update(trialsPerDevice=17),
+        "spec.resources.trialsPerDevice",
+        "less than or equal to 16",
+        id="trials-per-device-too-many",
+    ),
+    pytest.param(
+        lambda s: s["resources"].update(trialsPerDevice=0),
+        "spec.resources.trialsPerDevice",
+        "greater than or equal to 1",
+        id="trials-per-device-zero",
+    ),
+    pytest.param(
+        lambda s: s["resources"].update(queueName="Team_A"),
+        "spec.resources.queueName",
+        "should match",
+        id="queue-name-not-a-name",
     ),
 ]
 

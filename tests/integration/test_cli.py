@@ -231,7 +231,15 @@ def test_killed_local_worker_is_requeued_by_the_supervisor(
     assert sum(s == "COMPLETE" for s in states.values()) == 3
 
 
-@pytest.mark.parametrize("args", [["run", "--workers", "0"], ["run", "--trials", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--workers", "0"],
+        ["run", "--trials", "0"],
+        ["runner", "--processes", "0"],
+        ["runner", "--exit-after-oom-trials", "-1"],
+    ],
+)
 def test_bad_flags_exit_2(
     tmp_path: Path, write_study: Callable[[dict[str, Any]], Path], args: list[str]
 ) -> None:
@@ -239,6 +247,22 @@ def test_bad_flags_exit_2(
     result = kubetune(args[0], str(path), *args[1:], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("kubetune: --")
+
+
+def test_run_starts_as_many_runner_processes_as_the_spec_asks_for(
+    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path]
+) -> None:
+    """Without --workers, `kubetune run` starts spec.resources.parallelism processes."""
+    path = write_study(
+        digits_study("parallel", budget={"maxTrials": 6}, resources={"parallelism": 2})
+    )
+    run = kubetune("run", str(path), "--no-progress", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 runner process(es)" in run.stdout
+    study = optuna.load_study(
+        study_name="parallel", storage=open_storage(f"journal:{tmp_path}/.kubetune/studies.journal")
+    )
+    assert len({t.user_attrs[WORKER_ATTR] for t in study.trials}) == 2
 
 
 def test_pareto_example_as_written_on_a_tiny_budget(tmp_path: Path) -> None:

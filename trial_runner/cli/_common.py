@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from trial_runner.contract import STORAGE_ENV, STUDY_ENV
+from trial_runner.contract import OUT_OF_MEMORY_EXIT_CODE, STORAGE_ENV, STUDY_ENV
 from trial_runner.spec import HPOStudy, load_study, study_from_text
 from trial_runner.storage import DEFAULT_LOCAL_STORAGE, open_storage, redact
 
@@ -15,6 +15,7 @@ __all__ = [
     "EXIT_INPUT",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_OUT_OF_MEMORY",
     "EXIT_STORAGE",
     "EXIT_STUDY_FAILED",
     "CliError",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_STUDY_FAILED, EXIT_INPUT, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: A runner pod's processes kept running out of memory on their shared device.
+EXIT_OUT_OF_MEMORY = OUT_OF_MEMORY_EXIT_CODE
 
 
 class CliError(Exception):

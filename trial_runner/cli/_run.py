@@ -1,5 +1,11 @@
 """``kubetune run`` (a study on this machine, N runner processes) and ``kubetune runner``
-(what a runner pod runs: trials of an existing study until its budget is spent)."""
+(what a runner pod runs: trials of an existing study until its budget is spent).
+
+Both supervise their runner processes the same way (:class:`_Supervisor`): ``kubetune run``
+starts ``--workers`` of them (default ``resources.parallelism`` times a stated
+``trialsPerDevice``), a runner pod ``--processes`` of them on its one device. A process that
+dies has its trial re-queued and is started again; the others go on.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +27,7 @@ from trial_runner.cli._common import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
     EXIT_STORAGE,
     EXIT_STUDY_FAILED,
     CliError,
@@ -28,7 +38,7 @@ from trial_runner.cli._common import (
 from trial_runner.contract import LOCAL_WORKERS_ENV, METRICS_PORT_ENV
 from trial_runner.entrypoints import check_entrypoint
 from trial_runner.pareto import spread
-from trial_runner.progress import StudyProgress
+from trial_runner.progress import StudyProgress, trial_telemetry
 from trial_runner.spec import StudySpec, load_study
 from trial_runner.storage import (
     budget_from_spec,
@@ -46,34 +56,152 @@ __all__ = ["cmd_run", "cmd_runner"]
 log = logging.getLogger("kubetune")
 
 
+#: Trials that ran out of memory (retried at half the micro-batch, or pruned) after which a
+#: runner process sharing its device with others gives up, so that fewer share it.
+OUT_OF_MEMORY_TRIALS = 3
+#: Where the processes of one runner pod keep their metrics for the pod's endpoint
+#: (prometheus_client's multiprocess mode reads this variable).
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def cmd_runner(args: argparse.Namespace) -> int:
+    if args.processes < 1:
+        raise CliError("--processes: must be at least 1")
+    if args.exit_after_oom_trials < 0:
+        raise CliError("--exit-after-oom-trials: must be 0 (never) or more")
+    if args.processes > 1:
+        return _run_processes(args)
     from trial_runner.metrics import RunnerMetrics, start_metrics_server
-    from trial_runner.runner import run_runner, wait_for_study
+    from trial_runner.runner import run_runner
     from trial_runner.task import TaskLoadError
 
     study = load_study_or_env(args.study)
     url = storage_url(args.storage)
     name = args.study_name or study.name
     port = _metrics_port()
-    try:
-        wait_for_study(url, name, timeout=args.wait_for_study)
-    except KeyError:
-        raise CliError(
-            f"no study named {name!r} in {redact(url)} after {args.wait_for_study:g}s: a runner "
-            "joins a study that exists; create it with `kubetune run` on the same storage (or "
-            "apply the HPOStudy for the operator to create)",
-            EXIT_STORAGE,
-        ) from None
+    _wait_for_study(url, name, args.wait_for_study)
     metrics = None
-    if port is not None:
+    if port is not None or os.environ.get(MULTIPROCESS_DIR_ENV):
+        # Alone, the runner serves its metrics; one of a pod's processes records them for
+        # the pod's supervisor to serve.
         metrics = RunnerMetrics(study.metadata.namespace or "", study.name)
+    if port is not None:
         start_metrics_server(port)
+    stop = threading.Event()
+    guard = _OutOfMemoryGuard(args.exit_after_oom_trials, stop)
     try:
-        summary = run_runner(study, url, name, metrics=metrics)
+        summary = run_runner(study, url, name, metrics=metrics, stop_requested=stop, on_trial=guard)
     except TaskLoadError as exc:
         raise CliError(str(exc)) from None
     log.info("runner done: %d trial(s), %s", summary.trials_run, summary.stop_reason)
+    if guard.tripped:
+        raise CliError(
+            f"{guard.count} trials of this runner process ran out of memory while other runner "
+            "processes shared its device; stopping so that fewer share it",
+            EXIT_OUT_OF_MEMORY,
+        )
     return EXIT_OK
+
+
+class _OutOfMemoryGuard:
+    """Stops a runner process after ``limit`` of its trials ran out of memory (0: never).
+
+    Called with each trial the runner finishes; the stop takes effect before the next claim,
+    so no trial is lost.
+    """
+
+    def __init__(self, limit: int, stop: threading.Event) -> None:
+        self.limit = limit
+        self.stop = stop
+        self.count = 0
+
+    @property
+    def tripped(self) -> bool:
+        return bool(self.limit) and self.count >= self.limit
+
+    def __call__(self, trial: Any) -> None:
+        telemetry = trial_telemetry(trial)
+        if telemetry.get("oom_retries") or telemetry.get("stop_reason") == "OutOfMemory":
+            self.count += 1
+        if self.tripped:
+            log.warning("%d trials ran out of memory on a shared device: stopping", self.count)
+            self.stop.set()
+
+
+def _wait_for_study(url: str, name: str, timeout: float) -> None:
+    from trial_runner.runner import wait_for_study
+
+    try:
+        wait_for_study(url, name, timeout=timeout)
+    except KeyError:
+        raise CliError(
+            f"no study named {name!r} in {redact(url)} after {timeout:g}s: a runner joins a "
+            "study that exists; create it with `kubetune run` on the same storage (or apply the "
+            "HPOStudy for the operator to create)",
+            EXIT_STORAGE,
+        ) from None
+
+
+def _run_processes(args: argparse.Namespace) -> int:
+    """``kubetune runner --processes N``: N runner processes of one pod on its one device."""
+    import optuna
+
+    study_doc = load_study_or_env(args.study)  # a bad spec fails here, not N times
+    url = storage_url(args.storage)
+    name = args.study_name or study_doc.name
+    _wait_for_study(url, name, args.wait_for_study)
+    study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+    runner_args = ["--study-name", name, "--wait-for-study", str(args.wait_for_study)]
+    # The URL travels in the environment as it came (never in a command line) unless given.
+    runner_args += ["--storage", args.storage] if args.storage else []
+    # Processes sharing one device give up after repeated out-of-memory trials, so the
+    # operator can run fewer per device.
+    runner_args += [
+        "--exit-after-oom-trials",
+        str(args.exit_after_oom_trials or OUT_OF_MEMORY_TRIALS),
+    ]
+    runner_args += [args.study] if args.study else []
+    env: dict[str, str] = {}
+    port = _metrics_port()
+    if port is not None:
+        # The pod serves its port once, with what every process recorded.
+        directory = tempfile.mkdtemp(prefix="kubetune-metrics-")
+        env = {MULTIPROCESS_DIR_ENV: directory, METRICS_PORT_ENV: ""}
+        _serve_process_metrics(port, directory)
+    supervisor = _Supervisor(
+        runner_args, args.processes, name, None, env, oom_kills=OUT_OF_MEMORY_TRIALS
+    )
+    stopping = _on_termination()
+    log.info("runner pod: %d runner processes share the device", args.processes)
+    supervisor.supervise(study, stopping.is_set)
+    if supervisor.error is not None:
+        raise CliError(supervisor.error, supervisor.error_code)
+    return EXIT_OK
+
+
+def _serve_process_metrics(port: int, directory: str) -> None:
+    """Serve the metrics every process of the pod records in ``directory``, summed."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from trial_runner.metrics import start_metrics_server
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    start_metrics_server(port, registry)
+
+
+def _on_termination() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (a pod's supervisor forwards them to its processes)."""
+    stopping = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping the runner processes", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stopping
 
 
 def _metrics_port() -> int | None:
@@ -91,7 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = study_doc.spec
     url = storage_url(args.storage)
     name = args.study_name or study_doc.name
-    if args.workers < 1:
+    workers = args.workers if args.workers is not None else default_workers(spec)
+    if workers < 1:
         raise CliError("--workers: must be at least 1")
     if args.trials is not None and args.trials < 1:
         raise CliError("--trials: must be at least 1")
@@ -103,10 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         budget = budget_from_spec(spec)
         stages = _scaled_stages(budget.stage_trials, args.trials)
         write_budget(study, replace(budget, max_trials=args.trials, stage_trials=stages))
-    print(
-        f"study {name!r}: storage {redact(url)}, {args.workers} runner process(es)",
-        flush=True,
-    )
+    print(f"study {name!r}: storage {redact(url)}, {workers} runner process(es)", flush=True)
     # After the budget (a warm start queues only what the budget leaves room for); local
     # studies are named after their HPOStudy, so hpoStudy names the source as it is.
     warm_start = apply_warm_start(study, spec, url, source_study_name(spec))
@@ -114,7 +240,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(warm_start.summary(), flush=True)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    supervisor = _Supervisor(args.study, url, name, args.workers, log_dir)
+    runner_args = ["--study-name", name, "--storage", url, args.study]
+    supervisor = _Supervisor(runner_args, workers, name, log_dir)
     interrupted = False
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -125,23 +252,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     view = _ProgressView(enabled=not args.no_progress, multi_objective=spec.multi_objective)
     try:
-        supervisor.start()
-        while True:
-            if interrupted:
-                supervisor.terminate()
-                break
-            # Exits are handled before asking whether anything still runs, so a runner that
-            # died is re-queued and replaced even when it was the last one running.
-            supervisor.check(study)
-            if supervisor.config_error or not supervisor.running():
-                break
-            view.update(read_progress(study, spec))
-            time.sleep(0.5)
+        supervisor.supervise(
+            study, lambda: interrupted, lambda: view.update(read_progress(study, spec))
+        )
     finally:
-        supervisor.terminate()
         view.close()
-    if supervisor.config_error:
-        raise CliError(supervisor.config_error)
+    if supervisor.error is not None:
+        raise CliError(supervisor.error, supervisor.error_code)
     progress = read_progress(study, spec)
     view.final(progress)
     if interrupted:
@@ -177,6 +294,12 @@ def _print_front(progress: StudyProgress, spec: StudySpec) -> None:
         print(f"  trial {t.number}: {values}  ({params})")
 
 
+def default_workers(spec: StudySpec) -> int:
+    """``kubetune run``'s runner processes without ``--workers``: the runner pods the study
+    asks for, times the processes each runs when ``trialsPerDevice`` is a number."""
+    return spec.resources.parallelism * (spec.resources.trials_per_device_count or 1)
+
+
 def _scaled_stages(stages: tuple[int | None, ...], trials: int) -> tuple[int | None, ...]:
     """Stage quotas for ``--trials``: proportional, the last stage taking the rest."""
     if not stages:
@@ -188,35 +311,66 @@ def _scaled_stages(stages: tuple[int | None, ...], trials: int) -> tuple[int | N
 
 
 class _Supervisor:
-    """Starts the runner processes, re-queues and restarts any that die."""
+    """Starts runner processes, re-queues the trials of any that die and starts them again.
 
-    def __init__(self, study_path: str, url: str, name: str, workers: int, log_dir: Path):
-        self.study_path, self.url, self.name = study_path, url, name
-        self.workers, self.log_dir = workers, log_dir
+    ``kubetune run`` logs each process to a file in ``log_dir``; a runner pod's processes
+    write to the pod's own output (``log_dir`` None). A process that exits 0 is done (the
+    budget is spent); one that exits 2 (bad input) or 4 (its trials kept running out of memory
+    on a shared device) stops them all, with that code in :attr:`error_code`. In a runner pod
+    (``oom_kills`` > 0) a process killed by SIGKILL was killed by the kernel's out-of-memory
+    killer (nothing else in a container sends it): after ``oom_kills`` of those the pod exits
+    4 too.
+    """
+
+    def __init__(
+        self,
+        runner_args: list[str],
+        workers: int,
+        name: str,
+        log_dir: Path | None,
+        env: Mapping[str, str] | None = None,
+        oom_kills: int = 0,
+    ) -> None:
+        self.runner_args, self.workers, self.name = runner_args, workers, name
+        self.log_dir = log_dir
+        self.env = {**os.environ, **(env or {}), LOCAL_WORKERS_ENV: str(workers)}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.restarts = 0
-        self.config_error: str | None = None
+        self.oom_kills = oom_kills
+        self.killed = 0
+        #: Why supervision stopped early, and the exit code that says so.
+        self.error: str | None = None
+        self.error_code = EXIT_INPUT
 
     def _spawn(self, slot: int) -> None:
-        env = {**os.environ, LOCAL_WORKERS_ENV: str(self.workers)}
-        cmd = [
-            sys.executable,
-            "-m",
-            "trial_runner.cli",
-            "runner",
-            "--study-name",
-            self.name,
-            "--storage",
-            self.url,
-            self.study_path,
-        ]
+        cmd = [sys.executable, "-m", "trial_runner.cli", "runner", *self.runner_args]
+        if self.log_dir is None:
+            self.procs[slot] = subprocess.Popen(cmd, env=self.env)
+            return
         log_file = open(self.log_dir / f"{self.name}-runner-{slot}.log", "ab")  # noqa: SIM115
-        self.procs[slot] = subprocess.Popen(cmd, stdout=log_file, stderr=log_file, env=env)
+        self.procs[slot] = subprocess.Popen(cmd, stdout=log_file, stderr=log_file, env=self.env)
         log_file.close()
 
-    def start(self) -> None:
+    def supervise(
+        self,
+        study: Any,
+        stop_requested: Callable[[], bool],
+        each_pass: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Run the processes until all are done, one fails for good, or a stop is asked."""
         for slot in range(self.workers):
             self._spawn(slot)
+        try:
+            while not stop_requested():
+                # Exits are handled before asking whether anything still runs, so a runner
+                # that died is re-queued and replaced even when it was the last one running.
+                self.check(study)
+                if self.error is not None or not self.running():
+                    break
+                each_pass()
+                time.sleep(0.5)
+        finally:
+            self.terminate()
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs.values())
@@ -228,28 +382,42 @@ class _Supervisor:
             code = proc.poll()
             if code is None or code == 0:
                 continue
-            if code == EXIT_INPUT:
-                self.config_error = self._last_error(slot)
-                self.terminate()
+            if code in (EXIT_INPUT, EXIT_OUT_OF_MEMORY):
+                self._stop(self._last_error(slot, code), code)
                 return
             requeued = requeue_trials_of_worker(study, worker_id(proc.pid))
             log.warning(
                 "runner %d exited with %d; re-queued trials %s", slot, code, requeued or "none"
             )
+            if self.oom_kills and code == -signal.SIGKILL:
+                self.killed += 1
+                if self.killed >= self.oom_kills:
+                    message = (
+                        f"runner processes were killed {self.killed} times, as the kernel's "
+                        "out-of-memory killer does, while sharing this pod's memory"
+                    )
+                    self._stop(message, EXIT_OUT_OF_MEMORY)
+                    return
             if self.restarts >= 3 * self.workers:
-                self.config_error = f"runners keep failing: {self._last_error(slot)}"
-                self.terminate()
+                self._stop(f"runners keep failing: {self._last_error(slot, code)}", EXIT_INPUT)
                 return
             self.restarts += 1
             self._spawn(slot)
 
-    def _last_error(self, slot: int) -> str:
+    def _stop(self, error: str, code: int) -> None:
+        self.error, self.error_code = error, code
+        self.terminate()
+
+    def _last_error(self, slot: int, code: int) -> str:
+        if self.log_dir is None:  # the process's own message is in the pod's log above
+            return f"runner process {slot} exited with code {code}"
         path = self.log_dir / f"{self.name}-runner-{slot}.log"
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("kubetune: ")]
         return (errors or lines or ["runner failed"])[-1].removeprefix("kubetune: ")
 
     def terminate(self) -> None:
+        """SIGTERM to every process still running (each releases its trial), then wait."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -232,5 +232,8 @@ def _pattern_hint(loc: tuple[str | int, ...]) -> str:
         "cpu": "expected a CPU quantity such as 500m or 2",
         "batchSizeParameter": "expected a parameter name",
         "hpoStudy": "expected the name of an HPOStudy (a lowercase DNS label)",
+        "trialsPerDevice": "expected Auto or a number of runner processes per device, 1 to 16",
+        "queueName": "expected the name of a Kueue LocalQueue (lowercase letters, digits, "
+        "'-' and '.')",
     }
     return hints.get(last, "does not match the accepted format")

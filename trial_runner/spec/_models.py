@@ -28,11 +28,13 @@ __all__ = [
     "MAX_SEED",
     "MAX_STAGES",
     "MAX_STUDY_NAME",
+    "MAX_TRIALS_PER_DEVICE",
     "MAX_WARM_START_POINTS",
     "MULTI_OBJECTIVE_SAMPLERS",
     "NAME_PATTERN",
     "NUMBER_PATTERN",
     "QUANTITY_PATTERN",
+    "QUEUE_NAME_PATTERN",
     "Budget",
     "Checkpoint",
     "EarlyStopping",
@@ -69,6 +71,8 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 GROUP_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
+# A Kueue LocalQueue: an object name (DNS-1123 subdomain) that is also a label value.
+QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 # Study names become pod names "<name>-runner-<n>" and Optuna study names, so they must be
 # DNS-1123 labels with room for the suffix.
@@ -95,6 +99,8 @@ MAX_SEED = 2**32 - 1
 DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS = 10
 #: Fields whose content is free-form (paths below ``spec``): kept as written, nulls included.
 FREE_FORM_FIELDS: tuple[tuple[str, ...], ...] = (("task", "config"),)
+#: Runner processes one runner pod may run on its device (``resources.trialsPerDevice``).
+MAX_TRIALS_PER_DEVICE = 16
 
 
 def is_better(direction: str, a: float, b: float, margin: float = 0.0) -> bool:
@@ -375,8 +381,32 @@ class Resources(_Model):
         pattern=QUANTITY_PATTERN,
         description="Peak training memory of the largest configuration; skips the estimate.",
     )
-    cpu: str | None = Field(default=None, pattern=r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
-    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
+    cpu: str | None = Field(
+        default=None,
+        pattern=r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$",
+        description="CPU request of each runner process (a pod asks trialsPerDevice times it).",
+    )
+    memory: str | None = Field(
+        default=None,
+        pattern=QUANTITY_PATTERN,
+        description="Memory of each runner process (a pod asks trialsPerDevice times it).",
+    )
+    trials_per_device: (
+        Annotated[int, Field(ge=1, le=MAX_TRIALS_PER_DEVICE)]
+        | Annotated[str, Field(pattern=r"^Auto$")]
+    ) = Field(
+        default="Auto",
+        description="Runner processes each runner pod runs on its one device (a GPU, a MIG "
+        "slice or a CPU runner's memory), each claiming trials: Auto (as many as the memory "
+        "estimate lets share a GPU or MIG slice, at most 8; 1 on CPU) or a number.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        pattern=QUEUE_NAME_PATTERN,
+        max_length=63,
+        description="Kueue LocalQueue that admits the runner pods (their "
+        "kueue.x-k8s.io/queue-name label); default: the HPOStudy's own label of that name.",
+    )
 
     @cached_property
     def headroom_fraction(self) -> float:
@@ -390,6 +420,11 @@ class Resources(_Model):
     @cached_property
     def memory_bytes(self) -> int | None:
         return parse_quantity(self.memory) if self.memory else None
+
+    @property
+    def trials_per_device_count(self) -> int | None:
+        """``trialsPerDevice`` as a number, or ``None`` for ``Auto``."""
+        return self.trials_per_device if isinstance(self.trials_per_device, int) else None
 
 
 class SecretKeyRef(_Model):

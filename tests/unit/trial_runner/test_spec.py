@@ -194,6 +194,30 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("spec.resources", {"memoryHeadroom": "5"}, "spec.resources.memoryHeadroom", "between 0 and 4"),
     ("spec.resources", {"peakMemory": "20 GB"}, "spec.resources.peakMemory", "quantity such as"),
     (
+        "spec.resources",
+        {"trialsPerDevice": "Sometimes"},
+        "spec.resources.trialsPerDevice",
+        "expected Auto or a number of runner processes per device, 1 to 16",
+    ),
+    (
+        "spec.resources",
+        {"trialsPerDevice": 0},
+        "spec.resources.trialsPerDevice",
+        "greater than or equal to 1",
+    ),
+    (
+        "spec.resources",
+        {"trialsPerDevice": 17},
+        "spec.resources.trialsPerDevice",
+        "less than or equal to 16",
+    ),
+    (
+        "spec.resources",
+        {"queueName": "Team_A"},
+        "spec.resources.queueName",
+        "name of a Kueue LocalQueue",
+    ),
+    (
         "spec.storage",
         {"secretRef": {"name": "Bad_Name"}},
         "spec.storage.secretRef.name",
