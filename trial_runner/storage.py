@@ -113,6 +113,13 @@ def _journal_path(url: str) -> Path:
     return Path(raw)
 
 
+def _lost_schema_race(error: BaseException) -> bool:
+    """Whether creating Optuna's tables failed because another process created them first."""
+    import sqlalchemy.exc
+
+    return isinstance(error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError)
+
+
 def open_storage(url: str, *, heartbeat: bool = True, patience: float = 0.0) -> BaseStorage:
     """An Optuna storage for ``url`` (see the module docstring for accepted forms).
 
@@ -142,13 +149,19 @@ def open_storage(url: str, *, heartbeat: bool = True, patience: float = 0.0) -> 
         else:
             engine_kwargs["connect_args"] = PG_CONNECT_ARGS
         delays = backoff_delays(patience)
+        # Processes that create the schema at once race (a duplicate key in PostgreSQL's
+        # catalog): the loser tries again, and finds the tables.
+        races = iter((1.0, 2.0, 3.0, 4.0))
         while True:
             try:
                 return PatientRDBStorage(
                     _sqlalchemy_url(url), patience=patience, engine_kwargs=engine_kwargs, **kwargs
                 )
             except Exception as exc:  # sqlalchemy raises many kinds; report them uniformly
-                pause = next(delays, None) if is_connection_error(exc) else None
+                if is_connection_error(exc):
+                    pause = next(delays, None)
+                else:
+                    pause = next(races, None) if _lost_schema_race(exc) else None
                 if pause is None:
                     raise StorageError(
                         f"cannot open storage {redact(url)}: {first_line(exc)}"
