@@ -18,12 +18,13 @@ from hpo_operator.reconcile import ObservedPod, SizingInput, observe_pod
 from hpo_operator.sizing import NodeInfo, Peak, choose_resource, estimate_key, resolve_peak
 from hpo_operator.status import StudyStatus
 from kubernetes.client.exceptions import ApiException
-from optuna.storages import BaseStorage, fail_stale_trials
+from optuna.storages import BaseStorage
 
 from trial_runner.contract import COMPONENT_ESTIMATE, STUDY_LABEL
+from trial_runner.preemption import release_stale_trials
 from trial_runner.progress import StudyProgress
 from trial_runner.spec import StudySpec
-from trial_runner.storage import ensure_study, open_storage, read_progress
+from trial_runner.storage import GRACE_PERIOD, ensure_study, open_storage, read_progress
 from trial_runner.warmstart import WarmStartReport, apply_warm_start
 
 __all__ = [
@@ -136,10 +137,17 @@ def sizing_input(
 
 class Storages:
     """Open Optuna storages by URL, the generation whose budget each study has written, and
-    what each study's warm start did."""
+    what each study's warm start did.
+
+    Opening a storage can take as long as the database's connect timeout (an unreachable
+    host), so each URL is opened under a lock of its own: one bad URL holds up the passes of
+    the studies that use it, never another study's. Calls fail at once when the storage is
+    unreachable (``patience=0``): the pass reports ``StorageUnavailable`` and the next asks again.
+    """
 
     def __init__(self) -> None:
-        self._guard = threading.Lock()
+        self._guard = threading.Lock()  # the dictionaries only; never held across I/O
+        self._opening: dict[str, threading.Lock] = {}
         self._storages: dict[str, BaseStorage] = {}
         self._ensured: dict[str, int] = {}
         self._warm_starts: dict[str, WarmStartReport | None] = {}
@@ -147,10 +155,18 @@ class Storages:
     def get(self, url: str) -> BaseStorage:
         with self._guard:
             storage = self._storages.get(url)
+            opening = self._opening.setdefault(url, threading.Lock())
+        if storage is not None:
+            return storage
+        with opening:
+            with self._guard:
+                storage = self._storages.get(url)
             if storage is None:
-                # Heartbeats on: the operator fails the trials of runners that died (and
-                # retries them) even when no runner is left to notice.
-                storage = self._storages[url] = open_storage(url, heartbeat=True)
+                # Heartbeats on: the operator preempts the trials of runners that died (and
+                # re-queues them) even when no runner is left to notice.
+                storage = open_storage(url, heartbeat=True, patience=0)
+                with self._guard:
+                    self._storages[url] = storage
             return storage
 
     def progress(
@@ -173,7 +189,7 @@ class Storages:
             self._ensured[uid] = generation
         else:
             study = optuna.load_study(study_name=study_name, storage=storage)
-        fail_stale_trials(study)
+        release_stale_trials(study, GRACE_PERIOD)
         return read_progress(study, spec), self._warm_starts.get(uid)
 
     def forget(self, uid: str) -> None:
@@ -182,10 +198,12 @@ class Storages:
 
     def close(self) -> None:
         """Release the connections (tests start and stop the operator in one process)."""
-        for storage in self._storages.values():
+        with self._guard:
+            storages = list(self._storages.values())
+            self._storages.clear()
+        for storage in storages:
             engine = getattr(storage, "engine", None)
             if engine is not None:
                 engine.dispose()
-        self._storages.clear()
         self._ensured.clear()
         self._warm_starts.clear()

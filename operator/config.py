@@ -36,6 +36,13 @@ Every setting is an environment variable so the same image serves the Helm chart
 ``KUBETUNE_MAX_RUNNER_FAILURES``
     Failed runner pods (not OOMKilled) after which a study is Failed (default 5, plus the
     parallelism).
+``KUBETUNE_LEADER_ELECTION_LEASE``
+    ``namespace/name`` of a ``coordination.k8s.io`` Lease: ``python -m hpo_operator`` then acts
+    only while it holds it, so of several replicas one is active (see
+    :mod:`hpo_operator.leader`). Unset (the default outside the chart): it acts at once.
+``KUBETUNE_LEASE_DURATION``
+    Seconds after its holder's last renewal that a Lease may be taken over (default 15): how
+    long a killed active operator is waited for.
 ``KUBETUNE_METRICS_PORT``
     Port of the operator's Prometheus ``/metrics`` (default: none served).
 ``KUBETUNE_RUNNER_METRICS_PORT``
@@ -123,6 +130,8 @@ class OperatorConfig:
     default_storage_url: str | None = None
     reconcile_interval: float = 5.0
     max_runner_failures: int = 5
+    leader_lease: tuple[str, str] | None = None
+    lease_duration_seconds: int = 15
     metrics_port: int | None = None
     runner_metrics_port: int | None = None
 
@@ -134,6 +143,15 @@ class OperatorConfig:
         if env.get("KUBETUNE_DEFAULT_STORAGE_SECRET"):
             name, _, key = env["KUBETUNE_DEFAULT_STORAGE_SECRET"].partition("/")
             secret = (name, key or "url")
+        lease: tuple[str, str] | None = None
+        if env.get("KUBETUNE_LEADER_ELECTION_LEASE"):
+            lease_namespace, _, lease_name = env["KUBETUNE_LEADER_ELECTION_LEASE"].partition("/")
+            if not lease_namespace or not lease_name:
+                raise ValueError(
+                    "KUBETUNE_LEADER_ELECTION_LEASE: expected namespace/name, got "
+                    f"{env['KUBETUNE_LEADER_ELECTION_LEASE']!r}"
+                )
+            lease = (lease_namespace, lease_name)
         policy = env.get("KUBETUNE_IMAGE_PULL_POLICY", "IfNotPresent")
         if policy not in ("IfNotPresent", "Always", "Never"):
             raise ValueError(
@@ -160,6 +178,8 @@ class OperatorConfig:
                 default_storage_url=env.get(STORAGE_ENV) or None,
                 reconcile_interval=reconcile_interval(env),
                 max_runner_failures=int(env.get("KUBETUNE_MAX_RUNNER_FAILURES", "5")),
+                leader_lease=lease,
+                lease_duration_seconds=int(env.get("KUBETUNE_LEASE_DURATION", "15")),
                 metrics_port=_port(env, METRICS_PORT_ENV),
                 runner_metrics_port=_port(env, RUNNER_METRICS_PORT_ENV),
             )

@@ -81,9 +81,13 @@ class TrialCounts(_Status):
 
     complete: int | None = _int("Trials that finished with a value.")
     pruned: int | None = _int("Trials stopped early by the pruner.")
-    failed: int | None = _int("Trials that failed and were not retried.")
+    failed: int | None = _int("Trials whose task failed.")
+    preempted: int | None = _int(
+        "Trials whose runner was stopped or died (pod deleted, node drained, preempted): "
+        "re-queued to resume at their next fold; neither failures nor part of the budget."
+    )
     running: int | None = _int("Trials running now.")
-    waiting: int | None = _int("Trials queued for retry.")
+    waiting: int | None = _int("Trials queued: retries of preempted trials, warm-start points.")
     budget: int | None = _int("spec.budget.maxTrials as the runners see it.")
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "COMPONENT_RUNNER",
     "CPU_THREADS_ENV",
     "ESTIMATE_KEY_ANNOTATION",
+    "FOLDS_ATTR",
     "HEARTBEAT_GRACE_PERIOD_ENV",
     "HEARTBEAT_INTERVAL_ENV",
     "INDEX_LABEL",
@@ -38,6 +39,7 @@ __all__ = [
     "ORIGIN_ATTR",
     "OUT_OF_MEMORY_EXIT_CODE",
     "POD_NAME_ENV",
+    "PREEMPTED_ATTR",
     "PRIOR_ATTR",
     "PROFILE_ATTR",
     "PROMETHEUS_ANNOTATIONS",
@@ -45,6 +47,7 @@ __all__ = [
     "STAGE_ATTR",
     "STARTED_ATTR",
     "STORAGE_ENV",
+    "STORAGE_PATIENCE_ENV",
     "STUDY_ENV",
     "STUDY_KEY",
     "STUDY_LABEL",
@@ -77,6 +80,9 @@ LOCAL_WORKERS_ENV = "KUBETUNE_LOCAL_WORKERS"
 WAIT_SECONDS_ENV = "KUBETUNE_WAIT_SECONDS"
 #: Log level of the ``kubetune`` command (default INFO).
 LOG_LEVEL_ENV = "KUBETUNE_LOG_LEVEL"
+#: Seconds a runner keeps retrying an unreachable storage before it gives up (default 300);
+#: its trial is kept meanwhile.
+STORAGE_PATIENCE_ENV = "KUBETUNE_STORAGE_PATIENCE"
 #: Port on which a runner serves its Prometheus metrics (unset: none are served).
 METRICS_PORT_ENV = "KUBETUNE_METRICS_PORT"
 
@@ -151,6 +157,15 @@ WARM_START_ATTR = "kubetune.warmStart"
 PRIOR_ATTR = "kubetune.prior"
 #: Trial: why a warm start queued it (``"point <i>"`` or ``"<study>#<number>"``).
 ORIGIN_ATTR = "kubetune.origin"
+#: Trial: why its runner stopped before it finished (``Terminated``: SIGTERM; ``HeartbeatLost``:
+#: its runner stopped sending heartbeats; ``RunnerExited``: a local runner process died). Set
+#: just before the trial is failed; it is then counted as preempted, not failed, and its retry
+#: (which does not carry this attribute) resumes it.
+PREEMPTED_ATTR = "kubetune.preempted"
+#: Trial: the folds it finished (JSON list: fold, score, metrics, epochs, the intermediate values
+#: reported during the fold), written as each fold finishes. A retry carries them, skips those
+#: folds and reports their values again, so a preemption loses at most the fold in progress.
+FOLDS_ATTR = "kubetune.folds"
 #: Trial: the path of its ``torch.profiler`` trace (``spec.training.profile``).
 PROFILE_ATTR = "kubetune.profile"
 
@@ -171,6 +186,8 @@ class TrialTelemetry(TypedDict, total=False):
     epochs_budget: int
     folds_run: int
     folds: int
+    folds_resumed: int  # carried over from a preempted run of the trial, not trained again
+    epochs_resumed: int
     stop_reason: Literal["Completed", "EarlyStopped", "Pruned", "OutOfMemory"]
     effective_batch: int
     micro_batch: int

@@ -7,8 +7,8 @@ talking to each other: the storage is the only shared state.
 Budget rules:
     * ``maxTrials`` counts trials that finished COMPLETE or PRUNED, plus those RUNNING or
       WAITING (they will finish). A claim is refused once that sum reaches the budget.
-    * A FAIL trial that was retried (a WAITING/RUNNING/finished copy names it in
-      ``retry_history``) is not counted as a failure: the retry stands in for it.
+    * A *preempted* trial (its runner was stopped or died: :func:`is_preempted`) is counted
+      apart, never as a failure: it is re-queued and its retry stands in for it.
     * ``maxFailedTrials``, ``timeout``: once reached, nothing new is claimed.
     * The failure breaker: once the last ``maxConsecutiveFailedTrials`` finished trials (by the
       time they finished; default 10) all failed, with no complete or pruned trial between
@@ -38,6 +38,7 @@ from typing import Any, Literal, cast
 from optuna.trial import FrozenTrial, TrialState
 
 from trial_runner.contract import (
+    PREEMPTED_ATTR,
     PRIOR_ATTR,
     STAGE_ATTR,
     TELEMETRY_ATTR,
@@ -54,7 +55,10 @@ __all__ = [
     "StageSummary",
     "StudyProgress",
     "TelemetrySummary",
+    "is_preempted",
+    "overclaimed",
     "plan_claim",
+    "retried_numbers",
     "summarize",
     "summarize_telemetry",
     "trial_telemetry",
@@ -116,7 +120,7 @@ class TelemetrySummary:
 class StudyProgress:
     complete: int
     pruned: int
-    failed: int  # not retried
+    failed: int  # the task failed (preempted trials are not counted here)
     running: int
     waiting: int
     max_trials: int
@@ -134,6 +138,8 @@ class StudyProgress:
     failed_in_a_row: int = 0
     #: Why the study failed, in one sentence; ``None`` unless it did.
     failure: str | None = None
+    #: Trials whose runner was stopped or died (re-queued; neither failed nor in the budget).
+    preempted: int = 0
     telemetry: TelemetrySummary = field(default=TelemetrySummary(None, 0, None))
 
     @property
@@ -150,11 +156,25 @@ class StudyProgress:
         return self.outcome != "Running" and self.active == 0
 
 
-def _retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials some retry names in its ``retry_history`` (Optuna's record)."""
     retried: set[int] = set()
     for t in trials:
         retried.update(int(n) for n in t.system_attrs.get("retry_history", []))
     return retried
+
+
+def is_preempted(trial: FrozenTrial, retried: set[int]) -> bool:
+    """Whether ``trial`` failed because its runner was stopped or died, not because of its task.
+
+    kubetune marks such a trial (:data:`~trial_runner.contract.PREEMPTED_ATTR`) before failing
+    it. Optuna's own stale-trial sweep, which ``study.optimize`` runs too, fails a trial without
+    the mark but queues a retry naming it, so a retried trial counts as preempted as well
+    (``retried`` is :func:`retried_numbers` of the study's trials).
+    """
+    if trial.state != TrialState.FAIL:
+        return False
+    return PREEMPTED_ATTR in trial.user_attrs or trial.number in retried
 
 
 def summarize(
@@ -167,10 +187,12 @@ def summarize(
     direction for a study with one objective)."""
     directions = (directions,) if isinstance(directions, str) else tuple(directions)
     trials = [t for t in trials if PRIOR_ATTR not in t.user_attrs]
-    retried = _retried_numbers(trials)
+    retried = retried_numbers(trials)
     counts = {s: 0 for s in TrialState}
+    preempted = 0
     for t in trials:
-        if t.state == TrialState.FAIL and t.number in retried:
+        if is_preempted(t, retried):
+            preempted += 1
             continue
         counts[t.state] += 1
 
@@ -235,6 +257,7 @@ def summarize(
         pareto_front=() if single else pareto_front(trials, directions),
         failed_in_a_row=in_a_row,
         failure=failure,
+        preempted=preempted,
         telemetry=summarize_telemetry(trials),
     )
 
@@ -274,12 +297,12 @@ def summarize_telemetry(trials: Sequence[FrozenTrial]) -> TelemetrySummary:
 
 
 def _failed_in_a_row(trials: Sequence[FrozenTrial], retried: set[int]) -> int:
-    """Failed trials (not retried) that finished after the last complete or pruned trial."""
+    """Failed trials (not preempted) that finished after the last complete or pruned trial."""
     finished = [
         t
         for t in trials
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and t.number not in retried)
+        or (t.state == TrialState.FAIL and not is_preempted(t, retried))
     ]
     finished.sort(key=lambda t: (t.datetime_complete or datetime.min, t.number))
     run = 0
@@ -355,3 +378,11 @@ def plan_claim(progress: StudyProgress) -> Claim:
     if any(s.active > 0 for s in earlier):
         return Claim("Wait", reason="waiting for the previous stage to finish")
     return Claim("Run", stage=progress.current_stage)
+
+
+def overclaimed(progress: StudyProgress) -> bool:
+    """Whether more trials are claimed than the budget or a stage's quota allows, which only
+    happens when two runners claimed at once (a claim lock lost with its connection)."""
+    if progress.finished + progress.active > progress.max_trials:
+        return True
+    return any(s.complete + s.pruned + s.active > s.quota for s in progress.stages)

@@ -1,15 +1,22 @@
 """The runner process: claim a trial, train it warm, repeat until the study's budget is spent.
 
 One runner is one process (a pod in a cluster, a worker of ``kubetune run`` on a laptop).
-Every claim happens under the study's claim lock: the runner fails stale trials (heartbeats),
-reads the study's progress from the storage, and either starts one trial through
-``study.optimize(n_trials=1)`` (so Optuna's heartbeat thread runs), waits for other runners'
-in-flight trials, or stops. The lock is released as soon as the new trial exists, so training
-runs in parallel across runners while counting the budget stays exact.
+Every claim happens under the study's claim lock: the runner preempts trials no runner is
+running any more (:func:`~trial_runner.preemption.release_stale_trials`), reads the study's
+progress from the storage, and either starts one trial through ``study.optimize(n_trials=1)``
+(so Optuna's heartbeat thread runs), waits for other runners' in-flight trials, or stops. The
+lock is released as soon as the new trial exists, so training runs in parallel across runners
+while counting the budget stays exact.
 
-SIGTERM: the current trial stops at its next step, is failed and re-queued as WAITING
-(the same retry a heartbeat-stale trial gets), and the process exits 0 within the grace
-period.
+Preemption: each finished fold is kept with the trial (:data:`~trial_runner.contract.FOLDS_ATTR`),
+so a retry of a preempted trial resumes at its next fold. SIGTERM stops the current trial at its
+next step; it is marked preempted (``Terminated``), failed and re-queued, and the process exits
+0 within the grace period.
+
+Storage outages: the runner's storage and claim lock wait an outage out for up to
+``KUBETUNE_STORAGE_PATIENCE`` seconds (:mod:`trial_runner.outage`), keeping the trial it runs.
+A trial another process preempted meanwhile (its heartbeats were late) is given up, not run
+twice: its retry resumes it.
 """
 
 from __future__ import annotations
@@ -25,29 +32,40 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from trial_runner.checkpoint import BestCheckpoint
 from trial_runner.contract import (
     CPU_THREADS_ENV,
+    FOLDS_ATTR,
     LOCAL_WORKERS_ENV,
+    PREEMPTED_ATTR,
     PROFILE_ATTR,
     STAGE_ATTR,
     TELEMETRY_ATTR,
     WAIT_SECONDS_ENV,
     WORKER_ATTR,
 )
-from trial_runner.engine import Engine
+from trial_runner.engine import Engine, FoldRecord, Interrupted, folds_from_attr, folds_to_attr
 from trial_runner.metrics import RunnerMetrics
+from trial_runner.outage import first_line, is_connection_error
+from trial_runner.preemption import ResumingRetry, release_stale_trials, retried_from
 from trial_runner.profile import profile_directory, record_trace, should_profile, trace_path
-from trial_runner.progress import Claim, StudyProgress, plan_claim
+from trial_runner.progress import Claim, StudyProgress, overclaimed, plan_claim
 from trial_runner.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
-from trial_runner.spec import HPOStudy, Objective, best_first_key
-from trial_runner.storage import MAX_RETRY, ClaimLock, open_storage, read_progress
+from trial_runner.spec import HPOStudy, Objective, StudySpec, best_first_key
+from trial_runner.storage import (
+    GRACE_PERIOD,
+    STORAGE_PATIENCE,
+    ClaimLock,
+    StorageError,
+    open_storage,
+    read_progress,
+    redact,
+)
 from trial_runner.task import load_task_class
 
 __all__ = ["RunnerSummary", "configure_threads", "run_runner", "wait_for_study", "worker_id"]
@@ -109,7 +127,7 @@ def run_runner(
     if install_signal_handlers:
         _install_sigterm(stop)
     configure_threads()
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, patience=STORAGE_PATIENCE)
     study = optuna.load_study(study_name=study_name, storage=storage)
     task = load_task_class(spec.task.entrypoint)(spec.task.config)
     engine = Engine(task, spec, stop_requested=stop, seed=spec.sampler.seed or 0)
@@ -120,89 +138,212 @@ def run_runner(
         engine.device,
         study_name,
     )
-    pruner = build_pruner(spec)
-    study.pruner = pruner
-    checkpoint = (
+    study.pruner = build_pruner(spec)
+    runner = _Runner(
+        spec,
+        study,
+        engine,
+        ClaimLock(storage_url, study_name, patience=STORAGE_PATIENCE),
+        stop,
         BestCheckpoint(Path(spec.training.checkpoint.directory), spec.primary_objective)
         if spec.training.checkpoint
-        else None
+        else None,
+        profile_directory(spec.training, study_name),
     )
-    lock = ClaimLock(storage_url, study_name)
-    me = worker_id()
     trials_run = 0
-    profiles = profile_directory(spec.training, study_name)
-
     while True:
         if stop.is_set():
             return RunnerSummary(trials_run, "Interrupted")
-        lock.acquire()
         try:
-            fail_stale_trials(study)
+            step = runner.claim_and_run()
+        except optuna.exceptions.UpdateFinishedTrialError as error:
+            # Another process preempted this runner's trial (its heartbeats were late, e.g.
+            # through a storage outage): its retry resumes it; running it on would run it twice.
+            log.warning("runner %s: its trial was preempted elsewhere (%s)", runner.me, error)
+            continue
+        except Exception as error:
+            if is_connection_error(error):
+                raise StorageError(
+                    f"storage {redact(storage_url)} unreachable for "
+                    f"{STORAGE_PATIENCE:.0f}s: {first_line(error)}"
+                ) from None
+            raise
+        if step.ran:
+            trials_run += 1
+        if step.trial is not None:
+            if metrics is not None:
+                metrics.record(step.trial)
+            if on_trial is not None:
+                on_trial(step.trial)
+        if step.stop is not None:
+            return RunnerSummary(trials_run, step.stop)
+
+
+@dataclass(frozen=True)
+class _Step:
+    ran: bool = False
+    trial: optuna.trial.FrozenTrial | None = None
+    stop: str | None = None  # why the runner stops, if it does
+
+
+class Preempted(Exception):
+    """The trial's runner is stopping (SIGTERM) or lost its claim: not the task's failure."""
+
+
+class _Runner:
+    """One runner's claims: the study, its engine, the claim lock and the stop event."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        study: optuna.Study,
+        engine: Engine,
+        lock: ClaimLock,
+        stop: threading.Event,
+        checkpoint: BestCheckpoint | None,
+        profiles: Path,
+    ) -> None:
+        self.spec, self.study, self.engine, self.lock = spec, study, engine, lock
+        self.stop, self.checkpoint, self.profiles = stop, checkpoint, profiles
+        self.me = worker_id()
+        self._quiet = _QuietPreemptedTrials.install()
+
+    def claim_and_run(self) -> _Step:
+        """Under the claim lock: release stale trials, then run one trial, wait, or stop."""
+        spec, study = self.spec, self.study
+        self.lock.acquire()
+        try:
+            release_stale_trials(study, GRACE_PERIOD)
             progress = read_progress(study, spec)
             claim = plan_claim(progress)
             if claim.action == "Stop":
-                log.info("runner %s stops: %s", me, claim.reason)
-                return RunnerSummary(trials_run, claim.reason)
+                log.info("runner %s stops: %s", self.me, claim.reason)
+                return _Step(stop=claim.reason)
             if claim.action == "Wait":
-                lock.release()
-                stop.wait(WAIT_SECONDS)
-                continue
+                self.lock.release()
+                self.stop.wait(WAIT_SECONDS)
+                return _Step()
             best_earlier = _best_params_before(progress, claim, spec.all_objectives)
             study.sampler = build_sampler(
                 spec.sampler,
                 seed_offset=len(study.get_trials(deepcopy=False)),
                 fixed=fixed_params_for_stage(spec, claim.stage, best_earlier),
             )
-            current: dict[str, Any] = {}
+            numbers: list[int] = []
 
-            def objective(
-                trial: optuna.Trial, claim: Claim = claim, current: dict[str, Any] = current
-            ) -> float | Sequence[float]:
-                current["number"] = trial.number
-                stage = int(trial.user_attrs.get(STAGE_ATTR, claim.stage))
-                trial.set_user_attr(STAGE_ATTR, stage)
-                trial.set_user_attr(WORKER_ATTR, me)
-                lock.release()  # the trial exists: other runners may claim now
-                params = suggest_all(trial, spec)
-                # Optuna prunes single-objective trials only; the spec allows no pruner with
-                # several objectives, so their trials report nothing.
-                reporter = None if spec.multi_objective else trial
-                traced = should_profile(spec.training.profile, trial.number, engine.trials_run)
-                trace = trace_path(profiles, trial.number, me)
-                try:
-                    tracing = record_trace(trace, engine.device) if traced else nullcontext()
-                    with tracing:
-                        result = engine.run_trial(
-                            params, trial_number=trial.number, reporter=reporter
-                        )
-                finally:
-                    if traced and trace.is_file():
-                        trial.set_user_attr(PROFILE_ATTR, str(trace.resolve()))
-                # One attribute, one storage write: the telemetry and the task's metrics.
-                trial.set_user_attr(TELEMETRY_ATTR, {**result.telemetry, "metrics": result.metrics})
-                if result.pruned:
-                    raise optuna.TrialPruned(result.stop_reason)
-                if checkpoint is not None and result.model is not None:
-                    checkpoint.offer(trial.number, result.value, result.model, params)
-                if spec.multi_objective:
-                    return [result.metrics[o.metric] for o in spec.all_objectives]
-                return result.value
+            def objective(trial: optuna.Trial) -> float | Sequence[float]:
+                numbers.append(trial.number)
+                return self._objective(trial, claim)
 
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
         finally:
-            lock.release()
-        trials_run += 1
-        number = current.get("number")
-        if number is not None:
-            frozen = study.get_trials(deepcopy=False)[number]
-            if stop.is_set() and frozen.state == TrialState.FAIL:
-                _requeue(study, frozen)
-                log.info("runner %s interrupted: trial %d re-queued", me, number)
-                return RunnerSummary(trials_run, "Interrupted")
-            if metrics is not None:
-                metrics.record(frozen)
-            if on_trial is not None:
-                on_trial(frozen)
+            self.lock.release()
+        if not numbers:
+            return _Step(ran=True)
+        frozen = study.get_trials(deepcopy=False)[numbers[0]]
+        if (
+            frozen.state == TrialState.FAIL
+            and frozen.user_attrs.get(PREEMPTED_ATTR) == "Terminated"
+        ):
+            ResumingRetry()(study, frozen)
+            log.info("runner %s interrupted: trial %d re-queued", self.me, frozen.number)
+            return _Step(ran=True, stop="Interrupted")
+        return _Step(ran=True, trial=frozen)
+
+    def _objective(self, trial: optuna.Trial, claim: Claim) -> float | Sequence[float]:
+        spec = self.spec
+        stage = int(trial.user_attrs.get(STAGE_ATTR, claim.stage))
+        trial.set_user_attr(STAGE_ATTR, stage)
+        trial.set_user_attr(WORKER_ATTR, self.me)
+        self._check_claim(trial)
+        self.lock.release()  # the trial exists: other runners may claim now
+        params = suggest_all(trial, spec)
+        # A running trial's system attributes are the storage's to read (optuna.Trial has none).
+        origin = retried_from(trial.study._storage.get_trial(trial._trial_id))
+        resume = folds_from_attr(trial.user_attrs.get(FOLDS_ATTR), spec.training.folds)
+        if origin is not None:
+            log.info(
+                "trial %d resumes trial %d at fold %d of %d",
+                trial.number,
+                origin,
+                len(resume) + 1,
+                spec.training.folds,
+            )
+        finished: list[FoldRecord] = list(resume)
+
+        def keep(record: FoldRecord) -> None:
+            finished.append(record)
+            trial.set_user_attr(FOLDS_ATTR, folds_to_attr(finished))
+
+        # Optuna prunes single-objective trials only; the spec allows no pruner with several
+        # objectives, so their trials report nothing.
+        reporter = None if spec.multi_objective else trial
+        engine = self.engine
+        traced = should_profile(spec.training.profile, trial.number, engine.trials_run)
+        trace = trace_path(self.profiles, trial.number, self.me)
+        try:
+            with record_trace(trace, engine.device) if traced else nullcontext():
+                result = engine.run_trial(
+                    params,
+                    # A retry trains as the trial it resumes would have: same epochs, seeds.
+                    trial_number=origin if origin is not None else trial.number,
+                    reporter=reporter,
+                    resume=resume,
+                    on_fold=keep,
+                )
+        except Interrupted:
+            self._preempted(trial, "Terminated")
+        finally:
+            if traced and trace.is_file():
+                trial.set_user_attr(PROFILE_ATTR, str(trace.resolve()))
+        # One attribute, one storage write: the telemetry and the task's metrics.
+        trial.set_user_attr(TELEMETRY_ATTR, {**result.telemetry, "metrics": result.metrics})
+        if result.pruned:
+            raise optuna.TrialPruned(result.stop_reason)
+        if self.checkpoint is not None and result.model is not None:
+            self.checkpoint.offer(trial.number, result.value, result.model, params)
+        if spec.multi_objective:
+            return [result.metrics[o.metric] for o in spec.all_objectives]
+        return result.value
+
+    def _check_claim(self, trial: optuna.Trial) -> None:
+        """Give the trial up if the claim lock was lost while claiming it and the study is now
+        over its budget: another runner claimed at the same time."""
+        if self.lock.held():
+            return
+        # The lock's connection broke: PostgreSQL released the lock with the session.
+        self.lock.acquire()
+        if overclaimed(read_progress(self.study, self.spec)):
+            log.warning("trial %d: claimed twice over a lost claim lock; given up", trial.number)
+            self._preempted(trial, "ClaimInterrupted")
+
+    def _preempted(self, trial: optuna.Trial, reason: str) -> NoReturn:
+        trial.set_user_attr(PREEMPTED_ATTR, reason)
+        self._quiet.numbers.add(trial.number)
+        raise Preempted(reason)
+
+
+class _QuietPreemptedTrials(logging.Filter):
+    """Drops Optuna's "Trial N failed" warnings (with a traceback) for preempted trials: they
+    did not fail, and the runner says what happened to them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    @classmethod
+    def install(cls) -> _QuietPreemptedTrials:
+        logger = logging.getLogger("optuna.study._optimize")
+        for existing in logger.filters:
+            if isinstance(existing, cls):
+                return existing
+        quiet = cls()
+        logger.addFilter(quiet)
+        return quiet
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"Trial {n} failed") for n in self.numbers)
 
 
 def _best_params_before(
@@ -222,10 +363,6 @@ def _best_params_before(
     return best[1] if best else None
 
 
-def _requeue(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
-
-
 def _install_sigterm(stop: threading.Event) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
@@ -240,7 +377,7 @@ def _install_sigterm(stop: threading.Event) -> None:
 
 def wait_for_study(storage_url: str, study_name: str, timeout: float = 60.0) -> None:
     """Block until the study exists (the operator may still be creating it)."""
-    storage = open_storage(storage_url, heartbeat=False)
+    storage = open_storage(storage_url, heartbeat=False, patience=STORAGE_PATIENCE)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -123,6 +123,7 @@ def _record_progress(b: PlanBuilder, progress: StudyProgress) -> None:
         complete=progress.complete,
         pruned=progress.pruned,
         failed=progress.failed,
+        preempted=progress.preempted,
         running=progress.running,
         waiting=progress.waiting,
         budget=progress.max_trials,
@@ -220,9 +221,10 @@ def _record_warm_start(b: PlanBuilder, report: WarmStartReport | None) -> None:
 def _finished(b: PlanBuilder, progress: StudyProgress) -> Plan:
     """Succeeded or Failed for good: every pod deleted, ``completionTime`` set."""
     metric = b.spec.primary_objective.metric
+    preempted = f", {progress.preempted} preempted and resumed" if progress.preempted else ""
     summary = (
         f"{progress.finished} trials finished ({progress.complete} complete, "
-        f"{progress.pruned} pruned, {progress.failed} failed)"
+        f"{progress.pruned} pruned, {progress.failed} failed{preempted})"
     )
     if progress.best_value is not None:
         summary += f"; best {metric}={_number(progress.best_value)} at trial {progress.best_trial}"

@@ -37,7 +37,6 @@ from typing import Any, NoReturn
 
 import kubernetes
 import pytest
-import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.controlplane import (
@@ -54,7 +53,13 @@ from tests.e2e.node_fixtures import (
     install_chart_operator,
     restricted_namespace,
 )
-from tests.e2e.operator_fixtures import StudyClient, install_crd, operator_env, run_operator
+from tests.e2e.operator_fixtures import (
+    StudyClient,
+    delete_studies,
+    install_crd,
+    operator_env,
+    run_operator,
+)
 from tests.e2e.real_node import RealNode
 from tests.e2e.simulated_cluster import NodeGroup, create_nodes, delete_nodes
 from tests.helpers import IN_CI, wait_until
@@ -288,21 +293,6 @@ def studies(control_plane: ControlPlane, namespace: str, hpostudy_crd: None) -> 
         "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
     )
     return StudyClient(control_plane, namespace)
-
-
-def delete_studies(studies: StudyClient) -> None:
-    # Whatever a test left behind must not hold the namespace with a finalizer no one handles.
-    studies.kubectl("delete", "hpostudies", "--all", "--wait=false", check=False)
-    for item in yaml.safe_load(studies.kubectl("get", "hpostudies", "-o", "yaml").stdout)["items"]:
-        studies.kubectl(
-            "patch",
-            "hpostudy",
-            item["metadata"]["name"],
-            "--type=merge",
-            "-p",
-            '{"metadata":{"finalizers":null}}',
-            check=False,
-        )
 
 
 @pytest.fixture

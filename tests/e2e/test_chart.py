@@ -206,13 +206,28 @@ def test_default_render_is_cluster_wide_and_restricted(control_plane: ControlPla
         "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
+    ]
+    # Leader election is on: one Lease, named, in the release namespace.
+    (role,) = _by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == "kubetune-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["t-kubetune-operator"],
+            "verbs": ["get", "update"],
+        },
     ]
     container = _operator_container(docs)
     assert container["command"] == ["python", "-m", "hpo_operator"]
     assert "--all-namespaces" in container["args"] and "--standalone" in container["args"]
     env = _env(container)
+    assert env["KUBETUNE_LEADER_ELECTION_LEASE"] == "kubetune-system/t-kubetune-operator"
     assert env["KUBETUNE_DEFAULT_STORAGE_SECRET"] == "kubetune-postgres/url"
     assert env["KUBETUNE_RUNNER_IMAGE"].endswith(":0.1.0-cpu")
     assert "KUBETUNE_STORAGE_URL" not in env
@@ -301,8 +316,9 @@ def test_render_with_monitoring_selects_what_the_operator_creates(
 def test_namespaced_render_uses_roles(control_plane: ControlPlane) -> None:
     docs = _render(control_plane, "kubetune-system", "--set", "watchNamespaces={team-a,team-b}")
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in _by_kind(docs, "Role")}
-    assert roles == {("team-a", "t-kubetune"), ("team-b", "t-kubetune")}
-    assert len(_by_kind(docs, "RoleBinding")) == 2
+    leader_election = ("kubetune-system", "t-kubetune-leader-election")
+    assert roles == {("team-a", "t-kubetune"), ("team-b", "t-kubetune"), leader_election}
+    assert len(_by_kind(docs, "RoleBinding")) == 3
     # Only the cluster-scoped reads stay a ClusterRole.
     (cluster_role,) = _by_kind(docs, "ClusterRole")
     resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
@@ -341,6 +357,14 @@ def test_bad_values_are_refused_with_the_key(control_plane: ControlPlane) -> Non
     )
     assert result.returncode != 0
     assert "defaultStorage.lookup" in result.stderr
+    # Several replicas without leader election would all act.
+    both = ("--set", "operator.replicas=2,operator.leaderElection.enabled=false")
+    refused = control_plane.helm(
+        "template", "t", str(CHART), "--kube-version", _server_version(control_plane), *both,
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "operator.replicas" in refused.stderr and "leaderElection" in refused.stderr
 
 
 # --------------------------------------------------------------------------- install
@@ -407,6 +431,21 @@ def test_install_in_restricted_namespace(
     # Watching all namespaces: the same rights elsewhere.
     status = [("patch", "hpostudies.kubetune.dev", "status")]
     _assert_rbac(control_plane, user, status, [], "default")
+    # Leader election: its own Lease in the release namespace, and nothing else.
+    lease = f"leases.coordination.k8s.io/{fullname}-operator"
+    other_lease = "leases.coordination.k8s.io/kube-scheduler"
+    _assert_rbac(
+        control_plane,
+        user,
+        [("get", lease, ""), ("update", lease, ""), ("create", "leases.coordination.k8s.io", "")],
+        [
+            ("update", other_lease, ""),
+            ("delete", lease, ""),
+            ("list", "leases.coordination.k8s.io", ""),
+        ],
+        namespace,
+    )
+    _assert_rbac(control_plane, user, [], [("create", "leases.coordination.k8s.io", "")], "default")
 
 
 def test_namespaced_install_grants_only_the_watched_namespace(

@@ -12,16 +12,21 @@ import copy
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import RestartablePostgres
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
     StudyClient,
+    delete_studies,
     load_example,
+    operator_env,
+    run_operator,
     small_cpu_study,
     wait_until,
 )
@@ -388,6 +393,61 @@ def test_valid_spec_is_accepted_and_objective_is_immutable(studies: StudyClient)
 
 
 # --------------------------------------------------------------------------- failures and restarts
+
+
+def test_a_database_restart_shows_storage_unavailable_and_the_study_recovers(
+    studies: StudyClient,
+    cpu_nodes: list[str],
+    control_plane: ControlPlane,
+    restartable_postgres: RestartablePostgres,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL stopped for real under a running study: Ready=False StorageUnavailable, the
+    runners and what the status knew are kept, and the study recovers once it is back."""
+    for key, value in operator_env(control_plane, storage_url=restartable_postgres.url).items():
+        monkeypatch.setenv(key, value)
+    name = "outage"
+    try:
+        with run_operator(studies.namespace):
+            studies.apply(small_cpu_study(name, max_trials=4))
+            wait_until(
+                lambda: len(studies.pods(name)) == 2 and studies.condition(name, "Ready"),
+                60,
+                "two runners and a Ready condition",
+                diagnose=studies.diagnose,
+            )
+            runners = {p["metadata"]["uid"] for p in studies.pods(name)}
+            restartable_postgres.stop()
+            try:
+                down = studies.wait_condition(name, "Ready", "False", 60, "StorageUnavailable")
+                assert "cannot read the study's storage" in down["message"]
+                assert restartable_postgres.url.split("@")[0] not in down["message"]
+                status = (studies.study(name) or {})["status"]
+                assert status["trials"]["budget"] == 4 and status["trialsSummary"] == "0/4"
+                # Nothing is deleted or created while the storage cannot be read.
+                assert {p["metadata"]["uid"] for p in studies.pods(name)} == runners
+            finally:
+                restartable_postgres.start()
+            back_at = time.monotonic()
+            ready = wait_until(
+                lambda: (
+                    studies.condition(name, "Ready").get("reason") != "StorageUnavailable"
+                    and studies.condition(name, "Ready")
+                ),
+                60,
+                "the study to recover",
+                diagnose=studies.diagnose,
+            )
+            recovered = f"Ready={ready['status']} {ready['reason']}"
+            recovered += f" {time.monotonic() - back_at:.1f}s after PostgreSQL was back"
+            assert {p["metadata"]["uid"] for p in studies.pods(name)} == runners
+            events = studies.kubectl(
+                "get", "events", "--field-selector", f"involvedObject.name={name}"
+            ).stdout
+            assert "StorageUnavailable" in events
+    finally:
+        delete_studies(studies)
+    print(f"\n[measure] operator: {recovered}")  # kopf's runner captures stdout while it runs
 
 
 def test_missing_storage_secret_is_reported_then_recovered(

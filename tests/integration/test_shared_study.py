@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,7 +12,6 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import wait_until
 from tests.integration.conftest import digits_study, runner_env, start_runner
 from trial_runner.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
 from trial_runner.spec import load_study
@@ -48,43 +46,6 @@ def test_two_runners_finish_exactly_the_budget_without_duplicates(
     assert all(x["trial_in_process"] >= 1 for x in telemetry)
     assert max(x["trial_in_process"] for x in telemetry) >= 2, "warm reuse"
     assert all(x["metrics"]["accuracy"] == t.value for x, t in zip(telemetry, trials, strict=True))
-
-
-def test_killed_runner_trial_is_failed_and_retried_by_another(
-    postgres_url: str, write_study: Callable[[dict[str, Any]], Path], tmp_path: Path
-) -> None:
-    doc = digits_study(
-        "killed",
-        budget={"maxTrials": 3},
-        training={
-            "epochSchedule": [{"fromTrial": 0, "epochs": 400}, {"fromTrial": 1, "epochs": 1}]
-        },
-    )
-    path = write_study(doc)
-    study = ensure_study(open_storage(postgres_url), "killed", load_study(path).spec)
-    heartbeat = {"KUBETUNE_HEARTBEAT_INTERVAL": "1", "KUBETUNE_HEARTBEAT_GRACE_PERIOD": "4"}
-    victim = start_runner(path, postgres_url, "killed", tmp_path / "victim.log", **heartbeat)
-
-    def running() -> list[optuna.trial.FrozenTrial]:
-        return study.get_trials(states=(TrialState.RUNNING,))
-
-    # Mid-trial: its parameters are chosen and it is training.
-    wait_until(lambda: any(t.params for t in running()), 120, "the first trial to train")
-    killed = running()[0].number
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-
-    log = tmp_path / "survivor.log"
-    survivor = start_runner(path, postgres_url, "killed", log, **heartbeat)
-    finish([survivor], [log])
-
-    trials = {t.number: t for t in study.get_trials()}
-    assert trials[killed].state == TrialState.FAIL
-    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == trials[killed].params
-    finished = [t for t in trials.values() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 3
 
 
 def test_stages_advance_across_processes_with_the_best_earlier_values(
@@ -154,37 +115,6 @@ def test_stages_advance_across_processes_with_the_best_earlier_values(
     assert [s["stage"] for s in best["stages"]] == [1, 2]
     assert best["stages"][0]["bestValue"] == best_first.value
     assert best["trials"]["complete"] == 7
-
-
-def test_sigterm_releases_the_running_trial_for_another_runner(
-    postgres_url: str, write_study: Callable[[dict[str, Any]], Path], tmp_path: Path
-) -> None:
-    """A pod being deleted (suspend, scale-down) hands its trial back instead of losing it."""
-    doc = digits_study(
-        "drained",
-        budget={"maxTrials": 2},
-        training={
-            "epochSchedule": [{"fromTrial": 0, "epochs": 400}, {"fromTrial": 1, "epochs": 1}]
-        },
-    )
-    path = write_study(doc)
-    study = ensure_study(open_storage(postgres_url), "drained", load_study(path).spec)
-    log = tmp_path / "drained.log"
-    runner = start_runner(path, postgres_url, "drained", log)
-    wait_until(lambda: bool(study.get_trials(states=(TrialState.RUNNING,))), 120, "a running trial")
-    released = study.get_trials(states=(TrialState.RUNNING,))[0].number
-    runner.send_signal(signal.SIGTERM)
-    assert runner.wait(timeout=60) == 0, log.read_text()[-2000:]
-    trials = {t.number: t for t in study.get_trials()}
-    assert trials[released].state == TrialState.FAIL
-    queued = [t for t in trials.values() if t.system_attrs.get("failed_trial") == released]
-    assert len(queued) == 1 and queued[0].state == TrialState.WAITING
-
-    log2 = tmp_path / "resumed.log"
-    finish([start_runner(path, postgres_url, "drained", log2)], [log2])
-    final = study.get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in final) == 2
-    assert queued[0].number in {t.number for t in final if t.state == TrialState.COMPLETE}
 
 
 def test_best_checkpoint_is_kept_by_several_runners(

@@ -102,6 +102,8 @@ SETTING_SAMPLES = {
     "KUBETUNE_RUNNER_QUEUE_NAME": "team-gpus",
     "KUBETUNE_STORAGE_URL": "postgresql://u:p@db/kubetune",
     "KUBETUNE_DEFAULT_STORAGE_SECRET": "pg",
+    "KUBETUNE_LEADER_ELECTION_LEASE": "kubetune-system/kubetune-operator",
+    "KUBETUNE_LEASE_DURATION": "20",
     "KUBETUNE_METRICS_PORT": "9091",
     "KUBETUNE_RUNNER_METRICS_PORT": "9101",
 }

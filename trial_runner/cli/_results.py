@@ -10,7 +10,7 @@ from typing import Any
 from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
 from trial_runner.contract import PRIOR_ATTR
 from trial_runner.pareto import front_document
-from trial_runner.progress import StudyProgress, trial_telemetry
+from trial_runner.progress import StudyProgress, is_preempted, retried_numbers, trial_telemetry
 from trial_runner.spec import StudySpec, best_first_key, dump_yaml, load_study
 from trial_runner.storage import read_progress
 from trial_runner.warmstart import recorded_report
@@ -40,6 +40,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         ("complete", progress.complete),
         ("pruned", progress.pruned),
         ("failed", progress.failed),
+        ("preempted", f"{progress.preempted} (re-queued; not failures, not in the budget)"),
         ("running", progress.running),
     ]
     if spec.multi_objective:
@@ -86,6 +87,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     finished = [t for t in trials if t.state.is_finished() and PRIOR_ATTR not in t.user_attrs]
+    retried = retried_numbers(trials)
     directions = spec.directions
     ranked = sorted(
         finished,
@@ -98,7 +100,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         a = trial_telemetry(t)
         table.add_row(
             str(t.number),
-            t.state.name,
+            "PREEMPTED" if is_preempted(t, retried) else t.state.name,
             _values(t.values),
             str(a.get("epochs_run", "-")),
             str(a.get("folds_run", "-")),
@@ -135,6 +137,7 @@ def _document(name: str, spec: StudySpec, progress: StudyProgress) -> dict[str, 
         "complete": progress.complete,
         "pruned": progress.pruned,
         "failed": progress.failed,
+        "preempted": progress.preempted,
         "running": progress.running,
         "budget": progress.max_trials,
     }

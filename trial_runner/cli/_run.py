@@ -37,6 +37,7 @@ from trial_runner.cli._common import (
 )
 from trial_runner.contract import LOCAL_WORKERS_ENV, METRICS_PORT_ENV
 from trial_runner.entrypoints import check_entrypoint
+from trial_runner.outage import first_line, is_connection_error
 from trial_runner.pareto import spread
 from trial_runner.progress import StudyProgress, trial_telemetry
 from trial_runner.spec import StudySpec, load_study
@@ -253,7 +254,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     view = _ProgressView(enabled=not args.no_progress, multi_objective=spec.multi_objective)
     try:
         supervisor.supervise(
-            study, lambda: interrupted, lambda: view.update(read_progress(study, spec))
+            study,
+            lambda: interrupted,
+            lambda: view.update(read_progress(study, spec)),
+            # The runners wait an outage out and keep their trials; so does this view.
+            on_outage=lambda error: view.outage(first_line(error)),
         )
     finally:
         view.close()
@@ -356,18 +361,27 @@ class _Supervisor:
         study: Any,
         stop_requested: Callable[[], bool],
         each_pass: Callable[[], None] = lambda: None,
+        on_outage: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
-        """Run the processes until all are done, one fails for good, or a stop is asked."""
+        """Run the processes until all are done, one fails for good, or a stop is asked.
+
+        An unreachable storage does not end it: ``on_outage`` hears of it, and the next pass
+        tries again (the runners wait the outage out too)."""
         for slot in range(self.workers):
             self._spawn(slot)
         try:
             while not stop_requested():
-                # Exits are handled before asking whether anything still runs, so a runner
-                # that died is re-queued and replaced even when it was the last one running.
-                self.check(study)
-                if self.error is not None or not self.running():
-                    break
-                each_pass()
+                try:
+                    # Exits are handled before asking whether anything still runs, so a runner
+                    # that died is re-queued and replaced even when it was the last one running.
+                    self.check(study)
+                    if self.error is not None or not self.running():
+                        break
+                    each_pass()
+                except Exception as error:
+                    if not is_connection_error(error):
+                        raise
+                    on_outage(error)
                 time.sleep(0.5)
         finally:
             self.terminate()
@@ -448,9 +462,10 @@ class _ProgressView:
         best = (
             f"front {len(p.pareto_front)}" if self.multi_objective else f"best {fmt(p.best_value)}"
         )
+        preempted = f"  preempted {p.preempted}" if p.preempted else ""
         return (
             f"trials {p.finished}/{p.max_trials}  running {p.running}  pruned {p.pruned}  "
-            f"failed {p.failed}  {best}{stage}"
+            f"failed {p.failed}{preempted}  {best}{stage}"
         )
 
     def update(self, progress: Any) -> None:
@@ -463,6 +478,13 @@ class _ProgressView:
                 self._live.start()
             self._live.update(line)
         elif line != self._last_line:
+            print(line, flush=True)
+        self._last_line = line
+
+    def outage(self, error: str) -> None:
+        """The storage cannot be read now (said once per outage)."""
+        line = f"storage unreachable ({error}); the runners wait for it"
+        if line != self._last_line:
             print(line, flush=True)
         self._last_line = line
 

@@ -8,7 +8,7 @@ import math
 import resource
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from trial_runner.engine._fold import (
     OutOfMemory,
     StopReason,
 )
+from trial_runner.engine._resume import FoldRecord
 from trial_runner.memory import (
     MemoryPlanner,
     TrialBatches,
@@ -147,11 +148,22 @@ class Engine:
         trial_number: int,
         reporter: Reporter | None = None,
         micro_batch: int | None = None,
+        resume: Sequence[FoldRecord] = (),
+        on_fold: Callable[[FoldRecord], None] | None = None,
     ) -> TrialResult:
         """Train one configuration over all folds and return its score and telemetry.
 
-        ``micro_batch`` skips planning (benchmarks of systems that do not plan): that
-        micro-batch, and a validation batch of four times it.
+        Args:
+            params: The trial's parameters.
+            trial_number: The number its epoch budget and seeds derive from; a retry passes the
+                number of the trial it resumes, so its folds train exactly as they would have.
+            reporter: Where intermediate values go (the Optuna trial); ``None``: nowhere.
+            micro_batch: Skips planning (benchmarks of systems that do not plan): that
+                micro-batch, and a validation batch of four times it.
+            resume: Folds a preempted run of this trial finished: they are not trained again,
+                their intermediate values are reported again, in order, before the next fold.
+            on_fold: Called with each fold this call trains, once it is finished and reported,
+                unless the trial ends with it (the runner keeps them for a retry).
         """
         wall_start = time.perf_counter()
         self._gpu.reset()
@@ -167,94 +179,145 @@ class Engine:
         micro = batches.micro_batch
         epochs = epochs_for_trial(self.spec, trial_number)
         clock = Clock()
-        outcomes: list[FoldOutcome] = []
+        records: list[FoldRecord] = []
+        model: nn.Module | None = None
         stop_reason: StopReason = "Completed"
         oom_retries = 0
         wilcoxon = self.spec.pruner.type == "Wilcoxon"
         per_epoch = self.training.report_every == "Epoch" and not wilcoxon
         max_epochs = max(max_pruning_steps(self.spec) // self.training.folds, epochs)
         seed = self.seed * 1_000_003 + trial_number
+        carried = {r.fold: r for r in resume}
+        # This fold's reports for its record: the first value of each step, as Optuna keeps it
+        # (an OOM retry of the fold reports its epochs again).
+        reported: dict[int, float] = {}
+
+        def report(value: float, step: int) -> bool:
+            if reporter is None or math.isnan(value):
+                return False
+            reported.setdefault(step, value)
+            reporter.report(value, step)
+            return reporter.should_prune()
 
         def epoch_reporter(fold: int) -> Callable[[float, int], bool]:
-            return lambda value, epoch: self._report(reporter, value, fold * max_epochs + epoch)
+            return lambda value, epoch: report(value, fold * max_epochs + epoch)
 
+        last_fold = len(self.folds) - 1
         for fold_index, (train_idx, val_idx) in enumerate(self.folds):
-            outcome: FoldOutcome | None = None
-            while outcome is None:
-                out_of_memory = False
-                try:
-                    outcome = self._trainer.train(
-                        params,
-                        train_idx,
-                        val_idx,
-                        effective=effective,
-                        micro=micro,
-                        validation_batch=batches.validation_batch,
-                        epochs=epochs,
-                        seed=seed + fold_index,
-                        clock=clock,
-                        report=epoch_reporter(fold_index) if per_epoch else None,
-                    )
-                except OutOfMemory:
-                    out_of_memory = True
-                if not out_of_memory:
+            reported.clear()
+            previous = carried.get(fold_index)
+            if previous is not None:
+                records.append(previous)
+                if previous.stop == "EarlyStopped":
+                    stop_reason = "EarlyStopped"
+                if any(report(value, step) for step, value in previous.reports):
+                    stop_reason = "Pruned"
                     break
-                # Freed outside the except block: the traceback held references to the
-                # activations that filled the device.
-                self._release_memory()
-                if micro <= 1:
-                    break
-                micro //= 2
-                oom_retries += 1
-                log.warning(
-                    "out of memory: retrying fold %d with micro-batch %d", fold_index, micro
-                )
+                continue
+            model = None  # the previous fold's model is not the result: free it first
+            outcome, micro, retries = self._train_fold(
+                fold_index,
+                params,
+                train_idx,
+                val_idx,
+                effective=effective,
+                micro=micro,
+                validation_batch=batches.validation_batch,
+                epochs=epochs,
+                seed=seed + fold_index,
+                clock=clock,
+                report=epoch_reporter(fold_index) if per_epoch else None,
+            )
+            oom_retries += retries
             if outcome is None:
                 stop_reason = "OutOfMemory"
                 break
-            outcomes.append(outcome)
+            model = outcome.model
             if outcome.stop == "EarlyStopped":
                 stop_reason = "EarlyStopped"
-            if outcome.stop == "Pruned":
+            pruned = outcome.stop == "Pruned"
+            if not pruned and not per_epoch:
+                scores = [r.score for r in records] + [outcome.score]
+                reported_value = outcome.score if wilcoxon else float(np.mean(scores))
+                pruned = report(reported_value, fold_index)
+            records.append(
+                FoldRecord(
+                    fold_index,
+                    outcome.score,
+                    outcome.metrics,
+                    outcome.epochs_run,
+                    outcome.stop,
+                    tuple(reported.items()),
+                )
+            )
+            if pruned:
                 stop_reason = "Pruned"
                 break
-            if not per_epoch:
-                scores = [o.score for o in outcomes]
-                reported = outcome.score if wilcoxon else float(np.mean(scores))
-                if self._report(reporter, reported, fold_index):
-                    stop_reason = "Pruned"
-                    break
+            if on_fold is not None and fold_index < last_fold:
+                on_fold(records[-1])
         self._micro_cap[effective] = micro
         self.trials_run += 1
-        metric_names = outcomes[0].metrics.keys() if outcomes else []
+        metric_names = records[0].metrics.keys() if records else []
         return TrialResult(
-            value=float(np.mean([o.score for o in outcomes])) if outcomes else float("nan"),
-            metrics={m: float(np.mean([o.metrics[m] for o in outcomes])) for m in metric_names},
+            value=float(np.mean([r.score for r in records])) if records else float("nan"),
+            metrics={m: float(np.mean([r.metrics[m] for r in records])) for m in metric_names},
             pruned=stop_reason in ("Pruned", "OutOfMemory"),
             stop_reason=stop_reason,
             telemetry=self._telemetry(
                 wall_start,
                 clock,
-                outcomes,
+                records,
                 stop_reason,
                 epochs,
                 oom_retries,
                 MicroBatchPlan.for_sizes(effective, micro),
                 batches,
+                resumed=[r for r in records if r.fold in carried],
             ),
-            model=outcomes[-1].model if outcomes else None,
+            model=model,
         )
+
+    def _train_fold(
+        self,
+        fold_index: int,
+        params: Mapping[str, Any],
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        *,
+        micro: int,
+        **train: Any,
+    ) -> tuple[FoldOutcome | None, int, int]:
+        """One fold, retried at half the micro-batch after an out-of-memory error: the outcome
+        (``None``: not even a micro-batch of 1 fits), the micro-batch that ran, the retries."""
+        retries = 0
+        while True:
+            try:
+                outcome = self._trainer.train(params, train_idx, val_idx, micro=micro, **train)
+            except OutOfMemory:
+                outcome = None
+            if outcome is not None:
+                return outcome, micro, retries
+            # Freed outside the except block: the traceback held references to the activations
+            # that filled the device.
+            self._release_memory()
+            if micro <= 1:
+                return None, micro, retries
+            micro //= 2
+            retries += 1
+            log.warning("out of memory: retrying fold %d with micro-batch %d", fold_index, micro)
 
     def _telemetry(
         self,
         wall_start: float,
         clock: Clock,
-        outcomes: list[FoldOutcome],
+        records: list[FoldRecord],
         stop_reason: StopReason,
         epochs: int,
         oom_retries: int,
         plan: MicroBatchPlan,
         batches: TrialBatches,
+        *,
+        resumed: list[FoldRecord],
     ) -> TrialTelemetry:
         wall = time.perf_counter() - wall_start
         cuda = self.device.type == "cuda"
@@ -267,10 +330,14 @@ class Engine:
             # Everything that is not training or validation compute: batches, model build,
             # estimates, bookkeeping.
             "overhead_seconds": round(max(wall - clock.step - clock.eval, 0.0), 4),
-            "epochs_run": sum(o.epochs_run for o in outcomes),
+            # Every fold of the trial, those a preempted run finished included.
+            "epochs_run": sum(r.epochs for r in records),
             "epochs_budget": epochs,
-            "folds_run": len(outcomes),
+            "folds_run": len(records),
             "folds": self.training.folds,
+            # Carried over from a preempted run of this trial, not trained again.
+            "folds_resumed": len(resumed),
+            "epochs_resumed": sum(r.epochs for r in resumed),
             "stop_reason": stop_reason,
             "effective_batch": plan.effective_batch,
             "micro_batch": plan.micro_batch,
@@ -291,12 +358,6 @@ class Engine:
             "gpu_utilization_mean": gpu["gpu_utilization_mean"],
             "gpu_memory_used_max": gpu["gpu_memory_used_max"],
         }
-
-    def _report(self, reporter: Reporter | None, value: float, step: int) -> bool:
-        if reporter is None or math.isnan(value):
-            return False
-        reporter.report(value, step)
-        return reporter.should_prune()
 
     def _release_memory(self) -> None:
         gc.collect()

@@ -63,6 +63,13 @@ The operator's ServiceAccount name.
 {{- end }}
 
 {{/*
+Name of the operator's leader-election Lease (in the release namespace).
+*/}}
+{{- define "kubetune.leaseName" -}}
+{{- printf "%s-operator" (include "kubetune.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
 "image:tag" of the operator.
 */}}
 {{- define "kubetune.operatorImage" -}}
@@ -110,6 +117,9 @@ Checks of values that would otherwise render a chart that installs but does not 
 {{- end }}
 {{- if not (has .Values.runner.pullPolicy (list "IfNotPresent" "Always" "Never")) }}
 {{- fail (printf "runner.pullPolicy: expected IfNotPresent, Always or Never, got %q" .Values.runner.pullPolicy) }}
+{{- end }}
+{{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
+{{- fail "operator.replicas: more than one replica needs operator.leaderElection.enabled (else every replica acts)" }}
 {{- end }}
 {{- if and .Values.watchNamespaces (not (kindIs "slice" .Values.watchNamespaces)) }}
 {{- fail "watchNamespaces: expected a list of namespace names, e.g. --set 'watchNamespaces={team-a,team-b}'" }}

@@ -107,6 +107,7 @@ def test_all_runners_ready_is_ready_and_creates_nothing() -> None:
         "complete": 1,
         "pruned": 0,
         "failed": 0,
+        "preempted": 0,
         "running": 2,
         "waiting": 0,
         "budget": 4,
@@ -313,6 +314,14 @@ def test_finished_runner_is_replaced_while_trials_remain() -> None:
     plan = run([runner(0, phase="Succeeded")], make_progress(complete=3, waiting=1))
     assert deletes(plan) == ["digits-runner-0"]
     assert creates(plan) == [1]
+
+
+def test_preempted_trials_are_shown_apart_from_failed_ones() -> None:
+    running = dataclasses.replace(make_progress(complete=1, running=1, waiting=1), preempted=2)
+    assert status(run([runner(0), runner(1)], running))["trials"]["preempted"] == 2
+    done = dataclasses.replace(make_progress(complete=4, outcome="BudgetSpent"), preempted=2)
+    message = condition(run([], done), "Succeeded")["message"]
+    assert "(4 complete, 0 pruned, 0 failed, 2 preempted and resumed)" in message
 
 
 def test_budget_spent_succeeds_deletes_pods_and_records_completion() -> None:

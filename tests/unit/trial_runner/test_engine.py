@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +14,15 @@ from torch import nn
 
 from tests.helpers import spec_model
 from trial_runner import step
-from trial_runner.engine import Engine, epochs_for_trial, make_folds
+from trial_runner.engine import (
+    Engine,
+    FoldRecord,
+    Interrupted,
+    epochs_for_trial,
+    folds_from_attr,
+    folds_to_attr,
+    make_folds,
+)
 from trial_runner.spec import StudySpec
 from trial_runner.task import Task, TaskData
 
@@ -311,3 +321,79 @@ def test_a_missing_objective_metric_names_the_objective() -> None:
         r"metric 'latency' \(it returned: accuracy, parameters\)",
     ):
         Engine(SizedBlobs({}), two_objectives("latency")).run_trial(PARAMS, trial_number=0)
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+class StopAfterFolds:
+    """``on_fold`` that keeps each finished fold and asks the engine to stop (as SIGTERM does)
+    once ``folds`` are finished: the next fold is interrupted at its first step."""
+
+    def __init__(self, engine: Engine, folds: int) -> None:
+        self.engine, self.folds = engine, folds
+        self.records: list[FoldRecord] = []
+
+    def __call__(self, record: FoldRecord) -> None:
+        self.records.append(record)
+        if len(self.records) == self.folds:
+            self.engine.stop_requested.set()
+
+
+@pytest.mark.parametrize("report_every", ["Fold", "Epoch"])
+def test_a_preempted_trial_resumes_at_its_next_fold_with_the_same_history(
+    report_every: str,
+) -> None:
+    spec = make_spec({"folds": 4, "epochs": 2, "reportEvery": report_every})
+    whole = Recorder()
+    uninterrupted = Engine(Blobs({}), spec).run_trial(PARAMS, trial_number=7, reporter=whole)
+
+    engine = Engine(Blobs({}), spec)
+    keep = StopAfterFolds(engine, 2)
+    first = Recorder()
+    with pytest.raises(Interrupted):
+        engine.run_trial(PARAMS, trial_number=7, reporter=first, on_fold=keep)
+    assert [r.fold for r in keep.records] == [0, 1]
+    # What is kept is what the attribute holds: a JSON round trip.
+    stored = json.loads(json.dumps(folds_to_attr(keep.records)))
+    resume = folds_from_attr(stored, folds=4)
+    assert resume == tuple(keep.records)
+
+    engine.stop_requested.clear()
+    again = Recorder()
+    trained: list[FoldRecord] = []
+    resumed = engine.run_trial(
+        PARAMS, trial_number=7, reporter=again, resume=resume, on_fold=trained.append
+    )
+    # The pruner sees the same steps and values as in the trial that was never stopped.
+    assert again.reports == whole.reports
+    assert resumed.value == uninterrupted.value
+    assert resumed.metrics == uninterrupted.metrics
+    t = resumed.telemetry
+    assert (t["folds_run"], t["folds_resumed"]) == (4, 2)
+    assert (t["epochs_run"], t["epochs_resumed"]) == (8, 4)
+    # Only the folds it trained are handed to on_fold, and not the last (the trial ends).
+    assert [r.fold for r in trained] == [2]
+
+
+def test_resumed_reports_meet_the_pruner_again() -> None:
+    spec = make_spec({"folds": 3, "epochs": 1})
+    record = FoldRecord(0, 0.5, {"accuracy": 0.5}, 1, "Completed", ((0, 0.5),))
+    result = Engine(Blobs({}), spec).run_trial(
+        PARAMS, trial_number=0, reporter=Recorder(prune_at=0), resume=(record,)
+    )
+    assert result.pruned and result.stop_reason == "Pruned"
+    assert result.telemetry["folds_run"] == 1 and result.telemetry["folds_resumed"] == 1
+    assert result.model is None  # nothing was trained
+
+
+def test_carried_folds_that_cannot_be_read_are_trained_again() -> None:
+    good = FoldRecord(0, 0.9, {"accuracy": 0.9}, 2, "Completed", ((0, 0.9),)).to_json()
+    assert folds_from_attr([good], folds=3)[0].score == 0.9
+    assert folds_from_attr("not a list", folds=3) == ()
+    assert folds_from_attr([{**good, "stop": "Exploded"}], folds=3) == ()
+    assert folds_from_attr([{**good, "fold": 1}], folds=3) == ()  # fold 0 is missing
+    assert folds_from_attr([good, {**good, "fold": 5}], folds=3) == (FoldRecord.from_json(good),)
+    assert folds_from_attr(None, folds=3) == ()
+    nan = FoldRecord(0, float("nan"), {"accuracy": float("nan")}, 1, "Completed", ())
+    assert math.isnan(folds_from_attr(json.loads(json.dumps(folds_to_attr([nan]))), 1)[0].score)

@@ -10,11 +10,21 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+from trial_runner.contract import (
+    ORIGIN_ATTR,
+    PREEMPTED_ATTR,
+    PRIOR_ATTR,
+    STAGE_ATTR,
+    TELEMETRY_ATTR,
+    WORKER_ATTR,
+)
 from trial_runner.progress import (
     BudgetState,
     TelemetrySummary,
+    is_preempted,
+    overclaimed,
     plan_claim,
+    retried_numbers,
     summarize,
     summarize_telemetry,
     trial_telemetry,
@@ -75,8 +85,52 @@ def test_retried_failure_is_not_a_failure_and_waiting_retry_runs() -> None:
     trials = [trial(0, C, 0.1), trial(1, F), trial(2, W, retry_history=[1], failed_trial=1)]
     progress = summarize(trials, BudgetState(max_trials=2, max_failed_trials=1), "Minimize")
     assert progress.failed == 0
+    assert progress.preempted == 1
     assert progress.waiting == 1
     assert plan_claim(progress).action == "Run"
+
+
+def preempted(number: int, reason: str = "Terminated") -> FrozenTrial:
+    t = trial(number, F)
+    t.user_attrs = {**t.user_attrs, PREEMPTED_ATTR: reason}
+    return t
+
+
+def test_preempted_trials_are_counted_apart_from_failed_ones_and_outside_the_budget() -> None:
+    budget = BudgetState(max_trials=3, max_failed_trials=1)
+    trials = [
+        trial(0, C, 0.5),
+        preempted(1),  # marked: SIGTERM, or a stale heartbeat noticed by kubetune
+        trial(2, F),  # retried by Optuna's own sweep: not marked, but named by its retry
+        trial(3, W, retry_history=[2], failed_trial=2),
+        preempted(4, "ClaimInterrupted"),  # given up without a retry: still not a failure
+    ]
+    progress = summarize(trials, budget, "Maximize")
+    assert (progress.preempted, progress.failed, progress.waiting) == (3, 0, 1)
+    assert progress.outcome == "Running"  # no failure reached maxFailedTrials=1
+    retried = retried_numbers(trials)
+    assert [t.number for t in trials if is_preempted(t, retried)] == [1, 2, 4]
+    claim = plan_claim(progress)
+    assert claim.action == "Run"  # 1 complete + 1 waiting of 3: preemptions took no budget
+    # A trial whose task failed is a failure, and one reaches maxFailedTrials=1.
+    failing = summarize([*trials, trial(5, F)], budget, "Maximize")
+    assert (failing.failed, failing.preempted, failing.outcome) == (1, 3, "TooManyFailures")
+
+
+def test_overclaimed_only_when_more_is_claimed_than_the_budget_or_a_stage_allows() -> None:
+    budget = BudgetState(max_trials=3, stage_trials=(2, None))
+    exact = summarize(
+        [trial(0, C, 0.1), trial(1, C, 0.2), trial(2, R, stage=1)], budget, "Minimize"
+    )
+    assert not overclaimed(exact)
+    twice = summarize(
+        [trial(0, C, 0.1), trial(1, C, 0.2), trial(2, R, stage=1), trial(3, R, stage=1)],
+        budget,
+        "Minimize",
+    )
+    assert overclaimed(twice)
+    stage = summarize([trial(0, C, 0.1), trial(1, R), trial(2, R)], budget, "Minimize")
+    assert overclaimed(stage)  # 3 of stage 0's 2
 
 
 def test_too_many_failures_stops() -> None:

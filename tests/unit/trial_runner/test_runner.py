@@ -17,9 +17,16 @@ from prometheus_client import CollectorRegistry
 from torch import nn
 
 from tests.helpers import study_model
-from trial_runner.contract import PROFILE_ATTR, STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+from trial_runner.contract import (
+    FOLDS_ATTR,
+    PREEMPTED_ATTR,
+    PROFILE_ATTR,
+    STAGE_ATTR,
+    TELEMETRY_ATTR,
+    WORKER_ATTR,
+)
 from trial_runner.metrics import RunnerMetrics
-from trial_runner.progress import Claim, StageSummary, StudyProgress
+from trial_runner.progress import BudgetState, Claim, StageSummary, StudyProgress, summarize
 from trial_runner.runner import _best_params_before, configure_threads, run_runner, worker_id
 from trial_runner.spec import HPOStudy, Objective
 from trial_runner.storage import ensure_study, open_storage
@@ -139,6 +146,7 @@ def test_stop_request_releases_the_running_trial_for_another_runner(tmp_path: Pa
     assert (summary.trials_run, summary.stop_reason) == (1, "Interrupted")
     trials = optuna.load_study(study_name="stopped", storage=open_storage(url)).get_trials()
     assert trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs[PREEMPTED_ATTR] == "Terminated"
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING
     assert retry[0].params == trials[0].params
@@ -149,6 +157,49 @@ def test_stop_request_releases_the_running_trial_for_another_runner(tmp_path: Pa
         ).stop_reason
         == "Interrupted"
     )
+
+
+class StopsAtABuild(DigitsMLP):
+    """Asks the runner to stop (as SIGTERM would) when it builds its ``BUILDS_LEFT[0]``-th model
+    from now: a build per fold, so 2 stops in a trial's second fold; 0 never stops."""
+
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        if torch.get_default_device().type != "meta" and BUILDS_LEFT[0] > 0:
+            BUILDS_LEFT[0] -= 1
+            if BUILDS_LEFT[0] == 0:
+                STOP.set()
+        return super().build_model(params)
+
+
+BUILDS_LEFT = [0]
+
+
+def test_a_stopped_trial_resumes_at_its_next_fold_in_another_runner(tmp_path: Path) -> None:
+    entrypoint = f"{StopsAtABuild.__module__}:StopsAtABuild"
+    study, url = _study(tmp_path, "resumed", entrypoint, max_trials=1, training={"folds": 3})
+    STOP.clear()
+    BUILDS_LEFT[0] = 2
+    first = run_runner(study, url, "resumed", stop_requested=STOP, install_signal_handlers=False)
+    assert first.stop_reason == "Interrupted"
+    stored = optuna.load_study(study_name="resumed", storage=open_storage(url))
+    preempted, queued = stored.get_trials()
+    assert preempted.user_attrs[PREEMPTED_ATTR] == "Terminated"
+    assert [f["fold"] for f in preempted.user_attrs[FOLDS_ATTR]] == [0]
+    assert queued.state == TrialState.WAITING and queued.user_attrs[FOLDS_ATTR]
+
+    STOP.clear()
+    again = run_runner(study, url, "resumed", install_signal_handlers=False)
+    assert (again.trials_run, again.stop_reason) == (1, "budget spent")
+    preempted, resumed = stored.get_trials()
+    assert resumed.state == TrialState.COMPLETE and PREEMPTED_ATTR not in resumed.user_attrs
+    telemetry = resumed.user_attrs[TELEMETRY_ATTR]
+    assert (telemetry["folds_run"], telemetry["folds_resumed"]) == (3, 1)
+    assert telemetry["epochs_resumed"] == telemetry["epochs_run"] // 3
+    # The finished fold's value is reported again at its step; the rest are the retry's own.
+    assert sorted(resumed.intermediate_values) == [0, 1, 2]
+    assert resumed.intermediate_values[0] == preempted.intermediate_values[0]
+    progress = summarize(stored.get_trials(), BudgetState(max_trials=1), "Maximize")
+    assert (progress.complete, progress.preempted, progress.failed) == (1, 1, 0)
 
 
 def test_threads_are_shared_among_local_runners(monkeypatch: pytest.MonkeyPatch) -> None:
