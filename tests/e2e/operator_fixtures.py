@@ -9,9 +9,11 @@ see ``node_fixtures.py``.)
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ __all__ = [
     "CRD_FILE",
     "EXAMPLES",
     "StudyClient",
+    "api_requests",
     "finished_trials",
     "operator_env",
     "run_operator",
@@ -63,6 +66,24 @@ def run_operator(namespace: str) -> Iterator[KopfRunner]:
         yield runner
     assert runner.exception is None, runner.output[-4000:]
     assert runner.exit_code == 0, runner.output[-4000:]
+
+
+def api_requests(
+    events: Iterable[Mapping[str, Any]], since: dt.datetime, until: dt.datetime
+) -> Counter[tuple[str, str]]:
+    """Requests of the API server's audit ``events`` received in ``[since, until)``, counted by
+    ``(verb, resource)`` (``pods``, ``hpostudies/status``, ...)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for event in events:
+        received = dt.datetime.fromisoformat(event["requestReceivedTimestamp"])
+        if not since <= received < until:
+            continue
+        ref = event.get("objectRef") or {}
+        resource = str(ref.get("resource") or event.get("requestURI", "?"))
+        if ref.get("subresource"):
+            resource += f"/{ref['subresource']}"
+        counts[(str(event["verb"]), resource)] += 1
+    return counts
 
 
 def finished_trials(storage_url: str, study_name: str) -> dict[str, int]:

@@ -9,18 +9,22 @@ modules (``test_real_node.py``, ``test_node_lifecycle.py``).
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from tests.conftest import RestartablePostgres
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
     CRD_FILE,
     StudyClient,
+    api_requests,
     load_example,
     operator_env,
     run_operator,
@@ -498,3 +502,61 @@ def test_missing_storage_secret_is_reported_then_recovered(
             "secretKeyRef": {"name": "team-postgres", "key": "dsn"}
         }
         assert postgres_url not in studies.kubectl("get", "pods", "-o", "yaml").stdout
+
+
+# --------------------------------------------------------------------------- cost per pass
+
+
+def _passes() -> float:
+    """Passes the operator in this process has made (its reconcile histogram's count)."""
+    return REGISTRY.get_sample_value("kubetune_reconcile_duration_seconds_count") or 0.0
+
+
+def test_steady_state_passes_make_no_api_requests(
+    studies: StudyClient,
+    cpu_nodes: list[str],
+    control_plane: ControlPlane,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Pods and nodes come from watch-fed caches, and a pass writes the status only when it
+    changed: once two studies' runners are up, the operator's passes read the storage and ask
+    the API server nothing. Counted by the API server itself (its audit log records the
+    operator's user), so no request the operator makes can be missed."""
+    kubeconfig = control_plane.audited_kubeconfig(tmp_path / "operator.kubeconfig")
+    env = operator_env(control_plane, storage_url=postgres_url, KUBECONFIG=str(kubeconfig))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from hpo_operator.handlers import INTERVAL  # as the operator's timers were registered
+
+    names = ["steady-a", "steady-b"]
+    window = max(6.0, 2.5 * INTERVAL)
+    started = dt.datetime.now(dt.UTC)
+    try:
+        with run_operator(studies.namespace):
+            for name in names:
+                studies.apply(small_cpu_study(name, parallelism=3))
+            for name in names:
+                studies.wait_condition(name, "Ready", "True", 90, "RunnersReady")
+            time.sleep(INTERVAL + 1)  # the passes that wrote Ready have been answered
+            since, before = dt.datetime.now(dt.UTC), _passes()
+            time.sleep(window)
+            until, passes = dt.datetime.now(dt.UTC), _passes() - before
+            time.sleep(1)  # a request is logged once it has been answered
+            events = control_plane.audit_events()
+    finally:
+        _delete_studies(studies)
+    startup = api_requests(events, started, since)
+    steady = api_requests(events, since, until)
+    # The caches were filled by one list each at start, which the audit log records.
+    assert startup[("list", "pods")] == 1 and startup[("list", "nodes")] == 1, startup
+    assert startup[("create", "pods")] == 6, startup
+    assert passes >= 2 * len(names), f"only {passes} passes in {window:.0f}s"
+    asked = {f"{verb} {resource}": n for (verb, resource), n in steady.items() if verb != "watch"}
+    assert asked == {}, f"{passes:.0f} steady-state passes asked the API server: {asked}"
+    lists = {resource: n for (verb, resource), n in startup.items() if verb == "list"}
+    print(
+        f"\n[measure] operator: {passes:.0f} passes over {len(names)} studies in {window:.0f}s,"
+        f" 0 API requests; lists at start: {lists}"
+    )
