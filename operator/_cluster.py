@@ -60,14 +60,22 @@ class StorageMissing(Exception):
     """No storage URL can be found for a study; the message says where it was looked for."""
 
 
-def api_client() -> Any:
-    """A kubernetes client: the service account in a pod, else ``$KUBECONFIG`` as it is now."""
+def api_client(connections: int = 1) -> Any:
+    """A kubernetes client: the service account in a pod, else ``$KUBECONFIG`` as it is now.
+
+    It keeps up to ``connections`` connections to the API server open (at least the client's
+    default): one per thread that uses it at once. A smaller pool than that drops a connection
+    after each burst of requests and opens (and TLS-handshakes) a new one for the next.
+    """
+    configuration = k8s.client.Configuration()
     try:
-        configuration = k8s.client.Configuration()
         k8s.config.load_incluster_config(client_configuration=configuration)
-        return k8s.client.ApiClient(configuration)
     except k8s.config.ConfigException:
-        return k8s.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+        k8s.config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+        )
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, connections)
+    return k8s.client.ApiClient(configuration)
 
 
 def read_secret(core: Any, namespace: str, name: str, key: str) -> str:

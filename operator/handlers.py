@@ -171,7 +171,7 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
         _metrics_server = start_metrics_server(_config.metrics_port)
     # Heartbeats and fail_stale_trials are "experimental" in Optuna; kubetune relies on them.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    _client = cluster.api_client()
+    _client = cluster.api_client(connections=WORKERS)
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping out of the user-facing status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
