@@ -570,11 +570,22 @@ def _apply(body: Mapping[str, Any], plan: Plan, logger: Logger, state: StudyStat
 
 def _patch_status(patch: kopf.Patch, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """Write ``new`` as the status; nested keys that disappeared are removed (merge patch).
-    Fields that did not change are left out, so a pass that changed nothing writes nothing."""
+    Fields that did not change are left out, so a pass that changed nothing writes nothing. A
+    merge patch's ``null`` removes a key, so a field ``None`` in ``new`` and absent in ``old``
+    is unchanged."""
     for key, value in new.items():
         previous = old.get(key)
-        if value == previous:
+        if _stored(value) == _stored(previous):
             continue
         if isinstance(value, dict) and isinstance(previous, Mapping):
             value = {**{k: None for k in previous if k not in value}, **value}
         patch.status[key] = value
+
+
+def _stored(value: Any) -> Any:
+    """``value`` as the API server keeps it after a merge patch: without ``null`` fields."""
+    if isinstance(value, Mapping):
+        return {k: _stored(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_stored(v) for v in value]
+    return value

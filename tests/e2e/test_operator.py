@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hpo_operator.manifests import optuna_study_name
 from prometheus_client import REGISTRY
 
 from tests.conftest import RestartablePostgres
@@ -24,6 +25,7 @@ from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
     CRD_FILE,
     StudyClient,
+    add_finished_trials,
     api_requests,
     load_example,
     operator_env,
@@ -533,18 +535,23 @@ def test_steady_state_passes_make_no_api_requests(
     from hpo_operator.handlers import INTERVAL  # as the operator's timers were registered
 
     names = ["steady-a", "steady-b"]
+    documents = [small_cpu_study(name, max_trials=50, parallelism=3) for name in names]
+    # One study has finished trials (a best trial, telemetry without overhead) to report.
+    study_name = optuna_study_name(studies.namespace, names[0])
+    add_finished_trials(postgres_url, study_name, documents[0]["spec"], count=20)
     window = max(6.0, 2.5 * INTERVAL)
     started = dt.datetime.now(dt.UTC)
     try:
         with run_operator(studies.namespace):
-            for name in names:
-                studies.apply(small_cpu_study(name, parallelism=3))
+            for document in documents:
+                studies.apply(document)
             for name in names:
                 studies.wait_condition(name, "Ready", "True", 90, "RunnersReady")
             time.sleep(INTERVAL + 1)  # the passes that wrote Ready have been answered
             since, before = dt.datetime.now(dt.UTC), _passes()
             time.sleep(window)
             until, passes = dt.datetime.now(dt.UTC), _passes() - before
+            summary = (studies.study(names[0]) or {})["status"]["trialsSummary"]
             time.sleep(1)  # a request is logged once it has been answered
             events = control_plane.audit_events()
     finally:
@@ -555,6 +562,7 @@ def test_steady_state_passes_make_no_api_requests(
     assert startup[("list", "pods")] == 1 and startup[("list", "nodes")] == 1, startup
     assert startup[("create", "pods")] == 6, startup
     assert passes >= 2 * len(names), f"only {passes} passes in {window:.0f}s"
+    assert summary == "20/50"
     asked = {f"{verb} {resource}": n for (verb, resource), n in steady.items() if verb != "watch"}
     assert asked == {}, f"{passes:.0f} steady-state passes asked the API server: {asked}"
     lists = {resource: n for (verb, resource), n in startup.items() if verb == "list"}

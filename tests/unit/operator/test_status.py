@@ -78,3 +78,14 @@ def test_status_patch_leaves_out_what_did_not_change() -> None:
     changed = kopf.Patch()
     _patch_status(changed, old, {**old, "trialsSummary": "2/4"})
     assert dict(changed) == {"status": {"trialsSummary": "2/4"}}
+
+
+def test_a_null_field_the_server_dropped_is_not_written_again() -> None:
+    """A merge patch's null removes the field: the status read back lacks it, and the next
+    pass, deciding None again, must not see a change (it did, on every pass, for studies
+    whose trials recorded no overhead)."""
+    written = {"telemetry": {"overheadSeconds": None, "processes": 10}, "completionTime": None}
+    stored = {"telemetry": {"processes": 10}}
+    patch = kopf.Patch()
+    _patch_status(patch, stored, written)
+    assert not patch
