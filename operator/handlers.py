@@ -6,9 +6,9 @@ Run the operator with either of::
     python -m hpo_operator --all-namespaces
 
 It needs a kubeconfig (or the in-cluster service account) allowed to: get/list/watch/patch
-``hpostudies`` and patch ``hpostudies/status``; create/delete/list pods; create/get/update
+``hpostudies`` and patch ``hpostudies/status``; create/delete/list/watch pods; create/get/update
 configmaps; create/get/update secrets (only for the default-storage Secret) and get the
-secrets named by studies; list nodes; create events. Settings are environment variables (see
+secrets named by studies; list/watch nodes; create events. Settings are environment variables (see
 :mod:`hpo_operator.config`). ``KUBETUNE_RECONCILE_INTERVAL`` is read when this module is
 imported, because kopf fixes timer intervals at registration.
 
