@@ -9,6 +9,7 @@ modules (``test_real_node.py``, ``test_node_lifecycle.py``).
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -18,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hpo_operator.manifests import optuna_study_name
+from prometheus_client import REGISTRY
 
 from tests.conftest import RestartablePostgres
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
     StudyClient,
+    add_finished_trials,
+    api_requests,
     delete_studies,
     load_example,
     operator_env,
@@ -445,6 +450,8 @@ def test_a_database_restart_shows_storage_unavailable_and_the_study_recovers(
                 "get", "events", "--field-selector", f"involvedObject.name={name}"
             ).stdout
             assert "StorageUnavailable" in events
+            # The pass's repeated warning goes to the log, not to an Event every pass.
+            assert "storage unavailable:" not in events
     finally:
         delete_studies(studies)
     print(f"\n[measure] operator: {recovered}")  # kopf's runner captures stdout while it runs
@@ -521,3 +528,67 @@ def test_a_study_whose_trials_keep_failing_is_failed_with_the_reason(
         wait_until(lambda: not studies.pods("brittle"), 30, "the runner pods deleted")
         events = studies.kubectl("get", "events", "--field-selector=reason=Failed").stdout
         assert "brittle" in events and "in a row" in events, events
+
+
+# --------------------------------------------------------------------------- cost per pass
+
+
+def _passes() -> float:
+    """Passes the operator in this process has made (its reconcile histogram's count)."""
+    return REGISTRY.get_sample_value("kubetune_reconcile_duration_seconds_count") or 0.0
+
+
+def test_steady_state_passes_make_no_api_requests(
+    studies: StudyClient,
+    cpu_nodes: list[str],
+    control_plane: ControlPlane,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Pods and nodes come from watch-fed caches, and a pass writes the status only when it
+    changed: once two studies' runners are up, the operator's passes read the storage and ask
+    the API server nothing. Counted by the API server itself (its audit log records the
+    operator's user), so no request the operator makes can be missed."""
+    kubeconfig = control_plane.audited_kubeconfig(tmp_path / "operator.kubeconfig")
+    env = operator_env(control_plane, storage_url=postgres_url, KUBECONFIG=str(kubeconfig))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from hpo_operator.handlers import INTERVAL  # as the operator's timers were registered
+
+    names = ["steady-a", "steady-b"]
+    documents = [small_cpu_study(name, max_trials=50, parallelism=3) for name in names]
+    # One study has finished trials (a best trial, telemetry without overhead) to report.
+    study_name = optuna_study_name(studies.namespace, names[0])
+    add_finished_trials(postgres_url, study_name, documents[0]["spec"], count=20)
+    window = max(6.0, 2.5 * INTERVAL)
+    started = dt.datetime.now(dt.UTC)
+    try:
+        with run_operator(studies.namespace):
+            for document in documents:
+                studies.apply(document)
+            for name in names:
+                studies.wait_condition(name, "Ready", "True", 90, "RunnersReady")
+            time.sleep(INTERVAL + 1)  # the passes that wrote Ready have been answered
+            since, before = dt.datetime.now(dt.UTC), _passes()
+            time.sleep(window)
+            until, passes = dt.datetime.now(dt.UTC), _passes() - before
+            summary = (studies.study(names[0]) or {})["status"]["trialsSummary"]
+            time.sleep(1)  # a request is logged once it has been answered
+            events = control_plane.audit_events()
+    finally:
+        delete_studies(studies)
+    startup = api_requests(events, started, since)
+    steady = api_requests(events, since, until)
+    # The caches were filled by one list each at start, which the audit log records.
+    assert startup[("list", "pods")] == 1 and startup[("list", "nodes")] == 1, startup
+    assert startup[("create", "pods")] == 6, startup
+    assert passes >= 2 * len(names), f"only {passes} passes in {window:.0f}s"
+    assert summary == "20/50"
+    asked = {f"{verb} {resource}": n for (verb, resource), n in steady.items() if verb != "watch"}
+    assert asked == {}, f"{passes:.0f} steady-state passes asked the API server: {asked}"
+    lists = {resource: n for (verb, resource), n in startup.items() if verb == "list"}
+    print(
+        f"\n[measure] operator: {passes:.0f} passes over {len(names)} studies in {window:.0f}s,"
+        f" 0 API requests; lists at start: {lists}"
+    )
