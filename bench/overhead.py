@@ -51,7 +51,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
+from trial_runner.spec import dump_yaml
 
 BENCH = Path(__file__).resolve()
 STUDY_NAME = "overhead"
@@ -263,7 +263,7 @@ def run_warm(
     folder = workdir / way.replace(" ", "-").replace("+", "")
     folder.mkdir(parents=True, exist_ok=True)
     study_path = folder / "study.yaml"
-    study_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    study_path.write_text(dump_yaml(doc))
     url = f"journal:{folder / 'study.journal'}"
     spec = study_from_mapping(doc).spec
     study = ensure_study(open_storage(url, heartbeat=False), STUDY_NAME, spec)
@@ -309,7 +309,7 @@ def run_process_per_trial(
     folder = workdir / "process-per-trial"
     folder.mkdir(parents=True, exist_ok=True)
     study_path = folder / "study.yaml"
-    study_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    study_path.write_text(dump_yaml(doc))
     trials, values = [], []
     started = time.perf_counter()
     for number, p in enumerate(params):
@@ -338,7 +338,7 @@ def run_new_loader(
     folder = workdir / "new-loader"
     folder.mkdir(parents=True, exist_ok=True)
     study_path = folder / "study.yaml"
-    study_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    study_path.write_text(dump_yaml(doc))
     params_path = folder / "params.json"
     params_path.write_text(json.dumps(params))
     started = time.perf_counter()

@@ -7,34 +7,44 @@ Nothing here decides anything: :func:`sizing_input` only combines what was read.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
 import optuna
-from hpo_operator.reconcile import ObservedPod, SizingInput, observe_pod
+from hpo_operator.reconcile import ObservedPod, SizingInput
 from hpo_operator.sizing import NodeInfo, Peak, choose_resource, estimate_key, resolve_peak
 from hpo_operator.status import StudyStatus
 from kubernetes.client.exceptions import ApiException
 from optuna.storages import BaseStorage
 
-from trial_runner.contract import COMPONENT_ESTIMATE, STUDY_LABEL
+from trial_runner.contract import COMPONENT_ESTIMATE
+from trial_runner.outage import first_line, is_connection_error
 from trial_runner.preemption import release_stale_trials
 from trial_runner.progress import StudyProgress
 from trial_runner.spec import StudySpec
-from trial_runner.storage import GRACE_PERIOD, ensure_study, open_storage, read_progress
+from trial_runner.storage import (
+    GRACE_PERIOD,
+    StorageError,
+    ensure_study,
+    open_storage,
+    read_progress,
+    redact,
+)
 from trial_runner.warmstart import WarmStartReport, apply_warm_start
 
 __all__ = [
     "StorageMissing",
     "Storages",
+    "StudyStorage",
     "api_client",
     "create",
     "create_or_replace",
     "delete_pod",
-    "list_pods",
     "read_secret",
     "sizing_input",
 ]
@@ -42,19 +52,30 @@ __all__ = [
 # The kubernetes client's type hints want V1* models; plain dicts are accepted.
 k8s: Any = kubernetes
 
+#: Seconds a pass waits for another pass that is opening the same storage.
+OPEN_WAIT = 5.0
+
 
 class StorageMissing(Exception):
     """No storage URL can be found for a study; the message says where it was looked for."""
 
 
-def api_client() -> Any:
-    """A kubernetes client: the service account in a pod, else ``$KUBECONFIG`` as it is now."""
+def api_client(connections: int = 1) -> Any:
+    """A kubernetes client: the service account in a pod, else ``$KUBECONFIG`` as it is now.
+
+    It keeps up to ``connections`` connections to the API server open (at least the client's
+    default): one per thread that uses it at once. A smaller pool than that drops a connection
+    after each burst of requests and opens (and TLS-handshakes) a new one for the next.
+    """
+    configuration = k8s.client.Configuration()
     try:
-        configuration = k8s.client.Configuration()
         k8s.config.load_incluster_config(client_configuration=configuration)
-        return k8s.client.ApiClient(configuration)
     except k8s.config.ConfigException:
-        return k8s.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+        k8s.config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+        )
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, connections)
+    return k8s.client.ApiClient(configuration)
 
 
 def read_secret(core: Any, namespace: str, name: str, key: str) -> str:
@@ -98,12 +119,6 @@ def delete_pod(core: Any, namespace: str, name: str) -> None:
             raise
 
 
-def list_pods(core: Any, client: Any, name: str, namespace: str) -> list[ObservedPod]:
-    """The study's pods (by the study label), as the decision sees them."""
-    pods = core.list_namespaced_pod(namespace, label_selector=f"{STUDY_LABEL}={name}")
-    return [observe_pod(client.sanitize_for_serialization(p)) for p in pods.items]
-
-
 def sizing_input(
     spec: StudySpec,
     status: StudyStatus,
@@ -129,48 +144,109 @@ def sizing_input(
     peak = resolve_peak(spec, status.sizing, message, failed)
     if not isinstance(peak, Peak):
         return peak
-    floor = (status.sizing.floor_bytes if status.sizing is not None else None) or 0
-    return choose_resource(list_nodes(), spec, peak, floor)
+    recorded = status.sizing
+    floor = (recorded.floor_bytes if recorded is not None else None) or 0
+    limit = recorded.trials_per_device_limit if recorded is not None else None
+    return choose_resource(list_nodes(), spec, peak, floor, limit)
 
 
 class Storages:
-    """Open Optuna storages by URL, the generation whose budget each study has written, and
-    what each study's warm start did.
+    """The operator's open Optuna storages, by URL, shared by every study's passes.
 
-    Opening a storage can take as long as the database's connect timeout (an unreachable
-    host), so each URL is opened under a lock of its own: one bad URL holds up the passes of
-    the studies that use it, never another study's. Calls fail at once when the storage is
-    unreachable (``patience=0``): the pass reports ``StorageUnavailable`` and the next asks again.
+    A storage that cannot be reached must cost one worker thread, not every study's pass:
+
+    * opening a storage (up to the database's connect timeout for an unreachable host) is done
+      by one pass at a time per URL; the others wait for it at most :data:`OPEN_WAIT` seconds;
+    * once a call on a URL has failed to reach its database, one pass at a time tries that URL
+      again (:meth:`session` holds its probe lock); the passes of the other studies on it fail
+      at once with the last error until a try succeeds.
+
+    No lock is held across I/O except a URL's own probe lock, which only the passes of studies
+    on that URL ever wait for, and those for at most :data:`OPEN_WAIT` seconds.
     """
 
     def __init__(self) -> None:
-        self._guard = threading.Lock()  # the dictionaries only; never held across I/O
-        self._opening: dict[str, threading.Lock] = {}
-        self._storages: dict[str, BaseStorage] = {}
-        self._ensured: dict[str, int] = {}
-        self._warm_starts: dict[str, WarmStartReport | None] = {}
+        self._guard = threading.Lock()  # the dictionary only; never held across I/O
+        self._endpoints: dict[str, _Endpoint] = {}
 
-    def get(self, url: str) -> BaseStorage:
+    def _endpoint(self, url: str) -> _Endpoint:
         with self._guard:
-            storage = self._storages.get(url)
-            opening = self._opening.setdefault(url, threading.Lock())
-        if storage is not None:
-            return storage
-        with opening:
-            with self._guard:
-                storage = self._storages.get(url)
-            if storage is None:
+            return self._endpoints.setdefault(url, _Endpoint())
+
+    @contextlib.contextmanager
+    def session(self, url: str) -> Iterator[BaseStorage]:
+        """The storage of ``url``, for the calls of one pass (see the class docstring).
+
+        Raises:
+            StorageError: the storage cannot be opened, or another pass is trying a URL whose
+                database could not be reached (with that error).
+        """
+        endpoint = self._endpoint(url)
+        failure = endpoint.failure
+        exclusive = endpoint.storage is None or failure is not None
+        if exclusive and not endpoint.probe.acquire(timeout=0.0 if failure else OPEN_WAIT):
+            raise StorageError(failure or f"still connecting to {redact(url)}")
+        try:
+            if endpoint.storage is None:
                 # Heartbeats on: the operator preempts the trials of runners that died (and
                 # re-queues them) even when no runner is left to notice.
-                storage = open_storage(url, heartbeat=True, patience=0)
-                with self._guard:
-                    self._storages[url] = storage
+                endpoint.storage = open_storage(url, heartbeat=True, patience=0)
+            yield endpoint.storage
+        except StorageError as error:
+            endpoint.failure = str(error)
+            raise
+        except Exception as error:
+            if is_connection_error(error):
+                endpoint.failure = f"cannot reach storage {redact(url)}: {first_line(error)}"
+            raise
+        else:
+            endpoint.failure = None
+        finally:
+            if exclusive:
+                endpoint.probe.release()
+
+    def get(self, url: str) -> BaseStorage:
+        """The storage of ``url`` (opened if needed), for a single call outside a pass."""
+        with self.session(url) as storage:
             return storage
+
+    def close(self) -> None:
+        """Release the connections (tests start and stop the operator in one process)."""
+        with self._guard:
+            endpoints = list(self._endpoints.values())
+            self._endpoints.clear()
+        for endpoint in endpoints:
+            engine = getattr(endpoint.storage, "engine", None)
+            if engine is not None:
+                engine.dispose()
+
+
+@dataclass
+class _Endpoint:
+    storage: BaseStorage | None = None
+    #: Why the last call could not reach the database (None: it could).
+    failure: str | None = None
+    #: Held by the pass that opens the storage, or tries it again after a failure.
+    probe: threading.Lock = field(default_factory=threading.Lock)
+
+
+class StudyStorage:
+    """One study's handle on its Optuna study, kept between passes (in the study's memo).
+
+    The study is created, its budget written and its warm start applied once per generation
+    and storage URL; later passes reuse the loaded study (no lookup by name per pass), fail
+    the trials of runners that died and read the progress.
+    """
+
+    def __init__(self) -> None:
+        self._study: optuna.Study | None = None
+        self._key: tuple[str, int] | None = None
+        self._warm_start: WarmStartReport | None = None
 
     def progress(
         self,
+        storages: Storages,
         url: str,
-        uid: str,
         generation: int,
         study_name: str,
         spec: StudySpec,
@@ -180,28 +256,16 @@ class Storages:
         edited budget, and applies the warm start (once for good, see
         :mod:`trial_runner.warmstart`), once per generation. ``warm_start_source`` is the
         Optuna study ``spec.warmStart.fromStudy`` names."""
-        storage = self.get(url)
-        if self._ensured.get(uid) != generation:
-            study = ensure_study(storage, study_name, spec)
-            self._warm_starts[uid] = apply_warm_start(study, spec, url, warm_start_source)
-            self._ensured[uid] = generation
-        else:
-            study = optuna.load_study(study_name=study_name, storage=storage)
-        release_stale_trials(study, GRACE_PERIOD)
-        return read_progress(study, spec), self._warm_starts.get(uid)
-
-    def forget(self, uid: str) -> None:
-        self._ensured.pop(uid, None)
-        self._warm_starts.pop(uid, None)
-
-    def close(self) -> None:
-        """Release the connections (tests start and stop the operator in one process)."""
-        with self._guard:
-            storages = list(self._storages.values())
-            self._storages.clear()
-        for storage in storages:
-            engine = getattr(storage, "engine", None)
-            if engine is not None:
-                engine.dispose()
-        self._ensured.clear()
-        self._warm_starts.clear()
+        with storages.session(url) as storage:
+            try:
+                study = self._study
+                if study is None or self._key != (url, generation):
+                    study = ensure_study(storage, study_name, spec)
+                    self._warm_start = apply_warm_start(study, spec, url, warm_start_source)
+                    self._study, self._key = study, (url, generation)
+                release_stale_trials(study, GRACE_PERIOD)
+                return read_progress(study, spec), self._warm_start
+            except BaseException:
+                # Whatever went wrong (the study deleted under us, an outage), start over.
+                self._study = self._key = None
+                raise

@@ -17,6 +17,9 @@ Every setting is an environment variable so the same image serves the Helm chart
 ``KUBETUNE_RUNNER_TOLERATIONS``
     ``key[=value]:Effect,...`` tolerations added to every pod (GPU pods always tolerate
     ``nvidia.com/gpu``).
+``KUBETUNE_RUNNER_QUEUE_NAME``
+    Kueue LocalQueue of runner pods whose study names none (``spec.resources.queueName`` or
+    the HPOStudy's ``kueue.x-k8s.io/queue-name`` label); default: none, pods are not queued.
 ``KUBETUNE_GRACE_PERIOD``
     ``terminationGracePeriodSeconds`` of runner pods (default 60): time to finish or release
     the running trial.
@@ -50,10 +53,12 @@ Every setting is an environment variable so the same image serves the Helm chart
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from trial_runner.contract import METRICS_PORT_ENV, STORAGE_ENV
+from trial_runner.spec import QUEUE_NAME_PATTERN
 
 __all__ = ["DEFAULT_IMAGE", "OperatorConfig", "parse_pairs", "reconcile_interval"]
 
@@ -117,6 +122,7 @@ class OperatorConfig:
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     extra_env: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, str], ...] = ()
+    queue_name: str | None = None
     grace_period_seconds: int = 60
     estimate_cpu: str = "1"
     estimate_memory: str = "4Gi"
@@ -164,6 +170,7 @@ class OperatorConfig:
                     env.get("KUBETUNE_RUNNER_EXTRA_ENV", ""), "KUBETUNE_RUNNER_EXTRA_ENV"
                 ),
                 tolerations=_tolerations(env.get("KUBETUNE_RUNNER_TOLERATIONS", "")),
+                queue_name=_queue_name(env.get("KUBETUNE_RUNNER_QUEUE_NAME", "")),
                 grace_period_seconds=int(env.get("KUBETUNE_GRACE_PERIOD", "60")),
                 estimate_cpu=env.get("KUBETUNE_ESTIMATE_CPU", "1"),
                 estimate_memory=env.get("KUBETUNE_ESTIMATE_MEMORY", "4Gi"),
@@ -178,3 +185,15 @@ class OperatorConfig:
             )
         except ValueError as exc:
             raise ValueError(f"operator settings: {exc}") from None
+
+
+def _queue_name(text: str) -> str | None:
+    """A Kueue LocalQueue name (a DNS-1123 name that is also a label value), or ``None``."""
+    if not text:
+        return None
+    if len(text) > 63 or not re.match(QUEUE_NAME_PATTERN, text):
+        raise ValueError(
+            "KUBETUNE_RUNNER_QUEUE_NAME: expected a LocalQueue name (lower-case letters, "
+            f"digits, '-' and '.', at most 63 characters), got {text!r}"
+        )
+    return text

@@ -6,15 +6,24 @@ Run the operator with either of::
     python -m hpo_operator --all-namespaces
 
 It needs a kubeconfig (or the in-cluster service account) allowed to: get/list/watch/patch
-``hpostudies`` and patch ``hpostudies/status``; create/delete/list pods; create/get/update
+``hpostudies`` and patch ``hpostudies/status``; create/delete/list/watch pods; create/get/update
 configmaps; create/get/update secrets (only for the default-storage Secret) and get the
-secrets named by studies; list nodes; create events. Settings are environment variables (see
+secrets named by studies; list/watch nodes; create events. Settings are environment variables (see
 :mod:`hpo_operator.config`). ``KUBETUNE_RECONCILE_INTERVAL`` is read when this module is
 imported, because kopf fixes timer intervals at registration.
 
 Every pass over a study is the same idempotent reconcile, run on create, resume, spec update
 and every ``KUBETUNE_RECONCILE_INTERVAL`` seconds. Children have deterministic names, so a
 restarted operator finds its pods and "already exists" means "already done".
+
+What a pass costs does not grow with the cluster. The study's pods and the cluster's nodes come
+from caches that watches keep (the kopf indexes :func:`study_pods` and :func:`cluster_nodes`;
+the pod watch asks the API server only for pods with the study label), so a pass in steady
+state makes no list call; it writes the status only when it changed, and re-reads a storage
+Secret at most every :data:`SECRET_REFRESH` seconds. What the operator keeps about a study
+between passes (:class:`StudyState`) lives in the study's kopf memo and goes with it. The
+storages are shared by URL (:class:`hpo_operator._cluster.Storages`): one that cannot be
+reached holds up one pass at a time, never another storage's studies.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 import kubernetes
@@ -51,24 +62,38 @@ from hpo_operator.reconcile import (
     CreateRunner,
     DeletePod,
     Event,
+    ObservedPod,
     Plan,
+    PodExpectations,
     WriteBest,
     WriteFront,
     decide,
+    observe_pod,
 )
 from hpo_operator.sizing import NodeInfo, node_info
 from hpo_operator.status import StudyStatus, set_condition
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from trial_runner.contract import STUDY_KEY
+from trial_runner.contract import STUDY_KEY, STUDY_LABEL
 from trial_runner.metrics import start_metrics_server
 from trial_runner.progress import StudyProgress
 from trial_runner.spec import SpecError, StudySpec, validate_spec_mapping
 from trial_runner.storage import StorageError, redact
 from trial_runner.warmstart import WarmStartReport, source_study_name
 
-__all__ = ["close", "configure", "login", "on_change", "on_delete", "on_tick", "reconcile_study"]
+__all__ = [
+    "StudyState",
+    "close",
+    "cluster_nodes",
+    "configure",
+    "login",
+    "on_change",
+    "on_delete",
+    "on_tick",
+    "reconcile_study",
+    "study_pods",
+]
 
 INTERVAL = reconcile_interval()
 # After a failed pass (API or storage hiccup), try again soon rather than kopf's default 60 s.
@@ -76,24 +101,62 @@ BACKOFF = max(INTERVAL, 5.0)
 FINALIZER = "kubetune.dev/finalizer"
 RESOURCE = (GROUP, VERSION, PLURAL)
 
-# Set by configure() at startup.
+#: Seconds a storage URL read from a Secret is used before the Secret is read again (it is
+#: also read again after the storage could not be reached).
+SECRET_REFRESH = 60.0
+#: Worker threads for the passes (kopf runs synchronous handlers in a thread pool). A pass
+#: mostly waits for the API server and the storage; one storage that cannot be reached holds
+#: at most one of them (see :class:`hpo_operator._cluster.Storages`).
+WORKERS = 16
+#: The key of :func:`cluster_nodes` under which every node is found.
+ALL_NODES = "nodes"
+
+# Operator-wide, set by configure() at startup. Per-study state is in the studies' memos.
 _config = OperatorConfig()
 _client: Any = None
 _metrics_server: Any = None
 # One set of metrics per process (the default registry), served on KUBETUNE_METRICS_PORT.
 _metrics = OperatorMetrics()
-# One reconcile at a time per study (change handlers and the timer run concurrently).
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
 _storages = cluster.Storages()
-# What each study's last pass wrote: the spec document and the default-storage Secret's URL
-# (written again only when they change), and the status with the resourceVersion of the body
-# it was decided on.
-_spec_written: dict[str, str] = {}
-_secret_written: dict[str, str] = {}
-_written: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+# Repeated per-pass warnings go here rather than to kopf's object logger, which would post
+# each of them as a Kubernetes Event (the decision posts one when the condition changes).
+log = logging.getLogger("kubetune.operator")
+
+PodIndex = kopf.Index[tuple[str, str], ObservedPod]
+NodeIndex = kopf.Index[str, NodeInfo]
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+@dataclass
+class StudyState:
+    """What the operator keeps about one study between passes, in the study's kopf memo
+    (kopf drops it with the study)."""
+
+    #: One pass of the study at a time (its change handlers and its timer run concurrently).
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The study in its storage: loaded once, its warm start's report.
+    storage: cluster.StudyStorage = field(default_factory=cluster.StudyStorage)
+    #: Pods this operator created or deleted that the pod cache does not show yet.
+    pods: PodExpectations = field(default_factory=PodExpectations)
+    #: The spec document last written to the ``<study>-spec`` ConfigMap.
+    spec_written: str | None = None
+    #: The URL last written to the default-storage Secret.
+    secret_written: str | None = None
+    #: ``(secret, key)``, the URL read from it, and when (monotonic).
+    secret_url: tuple[tuple[str, str], str, float] | None = None
+    #: The resourceVersion of the body the last pass decided on, and the status it wrote.
+    written: tuple[str, Mapping[str, Any]] = ("", {})
+
+
+def _state(memo: kopf.Memo) -> StudyState:
+    state = memo.get("kubetune")
+    if not isinstance(state, StudyState):
+        state = memo.setdefault("kubetune", StudyState())
+    return state
+
 
 # The kubernetes client's type hints want V1* models; plain dicts are accepted.
 k8s: Any = kubernetes
@@ -108,7 +171,7 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
         _metrics_server = start_metrics_server(_config.metrics_port)
     # Heartbeats and fail_stale_trials are "experimental" in Optuna; kubetune relies on them.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    _client = cluster.api_client()
+    _client = cluster.api_client(connections=WORKERS)
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping out of the user-facing status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -119,6 +182,9 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
     settings.posting.reporting_component = "kubetune-operator"
     settings.peering.standalone = True
     settings.watching.server_timeout = 60
+    # The pod cache holds the studies' pods only: the API server filters the watch.
+    settings.watching.label_selectors["pods"] = STUDY_LABEL
+    settings.execution.max_workers = WORKERS
     settings.networking.request_timeout = 30
     logger.info(
         "kubetune operator: reconcile every %ss, runner image %s, extra labels %s",
@@ -159,38 +225,59 @@ def close(**_: Any) -> None:
         _metrics_server.server_close()
         _metrics_server = None
     _storages.close()
-    _spec_written.clear()
-    _secret_written.clear()
-    _written.clear()
+
+
+@kopf.index("pods", labels={STUDY_LABEL: kopf.PRESENT})
+def study_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], ObservedPod]:
+    """The cache of the studies' pods, by ``(namespace, study)``, fed by a pod watch."""
+    if namespace is None:
+        return {}
+    return {(namespace, labels[STUDY_LABEL]): observe_pod(body)}
+
+
+@kopf.index("nodes")
+def cluster_nodes(body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
+    """The cache of what sizing needs of each node, fed by a node watch."""
+    return {ALL_NODES: node_info(body)}
 
 
 @kopf.on.create(*RESOURCE, backoff=BACKOFF)
 @kopf.on.resume(*RESOURCE, backoff=BACKOFF)
 @kopf.on.update(*RESOURCE, field="spec", backoff=BACKOFF)
-def on_change(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
+def on_change(
+    body: kopf.Body, patch: kopf.Patch, logger: Logger, memo: kopf.Memo, **kwargs: Any
+) -> None:
     """React at once to a new or edited study (the timer would within its interval)."""
-    reconcile_study(body, patch, logger)
+    reconcile_study(body, patch, logger, memo, kwargs["study_pods"], kwargs["cluster_nodes"])
 
 
 @kopf.timer(*RESOURCE, interval=INTERVAL, backoff=BACKOFF)
-def on_tick(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
-    """Follow the study's progress: trials finish without any Kubernetes event."""
-    reconcile_study(body, patch, logger)
+def on_tick(
+    body: kopf.Body, patch: kopf.Patch, logger: Logger, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """Follow the study's progress: trials finish without any Kubernetes event. A tick that
+    finds a pass of the study running (a change handler's) is skipped, not queued."""
+    pods, nodes = kwargs["study_pods"], kwargs["cluster_nodes"]
+    reconcile_study(body, patch, logger, memo, pods, nodes, wait=False)
 
 
 @kopf.on.delete(*RESOURCE)
-def on_delete(body: kopf.Body, logger: Logger, **_: Any) -> None:
+def on_delete(body: kopf.Body, logger: Logger, memo: kopf.Memo, **kwargs: Any) -> None:
     """Stop the runners; delete the Optuna study only with ``deletionPolicy: Delete``."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     core = k8s.client.CoreV1Api(_client)
-    pods = cluster.list_pods(core, _client, name, namespace)
-    for pod in pods:
-        if not pod.deleting:
-            cluster.delete_pod(core, namespace, pod.name)
+    state = _state(memo)
+    cached = _snapshot(kwargs["study_pods"], (namespace, name))
+    pods = state.pods.children(cached, time.monotonic())
+    doomed = [pod.name for pod in pods if not pod.deleting]
+    for pod_name in doomed:
+        cluster.delete_pod(core, namespace, pod_name)
+    state.pods.deleted(doomed, time.monotonic())
     if pods:
         raise kopf.TemporaryError(f"waiting for {len(pods)} pod(s) to stop", delay=2)
-    _forget(str(meta.get("uid")))
     _metrics.forget(namespace, name)
     try:
         spec = validate_spec_mapping(dict(body.get("spec") or {}))
@@ -201,7 +288,7 @@ def on_delete(body: kopf.Body, logger: Logger, **_: Any) -> None:
         logger.info("keeping Optuna study %s (deletionPolicy Retain)", study_name)
         return
     try:
-        url, _ref = _storage_url(core, body, spec, write_secret=False)
+        url, _ref = _storage_url(core, body, spec, state, write_secret=False)
         optuna.delete_study(study_name=study_name, storage=_storages.get(url))
     except KeyError:
         return  # the study was never created
@@ -216,56 +303,73 @@ def on_delete(body: kopf.Body, logger: Logger, **_: Any) -> None:
 # --------------------------------------------------------------------------- one pass
 
 
-def _lock(uid: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(uid, threading.Lock())
+def _snapshot(index: kopf.Index[_K, _V], key: _K) -> list[_V]:
+    """The values under ``key``, copied. The watches update the indexes on kopf's event loop
+    while passes read them in worker threads: a copy that meets an update starts over."""
+    while True:
+        try:
+            return list(index.get(key, ()))
+        except RuntimeError:  # "changed size during iteration"
+            continue
 
 
-def _forget(uid: str) -> None:
-    _storages.forget(uid)
-    _spec_written.pop(uid, None)
-    _secret_written.pop(uid, None)
-    _written.pop(uid, None)
-    with _locks_guard:
-        _locks.pop(uid, None)
-
-
-def reconcile_study(body: kopf.Body, patch: kopf.Patch, logger: Logger) -> None:
+def reconcile_study(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: Logger,
+    memo: kopf.Memo,
+    pods: PodIndex,
+    nodes: NodeIndex,
+    *,
+    wait: bool = True,
+) -> None:
     """One idempotent pass over a study: observe, decide, act, write status (timed and
-    counted in the operator's metrics)."""
+    counted in the operator's metrics). Without ``wait``, nothing is done while another pass
+    of the study runs."""
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return
     namespace, name = meta["namespace"], meta["name"]
+    state = _state(memo)
+    if not state.lock.acquire(blocking=wait):
+        return
     try:
         with _metrics.reconcile_duration.time():
-            _reconcile(body, patch, logger)
+            _reconcile(body, patch, logger, state, pods, nodes)
     except ApiException as error:
         _metrics.reconcile_error(namespace, name, api_status=error.status)
         raise
     except Exception:
         _metrics.reconcile_error(namespace, name)
         raise
+    finally:
+        state.lock.release()
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Logger) -> None:
+def _reconcile(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: Logger,
+    state: StudyState,
+    pods: PodIndex,
+    nodes: NodeIndex,
+) -> None:
     meta = body["metadata"]
-    uid = str(meta["uid"])
-    with _lock(uid):
-        raw: Mapping[str, Any] = body.get("status") or {}
-        version, written = _written.get(uid, ("", {}))
-        if version == meta.get("resourceVersion"):
-            # Our last status patch is not in this body yet (a timer and a change handler
-            # ran back to back): decide from what was written, not from the older status.
-            raw = written
-        plan = _plan(body, _read_status(raw, logger), logger)
-        _apply(body, plan, logger)
-        new_status = plan.status.to_api()
-        _patch_status(patch, raw, new_status)
-        _written[uid] = (str(meta.get("resourceVersion")), new_status)
-        _metrics.observe(meta["namespace"], meta["name"], plan.status)
-        for event in plan.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    current: Mapping[str, Any] = body.get("status") or {}
+    raw = current
+    version, written = state.written
+    if version == meta.get("resourceVersion"):
+        # Our last status patch is not in this body yet (a timer and a change handler ran
+        # back to back): decide from what was written, not from the older status.
+        raw = written
+    plan = _plan(body, _read_status(raw, logger), state, pods, nodes)
+    _apply(body, plan, logger, state)
+    new_status = plan.status.to_api()
+    _patch_status(patch, current, new_status)
+    state.written = (str(meta.get("resourceVersion")), new_status)
+    _metrics.observe(meta["namespace"], meta["name"], plan.status)
+    for event in plan.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 def _read_status(raw: Mapping[str, Any], logger: Logger) -> StudyStatus:
@@ -276,9 +380,15 @@ def _read_status(raw: Mapping[str, Any], logger: Logger) -> StudyStatus:
         return StudyStatus()
 
 
-def _plan(body: Mapping[str, Any], status: StudyStatus, logger: Logger) -> Plan:
+def _plan(
+    body: Mapping[str, Any],
+    status: StudyStatus,
+    state: StudyState,
+    pods: PodIndex,
+    nodes: NodeIndex,
+) -> Plan:
     meta = body["metadata"]
-    name, namespace, uid = meta["name"], meta["namespace"], str(meta["uid"])
+    name, namespace = meta["name"], meta["namespace"]
     generation = int(meta.get("generation") or 1)
     study_name = optuna_study_name(namespace, name)
     core = k8s.client.CoreV1Api(_client)
@@ -288,20 +398,19 @@ def _plan(body: Mapping[str, Any], status: StudyStatus, logger: Logger) -> Plan:
     except SpecError as error:
         plan = _invalid_plan(status, generation, error, now)
     else:
-        progress, warm_start, storage_error = _progress(
-            core, body, spec, uid, generation, study_name
-        )
+        progress, warm_start, storage_error = _progress(core, body, spec, state, generation)
         if storage_error:
-            logger.warning("study %s: storage unavailable: %s", study_name, storage_error)
+            log.warning("study %s: storage unavailable: %s", study_name, storage_error)
             _metrics.storage_error(namespace, name)
-        children = cluster.list_pods(core, _client, name, namespace)
+        cached = _snapshot(pods, (namespace, name))
+        children = state.pods.children(cached, time.monotonic())
         plan = decide(
             spec,
             status,
             generation,
             children,
             progress,
-            cluster.sizing_input(spec, status, children, lambda: _list_nodes(core)),
+            cluster.sizing_input(spec, status, children, lambda: _snapshot(nodes, ALL_NODES)),
             now,
             storage_error=storage_error,
             max_runner_failures=_config.max_runner_failures,
@@ -312,26 +421,28 @@ def _plan(body: Mapping[str, Any], status: StudyStatus, logger: Logger) -> Plan:
 
 
 def _progress(
-    core: Any, body: Mapping[str, Any], spec: StudySpec, uid: str, generation: int, name: str
+    core: Any, body: Mapping[str, Any], spec: StudySpec, state: StudyState, generation: int
 ) -> tuple[StudyProgress | None, WarmStartReport | None, str | None]:
     """The study's progress and its warm start's report, or why the storage cannot be read
     (never with the URL in it)."""
-    namespace = body["metadata"]["namespace"]
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    name = optuna_study_name(namespace, meta["name"])
     # fromStudy.hpoStudy names an HPOStudy of this namespace, whose Optuna study is named so.
     source = source_study_name(spec, partial(optuna_study_name, namespace))
     try:
-        url, _secret_ref = _storage_url(core, body, spec)
-        _ensure_spec_configmap(core, body, spec)
-        progress, warm_start = _storages.progress(url, uid, generation, name, spec, source)
+        url, _secret_ref = _storage_url(core, body, spec, state)
+        _ensure_spec_configmap(core, body, spec, state)
+        progress, warm_start = state.storage.progress(
+            _storages, url, generation, name, spec, source
+        )
         return progress, warm_start, None
     except (StorageError, cluster.StorageMissing) as error:
+        state.secret_url = None  # the Secret may name another storage now
         return None, None, str(error)
     except Exception as error:  # sqlalchemy/psycopg2 raise many kinds
+        state.secret_url = None
         return None, None, f"{type(error).__name__}: {_first_line(error)}"
-
-
-def _list_nodes(core: Any) -> list[NodeInfo]:
-    return [node_info(_client.sanitize_for_serialization(n)) for n in core.list_node().items]
 
 
 def _first_line(error: BaseException) -> str:
@@ -352,33 +463,43 @@ def _invalid_plan(status: StudyStatus, generation: int, error: SpecError, now: d
 
 
 def _storage_url(
-    core: Any, body: Mapping[str, Any], spec: StudySpec, *, write_secret: bool = True
+    core: Any,
+    body: Mapping[str, Any],
+    spec: StudySpec,
+    state: StudyState,
+    *,
+    write_secret: bool = True,
 ) -> tuple[str, tuple[str, str]]:
     """The storage URL and the ``(secret, key)`` runner pods read it from.
 
-    With the operator's own ``KUBETUNE_STORAGE_URL``, the Secret ``<study>-storage`` is
-    written for the pods (once per process and study, unless ``write_secret`` is false).
+    A URL read from a Secret is used for :data:`SECRET_REFRESH` seconds (until then an edited
+    Secret is seen only once its old storage fails). With the operator's own
+    ``KUBETUNE_STORAGE_URL``, the Secret ``<study>-storage`` is written for the pods (once per
+    process and study, unless ``write_secret`` is false).
     """
     meta = body["metadata"]
     namespace = meta["namespace"]
     ref = spec.storage.secret_ref
-    if ref is not None:
-        return cluster.read_secret(core, namespace, ref.name, ref.key), (ref.name, ref.key)
-    if _config.default_storage_secret is not None:
-        name, key = _config.default_storage_secret
-        return cluster.read_secret(core, namespace, name, key), (name, key)
+    secret = (ref.name, ref.key) if ref is not None else _config.default_storage_secret
+    if secret is not None:
+        cached = state.secret_url
+        now = time.monotonic()
+        if cached is not None and cached[0] == secret and now - cached[2] < SECRET_REFRESH:
+            return cached[1], secret
+        read = cluster.read_secret(core, namespace, *secret)
+        state.secret_url = (secret, read, now)
+        return read, secret
     url = _config.default_storage_url
     if url:
-        uid = str(meta["uid"])
-        if write_secret and _secret_written.get(uid) != url:
-            secret = storage_secret(body, url)
+        if write_secret and state.secret_written != url:
+            document = storage_secret(body, url)
             cluster.create_or_replace(
-                lambda: core.create_namespaced_secret(namespace, secret),
+                lambda: core.create_namespaced_secret(namespace, document),
                 lambda: core.replace_namespaced_secret(
-                    secret["metadata"]["name"], namespace, secret
+                    document["metadata"]["name"], namespace, document
                 ),
             )
-            _secret_written[uid] = url
+            state.secret_written = url
         return url, (storage_secret_name(meta["name"]), "url")
     raise cluster.StorageMissing(
         "no storage: set spec.storage.secretRef, or run the operator with "
@@ -386,11 +507,12 @@ def _storage_url(
     )
 
 
-def _ensure_spec_configmap(core: Any, body: Mapping[str, Any], spec: StudySpec) -> None:
+def _ensure_spec_configmap(
+    core: Any, body: Mapping[str, Any], spec: StudySpec, state: StudyState
+) -> None:
     configmap = spec_configmap(body, spec)
-    uid = str(body["metadata"]["uid"])
     content = configmap["data"][STUDY_KEY]
-    if _spec_written.get(uid) == content:
+    if state.spec_written == content:
         return
     namespace = body["metadata"]["namespace"]
     cluster.create_or_replace(
@@ -399,13 +521,13 @@ def _ensure_spec_configmap(core: Any, body: Mapping[str, Any], spec: StudySpec) 
             configmap["metadata"]["name"], namespace, configmap
         ),
     )
-    _spec_written[uid] = content
+    state.spec_written = content
 
 
 # --------------------------------------------------------------------------- acting
 
 
-def _apply(body: Mapping[str, Any], plan: Plan, logger: Logger) -> None:
+def _apply(body: Mapping[str, Any], plan: Plan, logger: Logger, state: StudyState) -> None:
     meta = body["metadata"]
     namespace = meta["namespace"]
     core = k8s.client.CoreV1Api(_client)
@@ -415,17 +537,20 @@ def _apply(body: Mapping[str, Any], plan: Plan, logger: Logger) -> None:
         if isinstance(action, DeletePod):
             logger.info("deleting pod %s: %s", action.name, action.reason)
             cluster.delete_pod(core, namespace, action.name)
+            state.pods.deleted([action.name], time.monotonic())
             continue
         if spec is None:
             spec = validate_spec_mapping(dict(body["spec"]))
         if isinstance(action, CreateRunner):
             if secret_ref is None:
-                secret_ref = _storage_url(core, body, spec)[1]
+                secret_ref = _storage_url(core, body, spec, state)[1]
             pod = runner_pod(body, spec, action.index, action.sizing, secret_ref, _config)
             cluster.create(partial(core.create_namespaced_pod, namespace, pod))
+            state.pods.created(observe_pod(pod), time.monotonic())
         elif isinstance(action, CreateEstimatePod):
             pod = estimate_pod(body, spec, action.key, _config)
             cluster.create(partial(core.create_namespaced_pod, namespace, pod))
+            state.pods.created(observe_pod(pod), time.monotonic())
         elif isinstance(action, WriteBest | WriteFront):
             configmap = (
                 best_configmap(body, spec, action.value, action.params, action.trial)
@@ -444,9 +569,23 @@ def _apply(body: Mapping[str, Any], plan: Plan, logger: Logger) -> None:
 
 
 def _patch_status(patch: kopf.Patch, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    """Write ``new`` as the status; nested keys that disappeared are removed (merge patch)."""
+    """Write ``new`` as the status; nested keys that disappeared are removed (merge patch).
+    Fields that did not change are left out, so a pass that changed nothing writes nothing. A
+    merge patch's ``null`` removes a key, so a field ``None`` in ``new`` and absent in ``old``
+    is unchanged."""
     for key, value in new.items():
         previous = old.get(key)
+        if _stored(value) == _stored(previous):
+            continue
         if isinstance(value, dict) and isinstance(previous, Mapping):
             value = {**{k: None for k in previous if k not in value}, **value}
         patch.status[key] = value
+
+
+def _stored(value: Any) -> Any:
+    """``value`` as the API server keeps it after a merge patch: without ``null`` fields."""
+    if isinstance(value, Mapping):
+        return {k: _stored(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_stored(v) for v in value]
+    return value

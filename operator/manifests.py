@@ -9,17 +9,24 @@ privilege escalation, all capabilities dropped, ``RuntimeDefault`` seccomp and a
 filesystem with an ``emptyDir`` on ``/tmp`` for caches. The storage URL reaches the container
 only through a ``secretKeyRef``; the study document through a ``configMapKeyRef`` (the runner
 reads ``KUBETUNE_STUDY``, the same way ``kubetune runner`` reads it on a laptop).
+
+A runner pod runs ``trialsPerDevice`` runner processes on its one device
+(``kubetune runner --processes N``) and asks for CPU and memory for each of them. With
+``spec.resources.queueName`` (or the HPOStudy's own ``kueue.x-k8s.io/queue-name`` label, or
+the operator's ``KUBETUNE_RUNNER_QUEUE_NAME``) it carries the labels of Kueue's pod
+integration, and Kueue admits each runner pod on its own.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
-import yaml
 from hpo_operator.config import OperatorConfig
-from hpo_operator.sizing import GPU, SizingDecision
+from hpo_operator.sizing import GPU, SizingDecision, format_bytes
 
 from trial_runner.contract import (
     COMPONENT_ESTIMATE,
@@ -29,6 +36,8 @@ from trial_runner.contract import (
     INDEX_LABEL,
     INSTANCE_LABEL,
     KIND_ANNOTATION,
+    KUEUE_PRIORITY_CLASS_LABEL,
+    KUEUE_QUEUE_LABEL,
     MANAGED_BY_LABEL,
     MEMORY_ANNOTATION,
     METRICS_PORT_ENV,
@@ -41,9 +50,10 @@ from trial_runner.contract import (
     STUDY_KEY,
     STUDY_LABEL,
     TERMINATION_LOG,
+    TRIALS_PER_DEVICE_ANNOTATION,
 )
 from trial_runner.pareto import FrontTrial, front_document
-from trial_runner.spec import API_VERSION, KIND, StudySpec
+from trial_runner.spec import API_VERSION, KIND, StudySpec, dump_yaml, parse_quantity
 
 __all__ = [
     "best_configmap",
@@ -143,7 +153,7 @@ def study_document(name: str, namespace: str, spec: StudySpec) -> str:
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
-    return yaml.safe_dump(document, sort_keys=False)
+    return dump_yaml(document)
 
 
 def spec_configmap(owner: Mapping[str, Any], spec: StudySpec) -> dict[str, Any]:
@@ -209,7 +219,7 @@ def front_configmap(
         "kind": "ConfigMap",
         "metadata": _metadata(owner, best_configmap_name(meta["name"]), "best-params"),
         "data": {
-            "front.yaml": yaml.safe_dump(document, sort_keys=False),
+            "front.yaml": dump_yaml(document),
             "size": str(len(front)),
         },
     }
@@ -268,21 +278,55 @@ def _env(owner: Mapping[str, Any], config: OperatorConfig) -> list[dict[str, Any
 
 
 def _resources(spec: StudySpec, sizing: SizingDecision) -> dict[str, Any]:
+    """Requests and limits of a runner pod: the device once, CPU and memory per process."""
+    processes = sizing.trials_per_device
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
     if spec.resources.cpu:
-        requests["cpu"] = spec.resources.cpu
+        requests["cpu"] = _cpu_times(spec.resources.cpu, processes)
     if sizing.kind == "CPU":
-        requests["memory"] = limits["memory"] = sizing.quantity
+        requests["memory"] = limits["memory"] = _memory_times(sizing.quantity, processes)
     else:
         # Extended resources are requested through limits (requests default to them).
         limits[sizing.resource] = sizing.quantity
         if spec.resources.memory:
-            requests["memory"] = limits["memory"] = spec.resources.memory
+            memory = _memory_times(spec.resources.memory, processes)
+            requests["memory"] = limits["memory"] = memory
     out: dict[str, Any] = {"limits": limits}
     if requests:
         out["requests"] = requests
     return out
+
+
+def _cpu_times(cpu: str, count: int) -> str:
+    """``count`` times a CPU quantity (``"500m"`` x 3 = ``"1500m"``)."""
+    if count == 1:
+        return cpu
+    # spec.resources.cpu is millicores ("500m") or cores ("2", "0.5").
+    each = int(cpu[:-1]) if cpu.endswith("m") else math.ceil(Decimal(cpu) * 1000)
+    millicores = each * count
+    return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
+
+
+def _memory_times(memory: str, count: int) -> str:
+    """``count`` times a memory quantity (``"2Gi"`` x 3 = ``"6Gi"``)."""
+    return memory if count == 1 else format_bytes(parse_quantity(memory) * count)
+
+
+def _kueue_labels(
+    owner: Mapping[str, Any], spec: StudySpec, config: OperatorConfig
+) -> dict[str, str]:
+    """The labels of Kueue's pod integration: the LocalQueue (``spec.resources.queueName``,
+    else the HPOStudy's own label, else the operator's default queue) and the HPOStudy's
+    WorkloadPriorityClass, if any."""
+    own = owner["metadata"].get("labels") or {}
+    labels = {}
+    queue = spec.resources.queue_name or own.get(KUEUE_QUEUE_LABEL) or config.queue_name
+    if queue:
+        labels[KUEUE_QUEUE_LABEL] = str(queue)
+        if own.get(KUEUE_PRIORITY_CLASS_LABEL):
+            labels[KUEUE_PRIORITY_CLASS_LABEL] = str(own[KUEUE_PRIORITY_CLASS_LABEL])
+    return labels
 
 
 def _tolerations(sizing: SizingDecision | None, config: OperatorConfig) -> list[dict[str, str]]:
@@ -342,6 +386,7 @@ def runner_pod(
         config: The operator's settings.
     """
     meta = owner["metadata"]
+    processes = sizing.trials_per_device
     secret_name, secret_key = storage_secret_ref
     env = _env(owner, config)
     env.insert(
@@ -365,6 +410,7 @@ def runner_pod(
             "runner",
             "--study-name",
             optuna_study_name(meta["namespace"], meta["name"]),
+            *(["--processes", str(processes)] if processes > 1 else []),
         ],
         "env": env,
         "resources": _resources(spec, sizing),
@@ -385,10 +431,12 @@ def runner_pod(
         config.grace_period_seconds,
     )
     pod["metadata"]["labels"][INDEX_LABEL] = str(index)
+    pod["metadata"]["labels"].update(_kueue_labels(owner, spec, config))
     pod["metadata"]["annotations"] = {
         RESOURCE_ANNOTATION: sizing.resource,
         MEMORY_ANNOTATION: str(sizing.memory_bytes),
         KIND_ANNOTATION: sizing.kind,
+        TRIALS_PER_DEVICE_ANNOTATION: str(processes),
     }
     if port is not None:
         pod["metadata"]["annotations"].update(

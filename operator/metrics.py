@@ -66,6 +66,18 @@ class OperatorMetrics:
             _STUDY,
             registry=registry,
         )
+        self.runners_waiting = Gauge(
+            "kubetune_study_runners_waiting_for_admission",
+            "Runner pods Kueue has not admitted yet.",
+            _STUDY,
+            registry=registry,
+        )
+        self.trials_per_device = Gauge(
+            "kubetune_study_trials_per_device",
+            "Runner processes (trials) each runner pod runs on its device.",
+            _STUDY,
+            registry=registry,
+        )
         self.overhead = Gauge(
             "kubetune_study_trial_overhead_seconds",
             "Mean seconds of a finished trial that were not training or validation.",
@@ -109,6 +121,8 @@ class OperatorMetrics:
             self.best_value,
             self.runners_desired,
             self.runners_ready,
+            self.runners_waiting,
+            self.trials_per_device,
             self.overhead,
             self.trials_per_process,
             self.reconcile_errors,
@@ -142,6 +156,11 @@ class OperatorMetrics:
                 self._gauge(self.runners_desired, key).set(status.runners.desired)
             if status.runners.ready is not None:
                 self._gauge(self.runners_ready, key).set(status.runners.ready)
+            if status.runners.waiting_for_admission is not None:
+                waiting = status.runners.waiting_for_admission
+                self._gauge(self.runners_waiting, key).set(waiting)
+        if status.sizing is not None and status.sizing.trials_per_device is not None:
+            self._gauge(self.trials_per_device, key).set(status.sizing.trials_per_device)
         telemetry = status.telemetry
         if telemetry is not None:
             if telemetry.overhead_seconds is not None:

@@ -141,6 +141,9 @@ class RunnerCounts(_Status):
     ready: int | None = _int("Runner pods running and ready.")
     active: int | None = _int("Runner pods pending or running.")
     failed_pods: int | None = _int("Runner pods that failed since the spec changed.")
+    waiting_for_admission: int | None = _int(
+        "Runner pods Kueue has not admitted yet (spec.resources.queueName)."
+    )
 
 
 class TelemetryStatus(_Status):
@@ -175,6 +178,17 @@ class SizingStatus(_Status):
     )
     estimate_key: str | None = Field(
         default=None, description="Digest of the spec the estimate was made for."
+    )
+    trials_per_device: int | None = _int(
+        "Runner processes each runner pod runs on its device, each claiming trials."
+    )
+    packing: str | None = Field(
+        default=None,
+        description="Estimated peak memory x trialsPerDevice / the device's memory, e.g. 84% "
+        "(GPUs and MIG slices; as text: no floats in the API).",
+    )
+    trials_per_device_limit: int | None = _int(
+        "The most trials per device after a runner pod's processes kept running out of memory."
     )
 
 

@@ -1,16 +1,26 @@
-"""Helpers shared by every test layer: the one study builder, the one wait, ``IN_CI``."""
+"""Helpers shared by every test layer: the one study builder, the one wait, ``IN_CI``, the one
+search for a leaked secret."""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from trial_runner.spec import HPOStudy, StudySpec, study_from_mapping
 
-__all__ = ["IN_CI", "spec_model", "study_document", "study_model", "wait_until"]
+__all__ = [
+    "IN_CI",
+    "secret_leaks",
+    "spec_model",
+    "study_document",
+    "study_model",
+    "wait_until",
+]
 
 T = TypeVar("T")
 
@@ -91,3 +101,17 @@ def wait_until(
                 + details
             )
         time.sleep(interval)
+
+
+def secret_leaks(secret: str, sources: Mapping[str, str], context: int = 60) -> list[str]:
+    """Where ``secret`` appears in ``sources`` (name -> text), as written, percent-encoded (in a
+    URL) or JSON-escaped: one ``"name: ...text around it..."`` per hit, for a failure message."""
+    forms = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1]}
+    found = []
+    for name, text in sources.items():
+        for form in sorted(forms):
+            at = text.find(form)
+            if at >= 0:
+                around = text[max(at - context, 0) : at + len(form) + context]
+                found.append(f"{name}: ...{around}...")
+    return found

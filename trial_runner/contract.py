@@ -25,6 +25,10 @@ __all__ = [
     "INDEX_LABEL",
     "INSTANCE_LABEL",
     "KIND_ANNOTATION",
+    "KUEUE_ADMISSION_GATE",
+    "KUEUE_PRIORITY_CLASS_LABEL",
+    "KUEUE_QUEUE_LABEL",
+    "KUEUE_TERMINATION_CONDITION",
     "LOCAL_WORKERS_ENV",
     "LOG_LEVEL_ENV",
     "MANAGED_BY_LABEL",
@@ -33,6 +37,7 @@ __all__ = [
     "METRICS_PORT_ENV",
     "NAME_LABEL",
     "ORIGIN_ATTR",
+    "OUT_OF_MEMORY_EXIT_CODE",
     "POD_NAME_ENV",
     "PREEMPTED_ATTR",
     "PRIOR_ATTR",
@@ -49,6 +54,7 @@ __all__ = [
     "STUDY_LABEL",
     "TELEMETRY_ATTR",
     "TERMINATION_LOG",
+    "TRIALS_PER_DEVICE_ANNOTATION",
     "WAIT_SECONDS_ENV",
     "WARM_START_ATTR",
     "WORKER_ATTR",
@@ -103,6 +109,12 @@ COMPONENT_ESTIMATE = "memory-estimate"
 RESOURCE_ANNOTATION = "kubetune.dev/resource"
 MEMORY_ANNOTATION = "kubetune.dev/memory-bytes"
 KIND_ANNOTATION = "kubetune.dev/sizing-kind"
+#: Annotation of a runner pod: the runner processes it runs on its device, so a pod whose
+#: processes kept running out of memory tells the operator how many shared it.
+TRIALS_PER_DEVICE_ANNOTATION = "kubetune.dev/trials-per-device"
+#: Exit code of a runner pod (``kubetune runner --processes N``) whose processes kept running
+#: out of memory on their shared device; the operator then lowers trials per device.
+OUT_OF_MEMORY_EXIT_CODE = 4
 #: Annotation of an estimate pod: the digest of the spec it estimates.
 ESTIMATE_KEY_ANNOTATION = "kubetune.dev/estimate-key"
 #: Key of the study document in the ``<study>-spec`` ConfigMap.
@@ -118,6 +130,18 @@ PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/port": "{port}",
     "prometheus.io/path": METRICS_PATH,
 }
+
+# --- Kueue's names (sigs.k8s.io/kueue v0.17: pkg/controller/constants, jobs/pod), which the
+# operator writes on runner pods (its pod integration admits them) and reads back
+
+#: Label naming the LocalQueue that admits a pod.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Label naming the WorkloadPriorityClass of a pod's workload (copied from the HPOStudy).
+KUEUE_PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
+#: Scheduling gate Kueue keeps on a pod until its workload is admitted.
+KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
+#: Pod condition Kueue sets on a pod it stops (its workload was evicted or preempted).
+KUEUE_TERMINATION_CONDITION = "TerminationTarget"
 
 # --- Optuna user attributes (in the shared storage)
 

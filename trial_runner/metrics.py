@@ -7,7 +7,8 @@ Pushgateway would keep the series of finished pods forever and adds a component 
 
 Every metric is named ``kubetune_runner_*`` and labelled with the study's ``namespace`` and
 ``study`` only (Prometheus adds the pod): no per-trial label, so the number of series stays
-bounded by the studies.
+bounded by the studies. A pod whose device several runner processes share serves their sum
+(prometheus_client's multiprocess mode; the gauges show the most recent trial of any).
 """
 
 from __future__ import annotations
@@ -76,12 +77,14 @@ class RunnerMetrics:
             "Mean GPU utilisation during the last trial (NVML; absent on CPU).",
             _LABELS,
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.gpu_memory = Gauge(
             "kubetune_runner_gpu_memory_used_bytes",
             "Most GPU memory in use during the last trial (NVML; absent on CPU).",
             _LABELS,
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.labels = {"namespace": namespace, "study": study}
         # Series exist from the start, so a rate over the first trial is defined.

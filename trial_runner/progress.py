@@ -10,6 +10,12 @@ Budget rules:
     * A *preempted* trial (its runner was stopped or died: :func:`is_preempted`) is counted
       apart, never as a failure: it is re-queued and its retry stands in for it.
     * ``maxFailedTrials``, ``timeout``: once reached, nothing new is claimed.
+    * The failure breaker: once the last ``maxConsecutiveFailedTrials`` finished trials (by the
+      time they finished; default 10) all failed, with no complete or pruned trial between
+      them, nothing new is claimed either. A task that fails every trial therefore stops after
+      a handful of trials even without ``maxFailedTrials``. Either way the study has failed,
+      and :attr:`StudyProgress.failure` says why in one sentence (the runner's log, ``kubetune
+      run`` and the operator's ``Failed`` condition all show it).
     * A trial with several objectives counts exactly like one with one.
     * Trials added from another study by a warm start (``PRIOR_ATTR``) inform the sampler
       only: they are not counted, belong to no stage and are never the best.
@@ -26,6 +32,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, cast
 
 from optuna.trial import FrozenTrial, TrialState
@@ -39,9 +46,10 @@ from trial_runner.contract import (
     TrialTelemetry,
 )
 from trial_runner.pareto import FrontTrial, front_trials, ordered_front
-from trial_runner.spec import best_first_key
+from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, best_first_key
 
 __all__ = [
+    "FAILED_OUTCOMES",
     "BudgetState",
     "Claim",
     "ProgressTally",
@@ -58,7 +66,9 @@ __all__ = [
     "trials_by_process",
 ]
 
-Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "TimedOut"]
+Outcome = Literal["Running", "BudgetSpent", "TooManyFailures", "ConsecutiveFailures", "TimedOut"]
+#: Outcomes of a study that failed.
+FAILED_OUTCOMES = ("TooManyFailures", "ConsecutiveFailures")
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class BudgetState:
     max_trials: int
     max_failed_trials: int | None = None
     timeout_seconds: float | None = None
+    max_consecutive_failed_trials: int = DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
     stage_trials: tuple[int | None, ...] = ()  # per stage; None = the rest of the budget
 
     def stage_quotas(self) -> list[int]:
@@ -124,6 +135,10 @@ class StudyProgress:
     stage_best_params: tuple[dict[str, Any], ...] = field(default=())
     #: Several objectives: the Pareto front (``best_*`` are then ``None``).
     pareto_front: tuple[FrontTrial, ...] = ()
+    #: Failed trials since the last complete or pruned one (by the time they finished).
+    failed_in_a_row: int = 0
+    #: Why the study failed, in one sentence; ``None`` unless it did.
+    failure: str | None = None
     #: Trials whose runner was stopped or died (re-queued; neither failed nor in the budget).
     preempted: int = 0
     telemetry: TelemetrySummary = field(default=TelemetrySummary(None, 0, None))
@@ -223,6 +238,12 @@ class ProgressTally:
     progress costs what changed since the last read, not the whole study. One thing about a
     finished trial can change later: a failed trial becomes *preempted* once a retry names it
     (:func:`is_preempted`); failed trials are kept as a set of numbers for that.
+
+    The failure breaker's run (failed trials finished after the last complete or pruned one,
+    by the time they finished) is kept the same way: the latest complete or pruned trial, and
+    the failed trials that finished after it. A trial read late (another runner's, finished
+    earlier) lands where its time puts it; a failure retried later drops out of the run when
+    :meth:`progress` counts it, as :func:`summarize` would.
     """
 
     def __init__(self, directions: str | Sequence[str]) -> None:
@@ -235,6 +256,8 @@ class ProgressTally:
         self._fail_marked = 0  # failed with the preempted mark
         self._fail_unmarked: set[int] = set()  # failed without it (preempted once retried)
         self._retried: set[int] = set()  # named by a finished trial's retry_history
+        self._last_success: tuple[datetime, int] | None = None  # latest complete or pruned
+        self._fails_since_success: dict[int, tuple[datetime, int]] = {}  # unmarked, after it
         self._front: list[FrozenTrial] = []
         self._overhead_sum, self._overhead_count = 0.0, 0
         self._by_process: Counter[str] = Counter()
@@ -272,6 +295,7 @@ class ProgressTally:
                 self._fail_marked += 1
             else:
                 self._fail_unmarked.add(t.number)
+        self._place_in_run(t)
         self._study.add(t, self.directions)
         self._stages.setdefault(_stage_of(t), _Group()).add(t, self.directions)
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -281,6 +305,20 @@ class ProgressTally:
                 self._overhead_count += 1
             if WORKER_ATTR in t.user_attrs:
                 self._by_process[str(t.user_attrs[WORKER_ATTR])] += 1
+
+    def _place_in_run(self, t: FrozenTrial) -> None:
+        """Keep the failure breaker's run: failures that finished after the latest complete or
+        pruned trial (marked preempted ones never count)."""
+        key = (t.datetime_complete or datetime.min, t.number)
+        if self._last_success is not None and key < self._last_success:
+            return  # finished before a success already read: never part of the run
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self._last_success = key
+            self._fails_since_success = {
+                n: k for n, k in self._fails_since_success.items() if k > key
+            }
+        elif t.state == TrialState.FAIL and PREEMPTED_ATTR not in t.user_attrs:
+            self._fails_since_success[t.number] = key
 
     def progress(self, budget: BudgetState, elapsed_seconds: float | None = None) -> StudyProgress:
         """Where the study stands, as of the last :meth:`update`."""
@@ -321,14 +359,8 @@ class ProgressTally:
         best = self._study.best.trial if single else None
         complete, pruned = self._study.complete, self._study.pruned
         claimed = complete + pruned + running + waiting
-        outcome: Outcome = "Running"
-        # Reaching maxFailedTrials failures stops the study (0: the first failure does).
-        if (
-            budget.max_failed_trials is not None
-            and failed > 0
-            and failed >= budget.max_failed_trials
-        ):
-            outcome = "TooManyFailures"
+        in_a_row = sum(n not in retried for n in self._fails_since_success)
+        outcome, failure = _failed(budget, failed, in_a_row)
         if outcome == "Running" and claimed >= budget.max_trials and waiting == 0:
             outcome = "BudgetSpent"
         if (
@@ -353,6 +385,8 @@ class ProgressTally:
             outcome=outcome,
             elapsed_seconds=elapsed_seconds,
             pareto_front=() if single else ordered_front(self._front, directions),
+            failed_in_a_row=in_a_row,
+            failure=failure,
             preempted=preempted,
             telemetry=self.telemetry(),
             trials_total=self._total,
@@ -400,6 +434,22 @@ def _tally(trials: Sequence[FrozenTrial]) -> ProgressTally:
     return tally
 
 
+def _failed(budget: BudgetState, failed: int, in_a_row: int) -> tuple[Outcome, str | None]:
+    """Whether the failures end the study, and why in a sentence."""
+    # Reaching maxFailedTrials failures stops the study (0: the first failure does).
+    if budget.max_failed_trials is not None and failed > 0 and failed >= budget.max_failed_trials:
+        return "TooManyFailures", (
+            f"{failed} trials failed, reaching budget.maxFailedTrials ({budget.max_failed_trials})"
+        )
+    if in_a_row >= budget.max_consecutive_failed_trials:
+        return "ConsecutiveFailures", (
+            f"the last {in_a_row} trials failed in a row, reaching "
+            f"budget.maxConsecutiveFailedTrials ({budget.max_consecutive_failed_trials}); the "
+            "runners' logs say why"
+        )
+    return "Running", None
+
+
 @dataclass(frozen=True)
 class Claim:
     """What a runner should do next: run a trial of ``stage``, wait, or stop."""
@@ -411,8 +461,8 @@ class Claim:
 
 def plan_claim(progress: StudyProgress) -> Claim:
     """Decide, under the study's claim lock, whether this runner may start another trial."""
-    if progress.outcome == "TooManyFailures":
-        return Claim("Stop", reason="maxFailedTrials reached")
+    if progress.failure is not None:
+        return Claim("Stop", reason=f"the study failed: {progress.failure}")
     if progress.outcome == "TimedOut":
         return Claim("Stop", reason="timeout reached")
     if progress.waiting > 0:

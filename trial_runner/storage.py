@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 import warnings
@@ -49,7 +50,12 @@ from trial_runner.contract import (
 from trial_runner.outage import PatientRDBStorage, backoff_delays, first_line, is_connection_error
 from trial_runner.preemption import MAX_RETRY, ResumingRetry, preempt
 from trial_runner.progress import BudgetState, ProgressTally, StudyProgress
-from trial_runner.spec import FieldError, SpecError, StudySpec
+from trial_runner.spec import (
+    DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
+    FieldError,
+    SpecError,
+    StudySpec,
+)
 
 __all__ = [
     "DEFAULT_LOCAL_STORAGE",
@@ -90,14 +96,16 @@ class StorageError(RuntimeError):
     """The storage URL is unusable; the message never contains the password."""
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced, safe for logs and errors."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+#: ``user:password@`` of a URL, with its scheme if it has one, in a URL or in a message that
+#: quotes one; the password runs to the last ``@`` before a space or quote, so a password with
+#: an unencoded ``@`` or ``/`` (a URL nothing can parse) is hidden whole.
+_CREDENTIALS = re.compile(r"(?P<keep>(?:[A-Za-z][A-Za-z0-9+.-]*:/*)?[^\s:/@'\"]*):[^\s'\"]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` (a storage URL, or a message quoting one) with every password replaced, safe for
+    logs, errors and statuses, whether or not the URL is well formed."""
+    return _CREDENTIALS.sub(lambda m: f"{m['keep']}:***@", text)
 
 
 def _is_postgres(url: str) -> bool:
@@ -115,6 +123,13 @@ def _journal_path(url: str) -> Path:
     if raw.startswith("//"):
         raw = raw[2:]
     return Path(raw)
+
+
+def _lost_schema_race(error: BaseException) -> bool:
+    """Whether creating Optuna's tables failed because another process created them first."""
+    import sqlalchemy.exc
+
+    return isinstance(error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError)
 
 
 def open_storage(url: str, *, heartbeat: bool = True, patience: float = 0.0) -> BaseStorage:
@@ -146,16 +161,22 @@ def open_storage(url: str, *, heartbeat: bool = True, patience: float = 0.0) -> 
         else:
             engine_kwargs["connect_args"] = PG_CONNECT_ARGS
         delays = backoff_delays(patience)
+        # Processes that create the schema at once race (a duplicate key in PostgreSQL's
+        # catalog): the loser tries again, and finds the tables.
+        races = iter((1.0, 2.0, 3.0, 4.0))
         while True:
             try:
                 return PatientRDBStorage(
                     _sqlalchemy_url(url), patience=patience, engine_kwargs=engine_kwargs, **kwargs
                 )
             except Exception as exc:  # sqlalchemy raises many kinds; report them uniformly
-                pause = next(delays, None) if is_connection_error(exc) else None
+                if is_connection_error(exc):
+                    pause = next(delays, None)
+                else:
+                    pause = next(races, None) if _lost_schema_race(exc) else None
                 if pause is None:
                     raise StorageError(
-                        f"cannot open storage {redact(url)}: {first_line(exc)}"
+                        redact(f"cannot open storage {url}: {first_line(exc)}")
                     ) from None
                 time.sleep(pause)
     raise StorageError(
@@ -325,6 +346,7 @@ def budget_from_spec(spec: StudySpec) -> BudgetState:
     return BudgetState(
         max_trials=spec.budget.max_trials,
         max_failed_trials=spec.budget.max_failed_trials,
+        max_consecutive_failed_trials=spec.budget.max_consecutive_failed_trials,
         timeout_seconds=spec.budget.timeout_seconds,
         stage_trials=tuple(s.trials for s in spec.stages) if spec.stages else (),
     )
@@ -336,6 +358,7 @@ def write_budget(study: optuna.Study, budget: BudgetState) -> None:
         {
             "maxTrials": budget.max_trials,
             "maxFailedTrials": budget.max_failed_trials,
+            "maxConsecutiveFailedTrials": budget.max_consecutive_failed_trials,
             "timeoutSeconds": budget.timeout_seconds,
             "stageTrials": list(budget.stage_trials),
         },
@@ -353,6 +376,10 @@ def _budget_of(user_attrs: dict[str, Any]) -> BudgetState | None:
     return BudgetState(
         max_trials=int(raw["maxTrials"]),
         max_failed_trials=raw.get("maxFailedTrials"),
+        # Budgets stored before the failure breaker get its default.
+        max_consecutive_failed_trials=int(
+            raw.get("maxConsecutiveFailedTrials") or DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
+        ),
         timeout_seconds=raw.get("timeoutSeconds"),
         stage_trials=tuple(raw.get("stageTrials") or ()),
     )

@@ -202,14 +202,17 @@ if [[ ! -f "${pause_archive}" ]]; then
 fi
 
 # Prune: other checkouts (worktrees, CI's clone) build their own keys at the same time, so an
-# artefact goes once nothing has used it for 6 hours, and test archives beyond the 4 newest go.
+# artefact goes once nothing has used it for 6 hours, and test archives beyond the 4 newest go
+# once they are an hour old (another checkout may be about to import one), beyond the 8 newest
+# at once (each is about 2.3 GB).
 keep_images=("${base_image}" "${built_image}" "${test_image}" "${pause_image}")
 stale() { [[ -n "$(find "$1" -maxdepth 0 -mmin +360 2>/dev/null)" ]]; }
 mapfile -t archives < <(ls -t "${root}"/kubetune-test-*.oci.tar 2>/dev/null)
 for ((i = 0; i < ${#archives[@]}; i++)); do
   file="${archives[i]}"
   [[ "${file}" == "${archive}" ]] && continue
-  if ((i >= 4)) || stale "${file}"; then
+  if ((i >= 8)) || { ((i >= 4)) && [[ -n "$(find "${file}" -maxdepth 0 -mmin +60)" ]]; } ||
+    stale "${file}"; then
     log "pruning ${file}"
     rm -f "${file}"
   else

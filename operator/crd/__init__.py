@@ -20,12 +20,17 @@ import copy
 import sys
 from typing import Any
 
-import yaml
-from hpo_operator.crd._rules import CRD_ONLY_BOUNDS, NAME_RULES, PATH_EXTRAS, PATH_RULES
+from hpo_operator.crd._rules import (
+    CRD_ONLY_BOUNDS,
+    NAME_RULES,
+    PATH_EXTRAS,
+    PATH_RULES,
+    number_kind_rules,
+)
 from hpo_operator.crd._schema import structural_schema
 from hpo_operator.status import StudyStatus
 
-from trial_runner.spec import KIND, StudySpec
+from trial_runner.spec import KIND, StudySpec, dump_yaml
 
 __all__ = [
     "CRD_ONLY_BOUNDS",
@@ -49,8 +54,9 @@ SHORT_NAMES = ["hpo", "hpos"]
 def _decorate_spec(node: dict[str, Any], path: str) -> dict[str, Any]:
     node.update(copy.deepcopy(dict(PATH_EXTRAS.get(path, {}))))
     node.update(CRD_ONLY_BOUNDS.get(path, {}))
-    if path in PATH_RULES:
-        node["x-kubernetes-validations"] = copy.deepcopy(PATH_RULES[path])
+    rules = [*copy.deepcopy(PATH_RULES.get(path, [])), *number_kind_rules(node)]
+    if rules:
+        node["x-kubernetes-validations"] = rules
     if node.get("x-kubernetes-preserve-unknown-fields"):
         node.pop("properties", None)
     return node
@@ -114,6 +120,19 @@ def crd() -> dict[str, Any]:
             priority=1,
             description="Finished trials per warm runner process.",
         ),
+        _column(
+            "Per-Device",
+            ".status.sizing.trialsPerDevice",
+            "integer",
+            priority=1,
+            description="Runner processes (trials) each runner pod runs on its device.",
+        ),
+        _column(
+            "Device-Use",
+            ".status.sizing.packing",
+            priority=1,
+            description="Estimated peak memory x trials per device / the device's memory.",
+        ),
         _column("Ready", f"{ready}.status", priority=1),
     ]
     return {
@@ -172,7 +191,7 @@ def crd_yaml() -> str:
         "# hpo_operator.status.StudyStatus.\n"
         "# Do not edit by hand: change the models (or operator/crd/) and regenerate.\n"
     )
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+    return header + dump_yaml(crd())
 
 
 def main() -> None:

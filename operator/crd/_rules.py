@@ -14,9 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trial_runner.spec import MAX_STUDY_NAME, MULTI_OBJECTIVE_SAMPLERS, NAME_PATTERN
+from trial_runner.spec import (
+    FREE_FORM_FIELDS,
+    MAX_STAGES,
+    MAX_STUDY_NAME,
+    MULTI_OBJECTIVE_SAMPLERS,
+    NAME_PATTERN,
+)
 
-__all__ = ["CRD_ONLY_BOUNDS", "NAME_RULES", "PATH_EXTRAS", "PATH_RULES"]
+__all__ = ["CRD_ONLY_BOUNDS", "NAME_RULES", "PATH_EXTRAS", "PATH_RULES", "number_kind_rules"]
 
 #: Bounds the CRD adds where the model has none, keyed by field path ("[]" = list items).
 CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
@@ -120,13 +126,27 @@ _PARAMETER_RULES: list[dict[str, str]] = [
     },
 ]
 
-_STUDY_RULES: list[dict[str, str]] = [
-    {
-        "rule": "!has(self.stages) || self.stages.all(s, s.groups.all(g, "
-        "self.searchSpace.exists(p, p.group == g)))",
-        "message": "every group a stage names must be the group of a searchSpace parameter",
+# Whether every group each stage names is a searchSpace parameter's group.
+_KNOWN_GROUPS = "self.stages.all(s, s.groups.all(g, self.searchSpace.exists(p, p.group == g)))"
+
+
+def _stage_groups_rule(index: int) -> dict[str, str]:
+    """Stage ``index`` names only groups of the search space; the message names the stage and
+    an unknown group (a rule per stage: CEL has no index to name, and fieldPath takes none)."""
+    stage = f"self.stages[{index}]"
+    # The first unknown group: joining them all exceeds the API server's cost budget.
+    unknown = f"{stage}.groups.filter(g, !self.searchSpace.exists(p, p.group == g))[0]"
+    return {
+        "rule": f"!has(self.stages) || size(self.stages) <= {index} "
+        f"|| {stage}.groups.all(g, self.searchSpace.exists(p, p.group == g))",
+        "messageExpression": f'"stages[{index}].groups: unknown group \'" + {unknown} '
+        '+ "\' (not the group of any searchSpace parameter)"',
         "fieldPath": ".stages",
-    },
+    }
+
+
+_STUDY_RULES: list[dict[str, str]] = [
+    *(_stage_groups_rule(index) for index in range(MAX_STAGES)),
     {
         "rule": "!has(self.stages) || size(self.stages) == 0 "
         "|| self.stages.filter(s, !has(s.trials)).size() == 0 "
@@ -135,15 +155,16 @@ _STUDY_RULES: list[dict[str, str]] = [
         "message": "trials is required on every stage but the last",
         "fieldPath": ".stages",
     },
+    # These two follow from a misspelt group too: only the misspelling is reported then.
     {
-        "rule": "!has(self.stages) || self.searchSpace.all(p, "
+        "rule": f"!has(self.stages) || !{_KNOWN_GROUPS} || self.searchSpace.all(p, "
         "self.stages.exists(s, p.group in s.groups))",
         "message": "every searchSpace group must be searched by some stage",
         "fieldPath": ".stages",
     },
     {
-        "rule": "!has(self.stages) || size(self.stages) == 0 || self.searchSpace.all(p, "
-        "p.group in self.stages[0].groups || has(p.default))",
+        "rule": f"!has(self.stages) || size(self.stages) == 0 || !{_KNOWN_GROUPS} "
+        "|| self.searchSpace.all(p, p.group in self.stages[0].groups || has(p.default))",
         "message": "a parameter whose group is not searched in the first stage needs a default",
         "fieldPath": ".searchSpace",
     },
@@ -265,6 +286,13 @@ PATH_RULES: Mapping[str, list[dict[str, str]]] = {
             "message": "is immutable: the study's trials were scored against them",
         }
     ],
+    "budget": [
+        {
+            "rule": "!has(self.timeout) || self.timeout.matches('[1-9]')",
+            "message": "must be longer than 0",
+            "fieldPath": ".timeout",
+        }
+    ],
     "sampler": [
         {
             "rule": "!has(self.populationSize) || self.type in ['NSGAII', 'NSGAIII']",
@@ -357,6 +385,27 @@ PATH_RULES: Mapping[str, list[dict[str, str]]] = {
     ],
 }
 
+
+def number_kind_rules(node: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A rule that refuses a float where an integer (or a number as text) goes.
+
+    The API server's schema check takes a whole float (``10.0``, as JSON from most clients) for
+    an integer, but its CEL rules fail on one, so whether such a spec was accepted depended on
+    whether a rule read the field. Every integer field reads itself: a float is never an
+    integer, as in the spec model (kubectl sends YAML's ``10.0`` as ``10`` anyway).
+    """
+    if node.get("type") == "integer":
+        return [{"rule": "type(self) == int", "message": "must be an integer (not a float)"}]
+    if node.get("x-kubernetes-int-or-string"):
+        return [
+            {
+                "rule": "type(self) == int || type(self) == string",
+                "message": "must be an integer or a string (not a float)",
+            }
+        ]
+    return []
+
+
 # Study names become pod names "<name>-runner-<n>" and label values: a short DNS label.
 NAME_RULES: list[dict[str, str]] = [
     {
@@ -378,7 +427,7 @@ PATH_EXTRAS: Mapping[str, Mapping[str, Any]] = {
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["name"],
     },
-    "task.config": {"x-kubernetes-preserve-unknown-fields": True},
+    **{".".join(path): {"x-kubernetes-preserve-unknown-fields": True} for path in FREE_FORM_FIELDS},
     # A set: the API server rejects a repeated choice (semantic_errors: "must not repeat").
     "searchSpace[].choices": {"x-kubernetes-list-type": "set"},
 }

@@ -110,6 +110,11 @@ def _union(
         out["pattern"] = string["pattern"]
     if string.get("pattern") == NUMBER_PATTERN:
         out["maxLength"] = NUMBER_MAX_LENGTH
+    # Bounds of the integer branch; the API server applies them to integers only.
+    integer = next(b for b in branches if b.get("type") == "integer")
+    for key in ("minimum", "maximum"):
+        if key in integer:
+            out[key] = integer[key]
     for key in ("description", "default"):
         if key in schema:
             out[key] = schema[key]

@@ -5,7 +5,8 @@ the observed child pods (:mod:`._observe`), the study's progress (read from the 
 storage) and the sizing result, and returns a :class:`Plan` (:mod:`._plan`): the actions to
 take, the new status and the events to emit. It does no I/O, so every state transition is
 unit-tested without a cluster; :mod:`hpo_operator.handlers` only gathers the inputs and
-carries the plan out.
+carries the plan out. The pods come from a watch-fed cache; :class:`PodExpectations` adds what
+the operator wrote that the cache does not show yet (:mod:`._expect`).
 
 The steps (:mod:`._decide`), in order:
     * storage unreadable: keep what runs, create nothing, ``Ready=False StorageUnavailable``;
@@ -29,6 +30,7 @@ The steps (:mod:`._decide`), in order:
 from __future__ import annotations
 
 from hpo_operator.reconcile._decide import SizingInput, decide
+from hpo_operator.reconcile._expect import PodExpectations
 from hpo_operator.reconcile._observe import ObservedPod, observe_pod
 from hpo_operator.reconcile._plan import (
     Action,
@@ -49,6 +51,7 @@ __all__ = [
     "Event",
     "ObservedPod",
     "Plan",
+    "PodExpectations",
     "SizingInput",
     "WriteBest",
     "WriteFront",

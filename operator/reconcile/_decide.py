@@ -23,6 +23,7 @@ from hpo_operator.sizing import (
     PeakPending,
     SizingDecision,
     format_bytes,
+    lowered_trials_per_device,
     next_floor,
 )
 from hpo_operator.status import (
@@ -39,8 +40,9 @@ from hpo_operator.status import (
     timestamp,
 )
 
+from trial_runner.contract import OUT_OF_MEMORY_EXIT_CODE
 from trial_runner.pareto import spread
-from trial_runner.progress import StudyProgress
+from trial_runner.progress import FAILED_OUTCOMES, StudyProgress
 from trial_runner.spec import StudySpec
 from trial_runner.warmstart import WarmStartReport
 
@@ -228,9 +230,11 @@ def _finished(b: PlanBuilder, progress: StudyProgress) -> Plan:
         summary += f"; best {metric}={_number(progress.best_value)} at trial {progress.best_trial}"
     if progress.pareto_front:
         summary += f"; Pareto front of {len(progress.pareto_front)} trial(s)"
-    if progress.outcome == "TooManyFailures":
-        b.condition("Failed", True, "TooManyFailedTrials", f"maxFailedTrials reached: {summary}")
-        b.condition("Succeeded", False, "TooManyFailedTrials", "the study failed")
+    failure = f"{progress.failure or progress.outcome}: {summary}"
+    if progress.outcome in FAILED_OUTCOMES:
+        reason = _FAILURE_REASONS[progress.outcome]
+        b.condition("Failed", True, reason, failure)
+        b.condition("Succeeded", False, reason, "the study failed")
         b.condition("Ready", False, "Failed", summary)
     else:
         reason = "BudgetSpent" if progress.outcome == "BudgetSpent" else "TimedOut"
@@ -246,8 +250,15 @@ def _finished(b: PlanBuilder, progress: StudyProgress) -> Plan:
     if b.flipped_on("Succeeded"):
         b.event("Normal", "Succeeded", summary)
     if b.flipped_on("Failed"):
-        b.event("Warning", "Failed", f"maxFailedTrials reached: {summary}")
+        b.event("Warning", "Failed", failure)
     return b.plan()
+
+
+#: The ``Failed`` condition's reason for each way failing trials end a study.
+_FAILURE_REASONS = {
+    "TooManyFailures": "TooManyFailedTrials",
+    "ConsecutiveFailures": "ConsecutiveFailedTrials",
+}
 
 
 def _remove_ended_runners(b: PlanBuilder) -> list[ObservedPod]:
@@ -267,6 +278,8 @@ def _remove_ended_runners(b: PlanBuilder) -> list[ObservedPod]:
                 f"runner {pod.name} ran out of memory on {pod.resource or 'its resource'}"
                 f"; replacements need at least {format_bytes(b.floor)}",
             )
+        elif pod.phase == "Failed" and _processes_ran_out_of_memory(pod):
+            _lower_trials_per_device(b, pod)
         elif pod.phase == "Failed":
             b.failures += 1
             detail = f"exit code {pod.exit_code}" if pod.exit_code is not None else "failed"
@@ -279,6 +292,26 @@ def _remove_ended_runners(b: PlanBuilder) -> list[ObservedPod]:
         else:
             alive.append(pod)
     return alive
+
+
+def _processes_ran_out_of_memory(pod: ObservedPod) -> bool:
+    """Whether the runner processes sharing ``pod``'s device kept running out of memory."""
+    return pod.exit_code == OUT_OF_MEMORY_EXIT_CODE and pod.trials_per_device > 1
+
+
+def _lower_trials_per_device(b: PlanBuilder, pod: ObservedPod) -> None:
+    """Replacements of a pod whose processes kept running out of memory run fewer per
+    device (not a runner failure: the trials they held were released and are retried)."""
+    lowered = lowered_trials_per_device(pod.trials_per_device)
+    b.trials_limit = min(b.trials_limit or lowered, lowered)
+    b.actions.append(DeletePod(pod.name, "its processes kept running out of memory"))
+    b.event(
+        "Warning",
+        "TrialsPerDeviceLowered",
+        f"the {pod.trials_per_device} runner processes of {pod.name} kept running out of "
+        f"memory on {pod.resource or 'their device'}; replacements run at most "
+        f"{b.trials_limit} per device",
+    )
 
 
 def _runner_failures(b: PlanBuilder, max_runner_failures: int) -> bool:
@@ -327,7 +360,7 @@ def _drained(b: PlanBuilder, alive: list[ObservedPod], crashed: bool) -> Plan:
 
 def _record_sizing(b: PlanBuilder, sizing: SizingInput) -> None:
     """``status.sizing``; the estimate pod created, replaced or deleted as the sizing needs."""
-    b.status.sizing = _sizing_status(sizing, b.old_sizing, b.floor)
+    b.status.sizing = _sizing_status(sizing, b.old_sizing, b.floor, b.trials_limit)
     if isinstance(sizing, PeakPending):
         stale = [p for p in b.estimates if p.estimate_key != sizing.key]
         b.delete(stale, "the spec changed")
@@ -343,18 +376,28 @@ def _record_sizing(b: PlanBuilder, sizing: SizingInput) -> None:
         if current and current[0].estimate_key:
             b.status.sizing.estimate_key = current[0].estimate_key
         b.delete(b.estimates, "estimate recorded")
-        if isinstance(sizing, SizingDecision) and b.old_sizing.resource != sizing.resource:
+        old = b.old_sizing
+        if isinstance(sizing, SizingDecision) and (
+            old.resource != sizing.resource
+            or (old.trials_per_device or 1) != sizing.trials_per_device
+        ):
             b.event("Normal", "Sized", sizing.reason)
 
 
-def _sizing_status(sizing: SizingInput, old: SizingStatus, floor: int) -> SizingStatus:
+def _sizing_status(
+    sizing: SizingInput, old: SizingStatus, floor: int, trials_limit: int | None
+) -> SizingStatus:
     fields: dict[str, Any] = {"floor_bytes": floor} if floor else {}
+    if trials_limit is not None:
+        fields["trials_per_device_limit"] = trials_limit
     if isinstance(sizing, SizingDecision):
         fields.update(
             resource=sizing.resource,
             quantity=sizing.quantity,
             accelerator=sizing.kind,
             memory_bytes=sizing.memory_bytes,
+            trials_per_device=sizing.trials_per_device,
+            packing=sizing.packing,
         )
     if isinstance(sizing, SizingDecision | NoFit):
         fields.update(
@@ -373,8 +416,13 @@ def _sizing_status(sizing: SizingInput, old: SizingStatus, floor: int) -> Sizing
 
 
 def _usable(b: PlanBuilder, sizing: SizingInput) -> bool:
-    """Whether runners can be created with ``sizing`` (it clears the OOM floor)."""
-    return isinstance(sizing, SizingDecision) and sizing.memory_bytes >= b.floor
+    """Whether runners can be created with ``sizing`` (it clears the OOM floor and runs no
+    more processes per device than the limit)."""
+    return (
+        isinstance(sizing, SizingDecision)
+        and sizing.memory_bytes >= b.floor
+        and sizing.trials_per_device <= (b.trials_limit or sizing.trials_per_device)
+    )
 
 
 def _create_runners(
@@ -399,7 +447,12 @@ def _create_runners(
                 "Normal",
                 "RunnersCreated",
                 f"created runner(s) {', '.join(str(i) for i in created)} with "
-                f"{sizing.resource}={sizing.quantity}",
+                f"{sizing.resource}={sizing.quantity}"
+                + (
+                    f", {sizing.trials_per_device} runner processes each"
+                    if sizing.trials_per_device > 1
+                    else ""
+                ),
             )
     b.count_runners(b.parallelism if claimable else finishing)
     return created
@@ -429,6 +482,14 @@ def _ready(
             "Resizing",
             f"a runner ran out of memory; replacements get at least {format_bytes(b.floor)}",
         )
+    elif not isinstance(sizing, NoFit) and not _usable(b, sizing) and b.trials_limit_lowered():
+        b.condition(
+            "Ready",
+            False,
+            "Resizing",
+            "a runner's processes kept running out of memory; replacements run at most "
+            f"{b.trials_limit} per device",
+        )
     elif isinstance(sizing, NoFit) or not _usable(b, sizing):
         message = sizing.reason if isinstance(sizing, NoFit) else "no larger resource after OOM"
         b.condition("Ready", False, "NoFittingResource", message)
@@ -441,12 +502,28 @@ def _ready(
             "Finishing",
             f"every trial is claimed; waiting for {progress.active} running trial(s)",
         )
+    elif waiting := b.status.runners.waiting_for_admission:
+        _waiting_for_admission(b, ready, desired, waiting, alive)
     elif ready >= desired and not created:
         b.condition("Ready", True, "RunnersReady", f"{ready}/{desired} runners ready")
     elif pending := next((p.unschedulable for p in alive if p.unschedulable), None):
         b.condition("Ready", False, "Unschedulable", f"runner pods cannot be scheduled: {pending}")
     else:
         b.condition("Ready", False, "RunnersStarting", f"{ready}/{desired} runners ready")
+
+
+def _waiting_for_admission(
+    b: PlanBuilder, ready: int, desired: int, waiting: int, alive: list[ObservedPod]
+) -> None:
+    """Kueue holds some runner pods until its queue's quota admits them."""
+    queue = b.spec.resources.queue_name or "its LocalQueue"
+    message = f"{ready}/{desired} runners ready; {waiting} wait for admission by Kueue ({queue})"
+    stopped = sum(p.deleting and p.stopped_by_kueue is not None for p in alive)
+    if stopped:
+        message += f"; {stopped} stopped by Kueue (preempted or evicted), their trials re-queued"
+    b.condition("Ready", False, "WaitingForAdmission", message)
+    if b.entered("Ready", "WaitingForAdmission"):
+        b.event("Normal", "WaitingForAdmission", message)
 
 
 def _number(value: float) -> str:

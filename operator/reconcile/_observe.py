@@ -12,9 +12,12 @@ from trial_runner.contract import (
     COMPONENT_LABEL,
     ESTIMATE_KEY_ANNOTATION,
     KIND_ANNOTATION,
+    KUEUE_ADMISSION_GATE,
+    KUEUE_TERMINATION_CONDITION,
     MEMORY_ANNOTATION,
     RESOURCE_ANNOTATION,
     STUDY_LABEL,
+    TRIALS_PER_DEVICE_ANNOTATION,
 )
 
 __all__ = ["ObservedPod", "observe_pod"]
@@ -38,6 +41,9 @@ class ObservedPod:
     message: str = ""
     unschedulable: str | None = None
     estimate_key: str | None = None
+    trials_per_device: int = 1
+    waiting_for_admission: bool = False
+    stopped_by_kueue: str | None = None
 
 
 def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
@@ -56,9 +62,14 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
             terminated = state["terminated"]
         ready = bool(cs.get("ready"))
     unschedulable = None
+    stopped_by_kueue = None
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             unschedulable = str(cond.get("message") or cond.get("reason") or "unschedulable")
+        if cond.get("type") == KUEUE_TERMINATION_CONDITION and cond.get("status") == "True":
+            stopped_by_kueue = str(cond.get("reason") or "stopped")
+    gates = {str(g.get("name")) for g in (pod.get("spec") or {}).get("schedulingGates") or []}
+    processes = str(annotations.get(TRIALS_PER_DEVICE_ANNOTATION, ""))
     memory = annotations.get(MEMORY_ANNOTATION)
     exit_code = terminated.get("exitCode")
     oom = terminated.get("reason") == "OOMKilled" or status.get("reason") == "OOMKilled"
@@ -77,4 +88,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         message=str(terminated.get("message") or "").strip(),
         unschedulable=unschedulable,
         estimate_key=annotations.get(ESTIMATE_KEY_ANNOTATION),
+        trials_per_device=int(processes) if processes.isdigit() else 1,
+        waiting_for_admission=KUEUE_ADMISSION_GATE in gates,
+        stopped_by_kueue=stopped_by_kueue,
     )

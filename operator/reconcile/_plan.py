@@ -120,6 +120,9 @@ class PlanBuilder:
         self.old_sizing = old.sizing if old.sizing is not None else SizingStatus()
         #: Least memory a runner needs after OOMKilled ones (raised by this pass's).
         self.floor = self.old_sizing.floor_bytes or 0
+        #: The most trials per device after pods whose processes kept running out of memory
+        #: (lowered by this pass's); ``None`` while none did.
+        self.trials_limit = self.old_sizing.trials_per_device_limit
 
     @property
     def parallelism(self) -> int:
@@ -129,6 +132,12 @@ class PlanBuilder:
         """Whether an OOMKilled runner raised the floor in this pass (the sizing this pass was
         given was chosen against the old one)."""
         return self.floor > (self.old_sizing.floor_bytes or 0)
+
+    def trials_limit_lowered(self) -> bool:
+        """Whether a pod whose processes kept running out of memory lowered trials per device
+        in this pass (the sizing this pass was given was chosen against the old limit)."""
+        old = self.old_sizing.trials_per_device_limit
+        return self.trials_limit is not None and (old is None or self.trials_limit < old)
 
     def condition(self, type_: str, value: bool, reason: str, message: str) -> None:
         self.conditions = set_condition(
@@ -163,6 +172,9 @@ class PlanBuilder:
             ready=ready,
             active=sum(not p.deleting and p.phase in ("Pending", "Running") for p in self.runners),
             failed_pods=self.failures,
+            waiting_for_admission=sum(
+                p.waiting_for_admission and not p.deleting for p in self.runners
+            ),
         )
         self.status.runners_summary = f"{ready}/{desired}"
 

@@ -1,4 +1,6 @@
-"""Which resource a runner pod requests: the smallest that fits, from what nodes advertise.
+"""Which resource a runner pod requests, and how many runner processes share it: the least
+memory per trial among what the nodes advertise (the smallest that fits, with one trial per
+device).
 
 Pure functions over plain inputs (node inventory, a peak-memory figure, ``spec.resources``).
 ``accelerator: Auto`` chooses among GPUs and MIG slices when the cluster advertises any, and
@@ -13,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from hpo_operator.sizing._nodes import CPU_MEMORY, Candidate, Kind, NodeInfo, candidates
+from hpo_operator.sizing._packing import packing_text, trials_per_device
 from hpo_operator.sizing._peak import Peak
 
 from trial_runner.spec import StudySpec
@@ -45,17 +48,20 @@ def _rounded_up(value: int) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class SizingDecision:
-    """The resource each runner pod requests.
+    """The resource each runner pod requests, and how many runner processes share it.
 
     Attributes:
         kind: MIG, GPU or CPU.
         resource: The extended resource (``nvidia.com/mig-2g.20gb``, ``nvidia.com/gpu``) or
             ``memory`` for CPU runners.
-        quantity: What the pod requests of ``resource`` (``"1"`` for GPUs, ``"1536Mi"``).
-        memory_bytes: Device memory the runner gets (CPU: the memory limit).
-        required_bytes: Peak estimate plus headroom (and the OOM floor).
+        quantity: What one runner process needs of ``resource`` (``"1"`` for GPUs, which the
+            processes share; ``"1536Mi"`` of memory, which the pod asks for each process).
+        memory_bytes: Device memory the runner gets (CPU: one process's memory limit).
+        required_bytes: Peak estimate plus headroom (and the OOM floor), per process.
         peak: The peak estimate the decision started from.
         reason: One line for status and events.
+        trials_per_device: Runner processes the pod runs on the device.
+        packing: Estimated peak × trials per device ÷ device memory, as text (GPU and MIG).
     """
 
     kind: Kind
@@ -65,6 +71,8 @@ class SizingDecision:
     required_bytes: int
     peak: Peak
     reason: str
+    trials_per_device: int = 1
+    packing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,88 +115,172 @@ def choose_resource(
     spec: StudySpec,
     peak: Peak,
     floor_bytes: int = 0,
+    trials_limit: int | None = None,
 ) -> Sizing:
-    """The smallest resource that fits ``peak`` plus headroom, honouring ``accelerator``.
+    """The resource with the least memory per trial that fits ``peak`` plus headroom,
+    honouring ``accelerator`` and ``trialsPerDevice``.
+
+    With one trial per device that is the smallest resource that fits. With several
+    (:mod:`._packing`), a whole GPU shared by ``n`` runner processes is compared with MIG
+    slices (and larger slices shared too) by device memory per trial; on a tie the resource
+    with fewer processes wins (a slice isolates its trial), then MIG, then the smaller one.
 
     Args:
         nodes: The cluster's nodes.
-        spec: The study spec (``resources.accelerator``, ``memoryHeadroom``, ``memory``).
+        spec: The study spec (``resources.accelerator``, ``memoryHeadroom``, ``memory``,
+            ``trialsPerDevice``).
         peak: Peak training memory of the largest configuration.
         floor_bytes: Least memory after an OOMKilled runner (see :func:`next_floor`).
+        trials_limit: The most trials per device after a pod's processes kept running out
+            of memory (see :func:`~hpo_operator.sizing.lowered_trials_per_device`).
 
     Nodes skipped because a quantity they advertise cannot be read are named at the end of
     the decision's reason.
     """
     found, skipped = candidates(nodes)
-    sizing = _choose(found, spec, peak, floor_bytes)
+    sizing = _choose(found, spec, peak, floor_bytes, trials_limit)
     if not skipped:
         return sizing
     return replace(sizing, reason="; ".join([sizing.reason, *skipped]))
 
 
-def _choose(found: list[Candidate], spec: StudySpec, peak: Peak, floor_bytes: int) -> Sizing:
+def _choose(
+    found: list[Candidate],
+    spec: StudySpec,
+    peak: Peak,
+    floor_bytes: int,
+    trials_limit: int | None,
+) -> Sizing:
     resources = spec.resources
-    headroom = resources.headroom_fraction
-    need = required_bytes(peak.bytes, headroom, floor_bytes)
-    gpu_like = [c for c in found if c.kind in ("MIG", "GPU")]
     accelerator = resources.accelerator
     # Auto: GPUs when the cluster has any (see the module docstring), else CPU.
-    auto = {"MIG", "GPU"} if gpu_like else {"CPU"}
-    allowed = auto if accelerator == "Auto" else {accelerator}
+    gpu_like = any(c.kind in ("MIG", "GPU") for c in found)
+    allowed = ({"MIG", "GPU"} if gpu_like else {"CPU"}) if accelerator == "Auto" else {accelerator}
     pool = [c for c in found if c.kind in allowed]
-    need_text = _need_text(peak, headroom, need, floor_bytes)
-
     if accelerator == "CPU" and resources.memory is not None and floor_bytes == 0:
-        # The user stated the runner's memory: use it as is, if some node can hold it.
-        stated = resources.memory_bytes
-        assert stated is not None
-        fitting = [c for c in pool if c.memory_bytes >= stated]
-        if not fitting:
-            return NoFit(
-                stated,
-                peak,
-                _no_fit_text(f"spec.resources.memory {resources.memory}", pool, accelerator),
-            )
-        return SizingDecision(
-            kind="CPU",
-            resource=CPU_MEMORY,
-            quantity=resources.memory,
-            memory_bytes=stated,
-            required_bytes=stated,
-            peak=peak,
-            reason=f"CPU runner with spec.resources.memory {resources.memory}",
-        )
+        return _stated_cpu_memory(pool, spec, peak, trials_limit)
 
+    headroom = resources.headroom_fraction
+    need = required_bytes(peak.bytes, headroom, floor_bytes)
     cpu_need = max(need + RUNNER_PROCESS_BYTES, floor_bytes)
+    wanted = resources.trials_per_device_count
+
+    def processes(c: Candidate) -> int:
+        if c.kind == "CPU":
+            # A CPU runner has no device to share: Auto runs one process per pod there.
+            return trials_per_device(
+                c.memory_bytes, cpu_need, wanted or 1, trials_limit, shared_cost=0
+            )
+        return trials_per_device(c.memory_bytes, need, wanted, trials_limit)
+
+    fitting = [(c, n) for c in pool if (n := processes(c))]
     cpu_only = {c.kind for c in pool} == {"CPU"}
-    if cpu_only:
-        need_text = _need_text(peak, headroom, cpu_need, floor_bytes, cpu=True)
-
-    def needed(c: Candidate) -> int:
-        return cpu_need if c.kind == "CPU" else need
-
-    fitting = [c for c in pool if c.memory_bytes >= needed(c)]
+    need_text = _need_text(
+        peak, headroom, cpu_need if cpu_only else need, floor_bytes, cpu=cpu_only
+    )
     if not fitting:
+        asked = _times((wanted or 1) if cpu_only else wanted, trials_limit)
         return NoFit(
-            cpu_need if cpu_only else need, peak, _no_fit_text(need_text, pool, accelerator)
+            cpu_need if cpu_only else need, peak, _no_fit_text(need_text + asked, pool, accelerator)
         )
-    order = {"MIG": 0, "GPU": 1, "CPU": 2}
-    best = min(fitting, key=lambda c: (c.memory_bytes, order[c.kind], c.resource))
+    best, count = min(fitting, key=_least_memory_per_trial)
     if best.kind == "CPU":
         quantity, memory = _rounded_up(cpu_need)
-        where = f"{len(best.nodes)} node(s) with at least that much memory"
         text = _need_text(peak, headroom, cpu_need, floor_bytes, cpu=True)
+        where = f"{len(best.nodes)} node(s) with at least that much memory"
         return SizingDecision(
-            "CPU", CPU_MEMORY, quantity, memory, cpu_need, peak, f"{text} -> CPU, {where}"
+            "CPU",
+            CPU_MEMORY,
+            quantity,
+            memory,
+            cpu_need,
+            peak,
+            f"{text} -> CPU, {where}{_processes_text(count)}",
+            trials_per_device=count,
         )
-    others = len(fitting) - 1
+    return _device_decision(best, count, len(fitting), need, peak, need_text)
+
+
+_KIND_ORDER = {"MIG": 0, "GPU": 1, "CPU": 2}
+
+
+def _least_memory_per_trial(fit: tuple[Candidate, int]) -> tuple[float, int, int, int, str]:
+    """Device memory per trial; then fewer processes (a slice isolates its trial), MIG, the
+    smaller resource."""
+    candidate, count = fit
+    return (
+        candidate.memory_bytes / count,
+        count,
+        _KIND_ORDER[candidate.kind],
+        candidate.memory_bytes,
+        candidate.resource,
+    )
+
+
+def _device_decision(
+    best: Candidate, count: int, fitting: int, need: int, peak: Peak, need_text: str
+) -> SizingDecision:
+    """A GPU or MIG slice, shared by ``count`` runner processes."""
+    packing = packing_text(peak.bytes, count, best.memory_bytes)
+    shared = (
+        f"; {count} trials per device, packing {packing} (peak x trials / device memory)"
+        if count > 1
+        else ""
+    )
     reason = (
         f"{need_text} -> {best.resource} ({format_bytes(best.memory_bytes)}; "
         f"{best.available} on {len(best.nodes)} node(s)"
-        + (f"; smallest of {others + 1} that fit" if others else "")
-        + ")"
+        + (f"; least memory per trial of {fitting} that fit" if fitting > 1 else "")
+        + f"){shared}"
     )
-    return SizingDecision(best.kind, best.resource, "1", best.memory_bytes, need, peak, reason)
+    return SizingDecision(
+        best.kind, best.resource, "1", best.memory_bytes, need, peak, reason, count, packing
+    )
+
+
+def _stated_cpu_memory(
+    pool: list[Candidate], spec: StudySpec, peak: Peak, trials_limit: int | None
+) -> Sizing:
+    """The user stated each CPU runner process's memory: use it as is, if a node holds the
+    pod's processes."""
+    resources = spec.resources
+    stated = resources.memory_bytes
+    assert stated is not None and resources.memory is not None
+    wanted = resources.trials_per_device_count or 1
+    counts = [
+        n
+        for c in pool
+        if (n := trials_per_device(c.memory_bytes, stated, wanted, trials_limit, shared_cost=0))
+    ]
+    if not counts:
+        what = f"spec.resources.memory {resources.memory}{_times(wanted, trials_limit)}"
+        return NoFit(stated, peak, _no_fit_text(what, pool, "CPU"))
+    return SizingDecision(
+        kind="CPU",
+        resource=CPU_MEMORY,
+        quantity=resources.memory,
+        memory_bytes=stated,
+        required_bytes=stated,
+        peak=peak,
+        reason=f"CPU runner with spec.resources.memory {resources.memory}"
+        + _processes_text(counts[0]),
+        trials_per_device=counts[0],
+    )
+
+
+def _times(wanted: int | None, limit: int | None) -> str:
+    """What ``trialsPerDevice`` (and the limit) add to the needs of a study nothing fits."""
+    if wanted is None:
+        return ""
+    count = min(wanted, limit or wanted)
+    if count == 1:
+        return ""
+    lowered = f", lowered to {limit} after out-of-memory exits" if limit and limit < wanted else ""
+    return f" x {count} trials per device (spec.resources.trialsPerDevice{lowered})"
+
+
+def _processes_text(count: int) -> str:
+    return f"; {count} runner processes per pod" if count > 1 else ""
 
 
 def _need_text(

@@ -13,6 +13,10 @@
   image on the real node (:class:`node_fixtures.Operator`).
 - ``node_studies`` (function): a :class:`operator_fixtures.StudyClient` on a new restricted
   namespace holding the chart's default storage Secret (``node_database``).
+- ``hpostudy_crd`` (session), ``studies`` (function): the generated CRD applied, and a
+  :class:`operator_fixtures.StudyClient` on the test's restricted ``namespace``.
+- ``scheduling_operator`` (function): runs the operator in this process for ``namespace``
+  (kwok plays the runner pods' kubelet); the studies are deleted afterwards.
 
 The binaries come from ``KUBETUNE_CONTROL_PLANE_BIN`` or the build cache of
 ``hack/control-plane/build.sh``. Without them the tests are skipped, except under ``CI=true``,
@@ -49,7 +53,13 @@ from tests.e2e.node_fixtures import (
     install_chart_operator,
     restricted_namespace,
 )
-from tests.e2e.operator_fixtures import StudyClient
+from tests.e2e.operator_fixtures import (
+    StudyClient,
+    delete_studies,
+    install_crd,
+    operator_env,
+    run_operator,
+)
 from tests.e2e.real_node import RealNode
 from tests.e2e.simulated_cluster import NodeGroup, create_nodes, delete_nodes
 from tests.helpers import IN_CI, wait_until
@@ -266,3 +276,35 @@ def node_studies(
             "delete", "hpostudies", "--all", "--wait=true", "--timeout=120s", check=False
         )
         control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+# --------------------------------------------------------------------------- studies on kwok
+
+
+@pytest.fixture(scope="session")
+def hpostudy_crd(control_plane: ControlPlane) -> None:
+    install_crd(control_plane)
+
+
+@pytest.fixture
+def studies(control_plane: ControlPlane, namespace: str, hpostudy_crd: None) -> StudyClient:
+    # The runner pods must pass the strictest Pod Security Standard.
+    control_plane.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    return StudyClient(control_plane, namespace)
+
+
+@pytest.fixture
+def scheduling_operator(
+    control_plane: ControlPlane,
+    namespace: str,
+    studies: StudyClient,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[], Any]]:
+    """The operator in this process; kwok plays the runner pods' kubelet."""
+    for key, value in operator_env(control_plane, storage_url=postgres_url).items():
+        monkeypatch.setenv(key, value)
+    yield lambda: run_operator(namespace)
+    delete_studies(studies)

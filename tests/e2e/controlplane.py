@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -44,6 +45,7 @@ from tests.e2e.netns import NODE_GATEWAY, EgressProxy, Relays
 k8s: Any = kubernetes
 
 __all__ = [
+    "AUDITED_USER",
     "BINARIES",
     "REPO_ROOT",
     "CommandError",
@@ -72,6 +74,9 @@ KWOK_STAGES = Path(__file__).resolve().parent / "kwok-stages.yaml"
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 ADMIN_USER = "kubetune-e2e-admin"
+#: The API server's audit log records this user's requests, and no one else's: tests and
+#: benchmarks run the operator as this user to count what it asks of the API server.
+AUDITED_USER = "kubetune-audited-operator"
 
 
 class ControlPlaneError(RuntimeError):
@@ -628,6 +633,9 @@ class ControlPlane:
                 # flag) is what rejects them in a restricted namespace.
                 "--allow-privileged=true",
                 "--profiling=false",
+                f"--audit-policy-file={self._audit_policy()}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
                 "--v=1",
             ],
         )
@@ -645,6 +653,41 @@ class ControlPlane:
             "KUBECONFIG": str(self.kubeconfig),
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         }
+
+    def _audit_policy(self) -> Path:
+        """Record the requests of :data:`AUDITED_USER` (verb, resource, user, times; no bodies),
+        once each, when answered; nothing of anyone else."""
+        path = self.work_dir / "audit-policy.yaml"
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [{"level": "Metadata", "users": [AUDITED_USER]}, {"level": "None"}],
+        }
+        path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        return path
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines): the requests of :data:`AUDITED_USER`."""
+        return self.work_dir / "logs" / "audit.log"
+
+    def audited_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig at ``path`` for :data:`AUDITED_USER`, a cluster admin whose requests
+        the audit log records (see :meth:`audit_events`)."""
+        return self.issue_kubeconfig(path, AUDITED_USER, organization="system:masters")
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log's events so far (one per answered request of :data:`AUDITED_USER`)."""
+        try:
+            lines = self.audit_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):  # a line being written
+                events.append(json.loads(line))
+        return events
 
     def _component_kubeconfig(self, name: str, pair: _KeyPair) -> Path:
         assert self._ca is not None

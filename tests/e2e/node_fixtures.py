@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import kubernetes
 import psycopg2
@@ -64,8 +65,12 @@ class Database:
 
 
 @contextlib.contextmanager
-def create_database(server: Any, node: RealNode) -> Iterator[Database]:
-    """A fresh database on the pytest-postgresql ``server``; dropped, connections or not."""
+def create_database(server: Any, node: RealNode, password: str | None = None) -> Iterator[Database]:
+    """A fresh database on the pytest-postgresql ``server``; dropped, connections or not.
+
+    With ``password``, the URLs log in as a new role of the database's name with that password
+    (the server's own password is the word ``kubetune``, which a search for leaks would find in
+    every name): the role is dropped with the database."""
     name = f"kt_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(
         host=server.host,
@@ -76,8 +81,13 @@ def create_database(server: Any, node: RealNode) -> Iterator[Database]:
     )
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    credentials = f"{server.user}:{server.password}"
+        if password is None:
+            cur.execute(f"CREATE DATABASE {name}")
+        else:
+            cur.execute(f"CREATE ROLE {name} LOGIN PASSWORD %s", (password,))
+            cur.execute(f"CREATE DATABASE {name} OWNER {name}")
+    user = server.user if password is None else name
+    credentials = f"{user}:{quote(password or server.password, safe='')}"
     pod_address = node.expose(int(server.port))
     try:
         yield Database(
@@ -88,6 +98,8 @@ def create_database(server: Any, node: RealNode) -> Iterator[Database]:
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            if password is not None:
+                cur.execute(f"DROP ROLE IF EXISTS {name}")
         admin.close()
 
 

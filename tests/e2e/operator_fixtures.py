@@ -9,9 +9,12 @@ see ``node_fixtures.py``.)
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
+import math
 import re
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +29,37 @@ __all__ = [
     "CRD_FILE",
     "EXAMPLES",
     "StudyClient",
+    "add_finished_trials",
+    "api_requests",
+    "delete_studies",
     "finished_trials",
+    "install_crd",
     "operator_env",
     "run_operator",
+    "wait_established",
     "wait_until",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "kubetune.dev_hpostudies.yaml"
 EXAMPLES = REPO / "examples"
+
+
+def install_crd(plane: ControlPlane) -> None:
+    """The generated CRD, applied as a user would (server-side), and established."""
+    plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    wait_established(plane, "hpostudies.kubetune.dev")
+
+
+def wait_established(plane: ControlPlane, crd: str) -> None:
+    """Polled rather than `kubectl wait`, which fails on a CRD that has no conditions yet."""
+
+    def established() -> bool:
+        found = json.loads(plane.kubectl("get", "crd", crd, "-o", "json").stdout)
+        conditions = (found.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, 60, f"the CRD {crd} to be established", interval=0.2)
 
 
 def operator_env(
@@ -63,6 +88,70 @@ def run_operator(namespace: str) -> Iterator[KopfRunner]:
         yield runner
     assert runner.exception is None, runner.output[-4000:]
     assert runner.exit_code == 0, runner.output[-4000:]
+
+
+def api_requests(
+    events: Iterable[Mapping[str, Any]], since: dt.datetime, until: dt.datetime
+) -> Counter[tuple[str, str]]:
+    """Requests of the API server's audit ``events`` received in ``[since, until)``, counted by
+    ``(verb, resource)`` (``pods``, ``hpostudies/status``, ...)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for event in events:
+        received = dt.datetime.fromisoformat(event["requestReceivedTimestamp"])
+        if not since <= received < until:
+            continue
+        ref = event.get("objectRef") or {}
+        resource = str(ref.get("resource") or event.get("requestURI", "?"))
+        if ref.get("subresource"):
+            resource += f"/{ref['subresource']}"
+        counts[(str(event["verb"]), resource)] += 1
+    return counts
+
+
+def add_finished_trials(
+    storage_url: str, study_name: str, spec: Mapping[str, Any], count: int, seed: int = 0
+) -> None:
+    """Create the Optuna study of ``spec`` (as the operator would) with ``count`` complete
+    trials of its search space, as runners would have left them (kwok's pods run nothing)."""
+    import random
+
+    from trial_runner.contract import STAGE_ATTR, WORKER_ATTR
+    from trial_runner.search import distribution
+    from trial_runner.spec import validate_spec_mapping
+    from trial_runner.storage import ensure_study, open_storage
+
+    rng = random.Random(seed)
+    model = validate_spec_mapping(dict(spec))
+    space = {p.name: distribution(p) for p in model.search_space}
+    storage = open_storage(storage_url, heartbeat=False)
+    try:
+        study = ensure_study(storage, study_name, model)
+        study.add_trials(
+            optuna.trial.create_trial(
+                params={name: _draw(d, rng) for name, d in space.items()},
+                distributions=space,
+                values=[rng.random() for _ in model.directions],
+                user_attrs={STAGE_ATTR: 0, WORKER_ATTR: f"runner-{i % 3}:1"},
+            )
+            for i in range(count)
+        )
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _draw(dist: Any, rng: Any) -> Any:
+    """A value of an Optuna distribution (its step and log scale respected)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return rng.choice(dist.choices)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return rng.randrange(dist.low, dist.high + 1, dist.step)
+    if dist.step is not None:
+        return dist.low + dist.step * rng.randint(0, int((dist.high - dist.low) / dist.step))
+    if dist.log:
+        return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+    return rng.uniform(dist.low, dist.high)
 
 
 def finished_trials(storage_url: str, study_name: str) -> dict[str, int]:
@@ -122,16 +211,24 @@ class StudyClient:
         return json.loads(result.stdout).get("data") if result.returncode == 0 else None
 
     def wait_condition(
-        self, name: str, type_: str, status: str, timeout: float, reason: str | None = None
+        self,
+        name: str,
+        type_: str,
+        status: str,
+        timeout: float,
+        reason: str | None = None,
+        message: str | None = None,
     ) -> dict[str, Any]:
+        """Wait for the condition's status, and its reason and a part of its message if given."""
+
         def probe() -> dict[str, Any] | None:
             cond = self.condition(name, type_)
             ok = cond.get("status") == status and (reason is None or cond.get("reason") == reason)
+            ok = ok and (message is None or message in str(cond.get("message")))
             return cond if ok else None
 
-        return wait_until(
-            probe, timeout, f"{name}: {type_}={status} {reason or ''}", diagnose=self.diagnose
-        )
+        what = f"{name}: {type_}={status} {reason or ''} {message or ''}"
+        return wait_until(probe, timeout, what, diagnose=self.diagnose)
 
     def diagnose(self) -> str:
         parts = []
@@ -170,3 +267,18 @@ def small_cpu_study(
     spec["training"] = {"epochs": epochs, "folds": 1}
     spec["resources"]["parallelism"] = parallelism
     return study
+
+
+def delete_studies(studies: StudyClient) -> None:
+    # Whatever a test left behind must not hold the namespace with a finalizer no one handles.
+    studies.kubectl("delete", "hpostudies", "--all", "--wait=false", check=False)
+    for item in yaml.safe_load(studies.kubectl("get", "hpostudies", "-o", "yaml").stdout)["items"]:
+        studies.kubectl(
+            "patch",
+            "hpostudy",
+            item["metadata"]["name"],
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )

@@ -17,6 +17,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.controlplane import ControlPlane
+from tests.e2e.operator_fixtures import wait_established
 from tests.e2e.simulated_cluster import NodeGroup
 from tests.helpers import wait_until
 
@@ -118,9 +119,7 @@ def widget(name: str, **spec: int) -> str:
 @pytest.fixture
 def widget_crd(control_plane: ControlPlane) -> Any:
     control_plane.kubectl("apply", "-f", "-", input=WIDGET_CRD)
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/widgets.e2e.kubetune.dev", "--timeout=30s"
-    )
+    wait_established(control_plane, "widgets.e2e.kubetune.dev")
     # Discovery (and so kubectl) learns about the new resource a moment after Established.
     wait_until(
         lambda: control_plane.kubectl("get", "widgets", "-A", check=False).returncode == 0,

@@ -139,6 +139,12 @@ def _alive_runners(events: list[tuple[float, str, dict[str, Any]]]) -> int:
     return most
 
 
+def _diagnose(studies: StudyClient, operator: Operator, name: str) -> str:
+    """The study, its pods and events, and what the runners and the operators logged."""
+    runners = operator.node.pod_log(studies.namespace, f"{name}-runner-*")
+    return "\n".join([studies.diagnose(), runners[-6000:], operator.logs()[-4000:]])
+
+
 def test_killing_the_active_operator_hands_the_study_to_the_other_replica(
     studies: StudyClient,
     two_operators: Operator,
@@ -164,7 +170,7 @@ def test_killing_the_active_operator_hands_the_study_to_the_other_replica(
             ),
             STUDY_TIMEOUT,
             "a finished trial with two runners running",
-            diagnose=studies.diagnose,
+            diagnose=lambda: _diagnose(studies, operator, name),
         )
         status_before = (studies.study(name) or {})["status"]
         runner0 = next(p for p in studies.pods(name) if p["metadata"]["name"].endswith("-0"))

@@ -4,6 +4,7 @@ in ``test_failover_node.py``."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from typing import Any
@@ -80,3 +81,32 @@ def test_a_leader_that_cannot_renew_its_lease_stops(
         # Within the renew deadline, before the Lease could pass to anyone else.
         assert leader.lost.wait(LEASE_SECONDS + RETRY_SECONDS), "the leader did not stop"
         wait_until(lambda: _holder(client, namespace) == "another-replica", 5, "the new holder")
+
+
+def test_a_lease_whose_holder_stopped_renewing_is_taken_once_it_expires(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    """What a SIGKILLed leader leaves: a Lease renewed a moment ago and never again."""
+    with control_plane.api_client() as client:
+        api = k8s.client.CoordinationV1Api(client)
+        last_renewal = dt.datetime.now(dt.UTC)
+        spec = {
+            "holderIdentity": "killed-replica",
+            "leaseDurationSeconds": LEASE_SECONDS,
+            "acquireTime": last_renewal.isoformat(),
+            "renewTime": last_renewal.isoformat(),
+        }
+        api.create_namespaced_lease(namespace, {"metadata": {"name": LEASE}, "spec": spec})
+        killed_at = time.monotonic()
+        candidate = Candidate(client, namespace)
+        # Not before the Lease has expired: its holder might still be alive.
+        assert not candidate.won.wait(LEASE_SECONDS / 2), "took a Lease that had not expired"
+        assert candidate.won.wait(2 * LEASE_SECONDS + 2 * RETRY_SECONDS), "never took over"
+        print(
+            f"\n[measure] takeover of a Lease whose holder stopped renewing: "
+            f"{time.monotonic() - killed_at:.1f}s after its last renewal "
+            f"(lease duration {LEASE_SECONDS}s)"
+        )
+        assert candidate.leadership is not None
+        assert _holder(client, namespace) == candidate.leadership.holder
+        candidate.leadership.release()

@@ -9,18 +9,26 @@ modules (``test_real_node.py``, ``test_node_lifecycle.py``).
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from hpo_operator.manifests import optuna_study_name
+from prometheus_client import REGISTRY
 
 from tests.conftest import RestartablePostgres
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
-    CRD_FILE,
     StudyClient,
+    add_finished_trials,
+    api_requests,
+    delete_studies,
     load_example,
     operator_env,
     run_operator,
@@ -28,62 +36,14 @@ from tests.e2e.operator_fixtures import (
     wait_until,
 )
 from tests.e2e.simulated_cluster import NodeGroup
-from trial_runner.spec import SpecError, study_from_mapping
+from trial_runner.spec import SpecError, dump_yaml, study_from_mapping
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="session")
-def hpostudy_crd(control_plane: ControlPlane) -> None:
-    """The generated CRD, applied as a user would (server-side), and established."""
-    control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/hpostudies.kubetune.dev", "--timeout=60s"
-    )
-
-
-@pytest.fixture
-def studies(control_plane: ControlPlane, namespace: str, hpostudy_crd: None) -> StudyClient:
-    # The runner pods must pass the strictest Pod Security Standard.
-    control_plane.kubectl(
-        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
-    )
-    return StudyClient(control_plane, namespace)
 
 
 @pytest.fixture
 def cpu_nodes(simulated_cluster: Callable[..., list[str]]) -> list[str]:
     return simulated_cluster([NodeGroup(count=2, cpu="8", memory="32Gi")])
-
-
-def _delete_studies(studies: StudyClient) -> None:
-    # Whatever a test left behind must not hold the namespace with a finalizer no one handles.
-    studies.kubectl("delete", "hpostudies", "--all", "--wait=false", check=False)
-    for item in yaml.safe_load(studies.kubectl("get", "hpostudies", "-o", "yaml").stdout)["items"]:
-        studies.kubectl(
-            "patch",
-            "hpostudy",
-            item["metadata"]["name"],
-            "--type=merge",
-            "-p",
-            '{"metadata":{"finalizers":null}}',
-            check=False,
-        )
-
-
-@pytest.fixture
-def scheduling_operator(
-    control_plane: ControlPlane,
-    namespace: str,
-    studies: StudyClient,
-    postgres_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[[], Any]]:
-    """The operator in this process; kwok plays the runner pods' kubelet."""
-    for key, value in operator_env(control_plane, storage_url=postgres_url).items():
-        monkeypatch.setenv(key, value)
-    yield lambda: run_operator(namespace)
-    _delete_studies(studies)
 
 
 def test_gpu_study_requests_the_fitting_mig_slice(
@@ -365,6 +325,30 @@ INVALID += [
         "required when mode is Reevaluate",
         id="reevaluate-without-top-k",
     ),
+    pytest.param(
+        lambda s: s["resources"].update(trialsPerDevice="Sometimes"),
+        "spec.resources.trialsPerDevice",
+        "should match '^Auto$'",
+        id="trials-per-device-word",
+    ),
+    pytest.param(
+        lambda s: s["resources"].update(trialsPerDevice=17),
+        "spec.resources.trialsPerDevice",
+        "less than or equal to 16",
+        id="trials-per-device-too-many",
+    ),
+    pytest.param(
+        lambda s: s["resources"].update(trialsPerDevice=0),
+        "spec.resources.trialsPerDevice",
+        "greater than or equal to 1",
+        id="trials-per-device-zero",
+    ),
+    pytest.param(
+        lambda s: s["resources"].update(queueName="Team_A"),
+        "spec.resources.queueName",
+        "should match",
+        id="queue-name-not-a-name",
+    ),
 ]
 
 
@@ -466,8 +450,10 @@ def test_a_database_restart_shows_storage_unavailable_and_the_study_recovers(
                 "get", "events", "--field-selector", f"involvedObject.name={name}"
             ).stdout
             assert "StorageUnavailable" in events
+            # The pass's repeated warning goes to the log, not to an Event every pass.
+            assert "storage unavailable:" not in events
     finally:
-        _delete_studies(studies)
+        delete_studies(studies)
     print(f"\n[measure] operator: {recovered}")  # kopf's runner captures stdout while it runs
 
 
@@ -498,3 +484,111 @@ def test_missing_storage_secret_is_reported_then_recovered(
             "secretKeyRef": {"name": "team-postgres", "key": "dsn"}
         }
         assert postgres_url not in studies.kubectl("get", "pods", "-o", "yaml").stdout
+
+
+def test_a_study_whose_trials_keep_failing_is_failed_with_the_reason(
+    studies: StudyClient,
+    cpu_nodes: list[str],
+    scheduling_operator: Any,
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    """The failure breaker in the operator's status: a real runner on this machine (kwok's pods
+    never run) fails every trial (an activation the task does not know); the operator reads
+    the run of failures from the storage, fails the study and says why."""
+    study = small_cpu_study("brittle")
+    study["spec"]["searchSpace"] = [
+        {"name": "learning_rate", "type": "Float", "low": "1e-3", "high": "3e-2"},
+        {"name": "activation", "type": "Categorical", "choices": ["swish"]},
+    ]
+    # No maxFailedTrials: the breaker alone stops it.
+    study["spec"]["budget"] = {"maxTrials": 1000, "maxConsecutiveFailedTrials": 3}
+    path = tmp_path / "brittle.yaml"
+    path.write_text(dump_yaml(study))
+    log = tmp_path / "runner.log"
+    with scheduling_operator():
+        studies.apply(study)
+        with log.open("ab") as out:
+            runner = subprocess.run(
+                [
+                    *(sys.executable, "-m", "trial_runner.cli", "runner", str(path)),
+                    *("--study-name", f"{studies.namespace}.brittle", "--storage", postgres_url),
+                ],
+                stdout=out,
+                stderr=out,
+                env=dict(os.environ, KUBETUNE_CPU_THREADS="1", KUBETUNE_WAIT_SECONDS="0.5"),
+                timeout=300,
+            )
+        assert runner.returncode == 0, log.read_text()[-3000:]
+        assert "the last 3 trials failed in a row" in log.read_text()
+        failed = studies.wait_condition("brittle", "Failed", "True", 60, "ConsecutiveFailedTrials")
+        assert failed["message"].startswith(
+            "the last 3 trials failed in a row, reaching budget.maxConsecutiveFailedTrials (3)"
+        ), failed
+        wait_until(lambda: not studies.pods("brittle"), 30, "the runner pods deleted")
+        events = studies.kubectl("get", "events", "--field-selector=reason=Failed").stdout
+        assert "brittle" in events and "in a row" in events, events
+
+
+# --------------------------------------------------------------------------- cost per pass
+
+
+def _passes() -> float:
+    """Passes the operator in this process has made (its reconcile histogram's count)."""
+    return REGISTRY.get_sample_value("kubetune_reconcile_duration_seconds_count") or 0.0
+
+
+def test_steady_state_passes_make_no_api_requests(
+    studies: StudyClient,
+    cpu_nodes: list[str],
+    control_plane: ControlPlane,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Pods and nodes come from watch-fed caches, and a pass writes the status only when it
+    changed: once two studies' runners are up, the operator's passes read the storage and ask
+    the API server nothing. Counted by the API server itself (its audit log records the
+    operator's user), so no request the operator makes can be missed."""
+    kubeconfig = control_plane.audited_kubeconfig(tmp_path / "operator.kubeconfig")
+    env = operator_env(control_plane, storage_url=postgres_url, KUBECONFIG=str(kubeconfig))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from hpo_operator.handlers import INTERVAL  # as the operator's timers were registered
+
+    names = ["steady-a", "steady-b"]
+    documents = [small_cpu_study(name, max_trials=50, parallelism=3) for name in names]
+    # One study has finished trials (a best trial, telemetry without overhead) to report.
+    study_name = optuna_study_name(studies.namespace, names[0])
+    add_finished_trials(postgres_url, study_name, documents[0]["spec"], count=20)
+    window = max(6.0, 2.5 * INTERVAL)
+    started = dt.datetime.now(dt.UTC)
+    try:
+        with run_operator(studies.namespace):
+            for document in documents:
+                studies.apply(document)
+            for name in names:
+                studies.wait_condition(name, "Ready", "True", 90, "RunnersReady")
+            time.sleep(INTERVAL + 1)  # the passes that wrote Ready have been answered
+            since, before = dt.datetime.now(dt.UTC), _passes()
+            time.sleep(window)
+            until, passes = dt.datetime.now(dt.UTC), _passes() - before
+            summary = (studies.study(names[0]) or {})["status"]["trialsSummary"]
+            time.sleep(1)  # a request is logged once it has been answered
+            events = control_plane.audit_events()
+    finally:
+        delete_studies(studies)
+    startup = api_requests(events, started, since)
+    steady = api_requests(events, since, until)
+    # The caches were filled by one list each at start, which the audit log records.
+    assert startup[("list", "pods")] == 1 and startup[("list", "nodes")] == 1, startup
+    assert startup[("create", "pods")] == 6, startup
+    assert passes >= 2 * len(names), f"only {passes} passes in {window:.0f}s"
+    assert summary == "20/50"
+    asked = {f"{verb} {resource}": n for (verb, resource), n in steady.items() if verb != "watch"}
+    assert asked == {}, f"{passes:.0f} steady-state passes asked the API server: {asked}"
+    lists = {resource: n for (verb, resource), n in startup.items() if verb == "list"}
+    print(
+        f"\n[measure] operator: {passes:.0f} passes over {len(names)} studies in {window:.0f}s,"
+        f" 0 API requests; lists at start: {lists}"
+    )

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.helpers import study_document
+from trial_runner.spec import dump_yaml
 
 #: A small digits study (seconds per trial); tests replace top-level spec fields.
 DIGITS_SPEC: dict[str, Any] = {
@@ -51,7 +51,7 @@ def digits_study(name: str, **spec_changes: Any) -> dict[str, Any]:
 def write_study(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
     def write(doc: dict[str, Any]) -> Path:
         path = tmp_path / f"{doc['metadata']['name']}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        path.write_text(dump_yaml(doc))
         return path
 
     return write

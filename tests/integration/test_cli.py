@@ -16,6 +16,7 @@ import yaml
 from tests.helpers import wait_until
 from tests.integration.conftest import digits_study, kubetune, runner_env
 from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, WORKER_ATTR
+from trial_runner.spec import dump_yaml
 from trial_runner.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,60 @@ def test_readme_main_command_on_a_tiny_budget(tmp_path: Path) -> None:
     assert best["trials"]["complete"] + best["trials"]["pruned"] == 3
     assert set(best["bestParams"]) == {"learning_rate", "batch_size", "hidden_size", "dropout"}
     assert "wall s" in results.stdout  # per-trial telemetry in the table
+
+
+def latin1_study(tmp_path: Path) -> tuple[Path, int]:
+    """A study file saved as Latin-1, not UTF-8, and the offset of its first non-UTF-8 byte."""
+    text = dump_yaml(digits_study("latin")).replace("accuracy", "précision")
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(text.encode("latin-1"))
+    return path, text.encode("latin-1").index(b"\xe9")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["validate"], ["run", "--no-progress"], ["runner", "--wait-for-study", "0"], ["results"]],
+    ids=lambda c: c[0],
+)
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path, command: list[str]) -> None:
+    path, offset = latin1_study(tmp_path)
+    result = kubetune(command[0], str(path), *command[1:], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"kubetune: {path}: not valid UTF-8 (byte 0xe9 at offset {offset}): save the file as UTF-8"
+    ]
+    assert not (tmp_path / ".kubetune" / "studies.journal").exists()  # nothing was touched
+
+
+def test_a_runner_given_a_study_that_is_not_utf8_in_its_environment_says_so(
+    tmp_path: Path,
+) -> None:
+    path, _ = latin1_study(tmp_path)
+    env = {**runner_env(), "KUBETUNE_STUDY": ""}
+    env_bytes = {k.encode(): v.encode() for k, v in env.items()}
+    env_bytes[b"KUBETUNE_STUDY"] = path.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "trial_runner.cli", "runner", "--wait-for-study", "0"],
+        capture_output=True,
+        text=True,
+        env=env_bytes,  # type: ignore[arg-type]
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("kubetune: $KUBETUNE_STUDY: not valid UTF-8 (at character ")
+
+
+def test_a_runner_started_before_its_study_says_how_to_create_it(
+    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path]
+) -> None:
+    path = write_study(digits_study("later"))
+    result = kubetune("runner", str(path), "--wait-for-study", "0", cwd=tmp_path)
+    assert result.returncode == 3
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("kubetune: no study named 'later' in journal:.kubetune/studies.journal")
+    assert "create it with `kubetune run`" in line
 
 
 def test_run_continues_an_existing_study(
@@ -66,8 +121,8 @@ def test_validate_reports_every_error_with_its_path(
     assert lines[0] == f"kubetune: {path}: invalid HPOStudy (2 error(s))"
     assert "  spec.objective.direction: must be one of 'Maximize' or 'Minimize' (got 'Up')" in lines
     assert (
-        "spec.budget.maxTrails: unknown field (accepted: maxFailedTrials, maxTrials, timeout)"
-        in [line.strip() for line in lines]
+        "spec.budget.maxTrails: unknown field (accepted: maxConsecutiveFailedTrials, "
+        "maxFailedTrials, maxTrials, timeout)" in [line.strip() for line in lines]
     )
     # Cross-field rules are checked once the structure is right.
     doc = digits_study("bad")
@@ -90,7 +145,7 @@ def test_bad_input_leaves_the_study_and_its_trials_intact(
 
     changed = digits_study("keep", budget={"maxTrials": 2})
     changed["spec"]["objective"]["direction"] = "Minimize"
-    path.write_text(yaml.safe_dump(changed))
+    path.write_text(dump_yaml(changed))
     flipped = kubetune("run", str(path), "--no-progress", cwd=tmp_path)
     assert flipped.returncode == 2
     assert "spec.objective.direction: study 'keep' already exists" in flipped.stderr
@@ -98,7 +153,7 @@ def test_bad_input_leaves_the_study_and_its_trials_intact(
     broken = digits_study("keep")
     broken["spec"]["task"]["entrypoint"] = "no_such_module:Task"
     broken["spec"]["budget"] = {"maxTrials": 5}
-    path.write_text(yaml.safe_dump(broken))
+    path.write_text(dump_yaml(broken))
     missing = kubetune("run", str(path), "--no-progress", cwd=tmp_path)
     assert missing.returncode == 2
     assert "spec.task.entrypoint: cannot import module 'no_such_module'" in missing.stderr
@@ -176,7 +231,15 @@ def test_killed_local_worker_is_requeued_by_the_supervisor(
     assert sum(s == "COMPLETE" for s in states.values()) == 3
 
 
-@pytest.mark.parametrize("args", [["run", "--workers", "0"], ["run", "--trials", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--workers", "0"],
+        ["run", "--trials", "0"],
+        ["runner", "--processes", "0"],
+        ["runner", "--exit-after-oom-trials", "-1"],
+    ],
+)
 def test_bad_flags_exit_2(
     tmp_path: Path, write_study: Callable[[dict[str, Any]], Path], args: list[str]
 ) -> None:
@@ -184,6 +247,22 @@ def test_bad_flags_exit_2(
     result = kubetune(args[0], str(path), *args[1:], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("kubetune: --")
+
+
+def test_run_starts_as_many_runner_processes_as_the_spec_asks_for(
+    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path]
+) -> None:
+    """Without --workers, `kubetune run` starts spec.resources.parallelism processes."""
+    path = write_study(
+        digits_study("parallel", budget={"maxTrials": 6}, resources={"parallelism": 2})
+    )
+    run = kubetune("run", str(path), "--no-progress", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 runner process(es)" in run.stdout
+    study = optuna.load_study(
+        study_name="parallel", storage=open_storage(f"journal:{tmp_path}/.kubetune/studies.journal")
+    )
+    assert len({t.user_attrs[WORKER_ATTR] for t in study.trials}) == 2
 
 
 def test_pareto_example_as_written_on_a_tiny_budget(tmp_path: Path) -> None:

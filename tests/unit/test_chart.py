@@ -99,6 +99,7 @@ SETTING_SAMPLES = {
     "KUBETUNE_RUNNER_EXTRA_LABELS": "team=a",
     "KUBETUNE_RUNNER_EXTRA_ENV": "A=b",
     "KUBETUNE_RUNNER_TOLERATIONS": "dedicated:NoSchedule",
+    "KUBETUNE_RUNNER_QUEUE_NAME": "team-gpus",
     "KUBETUNE_STORAGE_URL": "postgresql://u:p@db/kubetune",
     "KUBETUNE_DEFAULT_STORAGE_SECRET": "pg",
     "KUBETUNE_LEADER_ELECTION_LEASE": "kubetune-system/kubetune-operator",

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 from hpo_operator.manifests import study_document
 from hpo_operator.sizing import NodeInfo, Peak, SizingDecision, choose_resource, resolve_peak
 
-from trial_runner.spec import load_study, study_from_mapping
+from trial_runner.spec import load_study, study_from_text
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -23,7 +22,7 @@ def test_examples_exist() -> None:
 def test_example_validates_and_reaches_the_runner_unchanged(path: Path) -> None:
     study = load_study(path)
     document = study_document(study.name, "default", study.spec)
-    assert study_from_mapping(yaml.safe_load(document)).spec == study.spec
+    assert study_from_text(document, "$KUBETUNE_STUDY").spec == study.spec
 
 
 def test_cpu_example_gets_cpu_runners_with_its_stated_memory() -> None:

@@ -5,8 +5,9 @@ is what a runner pod runs (:mod:`._run`); ``results`` (:mod:`._results`), ``repo
 (:mod:`._report`), ``validate`` and ``estimate`` (:mod:`.estimate`, which the operator's
 estimate pod runs) inspect a study.
 
-Exit codes: 0 success; 1 the study failed (maxFailedTrials reached); 2 invalid input (spec,
-task entrypoint, flags); 3 storage unreachable; 130 interrupted.
+Exit codes: 0 success; 1 the study failed (its trials kept failing); 2 invalid input (spec,
+task entrypoint, flags); 3 storage unreachable; 4 a runner's trials kept running out of memory
+on a device it shares with other runner processes; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from trial_runner.cli._common import EXIT_INPUT, EXIT_OK, EXIT_STORAGE, CliError
 from trial_runner.cli._report import cmd_report
 from trial_runner.cli._results import cmd_results
-from trial_runner.cli._run import cmd_run, cmd_runner
+from trial_runner.cli._run import OUT_OF_MEMORY_TRIALS, cmd_run, cmd_runner
 from trial_runner.cli.estimate import cmd_estimate
 from trial_runner.contract import LOG_LEVEL_ENV, STORAGE_ENV, STUDY_ENV
 from trial_runner.entrypoints import TaskLoadError
@@ -64,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--storage", help=f"storage URL (default ${STORAGE_ENV} or {DEFAULT_LOCAL_STORAGE})"
     )
-    run.add_argument("--workers", type=int, default=1, help="runner processes (default 1)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="runner processes (default: spec.resources.parallelism, times trialsPerDevice "
+        "when it is a number)",
+    )
     run.add_argument("--trials", type=int, help="override spec.budget.maxTrials")
     run.add_argument("--study-name", help="Optuna study name (default metadata.name)")
     run.add_argument("--log-dir", default=".kubetune/logs", help="runner logs")
@@ -76,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--study-name", help="Optuna study name (default metadata.name)")
     runner.add_argument("--storage", help=f"storage URL (default ${STORAGE_ENV})")
     runner.add_argument("--wait-for-study", type=float, default=120.0, help="seconds")
+    runner.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="runner processes sharing this pod's device, each claiming trials (default 1)",
+    )
+    runner.add_argument(
+        "--exit-after-oom-trials",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exit with code 4 after N trials ran out of memory (default 0: never; with "
+        f"--processes, {OUT_OF_MEMORY_TRIALS})",
+    )
     runner.set_defaults(func=cmd_runner)
 
     results = sub.add_parser("results", help="summarise a study")

@@ -7,16 +7,15 @@ import sys
 import time
 from typing import Any, TextIO
 
-import yaml
-
-from trial_runner.contract import STORAGE_ENV, STUDY_ENV
-from trial_runner.spec import HPOStudy, load_study, study_from_mapping
+from trial_runner.contract import OUT_OF_MEMORY_EXIT_CODE, STORAGE_ENV, STUDY_ENV
+from trial_runner.spec import HPOStudy, load_study, study_from_text
 from trial_runner.storage import DEFAULT_LOCAL_STORAGE, open_storage, redact
 
 __all__ = [
     "EXIT_INPUT",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_OUT_OF_MEMORY",
     "EXIT_STORAGE",
     "EXIT_STUDY_FAILED",
     "CliError",
@@ -29,6 +28,8 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_STUDY_FAILED, EXIT_INPUT, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: A runner pod's processes kept running out of memory on their shared device.
+EXIT_OUT_OF_MEMORY = OUT_OF_MEMORY_EXIT_CODE
 
 
 class CliError(Exception):
@@ -67,11 +68,7 @@ def load_study_or_env(path: str | None) -> HPOStudy:
     raw = os.environ.get(STUDY_ENV)
     if not raw:
         raise CliError(f"no study: give STUDY.yaml or set {STUDY_ENV}")
-    try:
-        doc = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise CliError(f"{STUDY_ENV}: not valid YAML") from None
-    return study_from_mapping(doc, STUDY_ENV)
+    return study_from_text(raw, f"${STUDY_ENV}")
 
 
 def open_existing_study(url: str, name: str) -> Any:

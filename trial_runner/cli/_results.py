@@ -7,13 +7,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
 from trial_runner.contract import PRIOR_ATTR
 from trial_runner.pareto import front_document
 from trial_runner.progress import StudyProgress, is_preempted, retried_numbers, trial_telemetry
-from trial_runner.spec import StudySpec, best_first_key, load_study
+from trial_runner.spec import StudySpec, best_first_key, dump_yaml, load_study
 from trial_runner.storage import read_progress
 from trial_runner.warmstart import recorded_report
 
@@ -115,9 +113,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         )
     console.print(table)
     if args.output:
-        Path(args.output).write_text(
-            yaml.safe_dump(_document(name, spec, progress), sort_keys=False)
-        )
+        Path(args.output).write_text(dump_yaml(_document(name, spec, progress)))
         print(f"wrote {args.output}")
     return EXIT_OK
 

@@ -1,5 +1,11 @@
 """``kubetune run`` (a study on this machine, N runner processes) and ``kubetune runner``
-(what a runner pod runs: trials of an existing study until its budget is spent)."""
+(what a runner pod runs: trials of an existing study until its budget is spent).
+
+Both supervise their runner processes the same way (:class:`_Supervisor`): ``kubetune run``
+starts ``--workers`` of them (default ``resources.parallelism`` times a stated
+``trialsPerDevice``), a runner pod ``--processes`` of them on its one device. A process that
+dies has its trial re-queued and is started again; the others go on.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,11 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +28,7 @@ from trial_runner.cli._common import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
     EXIT_STORAGE,
     EXIT_STUDY_FAILED,
     CliError,
@@ -29,7 +40,7 @@ from trial_runner.contract import LOCAL_WORKERS_ENV, METRICS_PORT_ENV, START_GAT
 from trial_runner.entrypoints import check_entrypoint
 from trial_runner.outage import first_line, is_connection_error
 from trial_runner.pareto import spread
-from trial_runner.progress import StudyProgress
+from trial_runner.progress import StudyProgress, trial_telemetry
 from trial_runner.spec import StudySpec, load_study
 from trial_runner.storage import (
     budget_from_spec,
@@ -47,35 +58,96 @@ __all__ = ["cmd_run", "cmd_runner"]
 log = logging.getLogger("kubetune")
 
 
+#: Trials that ran out of memory (retried at half the micro-batch, or pruned) after which a
+#: runner process sharing its device with others gives up, so that fewer share it.
+OUT_OF_MEMORY_TRIALS = 3
+#: Where the processes of one runner pod keep their metrics for the pod's endpoint
+#: (prometheus_client's multiprocess mode reads this variable).
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def cmd_runner(args: argparse.Namespace) -> int:
+    if args.processes < 1:
+        raise CliError("--processes: must be at least 1")
+    if args.exit_after_oom_trials < 0:
+        raise CliError("--exit-after-oom-trials: must be 0 (never) or more")
+    if args.processes > 1:
+        return _run_processes(args)
     from trial_runner.metrics import RunnerMetrics, start_metrics_server
-    from trial_runner.runner import run_runner, wait_for_study
+    from trial_runner.runner import run_runner
     from trial_runner.task import TaskLoadError
 
     study = load_study_or_env(args.study)
     url = storage_url(args.storage)
     name = args.study_name or study.name
     port = _metrics_port()
+    # Nothing to wait for (no gate, no patience): a missing study is said at once, before the
+    # task loads.
+    study_first = START_GATE_FD_ENV not in os.environ and args.wait_for_study <= 0
+    if study_first:
+        _wait_for_study(url, name, args.wait_for_study)
 
     def before_claims() -> None:
         """After the task's data is loaded: wait for ``kubetune run`` (when it started this
         process), then for the study."""
         _wait_for_start_gate()
-        try:
-            wait_for_study(url, name, timeout=args.wait_for_study)
-        except KeyError:
-            raise CliError(f"no study named {name!r} in {redact(url)}", EXIT_STORAGE) from None
+        if not study_first:
+            _wait_for_study(url, name, args.wait_for_study)
 
     metrics = None
-    if port is not None:
+    if port is not None or os.environ.get(MULTIPROCESS_DIR_ENV):
+        # Alone, the runner serves its metrics; one of a pod's processes records them for
+        # the pod's supervisor to serve.
         metrics = RunnerMetrics(study.metadata.namespace or "", study.name)
+    if port is not None:
         start_metrics_server(port)
+    stop = threading.Event()
+    guard = _OutOfMemoryGuard(args.exit_after_oom_trials, stop)
     try:
-        summary = run_runner(study, url, name, metrics=metrics, before_claims=before_claims)
+        summary = run_runner(
+            study,
+            url,
+            name,
+            metrics=metrics,
+            stop_requested=stop,
+            on_trial=guard,
+            before_claims=before_claims,
+        )
     except TaskLoadError as exc:
         raise CliError(str(exc)) from None
     log.info("runner done: %d trial(s), %s", summary.trials_run, summary.stop_reason)
+    if guard.tripped:
+        raise CliError(
+            f"{guard.count} trials of this runner process ran out of memory while other runner "
+            "processes shared its device; stopping so that fewer share it",
+            EXIT_OUT_OF_MEMORY,
+        )
     return EXIT_OK
+
+
+class _OutOfMemoryGuard:
+    """Stops a runner process after ``limit`` of its trials ran out of memory (0: never).
+
+    Called with each trial the runner finishes; the stop takes effect before the next claim,
+    so no trial is lost.
+    """
+
+    def __init__(self, limit: int, stop: threading.Event) -> None:
+        self.limit = limit
+        self.stop = stop
+        self.count = 0
+
+    @property
+    def tripped(self) -> bool:
+        return bool(self.limit) and self.count >= self.limit
+
+    def __call__(self, trial: Any) -> None:
+        telemetry = trial_telemetry(trial)
+        if telemetry.get("oom_retries") or telemetry.get("stop_reason") == "OutOfMemory":
+            self.count += 1
+        if self.tripped:
+            log.warning("%d trials ran out of memory on a shared device: stopping", self.count)
+            self.stop.set()
 
 
 def _wait_for_start_gate() -> None:
@@ -90,6 +162,82 @@ def _wait_for_start_gate() -> None:
         os.close(fd)
     if not go:
         raise CliError("kubetune run stopped before the study was set up", EXIT_INTERRUPTED)
+
+
+def _wait_for_study(url: str, name: str, timeout: float) -> None:
+    from trial_runner.runner import wait_for_study
+
+    try:
+        wait_for_study(url, name, timeout=timeout)
+    except KeyError:
+        raise CliError(
+            f"no study named {name!r} in {redact(url)} after {timeout:g}s: a runner joins a "
+            "study that exists; create it with `kubetune run` on the same storage (or apply the "
+            "HPOStudy for the operator to create)",
+            EXIT_STORAGE,
+        ) from None
+
+
+def _run_processes(args: argparse.Namespace) -> int:
+    """``kubetune runner --processes N``: N runner processes of one pod on its one device."""
+    import optuna
+
+    study_doc = load_study_or_env(args.study)  # a bad spec fails here, not N times
+    url = storage_url(args.storage)
+    name = args.study_name or study_doc.name
+    _wait_for_study(url, name, args.wait_for_study)
+    study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+    runner_args = ["--study-name", name, "--wait-for-study", str(args.wait_for_study)]
+    # The URL travels in the environment as it came (never in a command line) unless given.
+    runner_args += ["--storage", args.storage] if args.storage else []
+    # Processes sharing one device give up after repeated out-of-memory trials, so the
+    # operator can run fewer per device.
+    runner_args += [
+        "--exit-after-oom-trials",
+        str(args.exit_after_oom_trials or OUT_OF_MEMORY_TRIALS),
+    ]
+    runner_args += [args.study] if args.study else []
+    env: dict[str, str] = {}
+    port = _metrics_port()
+    if port is not None:
+        # The pod serves its port once, with what every process recorded.
+        directory = tempfile.mkdtemp(prefix="kubetune-metrics-")
+        env = {MULTIPROCESS_DIR_ENV: directory, METRICS_PORT_ENV: ""}
+        _serve_process_metrics(port, directory)
+    supervisor = _Supervisor(
+        runner_args, args.processes, name, None, env, oom_kills=OUT_OF_MEMORY_TRIALS
+    )
+    stopping = _on_termination()
+    log.info("runner pod: %d runner processes share the device", args.processes)
+    supervisor.supervise(study, stopping.is_set)
+    if supervisor.error is not None:
+        raise CliError(supervisor.error, supervisor.error_code)
+    return EXIT_OK
+
+
+def _serve_process_metrics(port: int, directory: str) -> None:
+    """Serve the metrics every process of the pod records in ``directory``, summed."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from trial_runner.metrics import start_metrics_server
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    start_metrics_server(port, registry)
+
+
+def _on_termination() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (a pod's supervisor forwards them to its processes)."""
+    stopping = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping the runner processes", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stopping
 
 
 def _metrics_port() -> int | None:
@@ -107,7 +255,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = study_doc.spec
     url = storage_url(args.storage)
     name = args.study_name or study_doc.name
-    if args.workers < 1:
+    workers = args.workers if args.workers is not None else default_workers(spec)
+    if workers < 1:
         raise CliError("--workers: must be at least 1")
     if args.trials is not None and args.trials < 1:
         raise CliError("--trials: must be at least 1")
@@ -115,13 +264,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_entrypoint(spec.task.entrypoint)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    supervisor = _Supervisor(args.study, url, name, args.workers, log_dir)
+    runner_args = ["--study-name", name, "--storage", url, args.study]
+    supervisor = _Supervisor(runner_args, workers, name, log_dir)
     # The runners start now and load their task (an interpreter, torch, the data, the memory
     # estimate: most of a run's start-up) while this process sets the study up; they claim
     # nothing until the gate opens.
-    supervisor.start()
+    supervisor.start(gated=True)
     try:
-        study, warm_start = _set_up(args, spec, url, name)
+        study, warm_start = _set_up(args, spec, url, name, workers)
     except BaseException:
         supervisor.terminate()
         raise
@@ -138,28 +288,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     view = _ProgressView(enabled=not args.no_progress, multi_objective=spec.multi_objective)
     try:
-        while True:
-            if interrupted:
-                supervisor.terminate()
-                break
-            try:
-                # Exits are handled before asking whether anything still runs, so a runner
-                # that died is re-queued and replaced even when it was the last one running.
-                supervisor.check(study)
-                if supervisor.config_error or not supervisor.running():
-                    break
-                view.update(read_progress(study, spec))
-            except Exception as error:
-                if not is_connection_error(error):
-                    raise
-                # The runners wait the outage out and keep their trials; so does this view.
-                view.outage(first_line(error))
-            supervisor.wait(0.5)
+        supervisor.supervise(
+            study,
+            lambda: interrupted,
+            lambda: view.update(read_progress(study, spec)),
+            # The runners wait an outage out and keep their trials; so does this view.
+            on_outage=lambda error: view.outage(first_line(error)),
+        )
     finally:
-        supervisor.terminate()
         view.close()
-    if supervisor.config_error:
-        raise CliError(supervisor.config_error)
+    if supervisor.error is not None:
+        raise CliError(supervisor.error, supervisor.error_code)
     progress = read_progress(study, spec)
     view.final(progress)
     if interrupted:
@@ -172,33 +311,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {key}: {value}")
     if progress.pareto_front:
         _print_front(progress, spec)
-    if progress.outcome == "TooManyFailures":
-        print(f"study failed: {progress.failed} failed trials (see {log_dir})")
+    if progress.failure is not None:
+        print(f"study failed: {progress.failure} (logs: {log_dir})")
         return EXIT_STUDY_FAILED
     return EXIT_OK
 
 
 def _set_up(
-    args: argparse.Namespace, spec: StudySpec, url: str, name: str
+    args: argparse.Namespace, spec: StudySpec, url: str, name: str, workers: int
 ) -> tuple[Any, WarmStartReport | None]:
     """Create or load the study, write ``--trials`` as its budget, apply the warm start."""
     storage = open_storage(url, heartbeat=False)
     study = ensure_study(storage, name, spec)
     if args.trials is not None:
         budget = budget_from_spec(spec)
-        write_budget(
-            study,
-            type(budget)(
-                max_trials=args.trials,
-                max_failed_trials=budget.max_failed_trials,
-                timeout_seconds=budget.timeout_seconds,
-                stage_trials=_scaled_stages(budget.stage_trials, args.trials),
-            ),
-        )
-    print(
-        f"study {name!r}: storage {redact(url)}, {args.workers} runner process(es)",
-        flush=True,
-    )
+        stages = _scaled_stages(budget.stage_trials, args.trials)
+        write_budget(study, replace(budget, max_trials=args.trials, stage_trials=stages))
+    print(f"study {name!r}: storage {redact(url)}, {workers} runner process(es)", flush=True)
     # After the budget (a warm start queues only what the budget leaves room for); local
     # studies are named after their HPOStudy, so hpoStudy names the source as it is.
     return study, apply_warm_start(study, spec, url, source_study_name(spec))
@@ -221,6 +350,12 @@ def _print_front(progress: StudyProgress, spec: StudySpec) -> None:
         print(f"  trial {t.number}: {values}  ({params})")
 
 
+def default_workers(spec: StudySpec) -> int:
+    """``kubetune run``'s runner processes without ``--workers``: the runner pods the study
+    asks for, times the processes each runs when ``trialsPerDevice`` is a number."""
+    return spec.resources.parallelism * (spec.resources.trials_per_device_count or 1)
+
+
 def _scaled_stages(stages: tuple[int | None, ...], trials: int) -> tuple[int | None, ...]:
     """Stage quotas for ``--trials``: proportional, the last stage taking the rest."""
     if not stages:
@@ -232,43 +367,63 @@ def _scaled_stages(stages: tuple[int | None, ...], trials: int) -> tuple[int | N
 
 
 class _Supervisor:
-    """Starts the runner processes, re-queues and restarts any that die."""
+    """Starts runner processes, re-queues the trials of any that die and starts them again.
 
-    def __init__(self, study_path: str, url: str, name: str, workers: int, log_dir: Path):
-        self.study_path, self.url, self.name = study_path, url, name
-        self.workers, self.log_dir = workers, log_dir
+    ``kubetune run`` logs each process to a file in ``log_dir``; a runner pod's processes
+    write to the pod's own output (``log_dir`` None). A process that exits 0 is done (the
+    budget is spent); one that exits 2 (bad input) or 4 (its trials kept running out of memory
+    on a shared device) stops them all, with that code in :attr:`error_code`. In a runner pod
+    (``oom_kills`` > 0) a process killed by SIGKILL was killed by the kernel's out-of-memory
+    killer (nothing else in a container sends it): after ``oom_kills`` of those the pod exits
+    4 too.
+
+    ``kubetune run`` starts its processes behind a start gate (:meth:`start` with ``gated``):
+    they load their task while the study is set up, and claim once :meth:`open_gate` is
+    called. Between passes the supervisor sleeps until a process exits or half a second
+    passes (:meth:`wait`).
+    """
+
+    def __init__(
+        self,
+        runner_args: list[str],
+        workers: int,
+        name: str,
+        log_dir: Path | None,
+        env: Mapping[str, str] | None = None,
+        oom_kills: int = 0,
+    ) -> None:
+        self.runner_args, self.workers, self.name = runner_args, workers, name
+        self.log_dir = log_dir
+        self.env = {**os.environ, **(env or {}), LOCAL_WORKERS_ENV: str(workers)}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.restarts = 0
-        self.config_error: str | None = None
+        self.oom_kills = oom_kills
+        self.killed = 0
+        #: Why supervision stopped early, and the exit code that says so.
+        self.error: str | None = None
+        self.error_code = EXIT_INPUT
         self._gate: int | None = None  # write end of the runners' start gate
 
     def _spawn(self, slot: int, gate: int | None = None) -> None:
-        env = {**os.environ, LOCAL_WORKERS_ENV: str(self.workers)}
-        if gate is not None:
-            env[START_GATE_FD_ENV] = str(gate)
-        cmd = [
-            sys.executable,
-            "-m",
-            "trial_runner.cli",
-            "runner",
-            "--study-name",
-            self.name,
-            "--storage",
-            self.url,
-            self.study_path,
-        ]
+        cmd = [sys.executable, "-m", "trial_runner.cli", "runner", *self.runner_args]
+        env = self.env if gate is None else {**self.env, START_GATE_FD_ENV: str(gate)}
+        pass_fds = () if gate is None else (gate,)
+        if self.log_dir is None:
+            self.procs[slot] = subprocess.Popen(cmd, env=env, pass_fds=pass_fds)
+            return
         log_file = open(self.log_dir / f"{self.name}-runner-{slot}.log", "ab")  # noqa: SIM115
         self.procs[slot] = subprocess.Popen(
-            cmd,
-            stdout=log_file,
-            stderr=log_file,
-            env=env,
-            pass_fds=() if gate is None else (gate,),
+            cmd, stdout=log_file, stderr=log_file, env=env, pass_fds=pass_fds
         )
         log_file.close()
 
-    def start(self) -> None:
-        """Start the runners; they load their task, then wait for :meth:`open_gate`."""
+    def start(self, gated: bool = False) -> None:
+        """Start the processes; ``gated``: they load their task, then wait for
+        :meth:`open_gate`."""
+        if not gated:
+            for slot in range(self.workers):
+                self._spawn(slot)
+            return
         gate, self._gate = os.pipe()
         try:
             for slot in range(self.workers):
@@ -277,7 +432,7 @@ class _Supervisor:
             os.close(gate)
 
     def open_gate(self) -> None:
-        """Let the runners claim (the study is set up)."""
+        """Let the gated processes claim (the study is set up)."""
         if self._gate is not None:
             os.write(self._gate, b"g" * self.workers)
             self._close_gate()
@@ -288,7 +443,7 @@ class _Supervisor:
             self._gate = None
 
     def wait(self, timeout: float) -> None:
-        """Sleep up to ``timeout`` seconds, waking as soon as a runner exits."""
+        """Sleep up to ``timeout`` seconds, waking as soon as a process exits."""
         pidfds = []
         try:
             for proc in self.procs.values():
@@ -302,6 +457,37 @@ class _Supervisor:
             for fd in pidfds:
                 os.close(fd)
 
+    def supervise(
+        self,
+        study: Any,
+        stop_requested: Callable[[], bool],
+        each_pass: Callable[[], None] = lambda: None,
+        on_outage: Callable[[BaseException], None] = lambda error: None,
+    ) -> None:
+        """Run the processes until all are done, one fails for good, or a stop is asked.
+
+        An unreachable storage does not end it: ``on_outage`` hears of it, and the next pass
+        tries again (the runners wait the outage out too). Starts the processes unless
+        :meth:`start` did."""
+        if not self.procs:
+            self.start()
+        try:
+            while not stop_requested():
+                try:
+                    # Exits are handled before asking whether anything still runs, so a runner
+                    # that died is re-queued and replaced even when it was the last one running.
+                    self.check(study)
+                    if self.error is not None or not self.running():
+                        break
+                    each_pass()
+                except Exception as error:
+                    if not is_connection_error(error):
+                        raise
+                    on_outage(error)
+                self.wait(0.5)
+        finally:
+            self.terminate()
+
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs.values())
 
@@ -312,29 +498,43 @@ class _Supervisor:
             code = proc.poll()
             if code is None or code == 0:
                 continue
-            if code == EXIT_INPUT:
-                self.config_error = self._last_error(slot)
-                self.terminate()
+            if code in (EXIT_INPUT, EXIT_OUT_OF_MEMORY):
+                self._stop(self._last_error(slot, code), code)
                 return
             requeued = requeue_trials_of_worker(study, worker_id(proc.pid))
             log.warning(
                 "runner %d exited with %d; re-queued trials %s", slot, code, requeued or "none"
             )
+            if self.oom_kills and code == -signal.SIGKILL:
+                self.killed += 1
+                if self.killed >= self.oom_kills:
+                    message = (
+                        f"runner processes were killed {self.killed} times, as the kernel's "
+                        "out-of-memory killer does, while sharing this pod's memory"
+                    )
+                    self._stop(message, EXIT_OUT_OF_MEMORY)
+                    return
             if self.restarts >= 3 * self.workers:
-                self.config_error = f"runners keep failing: {self._last_error(slot)}"
-                self.terminate()
+                self._stop(f"runners keep failing: {self._last_error(slot, code)}", EXIT_INPUT)
                 return
             self.restarts += 1
             self._spawn(slot)
 
-    def _last_error(self, slot: int) -> str:
+    def _stop(self, error: str, code: int) -> None:
+        self.error, self.error_code = error, code
+        self.terminate()
+
+    def _last_error(self, slot: int, code: int) -> str:
+        if self.log_dir is None:  # the process's own message is in the pod's log above
+            return f"runner process {slot} exited with code {code}"
         path = self.log_dir / f"{self.name}-runner-{slot}.log"
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("kubetune: ")]
         return (errors or lines or ["runner failed"])[-1].removeprefix("kubetune: ")
 
     def terminate(self) -> None:
-        self._close_gate()  # a runner still waiting at the gate exits
+        """SIGTERM to every process still running (each releases its trial), then wait."""
+        self._close_gate()  # a process still waiting at the gate exits
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

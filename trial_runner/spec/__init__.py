@@ -7,8 +7,11 @@ The same YAML a user gives to ``kubectl apply`` is loaded here:
   trials over several objectives);
 * :mod:`._rules`: :func:`semantic_errors`, rules that span fields (``low < high``, stage groups,
   defaults inside their range, ...), each reported with its field path;
-* :mod:`._load`: loading a file, a whole document or a bare spec, every problem at once as a
-  :class:`SpecError`;
+* :mod:`._load`: loading a file, a text, a whole document or a bare spec, every problem at
+  once as a :class:`SpecError` (bounded in length), each spec taken as the API server stores
+  it (:func:`as_api_server_stores`);
+* :mod:`._yaml`: YAML read and written as kubectl reads it (:func:`load_yaml_documents`,
+  :func:`dump_yaml`), so ``low: 1e-4`` is a number for every reader;
 * :mod:`._parse`: numbers, durations and Kubernetes quantities.
 
 The CRD's OpenAPI schema is generated from these models (``hpo_operator.crd``) and its CEL rules
@@ -17,18 +20,31 @@ mirror :func:`semantic_errors`, so a spec that validates locally validates at ap
 
 from __future__ import annotations
 
-from trial_runner.spec._errors import FieldError, SpecError, format_path
-from trial_runner.spec._load import load_study, study_from_mapping, validate_spec_mapping
+from trial_runner.spec._errors import MAX_SHOWN_ERRORS, FieldError, SpecError, format_path
+from trial_runner.spec._load import (
+    MAX_DOCUMENT_BYTES,
+    as_api_server_stores,
+    load_study,
+    study_from_mapping,
+    study_from_text,
+    validate_spec_mapping,
+)
 from trial_runner.spec._models import (
     API_VERSION,
+    DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
+    FREE_FORM_FIELDS,
     KIND,
     MAX_OBJECTIVES,
+    MAX_SEED,
+    MAX_STAGES,
     MAX_STUDY_NAME,
+    MAX_TRIALS_PER_DEVICE,
     MAX_WARM_START_POINTS,
     MULTI_OBJECTIVE_SAMPLERS,
     NAME_PATTERN,
     NUMBER_PATTERN,
     QUANTITY_PATTERN,
+    QUEUE_NAME_PATTERN,
     Budget,
     Checkpoint,
     EarlyStopping,
@@ -57,17 +73,26 @@ from trial_runner.spec._models import (
 )
 from trial_runner.spec._parse import parse_duration, parse_number, parse_quantity
 from trial_runner.spec._rules import point_value_error, semantic_errors
+from trial_runner.spec._yaml import dump_yaml, load_yaml_documents
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS",
+    "FREE_FORM_FIELDS",
     "KIND",
+    "MAX_DOCUMENT_BYTES",
     "MAX_OBJECTIVES",
+    "MAX_SEED",
+    "MAX_SHOWN_ERRORS",
+    "MAX_STAGES",
     "MAX_STUDY_NAME",
+    "MAX_TRIALS_PER_DEVICE",
     "MAX_WARM_START_POINTS",
     "MULTI_OBJECTIVE_SAMPLERS",
     "NAME_PATTERN",
     "NUMBER_PATTERN",
     "QUANTITY_PATTERN",
+    "QUEUE_NAME_PATTERN",
     "Budget",
     "Checkpoint",
     "EarlyStopping",
@@ -92,16 +117,20 @@ __all__ = [
     "Training",
     "WarmStart",
     "WarmStartPoint",
+    "as_api_server_stores",
     "best_first",
     "best_first_key",
+    "dump_yaml",
     "format_path",
     "is_better",
     "load_study",
+    "load_yaml_documents",
     "parse_duration",
     "parse_number",
     "parse_quantity",
     "point_value_error",
     "semantic_errors",
     "study_from_mapping",
+    "study_from_text",
     "validate_spec_mapping",
 ]

@@ -1,7 +1,13 @@
-"""Spec errors with field paths, and pydantic's errors translated into them."""
+"""Spec errors with field paths, and pydantic's errors translated into them.
+
+Every message is short, whatever the input: a field error's path and message are bounded
+(:data:`MAX_PATH`, :data:`MAX_MESSAGE`), values are quoted in part (:func:`shown`), and a
+rendered :class:`SpecError` lists at most :data:`MAX_SHOWN_ERRORS` errors.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -10,13 +16,43 @@ from pydantic import BaseModel, ValidationError
 
 from trial_runner.spec._models import HPOStudy
 
-__all__ = ["FieldError", "SpecError", "format_path", "pydantic_errors"]
+__all__ = [
+    "MAX_MESSAGE",
+    "MAX_PATH",
+    "MAX_SHOWN_ERRORS",
+    "FieldError",
+    "SpecError",
+    "format_path",
+    "model_at",
+    "pydantic_errors",
+    "shown",
+]
+
+#: Characters of a field path and of a message kept in a :class:`FieldError`.
+MAX_PATH, MAX_MESSAGE = 160, 240
+#: Errors a rendered :class:`SpecError` lists (the count says how many there are).
+MAX_SHOWN_ERRORS = 20
+#: Characters of an input value quoted in a message.
+MAX_SHOWN_VALUE = 40
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
 class FieldError:
+    """One problem: the field's path (``spec.searchSpace[0].low``) and what is wrong, both
+    clipped to a few lines' length."""
+
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", _clip(self.path, MAX_PATH))
+        object.__setattr__(self, "message", _clip(self.message, MAX_MESSAGE))
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -32,26 +68,44 @@ class SpecError(ValueError):
 
     def render(self) -> str:
         head = f"{self.source}: " if self.source else ""
+        if len(self.errors) == 1 and not self.errors[0].path:
+            return f"{head}{self.errors[0].message}"  # about the file: one line
         lines = [f"{head}invalid HPOStudy ({len(self.errors)} error(s))"]
-        lines.extend(f"  {e}" for e in self.errors)
+        lines.extend(f"  {e}" for e in self.errors[:MAX_SHOWN_ERRORS])
+        if len(self.errors) > MAX_SHOWN_ERRORS:
+            lines.append(f"  ... and {len(self.errors) - MAX_SHOWN_ERRORS} more")
         return "\n".join(lines)
 
 
 def format_path(loc: Iterable[str | int]) -> str:
+    """``("spec", "searchSpace", 0, "low")`` as ``spec.searchSpace[0].low``; a key that is not
+    an identifier (an unknown field with spaces, newlines ...) is quoted in brackets."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif _IDENTIFIER.fullmatch(part):
             out += f".{part}" if out else part
+        else:
+            out += f"[{shown(part)}]"
     return out
+
+
+def shown(value: Any) -> str:
+    """``value`` as a message quotes it: a string or number in part, a list or mapping by size
+    (never the whole input: a spec with 10,000 parameters gives a one-line error)."""
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return f"a mapping of {len(value)} key(s)"
+    return _clip(repr(value), MAX_SHOWN_VALUE)
 
 
 def _accepted_fields(model: type[BaseModel]) -> str:
     return ", ".join(sorted((f.alias or n) for n, f in model.model_fields.items()))
 
 
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+def model_at(loc: Iterable[str | int]) -> type[BaseModel] | None:
     """The model class that owns the object at ``loc`` (for naming the accepted fields)."""
     model: Any = HPOStudy
     for part in loc:
@@ -79,40 +133,83 @@ def _unwrap_model(annotation: Any) -> Any:
     return None
 
 
-def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    # pydantic adds union-member tags ("int", "str", "constrained-str", "list[...]") to locs.
-    return tuple(
-        p
-        for p in loc
-        if isinstance(p, int) or not (p in {"int", "str", "bool"} or "[" in p or "-" in p)
-    )
+def _clean_loc(loc: tuple[str | int, ...], raw: Any, kind: str) -> tuple[str | int, ...]:
+    """``loc`` without the union-member tags pydantic adds (``int``, ``constrained-str``): the
+    parts that lead through the input data, and a missing field's name."""
+    kept: list[str | int] = []
+    node = raw
+    for index, part in enumerate(loc):
+        if _holds(node, part):
+            node = node[part]
+        elif not (kind == "missing" and index == len(loc) - 1):
+            continue
+        kept.append(part)
+    return tuple(kept)
 
 
-def pydantic_errors(exc: ValidationError) -> list[FieldError]:
-    """pydantic's errors as :class:`FieldError` s: one per path, saying what is accepted."""
+def _holds(node: Any, part: str | int) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def pydantic_errors(exc: ValidationError, raw: Any) -> list[FieldError]:
+    """pydantic's errors on ``raw`` as :class:`FieldError` s: one per path, saying what is
+    accepted."""
     errors: dict[str, FieldError] = {}
     for err in exc.errors():
-        loc = _clean_loc(tuple(err["loc"]))
+        loc = _clean_loc(tuple(err["loc"]), raw, err["type"])
         path = format_path(loc)
         kind = err["type"]
+        value = err.get("input")
         if kind == "extra_forbidden":
-            owner = _model_at(loc[:-1])
+            owner = model_at(loc[:-1])
             accepted = f" (accepted: {_accepted_fields(owner)})" if owner else ""
             message = f"unknown field{accepted}"
         elif kind == "missing":
             message = "required field is missing"
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
-            message = f"must be one of {expected} (got {err['input']!r})"
+            message = f"must be one of {expected} (got {shown(value)})"
         elif kind == "string_pattern_mismatch":
-            message = f"{err['input']!r} is not accepted: {_pattern_hint(loc)}"
+            message = f"{shown(value)} is not accepted: {_pattern_hint(loc)}"
+        elif isinstance(value, float) and kind in _TYPE_ERRORS:
+            message = _float_hint(loc, kind, value)
         else:
-            message = f"{err['msg']} (got {err['input']!r})" if "input" in err else err["msg"]
+            message = f"{err['msg']} (got {shown(value)})" if "input" in err else err["msg"]
         # Union members (int | "number") each report the same bad value; the pattern message
         # says what is accepted, so it wins over "not an integer".
         if path not in errors or kind == "string_pattern_mismatch":
             errors[path] = FieldError(path, message)
     return list(errors.values())
+
+
+_TYPE_ERRORS = {"int_type", "int_from_float", "string_type", "bool_type"}
+#: Fields whose decimal numbers are text (``low: "1e-4"``).
+_NUMBER_TEXT_FIELDS = {
+    "low",
+    "high",
+    "step",
+    "default",
+    "value",
+    "choices",
+    "memoryHeadroom",
+    "minDelta",
+    "percentile",
+    "pThreshold",
+}
+
+
+def _float_hint(loc: tuple[str | int, ...], kind: str, value: float) -> str:
+    """A float where the spec takes an integer, text or a boolean (specs have no floats)."""
+    last = next((p for p in reversed(loc) if isinstance(p, str)), "")
+    if last in _NUMBER_TEXT_FIELDS:
+        return (
+            f'a decimal number must be quoted text, e.g. "{value!r}" (got the unquoted '
+            f"number {shown(value)}, which the API server refuses)"
+        )
+    expected = {"string_type": "a string", "bool_type": "true or false"}.get(kind, "an integer")
+    return f"must be {expected} (got the number {shown(value)})"
 
 
 def _pattern_hint(loc: tuple[str | int, ...]) -> str:
@@ -135,5 +232,8 @@ def _pattern_hint(loc: tuple[str | int, ...]) -> str:
         "cpu": "expected a CPU quantity such as 500m or 2",
         "batchSizeParameter": "expected a parameter name",
         "hpoStudy": "expected the name of an HPOStudy (a lowercase DNS label)",
+        "trialsPerDevice": "expected Auto or a number of runner processes per device, 1 to 16",
+        "queueName": "expected the name of a Kueue LocalQueue (lowercase letters, digits, "
+        "'-' and '.')",
     }
     return hints.get(last, "does not match the accepted format")

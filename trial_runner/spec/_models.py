@@ -21,14 +21,20 @@ from trial_runner.spec._parse import DURATION_PATTERN, parse_duration, parse_num
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS",
+    "FREE_FORM_FIELDS",
     "KIND",
     "MAX_OBJECTIVES",
+    "MAX_SEED",
+    "MAX_STAGES",
     "MAX_STUDY_NAME",
+    "MAX_TRIALS_PER_DEVICE",
     "MAX_WARM_START_POINTS",
     "MULTI_OBJECTIVE_SAMPLERS",
     "NAME_PATTERN",
     "NUMBER_PATTERN",
     "QUANTITY_PATTERN",
+    "QUEUE_NAME_PATTERN",
     "Budget",
     "Checkpoint",
     "EarlyStopping",
@@ -65,6 +71,8 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 GROUP_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
+# A Kueue LocalQueue: an object name (DNS-1123 subdomain) that is also a label value.
+QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 # Study names become pod names "<name>-runner-<n>" and Optuna study names, so they must be
 # DNS-1123 labels with room for the suffix.
@@ -82,6 +90,17 @@ MULTI_OBJECTIVE_SAMPLERS = ("TPE", "NSGAII", "NSGAIII", "Random", "GP", "QMC")
 MAX_OBJECTIVES = 8
 #: Warm-start points a study may list.
 MAX_WARM_START_POINTS = 16
+#: Stages a study may have.
+MAX_STAGES = 16
+#: The largest ``sampler.seed``: NumPy and scikit-learn take seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+#: Failed trials in a row after which a study fails (``budget.maxConsecutiveFailedTrials``):
+#: a task that fails every trial stops after a handful, not after thousands.
+DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS = 10
+#: Fields whose content is free-form (paths below ``spec``): kept as written, nulls included.
+FREE_FORM_FIELDS: tuple[tuple[str, ...], ...] = (("task", "config"),)
+#: Runner processes one runner pod may run on its device (``resources.trialsPerDevice``).
+MAX_TRIALS_PER_DEVICE = 16
 
 
 def is_better(direction: str, a: float, b: float, margin: float = 0.0) -> bool:
@@ -201,8 +220,19 @@ class Budget(_Model):
     max_failed_trials: int | None = Field(
         default=None, ge=0, description="Failed trials after which the study is Failed."
     )
+    max_consecutive_failed_trials: int = Field(
+        default=DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
+        ge=1,
+        le=100000,
+        description="Trials failing in a row (none complete or pruned between them) after "
+        "which the study is Failed.",
+    )
     timeout: str | None = Field(
-        default=None, pattern=DURATION_PATTERN, description="Wall-clock limit, e.g. 6h or 90m."
+        default=None,
+        pattern=DURATION_PATTERN,
+        min_length=1,
+        max_length=32,
+        description="Wall-clock limit, e.g. 6h or 90m.",
     )
 
     @cached_property
@@ -212,7 +242,9 @@ class Budget(_Model):
 
 class Sampler(_Model):
     type: Literal["TPE", "Random", "CMAES", "GP", "QMC", "NSGAII", "NSGAIII"] = "TPE"
-    seed: int | None = None
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="Seed of the sampler and the data splits."
+    )
     n_startup_trials: int | None = Field(default=None, ge=0)
     population_size: int | None = Field(
         default=None,
@@ -349,8 +381,32 @@ class Resources(_Model):
         pattern=QUANTITY_PATTERN,
         description="Peak training memory of the largest configuration; skips the estimate.",
     )
-    cpu: str | None = Field(default=None, pattern=r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
-    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
+    cpu: str | None = Field(
+        default=None,
+        pattern=r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$",
+        description="CPU request of each runner process (a pod asks trialsPerDevice times it).",
+    )
+    memory: str | None = Field(
+        default=None,
+        pattern=QUANTITY_PATTERN,
+        description="Memory of each runner process (a pod asks trialsPerDevice times it).",
+    )
+    trials_per_device: (
+        Annotated[int, Field(ge=1, le=MAX_TRIALS_PER_DEVICE)]
+        | Annotated[str, Field(pattern=r"^Auto$")]
+    ) = Field(
+        default="Auto",
+        description="Runner processes each runner pod runs on its one device (a GPU, a MIG "
+        "slice or a CPU runner's memory), each claiming trials: Auto (as many as the memory "
+        "estimate lets share a GPU or MIG slice, at most 8; 1 on CPU) or a number.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        pattern=QUEUE_NAME_PATTERN,
+        max_length=63,
+        description="Kueue LocalQueue that admits the runner pods (their "
+        "kueue.x-k8s.io/queue-name label); default: the HPOStudy's own label of that name.",
+    )
 
     @cached_property
     def headroom_fraction(self) -> float:
@@ -364,6 +420,11 @@ class Resources(_Model):
     @cached_property
     def memory_bytes(self) -> int | None:
         return parse_quantity(self.memory) if self.memory else None
+
+    @property
+    def trials_per_device_count(self) -> int | None:
+        """``trialsPerDevice`` as a number, or ``None`` for ``Auto``."""
+        return self.trials_per_device if isinstance(self.trials_per_device, int) else None
 
 
 class SecretKeyRef(_Model):
@@ -441,7 +502,12 @@ class StudySpec(_Model):
     )
     task: Task
     search_space: list[Parameter] = Field(min_length=1, max_length=64)
-    stages: list[Stage] | None = Field(default=None, max_length=16)
+    stages: list[Stage] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_STAGES,
+        description="Progressive stages; omitted, the whole search space is one stage.",
+    )
     budget: Budget
     sampler: Sampler = Field(default_factory=Sampler)
     pruner: Pruner = Field(default_factory=Pruner)

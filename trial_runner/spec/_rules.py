@@ -33,9 +33,11 @@ def semantic_errors(spec: StudySpec, prefix: str = "spec") -> list[FieldError]:
     groups = {p.group for p in spec.search_space}
     if spec.stages:
         searched: set[str] = set()
+        unknown = False
         for i, stage in enumerate(spec.stages):
             for j, group in enumerate(stage.groups):
                 if group not in groups:
+                    unknown = True
                     err(
                         f"stages[{i}].groups[{j}]",
                         f"unknown group {group!r} "
@@ -47,15 +49,17 @@ def semantic_errors(spec: StudySpec, prefix: str = "spec") -> list[FieldError]:
         stage_names = [s.name for s in spec.stages if s.name]
         if len(stage_names) != len(set(stage_names)):
             err("stages", "stage names must be unique")
+        # A misspelt group leaves its parameters unsearched; saying so as well would point
+        # at the parameters instead of the typo.
         for i, p in enumerate(spec.search_space):
-            if p.group not in searched:
+            if p.group not in searched and not unknown:
                 err(
                     f"searchSpace[{i}].group",
                     f"group {p.group!r} is not searched by any stage",
                 )
         first = set(spec.stages[0].groups)
         for i, p in enumerate(spec.search_space):
-            if p.group not in first and p.default is None:
+            if p.group not in first and p.default is None and not unknown:
                 err(
                     f"searchSpace[{i}].default",
                     f"required: group {p.group!r} is not searched in the first stage, so "
@@ -92,6 +96,9 @@ def semantic_errors(spec: StudySpec, prefix: str = "spec") -> list[FieldError]:
             err(
                 "training.epochSchedule[0].fromTrial", "must be 0 so every trial has an epoch count"
             )
+
+    if spec.budget.timeout_seconds == 0:
+        err("budget.timeout", f"must be longer than 0 (got {spec.budget.timeout!r})")
 
     if not 0 <= spec.resources.headroom_fraction <= 4:
         err(

@@ -44,6 +44,7 @@ def make_progress(
     best: tuple[float, int] | None = None,
     outcome: str = "Running",
     stage: int = 0,
+    failure: str | None = None,
 ) -> StudyProgress:
     value, trial = best if best else (None, None)
     params = {"learning_rate": 0.01, "batch_size": 64} if best else None
@@ -63,4 +64,5 @@ def make_progress(
         ),
         outcome=outcome,  # type: ignore[arg-type]
         elapsed_seconds=1.0,
+        failure=failure,
     )

@@ -15,6 +15,12 @@ def test_bad_operator_settings_name_the_variable() -> None:
         OperatorConfig.from_env({"KUBETUNE_METRICS_PORT": "http"})
     with pytest.raises(ValueError, match="KUBETUNE_RUNNER_METRICS_PORT"):
         OperatorConfig.from_env({"KUBETUNE_RUNNER_METRICS_PORT": "70000"})
+    with pytest.raises(ValueError, match="KUBETUNE_RUNNER_QUEUE_NAME: expected a LocalQueue"):
+        OperatorConfig.from_env({"KUBETUNE_RUNNER_QUEUE_NAME": "Team_A"})
+    with pytest.raises(ValueError, match="KUBETUNE_RUNNER_QUEUE_NAME"):
+        OperatorConfig.from_env({"KUBETUNE_RUNNER_QUEUE_NAME": "q" * 64})
+    assert OperatorConfig.from_env({}).queue_name is None
+    assert OperatorConfig.from_env({"KUBETUNE_RUNNER_QUEUE_NAME": "gpus"}).queue_name == "gpus"
     config = OperatorConfig.from_env(
         {
             "KUBETUNE_DEFAULT_STORAGE_SECRET": "pg",

@@ -192,3 +192,16 @@ def test_front_size_has_a_printer_column() -> None:
     assert (front["jsonPath"], front["type"]) == (".status.paretoFront.size", "integer")
     trials = status_schema()["properties"]["paretoFront"]["properties"]["trials"]
     assert trials["maxItems"] == 10
+
+
+def test_trials_per_device_is_auto_or_a_bounded_number_and_has_columns() -> None:
+    node = spec_schema()["properties"]["resources"]["properties"]["trialsPerDevice"]
+    assert node["x-kubernetes-int-or-string"] is True
+    assert (node["pattern"], node["minimum"], node["maximum"]) == ("^Auto$", 1, 16)
+    assert node["default"] == "Auto"
+    queue = spec_schema()["properties"]["resources"]["properties"]["queueName"]
+    assert queue["maxLength"] == 63
+    columns = {c["name"]: c for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Per-Device"]["jsonPath"] == ".status.sizing.trialsPerDevice"
+    assert columns["Device-Use"]["jsonPath"] == ".status.sizing.packing"
+    assert columns["Per-Device"]["priority"] == columns["Device-Use"]["priority"] == 1

@@ -1,12 +1,15 @@
-"""The operator's login: which API server address a pod and a laptop use."""
+"""The operator's login (which API server address a pod and a laptop use) and its client."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
 from hpo_operator import handlers
+from hpo_operator._cluster import api_client
 
 
 def _service_account(**_: Any) -> kopf.ConnectionInfo:
@@ -43,3 +46,31 @@ def test_outside_a_pod_the_kubeconfig_is_used(monkeypatch: pytest.MonkeyPatch) -
     from_kubeconfig = kopf.ConnectionInfo(server="https://127.0.0.1:6443")
     monkeypatch.setattr(kopf, "login_with_kubeconfig", lambda **_: from_kubeconfig)
     assert handlers.login() is from_kubeconfig
+
+
+def test_the_client_keeps_a_connection_for_each_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Passes run in WORKERS threads over one client: a smaller connection pool drops and
+    re-opens (TLS included) connections after every burst of pod creations at scale."""
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    client = api_client(connections=handlers.WORKERS)
+    try:
+        assert client.configuration.host == "https://127.0.0.1:6443"
+        assert client.rest_client.pool_manager.connection_pool_kw["maxsize"] >= handlers.WORKERS
+    finally:
+        client.close()

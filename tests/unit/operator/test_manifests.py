@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import yaml
@@ -94,6 +96,83 @@ def test_cpu_runner_gets_memory_requests_and_limits() -> None:
         "limits": {"memory": "1Gi"},
     }
     assert "tolerations" not in pod["spec"]
+
+
+def test_a_shared_gpu_runs_several_processes_with_cpu_and_memory_for_each() -> None:
+    shared = dataclasses.replace(MIG, trials_per_device=3, packing="63%")
+    pod = _runner(shared, resources={"accelerator": "MIG", "cpu": "500m", "memory": "2Gi"})
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == [
+        *("kubetune", "runner", "--study-name", "team-a.digits"),
+        *("--processes", "3"),
+    ]
+    # The device once (its processes share it), CPU and host memory three times.
+    assert container["resources"] == {
+        "limits": {"nvidia.com/mig-2g.20gb": "1", "memory": "6Gi"},
+        "requests": {"cpu": "1500m", "memory": "6Gi"},
+    }
+    assert pod["metadata"]["annotations"]["kubetune.dev/trials-per-device"] == "3"
+    whole = _runner(
+        dataclasses.replace(MIG, trials_per_device=4),
+        resources={"accelerator": "MIG", "cpu": "0.5"},
+    )
+    assert whole["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "2"}
+
+
+def test_cpu_runner_processes_each_get_the_sized_memory() -> None:
+    three = dataclasses.replace(CPU, quantity="1536Mi", trials_per_device=3)
+    pod = _runner(three, resources={"accelerator": "CPU", "cpu": "1", "trialsPerDevice": 3})
+    assert pod["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "3", "memory": "4608Mi"},
+        "limits": {"memory": "4608Mi"},
+    }
+    assert pod["spec"]["containers"][0]["command"][-2:] == ["--processes", "3"]
+
+
+def test_one_process_per_device_runs_the_plain_runner() -> None:
+    pod = _runner(CPU, resources={"accelerator": "CPU"})
+    assert "--processes" not in pod["spec"]["containers"][0]["command"]
+    assert pod["metadata"]["annotations"]["kubetune.dev/trials-per-device"] == "1"
+
+
+def test_runner_pods_carry_kueue_labels_of_the_queue_and_priority() -> None:
+    queued = _runner(CPU, resources={"accelerator": "CPU", "queueName": "team-a-gpus"})
+    labels = queued["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
+    assert "kueue.x-k8s.io/priority-class" not in labels
+    # A study labelled as Kueue's users label their jobs: the queue and priority are copied.
+    owner = copy.deepcopy(OWNER)
+    owner["metadata"]["labels"] = {
+        "kueue.x-k8s.io/queue-name": "shared",
+        "kueue.x-k8s.io/priority-class": "high",
+    }
+    spec = make_spec(resources={"accelerator": "CPU"})
+    pod = runner_pod(owner, spec, 0, CPU, ("pg", "url"), OperatorConfig())
+    assert {k: v for k, v in pod["metadata"]["labels"].items() if k.startswith("kueue")} == {
+        "kueue.x-k8s.io/queue-name": "shared",
+        "kueue.x-k8s.io/priority-class": "high",
+    }
+    # spec.resources.queueName wins over the label.
+    spec = make_spec(resources={"accelerator": "CPU", "queueName": "mine"})
+    pod = runner_pod(owner, spec, 0, CPU, ("pg", "url"), OperatorConfig())
+    assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mine"
+    # No queue: no Kueue labels at all, even with a priority label on the study.
+    del owner["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    pod = runner_pod(owner, make_spec(), 0, CPU, ("pg", "url"), OperatorConfig())
+    assert not any(k.startswith("kueue") for k in pod["metadata"]["labels"])
+    # The operator's default queue (runner.queueName) serves studies that name none.
+    default = OperatorConfig(queue_name="everyone")
+    pod = runner_pod(owner, make_spec(), 0, CPU, ("pg", "url"), default)
+    assert {k: v for k, v in pod["metadata"]["labels"].items() if k.startswith("kueue")} == {
+        "kueue.x-k8s.io/queue-name": "everyone",
+        "kueue.x-k8s.io/priority-class": "high",
+    }
+    spec = make_spec(resources={"accelerator": "CPU", "queueName": "mine"})
+    pod = runner_pod(owner, spec, 0, CPU, ("pg", "url"), default)
+    assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mine"
+    # The estimate pod is never queued: it is short and runs before sizing is known.
+    estimate = estimate_pod(owner, make_spec(resources={"queueName": "q"}), "k", OperatorConfig())
+    assert not any(k.startswith("kueue") for k in estimate["metadata"]["labels"])
 
 
 def test_runner_meets_the_restricted_pod_security_standard() -> None:

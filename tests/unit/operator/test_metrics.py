@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from hpo_operator.metrics import OperatorMetrics
-from hpo_operator.reconcile import decide
+from hpo_operator.reconcile import ObservedPod, decide
 from hpo_operator.sizing import Peak, SizingDecision
 from hpo_operator.status import StudyStatus
 from prometheus_client import CollectorRegistry
@@ -78,3 +78,19 @@ def test_a_deleted_study_leaves_no_series_behind() -> None:
         if "study" in sample.labels
     }
     assert names and all(study == "other" for _, study in names), names
+
+
+def test_runners_waiting_for_kueue_and_trials_per_device_follow_the_status() -> None:
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    shared = SizingDecision(
+        "GPU", "nvidia.com/gpu", "1", 80 * 2**30, 15 * 2**30, Peak(14 * 2**30, "Spec"), "r", 5
+    )
+    gated = ObservedPod("digits-runner-1", "trial-runner", index=1, waiting_for_admission=True)
+    running = ObservedPod("digits-runner-0", "trial-runner", index=0, phase="Running", ready=True)
+    plan = decide(
+        make_spec(), StudyStatus(), 1, [running, gated], make_progress(running=1), shared, NOW
+    )
+    metrics.observe("team-a", "digits", plan.status)
+    assert _value(registry, "kubetune_study_runners_waiting_for_admission") == 1
+    assert _value(registry, "kubetune_study_trials_per_device") == 5

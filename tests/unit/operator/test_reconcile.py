@@ -187,6 +187,99 @@ def test_oom_killed_runner_raises_the_floor_and_waits_for_larger_sizing() -> Non
     assert condition(stale, "Ready")["reason"] == "NoFittingResource"
 
 
+GPU3 = SizingDecision(
+    "GPU",
+    "nvidia.com/gpu",
+    "1",
+    80 * 2**30,
+    15 * 2**30,
+    Peak(14 * 2**30, "Spec"),
+    "3 per H100",
+    trials_per_device=3,
+    packing="52%",
+)
+GPU2 = dataclasses.replace(GPU3, trials_per_device=2, packing="35%", reason="2 per H100")
+
+
+def test_sizing_shows_the_trials_per_device_and_the_packing() -> None:
+    plan = run(sizing=GPU3)
+    sizing = status(plan)["sizing"]
+    assert (sizing["trialsPerDevice"], sizing["packing"]) == (3, "52%")
+    assert "trialsPerDeviceLimit" not in sizing
+    created = next(e for e in plan.events if e.reason == "RunnersCreated")
+    assert "3 runner processes each" in created.message
+    # A new number of processes per device is announced like a new resource.
+    resized = run([runner(0), runner(1)], status=plan.status, sizing=GPU2)
+    assert any(e.reason == "Sized" and "2 per H100" in e.message for e in resized.events)
+
+
+def test_processes_that_keep_running_out_of_memory_lower_the_trials_per_device() -> None:
+    gpu = {"kind": "GPU", "memory_bytes": GPU3.memory_bytes, "resource": GPU3.resource}
+    exhausted = runner(0, phase="Failed", exit_code=4, trials_per_device=3, **gpu)
+    plan = run([exhausted, runner(1, trials_per_device=3)], make_progress(running=3), sizing=GPU3)
+    assert deletes(plan) == ["digits-runner-0"]
+    assert status(plan)["sizing"]["trialsPerDeviceLimit"] == 2
+    assert status(plan)["runners"]["failedPods"] == 0  # resized, not counted as a failure
+    lowered = next(e for e in plan.events if e.reason == "TrialsPerDeviceLowered")
+    assert lowered.type == "Warning"
+    assert "3 runner processes of digits-runner-0" in lowered.message
+    assert "at most 2 per device" in lowered.message
+    # This pass's sizing still says 3: nothing is created with it.
+    assert condition(plan, "Ready")["reason"] == "Resizing"
+    assert creates(plan) == []
+    # Next pass the handler sized under the limit: the replacement runs 2 processes.
+    again = run(
+        [runner(1, trials_per_device=3)], make_progress(running=3), plan.status, sizing=GPU2
+    )
+    assert [
+        (a.index, a.sizing.trials_per_device) for a in again.actions if isinstance(a, CreateRunner)
+    ] == [(0, 2)]
+    assert status(again)["sizing"]["trialsPerDeviceLimit"] == 2
+    # A second pod of 3 that gives up later does not lower the limit below 2.
+    late = runner(1, phase="Failed", exit_code=4, trials_per_device=3, **gpu)
+    later = run(
+        [runner(0, trials_per_device=2), late], make_progress(running=2), again.status, sizing=GPU2
+    )
+    assert status(later)["sizing"]["trialsPerDeviceLimit"] == 2
+    assert creates(later) == []  # the pod is still there (being deleted) in this pass
+
+
+def test_a_single_process_runner_exiting_4_is_an_ordinary_failure() -> None:
+    plan = run([runner(0, phase="Failed", exit_code=4), runner(1)], make_progress(running=1))
+    assert status(plan)["runners"]["failedPods"] == 1
+    assert "trialsPerDeviceLimit" not in status(plan)["sizing"]
+
+
+def test_runners_kueue_has_not_admitted_are_shown_waiting() -> None:
+    gated = runner(1, phase="Pending", ready=False, waiting_for_admission=True)
+    spec = {"accelerator": "CPU", "parallelism": 2, "memory": "1Gi", "queueName": "team-a"}
+    plan = run([runner(0), gated], make_progress(running=1), resources=spec)
+    ready = condition(plan, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "WaitingForAdmission")
+    assert ready["message"] == "1/2 runners ready; 1 wait for admission by Kueue (team-a)"
+    assert status(plan)["runners"]["waitingForAdmission"] == 1
+    assert creates(plan) == [] and deletes(plan) == []
+    assert [e.reason for e in plan.events].count("WaitingForAdmission") == 1
+    # The event is not repeated while the study keeps waiting.
+    again = run([runner(0), gated], make_progress(running=1), plan.status, resources=spec)
+    assert not any(e.reason == "WaitingForAdmission" for e in again.events)
+    # Admitted: ready as usual.
+    admitted = run([runner(0), runner(1)], make_progress(running=2), again.status, resources=spec)
+    assert condition(admitted, "Ready")["reason"] == "RunnersReady"
+    assert status(admitted)["runners"]["waitingForAdmission"] == 0
+
+
+def test_a_runner_kueue_stopped_is_replaced_and_waits_again() -> None:
+    spec = {"accelerator": "CPU", "parallelism": 1, "memory": "1Gi", "queueName": "team-a"}
+    preempted = runner(0, deleting=True, stopped_by_kueue="WorkloadEvicted")
+    plan = run([preempted], make_progress(running=1), resources=spec)
+    assert creates(plan) == [] and deletes(plan) == []  # replaced once it is gone
+    gated = runner(0, phase="Pending", ready=False, waiting_for_admission=True)
+    replaced = run([gated], make_progress(waiting=1), plan.status, resources=spec)
+    assert condition(replaced, "Ready")["reason"] == "WaitingForAdmission"
+    assert status(replaced)["runners"]["failedPods"] == 0
+
+
 def test_lowering_parallelism_deletes_extra_runners() -> None:
     plan = run(
         [runner(0), runner(1), runner(2)],
@@ -256,12 +349,29 @@ def test_budget_spent_succeeds_deletes_pods_and_records_completion() -> None:
 
 
 def test_too_many_failed_trials_fails_the_study() -> None:
-    plan = run([runner(0)], make_progress(complete=1, failed=3, outcome="TooManyFailures"))
+    why = "3 trials failed, reaching budget.maxFailedTrials (3)"
+    progress = make_progress(complete=1, failed=3, outcome="TooManyFailures", failure=why)
+    plan = run([runner(0)], progress)
     failed = condition(plan, "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "TooManyFailedTrials")
+    assert failed["message"].startswith(why)
     assert condition(plan, "Succeeded")["status"] == "False"
     assert deletes(plan) == ["digits-runner-0"]
     assert any(e.type == "Warning" and e.reason == "Failed" for e in plan.events)
+
+
+def test_trials_failing_in_a_row_fail_the_study_with_their_own_reason() -> None:
+    why = "the last 10 trials failed in a row, reaching budget.maxConsecutiveFailedTrials (10)"
+    progress = make_progress(failed=10, outcome="ConsecutiveFailures", failure=why)
+    plan = run([runner(0), runner(1)], progress)
+    failed = condition(plan, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "ConsecutiveFailedTrials")
+    assert failed["message"].startswith(why) and "10 failed" in failed["message"]
+    assert condition(plan, "Succeeded")["reason"] == "ConsecutiveFailedTrials"
+    assert condition(plan, "Ready")["reason"] == "Failed"
+    assert deletes(plan) == ["digits-runner-0", "digits-runner-1"] and creates(plan) == []
+    (event,) = [e for e in plan.events if e.reason == "Failed"]
+    assert event.type == "Warning" and event.message.startswith(why)
 
 
 def test_timed_out_study_succeeds_with_reason() -> None:
@@ -444,6 +554,33 @@ def test_observe_pod_reads_oom_and_termination_message() -> None:
     assert observed.oom_killed and observed.exit_code == 137
     assert (observed.kind, observed.memory_bytes) == ("CPU", 2**30)
     assert observed.message == "killed"
+    assert (observed.trials_per_device, observed.waiting_for_admission) == (1, False)
+
+
+def test_observe_pod_reads_kueue_admission_and_stop_and_the_processes() -> None:
+    pod = {
+        "metadata": {
+            "name": "digits-runner-0",
+            "labels": {
+                "kubetune.dev/study": "digits",
+                "app.kubernetes.io/component": "trial-runner",
+            },
+            "annotations": {"kubetune.dev/trials-per-device": "3"},
+            "deletionTimestamp": "2026-01-02T03:04:05Z",
+        },
+        "spec": {"schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"},
+                {"type": "TerminationTarget", "status": "True", "reason": "WorkloadEvicted"},
+            ],
+        },
+    }
+    observed = observe_pod(pod)
+    assert observed.trials_per_device == 3
+    assert observed.waiting_for_admission and observed.deleting
+    assert observed.stopped_by_kueue == "WorkloadEvicted"
 
 
 # --------------------------------------------------------------------------- several objectives

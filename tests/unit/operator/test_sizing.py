@@ -6,6 +6,8 @@ import json
 
 import pytest
 from hpo_operator.sizing import (
+    AUTO_MAX_TRIALS_PER_DEVICE,
+    CUDA_CONTEXT_BYTES,
     NodeInfo,
     NoFit,
     Peak,
@@ -14,9 +16,12 @@ from hpo_operator.sizing import (
     SizingDecision,
     choose_resource,
     estimate_key,
+    lowered_trials_per_device,
     next_floor,
     node_info,
+    packing_text,
     resolve_peak,
+    trials_per_device,
 )
 from hpo_operator.status import SizingStatus
 
@@ -48,15 +53,30 @@ def cpu_node(name: str, memory: str = "64Gi") -> NodeInfo:
     return NodeInfo(name, {"cpu": "16", "memory": memory}, {})
 
 
-def gpu_spec(accelerator: str = "Auto", headroom: str = "0.1") -> object:
+def gpu_spec(
+    accelerator: str = "Auto", headroom: str = "0.1", trials: int | str = "Auto"
+) -> object:
     return make_spec(
-        resources={"accelerator": accelerator, "parallelism": 2, "memoryHeadroom": headroom}
+        resources={
+            "accelerator": accelerator,
+            "parallelism": 2,
+            "memoryHeadroom": headroom,
+            "trialsPerDevice": trials,
+        }
     )
 
 
-def decide(nodes: list[NodeInfo], peak_gib: float, accelerator: str = "Auto", floor: int = 0):
-    spec = gpu_spec(accelerator)
-    return choose_resource(nodes, spec, Peak(int(peak_gib * GIB), "FakeTensor"), floor)  # type: ignore[arg-type]
+def decide(
+    nodes: list[NodeInfo],
+    peak_gib: float,
+    accelerator: str = "Auto",
+    floor: int = 0,
+    trials: int | str = "Auto",
+    limit: int | None = None,
+):
+    spec = gpu_spec(accelerator, trials=trials)
+    peak = Peak(int(peak_gib * GIB), "FakeTensor")
+    return choose_resource(nodes, spec, peak, floor, limit)  # type: ignore[arg-type]
 
 
 MIXED = [
@@ -78,12 +98,14 @@ MIXED = [
     ],
 )
 def test_mig_mixed_cluster_gets_smallest_slice_that_fits(peak_gib: float, expected: str) -> None:
-    decision = decide(MIXED, peak_gib)
+    # One trial per device: the smallest resource that fits.
+    decision = decide(MIXED, peak_gib, trials=1)
     assert isinstance(decision, SizingDecision)
     assert decision.resource == expected
     assert decision.quantity == "1"
     assert decision.memory_bytes >= decision.required_bytes
     assert expected in decision.reason
+    assert decision.trials_per_device == 1
 
 
 def test_mig_memory_label_is_preferred_over_the_profile_name() -> None:
@@ -98,9 +120,148 @@ def test_mig_memory_label_is_preferred_over_the_profile_name() -> None:
 
 def test_whole_gpus_of_several_sizes_smallest_first() -> None:
     nodes = [gpu_node("t4", 15360), gpu_node("l4", 23034), gpu_node("h100", 81559)]
-    assert decide(nodes, 10).memory_bytes == 15360 * 2**20  # type: ignore[union-attr]
-    assert decide(nodes, 16).memory_bytes == 23034 * 2**20  # type: ignore[union-attr]
-    assert decide(nodes, 40).memory_bytes == 81559 * 2**20  # type: ignore[union-attr]
+    assert decide(nodes, 10, trials=1).memory_bytes == 15360 * 2**20  # type: ignore[union-attr]
+    assert decide(nodes, 16, trials=1).memory_bytes == 23034 * 2**20  # type: ignore[union-attr]
+    assert decide(nodes, 40, trials=1).memory_bytes == 81559 * 2**20  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- packing
+
+H100 = 81559  # MiB, as GPU Feature Discovery labels an H100 80GB
+
+
+@pytest.mark.parametrize(
+    ("peak_gib", "trials", "packing"),
+    [
+        # 6 GiB + 10 % + a CUDA context fits 11 times; Auto stops at 8: 60 % of the memory.
+        (6, 8, "60%"),
+        # 14 GiB + 10 % + context = 15.9 GiB: 5 fit, 88 % of the memory.
+        (14, 5, "88%"),
+        # 40 GiB + 10 % fits once; no room for a second.
+        (40, 1, "50%"),
+    ],
+)
+def test_small_models_share_a_large_gpu(peak_gib: float, trials: int, packing: str) -> None:
+    decision = decide([gpu_node("h100", H100)], peak_gib)
+    assert isinstance(decision, SizingDecision)
+    assert (decision.resource, decision.quantity) == ("nvidia.com/gpu", "1")
+    assert (decision.trials_per_device, decision.packing) == (trials, packing)
+    # Each process's need and its CUDA context fit in the GPU together.
+    assert trials == 1 or trials * (decision.required_bytes + CUDA_CONTEXT_BYTES) <= (
+        decision.memory_bytes
+    )
+    if trials > 1:
+        assert f"{trials} trials per device, packing {packing}" in decision.reason
+
+
+def test_auto_never_packs_more_than_its_maximum() -> None:
+    decision = decide([gpu_node("h100", H100)], 0.1)
+    assert isinstance(decision, SizingDecision)
+    assert decision.trials_per_device == AUTO_MAX_TRIALS_PER_DEVICE
+
+
+def test_a_mig_slice_that_serves_a_trial_as_well_is_preferred_to_sharing_a_gpu() -> None:
+    # 14.5 GiB + 10 % = 16 GiB: a whole 80 GiB GPU holds 4 (20 GiB per trial), the same as a
+    # 2g.20gb slice labelled 20480 MiB: the slice wins the tie (it isolates its trial).
+    gpu = NodeInfo("h100", {"nvidia.com/gpu": "8"}, {"nvidia.com/gpu.memory": "81920"})
+    slices = mig_node("h100-mig", {"2g.20gb": 3}, mib={"2g.20gb": 20480})
+    decision = decide([gpu, slices], 16 / 1.1)
+    assert isinstance(decision, SizingDecision)
+    assert (decision.resource, decision.trials_per_device) == ("nvidia.com/mig-2g.20gb", 1)
+    # 12 GiB + 10 % = 13.2 GiB: the GPU holds 5 (16 GiB each), better than the slice (20 GiB).
+    larger = decide([gpu, slices], 12)
+    assert isinstance(larger, SizingDecision)
+    assert (larger.resource, larger.trials_per_device) == ("nvidia.com/gpu", 5)
+
+
+@pytest.mark.parametrize(
+    ("peak_gib", "resource", "trials"),
+    [
+        # 5.5 GiB: the 1g.10gb slice alone (9.3 GiB) loses to 3 on a 2g.20gb (6.2 GiB each).
+        (5, "nvidia.com/mig-2g.20gb", 3),
+        # 13.2 GiB: 5 on the whole H100 (15.9 GiB each) beat a 2g.20gb slice (18.6 GiB).
+        (12, "nvidia.com/gpu", 5),
+        # 33 GiB: one 3g.40gb slice (37 GiB) beats 2 on the H100 (39.8 GiB each).
+        (30, "nvidia.com/mig-3g.40gb", 1),
+        (60, "nvidia.com/gpu", 1),
+    ],
+)
+def test_mixed_cluster_gives_each_trial_the_least_device_memory(
+    peak_gib: float, resource: str, trials: int
+) -> None:
+    decision = decide(MIXED, peak_gib)
+    assert isinstance(decision, SizingDecision)
+    assert (decision.resource, decision.trials_per_device) == (resource, trials)
+
+
+def test_a_smaller_gpu_shared_beats_a_larger_one_shared() -> None:
+    # 5.5 GiB + context: an L4 (22.5 GiB) holds 3 (7.5 GiB each), an H100 8 (10 GiB each).
+    decision = decide([gpu_node("l4", 23034), gpu_node("h100", H100)], 5)
+    assert isinstance(decision, SizingDecision)
+    assert (decision.memory_bytes, decision.trials_per_device) == (23034 * 2**20, 3)
+
+
+def test_a_stated_number_of_trials_per_device_is_taken_as_is() -> None:
+    decision = decide([gpu_node("h100", H100)], 6, trials=3)
+    assert isinstance(decision, SizingDecision)
+    assert (decision.trials_per_device, decision.packing) == (3, "23%")
+    # The smallest GPU that holds 3: an L4 (22.5 GiB) holds 3 x (6.6 GiB + context), not
+    # 3 x (7.7 GiB + context).
+    nodes = [gpu_node("l4", 23034), gpu_node("h100", H100)]
+    assert decide(nodes, 6, trials=3).memory_bytes == 23034 * 2**20  # type: ignore[union-attr]
+    assert decide(nodes, 7, trials=3).memory_bytes == H100 * 2**20  # type: ignore[union-attr]
+
+
+def test_a_stated_number_that_fits_no_device_says_so() -> None:
+    result = decide([gpu_node("h100", H100)], 14, trials=6)
+    assert isinstance(result, NoFit)
+    assert "x 6 trials per device (spec.resources.trialsPerDevice)" in result.reason
+    assert "the largest GPU, MIG slice in the cluster is nvidia.com/gpu with 80Gi" in result.reason
+
+
+def test_the_limit_after_out_of_memory_exits_caps_auto_and_a_stated_number() -> None:
+    assert decide([gpu_node("h100", H100)], 6, limit=3).trials_per_device == 3  # type: ignore[union-attr]
+    assert decide([gpu_node("h100", H100)], 6, trials=6, limit=2).trials_per_device == 2  # type: ignore[union-attr]
+    # A limit higher than what fits changes nothing.
+    assert decide([gpu_node("h100", H100)], 14, limit=7).trials_per_device == 5  # type: ignore[union-attr]
+
+
+def test_cpu_runners_run_one_process_unless_told_more() -> None:
+    nodes = [cpu_node("c", "16Gi")]
+    auto = decide(nodes, 2, "CPU")
+    assert isinstance(auto, SizingDecision)
+    assert (auto.trials_per_device, auto.quantity, auto.packing) == (1, "3277Mi", None)
+    three = decide(nodes, 2, "CPU", trials=3)
+    assert isinstance(three, SizingDecision)
+    # Each process gets the same memory; the pod asks for three times it.
+    assert (three.trials_per_device, three.quantity) == (3, "3277Mi")
+    assert "3 runner processes per pod" in three.reason
+    too_many = decide(nodes, 2, "CPU", trials=5)  # 5 x 3.2 GiB > 16 GiB
+    assert isinstance(too_many, NoFit)
+    assert "x 5 trials per device" in too_many.reason
+
+
+def test_stated_cpu_memory_is_per_process() -> None:
+    spec = make_spec(resources={"accelerator": "CPU", "memory": "2Gi", "trialsPerDevice": 3})
+    decision = choose_resource([cpu_node("c", "8Gi")], spec, Peak(GIB, "Memory"))
+    assert isinstance(decision, SizingDecision)
+    assert (decision.quantity, decision.trials_per_device) == ("2Gi", 3)
+    lowered = choose_resource([cpu_node("c", "8Gi")], spec, Peak(GIB, "Memory"), 0, 2)
+    assert lowered.trials_per_device == 2  # type: ignore[union-attr]
+    assert isinstance(choose_resource([cpu_node("c", "4Gi")], spec, Peak(GIB, "Memory")), NoFit)
+
+
+def test_trials_per_device_counts_processes_with_their_contexts() -> None:
+    gib = GIB
+    assert trials_per_device(80 * gib, 10 * gib, None) == 7  # 80 // 10.5
+    assert trials_per_device(80 * gib, 81 * gib, None) == 0
+    assert trials_per_device(10 * gib, 10 * gib, None) == 1  # one fits without a second context
+    assert trials_per_device(80 * gib, 10 * gib, 8) == 0  # 8 x 10.5 > 80
+    assert trials_per_device(80 * gib, 10 * gib, 7) == 7
+    assert trials_per_device(80 * gib, 10 * gib, 7, limit=2) == 2
+    assert trials_per_device(80 * gib, 10 * gib, 8, shared_cost=0) == 8
+    assert lowered_trials_per_device(4) == 3 and lowered_trials_per_device(1) == 1
+    assert packing_text(6 * gib, 8, 80 * gib) == "60%"
 
 
 def test_gpu_node_without_memory_label_cannot_be_sized() -> None:
@@ -113,7 +274,8 @@ def test_gpu_node_without_memory_label_cannot_be_sized() -> None:
 
 def test_accelerator_restricts_the_kind() -> None:
     assert decide(MIXED, 5, "GPU").resource == "nvidia.com/gpu"  # type: ignore[union-attr]
-    assert decide(MIXED, 5, "MIG").resource == "nvidia.com/mig-1g.10gb"  # type: ignore[union-attr]
+    mig = decide(MIXED, 5, "MIG", trials=1)
+    assert mig.resource == "nvidia.com/mig-1g.10gb"  # type: ignore[union-attr]
     cpu = decide(MIXED, 5, "CPU")
     assert isinstance(cpu, SizingDecision)
     # 5 GiB + 10 % + the runner process
@@ -169,13 +331,13 @@ def test_unschedulable_nodes_are_ignored() -> None:
 
 
 def test_next_larger_resource_after_oom() -> None:
-    first = decide(MIXED, 5)
+    first = decide(MIXED, 5, trials=1)
     assert isinstance(first, SizingDecision)
-    second = decide(MIXED, 5, floor=next_floor(first.kind, first.memory_bytes))
+    second = decide(MIXED, 5, floor=next_floor(first.kind, first.memory_bytes), trials=1)
     assert isinstance(second, SizingDecision)
     assert second.resource == "nvidia.com/mig-2g.20gb"
     assert "after OOMKilled" in second.reason
-    third = decide(MIXED, 5, floor=next_floor(second.kind, second.memory_bytes))
+    third = decide(MIXED, 5, floor=next_floor(second.kind, second.memory_bytes), trials=1)
     assert third.resource == "nvidia.com/mig-3g.40gb"  # type: ignore[union-attr]
 
 

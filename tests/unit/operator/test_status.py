@@ -50,7 +50,11 @@ def test_conditions_are_listed_in_a_fixed_order() -> None:
 
 
 def test_status_patch_removes_nested_keys_that_disappeared() -> None:
-    old = {"sizing": {"resource": "memory", "floorBytes": 7}, "trialsSummary": "1/4"}
+    old = {
+        "sizing": {"resource": "memory", "floorBytes": 7},
+        "trialsSummary": "1/4",
+        "completionTime": "2026-01-02T03:04:05Z",
+    }
     new = {"sizing": {"reason": "estimating"}, "completionTime": None}
     patch = kopf.Patch()
     _patch_status(patch, old, new)
@@ -58,3 +62,30 @@ def test_status_patch_removes_nested_keys_that_disappeared() -> None:
         "sizing": {"resource": None, "floorBytes": None, "reason": "estimating"},
         "completionTime": None,
     }
+
+
+def test_status_patch_leaves_out_what_did_not_change() -> None:
+    """A pass that changed nothing writes nothing (no PATCH request in steady state); one that
+    changed a field writes that field only."""
+    old = {
+        "trialsSummary": "1/4",
+        "runners": {"desired": 2, "ready": 2},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "RunnersReady"}],
+    }
+    unchanged = kopf.Patch()
+    _patch_status(unchanged, old, {**old, "completionTime": None})
+    assert not unchanged
+    changed = kopf.Patch()
+    _patch_status(changed, old, {**old, "trialsSummary": "2/4"})
+    assert dict(changed) == {"status": {"trialsSummary": "2/4"}}
+
+
+def test_a_null_field_the_server_dropped_is_not_written_again() -> None:
+    """A merge patch's null removes the field: the status read back lacks it, and the next
+    pass, deciding None again, must not see a change (it did, on every pass, for studies
+    whose trials recorded no overhead)."""
+    written = {"telemetry": {"overheadSeconds": None, "processes": 10}, "completionTime": None}
+    stored = {"telemetry": {"processes": 10}}
+    patch = kopf.Patch()
+    _patch_status(patch, stored, written)
+    assert not patch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
@@ -29,6 +30,7 @@ from trial_runner.progress import (
     summarize_telemetry,
     trial_telemetry,
 )
+from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
 
 
 def trial(
@@ -139,6 +141,102 @@ def test_too_many_failures_stops() -> None:
     assert plan_claim(progress).action == "Stop"
     zero = summarize([], BudgetState(max_trials=5, max_failed_trials=0), "Minimize")
     assert zero.outcome == "Running"  # no failure yet
+
+
+def finished_at(t: FrozenTrial, second: int) -> FrozenTrial:
+    t.datetime_complete = datetime(2026, 1, 1) + timedelta(seconds=second)
+    return t
+
+
+def test_a_task_that_always_fails_stops_after_the_default_run_of_failures() -> None:
+    # No maxFailedTrials: the breaker's default still ends the study.
+    budget = BudgetState(max_trials=1000)
+    nine = summarize([trial(n, F) for n in range(9)], budget, "Maximize")
+    assert (nine.outcome, nine.failed_in_a_row, nine.failure) == ("Running", 9, None)
+    assert plan_claim(nine).action == "Run"
+    ten = summarize(
+        [trial(n, F) for n in range(DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS)], budget, "Maximize"
+    )
+    assert ten.outcome == "ConsecutiveFailures" and ten.failed_in_a_row == 10
+    assert ten.failure is not None and "maxConsecutiveFailedTrials (10)" in ten.failure
+    claim = plan_claim(ten)
+    assert claim.action == "Stop" and claim.reason == f"the study failed: {ten.failure}"
+    assert ten.done
+
+
+def test_a_finished_trial_between_failures_resets_the_run() -> None:
+    budget = BudgetState(max_trials=100, max_consecutive_failed_trials=3)
+    trials = [trial(0, F), trial(1, F), trial(2, P), trial(3, F), trial(4, F)]
+    progress = summarize(trials, budget, "Maximize")
+    assert (progress.outcome, progress.failed_in_a_row, progress.failed) == ("Running", 2, 4)
+    third = summarize([*trials, trial(5, F)], budget, "Maximize")
+    assert third.outcome == "ConsecutiveFailures"
+
+
+def test_failures_in_a_row_go_by_when_trials_finished() -> None:
+    # Trial 1 (started early) completed last, after failures of later-numbered trials.
+    budget = BudgetState(max_trials=100, max_consecutive_failed_trials=2)
+    trials = [
+        finished_at(trial(0, F), 1),
+        finished_at(trial(2, F), 2),
+        finished_at(trial(3, F), 3),
+        finished_at(trial(1, C, 0.5), 4),
+        finished_at(trial(4, F), 5),
+    ]
+    progress = summarize(trials, budget, "Maximize")
+    assert (progress.outcome, progress.failed_in_a_row) == ("Running", 1)
+
+
+def test_retried_and_running_trials_do_not_break_or_extend_the_run() -> None:
+    budget = BudgetState(max_trials=100, max_consecutive_failed_trials=2)
+    trials = [
+        trial(0, C, 0.5),
+        trial(1, F),
+        trial(2, F),  # a runner died: retried below, not a failure of the task
+        trial(3, W, retry_history=[2], failed_trial=2),
+        trial(4, R),
+    ]
+    progress = summarize(trials, budget, "Maximize")
+    assert (progress.outcome, progress.failed_in_a_row) == ("Running", 1)
+    assert summarize([*trials, trial(5, F)], budget, "Maximize").outcome == "ConsecutiveFailures"
+
+
+def test_a_tally_keeps_the_run_of_failures_when_trials_are_read_late_or_retried() -> None:
+    # Runners report at different times: a trial read later may have finished earlier.
+    budget = BudgetState(max_trials=100, max_consecutive_failed_trials=3)
+    trials = [
+        finished_at(trial(0, F), 3),
+        finished_at(trial(1, F), 4),
+        finished_at(trial(2, C, 0.5), 2),
+        finished_at(trial(3, F), 5),
+    ]
+    tally = ProgressTally("Maximize")
+    tally.update([*trials[:2], trial(2, R)])
+    assert tally.progress(budget).failed_in_a_row == 2
+    tally.update(trials[:3])  # trial 2 completed before both failures: the run stands
+    assert tally.progress(budget).failed_in_a_row == 2
+    tally.update(trials)
+    assert tally.progress(budget).outcome == "ConsecutiveFailures"
+    # Trial 3's runner had died: the retry that names it takes it out of the run.
+    retried = [*trials, trial(4, W, retry_history=[3], failed_trial=3)]
+    tally.update(retried)
+    assert (tally.progress(budget).outcome, tally.progress(budget).failed_in_a_row) == (
+        "Running",
+        2,
+    )
+    assert tally.progress(budget) == summarize(retried, budget, "Maximize")
+    # A trial that completes after them all ends the run.
+    done = [*trials, finished_at(trial(4, C, 0.7, retry_history=[3], failed_trial=3), 6)]
+    tally.update(done)
+    assert tally.progress(budget).failed_in_a_row == 0
+    assert tally.progress(budget) == summarize(done, budget, "Maximize")
+
+
+def test_max_failed_trials_says_its_own_reason_first() -> None:
+    budget = BudgetState(max_trials=100, max_failed_trials=3, max_consecutive_failed_trials=3)
+    progress = summarize([trial(n, F) for n in range(3)], budget, "Maximize")
+    assert progress.outcome == "TooManyFailures"
+    assert progress.failure == "3 trials failed, reaching budget.maxFailedTrials (3)"
 
 
 def test_timeout_stops_claims() -> None:

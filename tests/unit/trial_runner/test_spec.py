@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.helpers import spec_model, study_document
 from trial_runner.spec import (
     Objective,
     SpecError,
+    dump_yaml,
     is_better,
     load_study,
     parse_duration,
@@ -46,6 +46,7 @@ def test_base_document_is_valid() -> None:
     assert study.name == "digits"
     assert study.spec.search_space[0].scale == "Log"
     assert study.spec.training.folds == 1  # defaults fill in
+    assert study.spec.budget.max_consecutive_failed_trials == 10  # the failure breaker
     assert study.spec.task.config == {"a": 1}
 
 
@@ -113,6 +114,12 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ),
     ("spec.budget.maxTrials", 0, "spec.budget.maxTrials", "greater than or equal to 1"),
     ("spec.budget.maxTrials", "10", "spec.budget.maxTrials", "valid integer"),
+    (
+        "spec.budget.maxConsecutiveFailedTrials",
+        0,
+        "spec.budget.maxConsecutiveFailedTrials",
+        "greater than or equal to 1",
+    ),
     ("spec.budget.timeout", "6 hours", "spec.budget.timeout", "duration such as"),
     ("spec.sampler", {"type": "Bayes"}, "spec.sampler.type", "'TPE'"),
     (
@@ -187,6 +194,30 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("spec.resources", {"memoryHeadroom": "5"}, "spec.resources.memoryHeadroom", "between 0 and 4"),
     ("spec.resources", {"peakMemory": "20 GB"}, "spec.resources.peakMemory", "quantity such as"),
     (
+        "spec.resources",
+        {"trialsPerDevice": "Sometimes"},
+        "spec.resources.trialsPerDevice",
+        "expected Auto or a number of runner processes per device, 1 to 16",
+    ),
+    (
+        "spec.resources",
+        {"trialsPerDevice": 0},
+        "spec.resources.trialsPerDevice",
+        "greater than or equal to 1",
+    ),
+    (
+        "spec.resources",
+        {"trialsPerDevice": 17},
+        "spec.resources.trialsPerDevice",
+        "less than or equal to 16",
+    ),
+    (
+        "spec.resources",
+        {"queueName": "Team_A"},
+        "spec.resources.queueName",
+        "name of a Kueue LocalQueue",
+    ),
+    (
         "spec.storage",
         {"secretRef": {"name": "Bad_Name"}},
         "spec.storage.secretRef.name",
@@ -228,7 +259,7 @@ def test_load_study_reports_yaml_and_file_errors(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="cannot read file"):
         load_study(tmp_path / "missing.yaml")
     two = tmp_path / "two.yaml"
-    two.write_text(yaml.safe_dump_all([base(), base()]))
+    two.write_text(dump_yaml(base()) + "---\n" + dump_yaml(base()))
     with pytest.raises(SpecError, match="exactly one HPOStudy"):
         load_study(two)
 
@@ -236,7 +267,7 @@ def test_load_study_reports_yaml_and_file_errors(tmp_path: Path) -> None:
 def test_multi_document_file_picks_the_study(tmp_path: Path) -> None:
     path = tmp_path / "study.yaml"
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg"}}
-    path.write_text(yaml.safe_dump_all([secret, base()]))
+    path.write_text(dump_yaml(secret) + "---\n" + dump_yaml(base()))
     assert load_study(path).name == "digits"
 
 

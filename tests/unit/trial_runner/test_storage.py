@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from tests.helpers import spec_model
 from trial_runner.contract import BUDGET_ATTR, STARTED_ATTR, WORKER_ATTR
 from trial_runner.progress import BudgetState
-from trial_runner.spec import SpecError
+from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, SpecError
 from trial_runner.storage import (
     ClaimLock,
     StorageError,
@@ -34,6 +34,32 @@ def test_redact_hides_only_the_password() -> None:
     assert redact("postgresql+psycopg2://kt:s3cret@db/hpo") == "postgresql+psycopg2://kt:***@db/hpo"
     assert redact("journal:.kubetune/studies.journal") == "journal:.kubetune/studies.journal"
     assert redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # URLs nothing can parse still hold a password: a slash short, a colon short.
+        ("postgresql:/kt:s3cret@db/hpo", "postgresql:/kt:***@db/hpo"),
+        ("postgresql//kt:s3cret@db/hpo", "postgresql//kt:***@db/hpo"),
+        # Unencoded '@' and '/' in the password: hidden whole.
+        ("postgresql://kt:s3@c/ret@db/hpo", "postgresql://kt:***@db/hpo"),
+        # In a message, every URL, up to the space or quote after it.
+        (
+            "unsupported storage URL 'pg:/a:s3cret@h/d'; cannot open postgresql://b:s3cret@h: x",
+            "unsupported storage URL 'pg:/a:***@h/d'; cannot open postgresql://b:***@h: x",
+        ),
+        ("at 10:30 on host db", "at 10:30 on host db"),
+    ],
+)
+def test_redact_hides_a_password_in_any_url_or_message(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+def test_a_storage_that_cannot_be_opened_says_so_without_the_password() -> None:
+    with pytest.raises(StorageError) as info:
+        open_storage("postgresql:/kt:s3cret@127.0.0.1:1/hpo")
+    assert "s3cret" not in str(info.value) and "kt:***@" in str(info.value)
 
 
 def test_storage_url_forms(tmp_path: Path) -> None:
@@ -80,6 +106,19 @@ def test_budget_round_trips_through_the_study(tmp_path: Path) -> None:
     write_budget(study, budget)
     assert read_budget(study) == budget
     assert study.user_attrs[BUDGET_ATTR]["stageTrials"] == [3, None]
+    breaker = BudgetState(max_trials=7, max_consecutive_failed_trials=4)
+    write_budget(study, breaker)
+    assert read_budget(study) == breaker
+
+
+def test_a_budget_stored_before_the_failure_breaker_gets_its_default(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path}/s.journal"))
+    study.set_user_attr(BUDGET_ATTR, {"maxTrials": 7, "maxFailedTrials": None})
+    stored = read_budget(study)
+    assert stored is not None
+    assert stored.max_consecutive_failed_trials == DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
+    spec = spec_model(budget={"maxTrials": 7, "maxConsecutiveFailedTrials": 3})
+    assert budget_from_spec(spec).max_consecutive_failed_trials == 3
 
 
 def test_ensure_study_stores_the_spec_budget_and_refuses_another_direction(tmp_path: Path) -> None:

@@ -5,19 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.helpers import study_document
 from trial_runner.cli import main
 from trial_runner.cli._common import EXIT_INPUT, EXIT_OK
-from trial_runner.spec import study_from_mapping
+from trial_runner.spec import dump_yaml, load_study
 from trial_runner.storage import ensure_study, open_storage
 
 
 @pytest.fixture
 def study_file(tmp_path: Path) -> Path:
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study_document("reported")))
+    path.write_text(dump_yaml(study_document("reported")))
     return path
 
 
@@ -46,7 +45,7 @@ def test_a_study_without_trials_still_gets_a_report(
     study_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = f"journal:{tmp_path / 'studies.journal'}"
-    spec = study_from_mapping(yaml.safe_load(study_file.read_text())).spec
+    spec = load_study(study_file).spec
     ensure_study(open_storage(storage), "reported", spec)
     out = tmp_path / "report.html"
     assert main(["report", str(study_file), "--storage", storage, "--output", str(out)]) == EXIT_OK

@@ -34,7 +34,7 @@ def test_a_runner_passes_the_gate_once_it_opens_and_stops_when_it_closes(
 
 @pytest.mark.timeout(120)
 def test_the_supervisor_wakes_when_a_runner_exits(tmp_path: Path) -> None:
-    supervisor = _Supervisor("study.yaml", "journal:x", "s", 1, tmp_path)
+    supervisor = _Supervisor(["study.yaml"], 1, "s", tmp_path)
     quick = subprocess.Popen([sys.executable, "-c", "pass"])
     supervisor.procs[0] = quick
     # Without a wake-up this would wait the full timeout (the test's own timeout fails it).

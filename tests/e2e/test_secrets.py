@@ -1,0 +1,138 @@
+"""No storage password in anything the cluster shows: pod specs, events, statuses, ConfigMaps,
+the operator's log or the runners' logs.
+
+The storage Secret holds a URL whose password is random and unlike any other text of the
+cluster. A study runs to its end with it, and two studies fail to reach their storage (a
+database that does not exist, a URL kubetune cannot read), so errors about the URL are
+written too. Then every pod (every version seen while the study ran, and what is left),
+workload, event, HPOStudy (status included) and ConfigMap of every namespace, and every
+container log the node wrote (kept as it was written: the kubelet deletes a pod's logs with
+the pod), are searched for the password as written, percent-encoded and
+JSON-escaped (``tests.helpers.secret_leaks``, whose unit test shows it finds a planted one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BuiltImages
+from tests.e2e.controlplane import ControlPlane
+from tests.e2e.node_fixtures import (
+    Database,
+    Operator,
+    PodWatch,
+    create_database,
+    on_node,
+    restricted_namespace,
+)
+from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
+from tests.e2e.real_node import RealNode
+from tests.helpers import secret_leaks, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.node]
+
+#: Characters a URL must encode, so both spellings are searched for.
+PASSWORD = f"kt-{secrets.token_hex(12)}/+"
+#: What the cluster holds, searched in every namespace.
+KINDS = ("pods", "deployments", "replicasets", "jobs", "events", "configmaps", "hpostudies")
+
+
+@pytest.fixture(scope="module")
+def database(postgresql_proc: Any, real_node: RealNode) -> Iterator[Database]:
+    with create_database(postgresql_proc, real_node, password=PASSWORD) as created:
+        yield created
+
+
+class LogKeeper:
+    """Every container log the node writes, read every half second and kept: the kubelet
+    deletes a pod's logs with the pod, and runner pods go when their study ends."""
+
+    def __init__(self, node: RealNode) -> None:
+        self._logs: dict[Path, str] = {}
+        self._root = node.work_dir / "pod-logs"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._read()
+
+    def _read(self) -> None:
+        for log in self._root.rglob("*.log"):
+            with contextlib.suppress(OSError):
+                self._logs[log] = log.read_text(errors="replace")
+
+    def close(self) -> dict[str, str]:
+        """Stop; every log seen, by its path under the node's pod-logs directory."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._read()
+        return {str(path.relative_to(self._root)): text for path, text in self._logs.items()}
+
+
+def _study(name: str, image: str, secret: str | None = None) -> dict[str, Any]:
+    study = on_node(small_cpu_study(name, max_trials=4), image)
+    if secret is not None:
+        study["spec"]["storage"] = {"secretRef": {"name": secret, "key": "url"}}
+    return study
+
+
+def test_no_storage_password_in_pods_events_statuses_configmaps_or_logs(
+    control_plane: ControlPlane,
+    chart_operator: Operator,
+    database: Database,
+    test_images: BuiltImages,
+) -> None:
+    namespace = restricted_namespace(control_plane, "e2e-secrets")
+    studies = StudyClient(control_plane, namespace)
+    server = database.pod_url.rsplit("/", 1)[0]
+    urls = {
+        "kubetune-postgres": database.pod_url,  # the chart's default Secret
+        "no-database": f"{server}/kt_no_such_database",
+        "unreadable": database.pod_url.replace("postgresql://", "postgresql:/", 1),
+    }
+    for secret, url in urls.items():
+        studies.kubectl("create", "secret", "generic", secret, f"--from-literal=url={url}")
+    watch = PodWatch(control_plane, namespace, "finishes")
+    keeper = LogKeeper(chart_operator.node)
+    try:
+        studies.apply(_study("finishes", test_images.image))
+        studies.apply(_study("no-database", test_images.image, "no-database"))
+        studies.apply(_study("unreadable", test_images.image, "unreadable"))
+        for name in ("no-database", "unreadable"):
+            studies.wait_condition(name, "Ready", "False", 180, reason="StorageUnavailable")
+        studies.wait_condition("finishes", "Succeeded", "True", 900, reason="BudgetSpent")
+        wait_until(lambda: not studies.pods("finishes"), 120, "runner pods gone")
+    finally:
+        watch.close()
+        logs = keeper.close()
+    try:
+        sources = {
+            kind: control_plane.kubectl("get", kind, "-A", "-o", "json").stdout for kind in KINDS
+        }
+        sources["pods seen while the study ran"] = json.dumps([pod for _, _, pod in watch.events])
+        sources["operator log"] = chart_operator.logs()
+        sources.update(logs)
+        runner_logs = "".join(t for p, t in logs.items() if p.startswith(f"{namespace}_finishes"))
+        # The search covered what it is about: runners that ran, the storage errors, the
+        # study's ConfigMaps, the operator's words about each study.
+        assert watch.names(), "no runner pod was seen"
+        assert "trial" in runner_logs, sorted(logs)
+        assert sources["hpostudies"].count("StorageUnavailable") >= 2
+        assert "StorageUnavailable" in sources["events"]
+        assert "finishes-best" in sources["configmaps"]
+        assert all(name in sources["operator log"] for name in ("finishes", "unreadable"))
+        leaks = secret_leaks(PASSWORD, sources)
+        assert not leaks, "\n".join(leaks)
+    finally:
+        studies.kubectl("delete", "hpostudies", "--all", "--timeout=120s", check=False)
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
