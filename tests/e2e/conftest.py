@@ -26,6 +26,7 @@ always fails the tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -257,15 +258,15 @@ def chart_operator(
         yield operator
 
 
-@pytest.fixture
-def node_studies(
-    control_plane: ControlPlane, chart_operator: Operator, node_database: Database
+@contextlib.contextmanager
+def study_namespace(
+    control_plane: ControlPlane, database: Database, prefix: str
 ) -> Iterator[StudyClient]:
     """A restricted namespace for studies, with the chart's default storage Secret in it."""
-    namespace = restricted_namespace(control_plane, "e2e-node")
+    namespace = restricted_namespace(control_plane, prefix)
     control_plane.kubectl(
         *("create", "secret", "generic", "kubetune-postgres", "-n", namespace),
-        f"--from-literal=url={node_database.pod_url}",
+        f"--from-literal=url={database.pod_url}",
     )
     client = StudyClient(control_plane, namespace)
     try:
@@ -276,6 +277,14 @@ def node_studies(
             "delete", "hpostudies", "--all", "--wait=true", "--timeout=120s", check=False
         )
         control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture
+def node_studies(
+    control_plane: ControlPlane, chart_operator: Operator, node_database: Database
+) -> Iterator[StudyClient]:
+    with study_namespace(control_plane, node_database, "e2e-node") as client:
+        yield client
 
 
 # --------------------------------------------------------------------------- studies on kwok

@@ -21,7 +21,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tests.e2e.conftest import BuiltImages
+from tests.e2e.conftest import BuiltImages, study_namespace
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.node_fixtures import (
     Database,
@@ -30,7 +30,6 @@ from tests.e2e.node_fixtures import (
     assert_exact_budget,
     install_chart_operator,
     on_node,
-    restricted_namespace,
 )
 from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
 from tests.e2e.real_node import RealNode
@@ -68,19 +67,8 @@ def two_operators(
 def studies(
     control_plane: ControlPlane, two_operators: Operator, node_database: Database
 ) -> Iterator[StudyClient]:
-    namespace = restricted_namespace(control_plane, "e2e-failover")
-    control_plane.kubectl(
-        *("create", "secret", "generic", "kubetune-postgres", "-n", namespace),
-        f"--from-literal=url={node_database.pod_url}",
-    )
-    client = StudyClient(control_plane, namespace)
-    try:
+    with study_namespace(control_plane, node_database, "e2e-failover") as client:
         yield client
-    finally:
-        client.kubectl(
-            "delete", "hpostudies", "--all", "--wait=true", "--timeout=120s", check=False
-        )
-        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _holder(operator: Operator) -> str:
