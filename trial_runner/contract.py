@@ -47,6 +47,7 @@ __all__ = [
     "STAGE_ATTR",
     "STARTED_ATTR",
     "START_GATE_FD_ENV",
+    "START_READY_FD_ENV",
     "STORAGE_ENV",
     "STORAGE_PATIENCE_ENV",
     "STUDY_ENV",
@@ -81,6 +82,10 @@ LOCAL_WORKERS_ENV = "KUBETUNE_LOCAL_WORKERS"
 #: each loads its task, then reads one byte from it before its first claim (end of file: the
 #: set-up failed, and the runner exits).
 START_GATE_FD_ENV = "KUBETUNE_START_GATE_FD"
+#: A pipe to which a gated runner writes one byte once its task is loaded, just before it
+#: waits at the gate: the gate opens when every runner has written or exited, so that all start
+#: claiming together (none spends the budget while another still loads).
+START_READY_FD_ENV = "KUBETUNE_START_READY_FD"
 #: Seconds a runner waits before asking again when it may not claim a trial yet.
 WAIT_SECONDS_ENV = "KUBETUNE_WAIT_SECONDS"
 #: Log level of the ``kubetune`` command (default INFO).

@@ -36,7 +36,12 @@ from trial_runner.cli._common import (
     load_study_or_env,
     storage_url,
 )
-from trial_runner.contract import LOCAL_WORKERS_ENV, METRICS_PORT_ENV, START_GATE_FD_ENV
+from trial_runner.contract import (
+    LOCAL_WORKERS_ENV,
+    METRICS_PORT_ENV,
+    START_GATE_FD_ENV,
+    START_READY_FD_ENV,
+)
 from trial_runner.entrypoints import check_entrypoint
 from trial_runner.outage import first_line, is_connection_error
 from trial_runner.pareto import spread
@@ -61,6 +66,9 @@ log = logging.getLogger("kubetune")
 #: Trials that ran out of memory (retried at half the micro-batch, or pruned) after which a
 #: runner process sharing its device with others gives up, so that fewer share it.
 OUT_OF_MEMORY_TRIALS = 3
+#: Seconds the processes started together wait, once the study is set up, for the last of
+#: them to load its task; after that the ready ones start claiming.
+START_BARRIER_SECONDS = 120.0
 #: Where the processes of one runner pod keep their metrics for the pod's endpoint
 #: (prometheus_client's multiprocess mode reads this variable).
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -151,7 +159,16 @@ class _OutOfMemoryGuard:
 
 
 def _wait_for_start_gate() -> None:
-    """Block until ``kubetune run`` has set the study up (:data:`START_GATE_FD_ENV`)."""
+    """Say this runner is ready (:data:`START_READY_FD_ENV`), then block until its supervisor
+    opens the gate (:data:`START_GATE_FD_ENV`): the study is set up and every runner loaded."""
+    ready = os.environ.pop(START_READY_FD_ENV, None)
+    if ready is not None:
+        try:
+            os.write(int(ready), b"r")
+        except BrokenPipeError:
+            pass  # the supervisor is gone; the gate says what to do
+        finally:
+            os.close(int(ready))
     raw = os.environ.pop(START_GATE_FD_ENV, None)
     if raw is None:
         return
@@ -209,6 +226,8 @@ def _run_processes(args: argparse.Namespace) -> int:
     )
     stopping = _on_termination()
     log.info("runner pod: %d runner processes share the device", args.processes)
+    supervisor.start(gated=True)
+    supervisor.open_gate()  # the study exists: open once every process has loaded its task
     supervisor.supervise(study, stopping.is_set)
     if supervisor.error is not None:
         raise CliError(supervisor.error, supervisor.error_code)
@@ -377,10 +396,13 @@ class _Supervisor:
     killer (nothing else in a container sends it): after ``oom_kills`` of those the pod exits
     4 too.
 
-    ``kubetune run`` starts its processes behind a start gate (:meth:`start` with ``gated``):
-    they load their task while the study is set up, and claim once :meth:`open_gate` is
-    called. Between passes the supervisor sleeps until a process exits or half a second
-    passes (:meth:`wait`).
+    The processes start behind a start gate (:meth:`start` with ``gated``): they load their
+    task (``kubetune run`` sets the study up meanwhile), say they are ready, and claim once
+    the gate opens: after :meth:`open_gate` and once every one of them is ready or has exited
+    (at most :data:`START_BARRIER_SECONDS` after :meth:`open_gate`). So they start claiming
+    together, and a quick one does not spend a small budget while the others still load.
+    Between passes the supervisor sleeps until a process exits, one gets ready, or half a
+    second passes (:meth:`wait`).
     """
 
     def __init__(
@@ -395,6 +417,8 @@ class _Supervisor:
         self.runner_args, self.workers, self.name = runner_args, workers, name
         self.log_dir = log_dir
         self.env = {**os.environ, **(env or {}), LOCAL_WORKERS_ENV: str(workers)}
+        #: What each process runs, before ``runner_args``.
+        self.command = [sys.executable, "-m", "trial_runner.cli", "runner"]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.restarts = 0
         self.oom_kills = oom_kills
@@ -403,17 +427,22 @@ class _Supervisor:
         self.error: str | None = None
         self.error_code = EXIT_INPUT
         self._gate: int | None = None  # write end of the runners' start gate
+        self._ready: int | None = None  # read end of the pipe the gated runners say ready on
+        self._readies = 0
+        self._gated: list[subprocess.Popen[bytes]] = []
+        self._open_by: float | None = None  # open_gate was called; open at the latest then
 
-    def _spawn(self, slot: int, gate: int | None = None) -> None:
-        cmd = [sys.executable, "-m", "trial_runner.cli", "runner", *self.runner_args]
-        env = self.env if gate is None else {**self.env, START_GATE_FD_ENV: str(gate)}
-        pass_fds = () if gate is None else (gate,)
+    def _spawn(self, slot: int, gate: tuple[int, ...] = ()) -> None:
+        cmd = [*self.command, *self.runner_args]
+        env = self.env
+        if gate:
+            env = {**env, START_GATE_FD_ENV: str(gate[0]), START_READY_FD_ENV: str(gate[1])}
         if self.log_dir is None:
-            self.procs[slot] = subprocess.Popen(cmd, env=env, pass_fds=pass_fds)
+            self.procs[slot] = subprocess.Popen(cmd, env=env, pass_fds=gate)
             return
         log_file = open(self.log_dir / f"{self.name}-runner-{slot}.log", "ab")  # noqa: SIM115
         self.procs[slot] = subprocess.Popen(
-            cmd, stdout=log_file, stderr=log_file, env=env, pass_fds=pass_fds
+            cmd, stdout=log_file, stderr=log_file, env=env, pass_fds=gate
         )
         log_file.close()
 
@@ -425,26 +454,59 @@ class _Supervisor:
                 self._spawn(slot)
             return
         gate, self._gate = os.pipe()
+        self._ready, ready = os.pipe()
+        os.set_blocking(self._ready, False)
         try:
             for slot in range(self.workers):
-                self._spawn(slot, gate)
+                self._spawn(slot, (gate, ready))
+                self._gated.append(self.procs[slot])
         finally:
             os.close(gate)
+            os.close(ready)
 
     def open_gate(self) -> None:
-        """Let the gated processes claim (the study is set up)."""
-        if self._gate is not None:
-            os.write(self._gate, b"g" * self.workers)
-            self._close_gate()
+        """The study is set up: let the gated processes claim as soon as all are ready."""
+        if self._gate is not None and self._open_by is None:
+            self._open_by = time.monotonic() + START_BARRIER_SECONDS
+        self._open_when_ready()
+
+    def _open_when_ready(self) -> None:
+        if self._gate is None or self._open_by is None:
+            return
+        if self._ready is not None:
+            try:
+                said: bytes | None = os.read(self._ready, 4096)
+            except BlockingIOError:
+                said = None  # nothing new
+            if said == b"":  # every gated process has said so or exited: end of file
+                self._close_ready()
+            elif said:
+                self._readies += len(said)
+        exited = sum(p.poll() is not None for p in self._gated)
+        waiting = len(self._gated) - self._readies - exited
+        if self._ready is not None and waiting > 0 and time.monotonic() < self._open_by:
+            return
+        if waiting > 0:
+            log.warning("%d runner(s) still loading their task: the others start now", waiting)
+        os.write(self._gate, b"g" * self.workers)
+        self._close_gate()
 
     def _close_gate(self) -> None:
         if self._gate is not None:
             os.close(self._gate)
             self._gate = None
+        self._close_ready()
+
+    def _close_ready(self) -> None:
+        if self._ready is not None:
+            os.close(self._ready)
+            self._ready = None
 
     def wait(self, timeout: float) -> None:
-        """Sleep up to ``timeout`` seconds, waking as soon as a process exits."""
+        """Sleep up to ``timeout`` seconds, waking as soon as a process exits (or, before the
+        gate opens, says it is ready)."""
         pidfds = []
+        ready = [self._ready] if self._ready is not None and self._open_by is not None else []
         try:
             for proc in self.procs.values():
                 if proc.returncode is None:
@@ -452,7 +514,7 @@ class _Supervisor:
                         pidfds.append(os.pidfd_open(proc.pid))
                     except ProcessLookupError:
                         return  # exited and reaped meanwhile: look at it now
-            select.select(pidfds, [], [], timeout)
+            select.select([*pidfds, *ready], [], [], timeout)
         finally:
             for fd in pidfds:
                 os.close(fd)
@@ -477,6 +539,7 @@ class _Supervisor:
                     # Exits are handled before asking whether anything still runs, so a runner
                     # that died is re-queued and replaced even when it was the last one running.
                     self.check(study)
+                    self._open_when_ready()
                     if self.error is not None or not self.running():
                         break
                     each_pass()

@@ -40,3 +40,53 @@ def test_the_supervisor_wakes_when_a_runner_exits(tmp_path: Path) -> None:
     # Without a wake-up this would wait the full timeout (the test's own timeout fails it).
     supervisor.wait(timeout=3600)
     assert quick.wait(timeout=5) == 0
+
+
+#: A stand-in runner that follows the start protocol: the n-th to start takes n seconds to
+#: "load its task", says it is ready and waits at the gate, then records both moments.
+LOADS_THEN_CLAIMS = """
+import os, sys, time
+from pathlib import Path
+from trial_runner.cli._run import _wait_for_start_gate
+out = Path(sys.argv[1])
+n = 0
+while True:
+    try:
+        os.close(os.open(out / f"slot-{n}", os.O_CREAT | os.O_EXCL))
+        break
+    except FileExistsError:
+        n += 1
+if (out / f"dies-{n}").exists():
+    sys.exit(0)
+time.sleep(n)
+ready = time.time()
+_wait_for_start_gate()
+(out / f"times-{n}").write_text(f"{ready} {time.time()}")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_gate_opens_once_every_runner_has_loaded_its_task(tmp_path: Path) -> None:
+    supervisor = _Supervisor([str(tmp_path)], 3, "s", tmp_path)
+    supervisor.command = [sys.executable, "-c", LOADS_THEN_CLAIMS]
+    supervisor.start(gated=True)
+    supervisor.open_gate()  # the study is set up at once; the slowest runner takes 2 s
+    supervisor.supervise(None, lambda: False)
+    assert supervisor.error is None
+    times = [[float(x) for x in (tmp_path / f"times-{n}").read_text().split()] for n in range(3)]
+    slowest_ready = max(ready for ready, _ in times)
+    assert slowest_ready - min(ready for ready, _ in times) > 1.5  # they did load unevenly
+    assert all(claimed >= slowest_ready for _, claimed in times), times
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_that_dies_loading_does_not_hold_the_others(tmp_path: Path) -> None:
+    (tmp_path / "dies-1").touch()
+    supervisor = _Supervisor([str(tmp_path)], 3, "s", tmp_path)
+    supervisor.command = [sys.executable, "-c", LOADS_THEN_CLAIMS]
+    supervisor.start(gated=True)
+    supervisor.open_gate()
+    # (the barrier's own limit is 120 s: waiting for the dead one fails the test's timeout)
+    supervisor.supervise(None, lambda: False)
+    claimed = sorted(p.name for p in tmp_path.glob("times-*"))
+    assert claimed == ["times-0", "times-2"], claimed
