@@ -203,8 +203,13 @@ def _assert_confined(node: RealNode) -> None:
     checked = 0
     for pid in pids:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "pause":
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            if comm == "pause":
                 continue  # the sandbox's, not ours
+            if comm.startswith("runc"):
+                # runc's init (``runc:[2:INIT]``) of a container being started: it joins the
+                # pod's cgroup as root and becomes the container's process when it execs.
+                continue
             status = Path(f"/proc/{pid}/status").read_text()
             uids = re.search(r"^Uid:\s+(.*)$", status, re.M)
             assert uids is not None
