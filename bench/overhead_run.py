@@ -1,7 +1,7 @@
 """``kubetune run`` against a plain in-process Optuna loop on the same trials.
 
     nice python bench/overhead_run.py                 # 8 trials, journal and PostgreSQL
-    nice python bench/overhead_run.py --trials 30 --repeats 3 --repeat 2 --epochs 3
+    nice python bench/overhead_run.py --trials 16 --repeats 3 --repeat 2 --epochs 3
 
 The same fixed, seeded list of configurations (``bench.overhead.fixed_params``) is trained
 two ways, each a fresh Python process timed from outside, from start to exit:
@@ -150,7 +150,8 @@ def compare(kind: str, server: str | None, args: argparse.Namespace, workdir: Pa
         ]
     }
     study_path = workdir / "study.yaml"
-    study_path.write_text(yaml.safe_dump(doc))
+    # JSON (which is YAML) keeps the quoted decimals quoted, as the spec asks.
+    study_path.write_text(json.dumps(doc, indent=2))
     params_path = workdir / "params.json"
     params_path.write_text(json.dumps(params))
     walls: dict[str, list[float]] = {"plain loop": [], "kubetune run": []}
@@ -189,6 +190,11 @@ def main() -> None:
     if args.child_plain:
         plain_loop(*args.child_plain)
         return
+    from trial_runner.spec._models import MAX_WARM_START_POINTS
+
+    if not 1 <= args.trials <= MAX_WARM_START_POINTS:
+        # The configurations travel as spec.warmStart.points, which holds at most this many.
+        parser.error(f"--trials: 1 to {MAX_WARM_START_POINTS} (spec.warmStart.points)")
 
     from bench.storage import machine
     from bench.storage_postgres import postgres_server

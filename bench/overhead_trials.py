@@ -3,6 +3,7 @@ study grows (Ray Tune's published shape, 1,000+ trials of about 1 s, scaled to t
 
     nice python bench/overhead_trials.py                                   # scaled (minutes)
     nice python bench/overhead_trials.py --trials 1000 --trial-seconds 1 --prefill 0 20000
+    nice python bench/overhead_trials.py --sampler Random ...   # without TPE's sampling cost
 
 ``--runners`` runner processes (2) run the real runner loop (``trial_runner.runner.run_runner``:
 claim lock, stale-trial sweep, progress, sampler, heartbeat, attributes, telemetry, final state)
@@ -46,7 +47,7 @@ from bench.storage import (
 )
 
 
-def runner_process(url: str, seconds: float, slot: int, start: Any, out: Any) -> None:
+def runner_process(url: str, seconds: float, slot: int, sampler: str, start: Any, out: Any) -> None:
     import optuna
 
     import trial_runner.runner as runner_module
@@ -55,25 +56,29 @@ def runner_process(url: str, seconds: float, slot: int, start: Any, out: Any) ->
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The runner builds its engine from the task; here the engine only sleeps.
     runner_module.Engine = lambda *_a, **_k: SleepEngine(seconds, slot)  # type: ignore[assignment,misc]
-    doc = study_from_mapping(study_document("TPE"))
+    doc = study_from_mapping(study_document(sampler))
     start.wait()
     began = time.perf_counter()
     summary = runner_module.run_runner(doc, url, STUDY_NAME, install_signal_handlers=False)
     out.put({"trials": summary.trials_run, "wall": time.perf_counter() - began})
 
 
-def run(url: str, runners: int, trials: int, seconds: float, prefill: int) -> dict[str, Any]:
+def run(
+    url: str, runners: int, trials: int, seconds: float, prefill: int, sampler: str
+) -> dict[str, Any]:
     import optuna
 
     from trial_runner.contract import WORKER_ATTR
     from trial_runner.storage import open_storage
 
-    doc = study_document("TPE")
+    doc = study_document(sampler)
     fill_study(url, doc, prefill)
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(url, heartbeat=False))
     before = len(study.get_trials(deepcopy=False))
     set_budget(url, doc, before + trials)
-    results, wall = start_together(runner_process, [(url, seconds, i) for i in range(runners)])
+    results, wall = start_together(
+        runner_process, [(url, seconds, i, sampler) for i in range(runners)]
+    )
     ran = [t for t in study.get_trials(deepcopy=False) if t.number >= before]
     done = sum(r["trials"] for r in results)
     overhead = 1 - done * seconds / (runners * wall)
@@ -103,14 +108,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=120)
     parser.add_argument("--trial-seconds", type=float, default=0.5)
     parser.add_argument("--prefill", type=int, nargs="+", default=[0, 5000])
+    parser.add_argument(
+        "--sampler", default="TPE", choices=["TPE", "Random"], help="the study's sampler"
+    )
     args = parser.parse_args()
 
     from bench.storage_postgres import postgres_server
 
     print(f"# Per-trial overhead on PostgreSQL ({machine()})\n")
     print(
-        f"{args.runners} runner processes, {args.trials} trials of {args.trial_seconds:g}s "
-        "(sleep) from each starting size\n"
+        f"{args.runners} runner processes, {args.sampler}, {args.trials} trials of "
+        f"{args.trial_seconds:g}s (sleep) from each starting size\n"
     )
     print(
         "| study at start | trials | wall s | ideal s | overhead | median gap ms "
@@ -119,7 +127,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     with postgres_server() as url:
         for prefill in sorted(args.prefill):
-            result = run(url, args.runners, args.trials, args.trial_seconds, prefill)
+            result = run(url, args.runners, args.trials, args.trial_seconds, prefill, args.sampler)
             ideal = result["trials"] * args.trial_seconds / args.runners
             buckets = result["buckets"]
             gaps = " → ".join(f"{g * 1000:.0f}" for _, g in buckets)
