@@ -236,6 +236,7 @@ def test_the_pod_serves_the_sum_of_its_processes_metrics_and_stops_on_sigterm(
         log,
         KUBETUNE_STORAGE_URL=postgres_url,
         KUBETUNE_METRICS_PORT=str(port),
+        TMPDIR=str(tmp_path),
     )
 
     def both_finished_trials() -> Counter[str] | None:
@@ -259,3 +260,5 @@ def test_the_pod_serves_the_sum_of_its_processes_metrics_and_stops_on_sigterm(
     assert not [t for t in trials if t.state == TrialState.RUNNING], "trials released"
     assert read_progress(study, load_study(path).spec).failed == 0
     assert len(finished(trials)) < 40, "stopped before the budget was spent"
+    # The processes' metric files went with the pod's supervisor.
+    assert not list(tmp_path.glob("kubetune-metrics-*"))

@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,7 @@ def _run_processes(args: argparse.Namespace) -> int:
     runner_args += [args.study] if args.study else []
     env: dict[str, str] = {}
     port = _metrics_port()
+    directory = None
     if port is not None:
         # The pod serves its port once, with what every process recorded.
         directory = tempfile.mkdtemp(prefix="kubetune-metrics-")
@@ -226,9 +228,13 @@ def _run_processes(args: argparse.Namespace) -> int:
     )
     stopping = _on_termination()
     log.info("runner pod: %d runner processes share the device", args.processes)
-    supervisor.start(gated=True)
-    supervisor.open_gate()  # the study exists: open once every process has loaded its task
-    supervisor.supervise(study, stopping.is_set)
+    try:
+        supervisor.start(gated=True)
+        supervisor.open_gate()  # the study exists: open once every process has loaded its task
+        supervisor.supervise(study, stopping.is_set)
+    finally:
+        if directory is not None:  # the processes' metric files, outside a pod too
+            shutil.rmtree(directory, ignore_errors=True)
     if supervisor.error is not None:
         raise CliError(supervisor.error, supervisor.error_code)
     return EXIT_OK
