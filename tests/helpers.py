@@ -71,6 +71,25 @@ def study_model(name: str = "digits", **spec: Any) -> HPOStudy:
     return study_from_mapping(study_document(name, **spec))
 
 
+def small_runner_study(
+    name: str, entrypoint: str, max_trials: int, training: dict[str, Any] | None = None
+) -> HPOStudy:
+    """A one-stage TPE study of two parameters and one-epoch trials, for runner tests."""
+    return study_model(
+        name,
+        task={"entrypoint": entrypoint},
+        searchSpace=[
+            {"name": "learning_rate", "type": "Float", "low": "1e-3", "high": "3e-2",
+             "scale": "Log"},
+            {"name": "hidden_size", "type": "Int", "low": 16, "high": 32},
+        ],
+        stages=None,
+        budget={"maxTrials": max_trials},
+        sampler={"type": "TPE", "seed": 0},
+        training={"epochs": 1, **(training or {})},
+    )  # fmt: skip
+
+
 def spec_model(**spec: Any) -> StudySpec:
     """The validated spec of :func:`study_document`."""
     return study_model(**spec).spec

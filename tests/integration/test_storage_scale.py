@@ -21,7 +21,7 @@ import sqlalchemy
 from optuna.distributions import FloatDistribution, IntDistribution
 from sqlalchemy import event
 
-from tests.helpers import study_model
+from tests.helpers import small_runner_study
 from trial_runner.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
 from trial_runner.progress import BudgetState
 from trial_runner.runner import run_runner
@@ -60,24 +60,7 @@ class StatementLog:
 
 
 def _study() -> HPOStudy:
-    return study_model(
-        "scale",
-        task={"entrypoint": "trial_runner.tasks.digits:DigitsMLP"},
-        searchSpace=[
-            {
-                "name": "learning_rate",
-                "type": "Float",
-                "low": "1e-3",
-                "high": "3e-2",
-                "scale": "Log",
-            },
-            {"name": "hidden_size", "type": "Int", "low": 16, "high": 32},
-        ],
-        stages=None,
-        budget={"maxTrials": RUN},
-        sampler={"type": "TPE", "seed": 0},
-        training={"epochs": 1},
-    )
+    return small_runner_study("scale", "trial_runner.tasks.digits:DigitsMLP", RUN)
 
 
 def _add_finished(study: optuna.Study, count: int) -> None:

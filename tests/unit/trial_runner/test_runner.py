@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from prometheus_client import CollectorRegistry
 from torch import nn
 
-from tests.helpers import study_model
+from tests.helpers import small_runner_study
 from trial_runner.contract import (
     FOLDS_ATTR,
     PREEMPTED_ATTR,
@@ -52,24 +52,7 @@ def _study(
     max_trials: int,
     training: dict[str, Any] | None = None,
 ) -> tuple[HPOStudy, str]:
-    study = study_model(
-        name,
-        task={"entrypoint": entrypoint},
-        searchSpace=[
-            {
-                "name": "learning_rate",
-                "type": "Float",
-                "low": "1e-3",
-                "high": "3e-2",
-                "scale": "Log",
-            },
-            {"name": "hidden_size", "type": "Int", "low": 16, "high": 32},
-        ],
-        stages=None,
-        budget={"maxTrials": max_trials},
-        sampler={"type": "TPE", "seed": 0},
-        training={"epochs": 1, **(training or {})},
-    )
+    study = small_runner_study(name, entrypoint, max_trials, training)
     url = f"journal:{tmp_path}/studies.journal"
     ensure_study(open_storage(url), name, study.spec)
     return study, url
