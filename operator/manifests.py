@@ -6,7 +6,11 @@ collector removes what the finalizer misses.
 
 Runner pods follow the ``restricted`` Pod Security Standard: non-root numeric user, no
 privilege escalation, all capabilities dropped, ``RuntimeDefault`` seccomp and a read-only root
-filesystem with an ``emptyDir`` on ``/tmp`` for caches. The storage URL reaches the container
+filesystem with an ``emptyDir`` on ``/tmp`` for caches, and a memory-backed ``/dev/shm`` for
+data-loader workers, sized from ``training.dataLoaderWorkers`` (or ``spec.runner.sharedMemory``)
+and counted in the pod's memory. The study's ``spec.runner.template`` (volumes, env, envFrom,
+scheduling constraints, service account ...) is merged into runner and estimate pods; it adds
+to kubetune's part and never replaces it. The storage URL reaches the container
 only through a ``secretKeyRef``; the study document through a ``configMapKeyRef`` (the runner
 reads ``KUBETUNE_STUDY``, the same way ``kubetune runner`` reads it on a laptop).
 
@@ -45,11 +49,16 @@ from trial_runner.contract import (
     POD_NAME_ENV,
     PROMETHEUS_ANNOTATIONS,
     RESOURCE_ANNOTATION,
+    RUNNER_CONTAINER,
+    SHM_PATH,
+    SHM_VOLUME,
     STORAGE_ENV,
     STUDY_ENV,
     STUDY_KEY,
     STUDY_LABEL,
     TERMINATION_LOG,
+    TMP_PATH,
+    TMP_VOLUME,
     TRIALS_PER_DEVICE_ANNOTATION,
 )
 from trial_runner.pareto import FrontTrial, front_document
@@ -278,24 +287,31 @@ def _env(owner: Mapping[str, Any], config: OperatorConfig) -> list[dict[str, Any
 
 
 def _resources(spec: StudySpec, sizing: SizingDecision) -> dict[str, Any]:
-    """Requests and limits of a runner pod: the device once, CPU and memory per process."""
+    """Requests and limits of a runner pod: the device once, CPU, memory and ``/dev/shm`` per
+    process (the memory-backed ``/dev/shm`` is charged to the pod's memory)."""
     processes = sizing.trials_per_device
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
     if spec.resources.cpu:
         requests["cpu"] = _cpu_times(spec.resources.cpu, processes)
+    memory = spec.resources.memory_bytes
     if sizing.kind == "CPU":
-        requests["memory"] = limits["memory"] = _memory_times(sizing.quantity, processes)
+        memory = parse_quantity(sizing.quantity)
     else:
         # Extended resources are requested through limits (requests default to them).
         limits[sizing.resource] = sizing.quantity
-        if spec.resources.memory:
-            memory = _memory_times(spec.resources.memory, processes)
-            requests["memory"] = limits["memory"] = memory
+    if memory is not None:
+        total = (memory + _shared_memory_bytes(spec)) * processes
+        requests["memory"] = limits["memory"] = format_bytes(total)
     out: dict[str, Any] = {"limits": limits}
     if requests:
         out["requests"] = requests
     return out
+
+
+def _shared_memory_bytes(spec: StudySpec) -> int:
+    """``/dev/shm`` of one runner process."""
+    return spec.runner.shared_memory_bytes(spec.training.data_loader_workers)
 
 
 def _cpu_times(cpu: str, count: int) -> str:
@@ -306,11 +322,6 @@ def _cpu_times(cpu: str, count: int) -> str:
     each = int(cpu[:-1]) if cpu.endswith("m") else math.ceil(Decimal(cpu) * 1000)
     millicores = each * count
     return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
-
-
-def _memory_times(memory: str, count: int) -> str:
-    """``count`` times a memory quantity (``"2Gi"`` x 3 = ``"6Gi"``)."""
-    return memory if count == 1 else format_bytes(parse_quantity(memory) * count)
 
 
 def _kueue_labels(
@@ -338,6 +349,7 @@ def _tolerations(sizing: SizingDecision | None, config: OperatorConfig) -> list[
 
 def _pod(
     owner: Mapping[str, Any],
+    study: StudySpec,
     name: str,
     component: str,
     container: dict[str, Any],
@@ -345,6 +357,13 @@ def _pod(
     sizing: SizingDecision | None,
     grace_period: int,
 ) -> dict[str, Any]:
+    """A pod of ``container``: kubetune's part, then ``spec.runner.template`` merged in."""
+    processes = sizing.trials_per_device if sizing is not None else 1
+    shm = format_bytes(_shared_memory_bytes(study) * processes)
+    container["volumeMounts"] = [
+        {"name": TMP_VOLUME, "mountPath": TMP_PATH},
+        {"name": SHM_VOLUME, "mountPath": SHM_PATH},
+    ]
     spec: dict[str, Any] = {
         # The operator replaces failed runners itself: a runner that was OOMKilled must come
         # back on a larger resource, which a kubelet restart cannot do.
@@ -354,17 +373,80 @@ def _pod(
         "enableServiceLinks": False,
         "securityContext": _pod_security(config),
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [
+            {"name": TMP_VOLUME, "emptyDir": {}},
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
+        ],
     }
     tolerations = _tolerations(sizing, config)
     if tolerations:
         spec["tolerations"] = tolerations
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": _metadata(owner, name, component, config.extra_labels),
         "spec": spec,
     }
+    if study.runner.template:
+        _merge_template(pod, study.runner.template)
+    return pod
+
+
+#: Fields of the template's pod spec that are taken as they are (kubetune sets none of them).
+_TEMPLATE_POD_FIELDS = (
+    "affinity",
+    "topologySpreadConstraints",
+    "imagePullSecrets",
+    "serviceAccountName",
+    "automountServiceAccountToken",
+    "priorityClassName",
+    "runtimeClassName",
+    "schedulerName",
+)
+
+
+def _merge_template(pod: dict[str, Any], template: Mapping[str, Any]) -> None:
+    """Merge a validated ``spec.runner.template`` into ``pod``: the template adds to kubetune's
+    part and never replaces it (validation refuses a template that would)."""
+    template = _without_nulls(template)
+    meta, spec = pod["metadata"], pod["spec"]
+    extra = template.get("metadata") or {}
+    meta["labels"] = {**(extra.get("labels") or {}), **meta["labels"]}
+    if extra.get("annotations"):
+        meta["annotations"] = {**extra["annotations"], **(meta.get("annotations") or {})}
+    own = template.get("spec") or {}
+    for field in _TEMPLATE_POD_FIELDS:
+        if field in own:
+            spec[field] = own[field]
+    if own.get("nodeSelector"):
+        spec["nodeSelector"] = dict(own["nodeSelector"])
+    spec["tolerations"] = [*spec.get("tolerations", []), *own.get("tolerations", [])]
+    if not spec["tolerations"]:
+        del spec["tolerations"]
+    spec["volumes"] = [*spec["volumes"], *own.get("volumes", [])]
+    spec["securityContext"] = {**spec["securityContext"], **own.get("securityContext", {})}
+    if own.get("initContainers"):
+        spec["initContainers"] = [
+            {**init, "securityContext": _container_security()} for init in own["initContainers"]
+        ]
+    container = spec["containers"][0]
+    for runner in own.get("containers", []):
+        container["env"] = [*container["env"], *runner.get("env", [])]
+        if runner.get("envFrom"):
+            container["envFrom"] = list(runner["envFrom"])
+        container["volumeMounts"] = [*container["volumeMounts"], *runner.get("volumeMounts", [])]
+        for field, quantities in (runner.get("resources") or {}).items():
+            resources = container.setdefault("resources", {})
+            resources[field] = {**resources.get(field, {}), **quantities}
+
+
+def _without_nulls(value: Any) -> Any:
+    """``value`` without null fields, as the API server stores a template (it prunes them)."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def runner_pod(
@@ -402,7 +484,7 @@ def runner_pod(
     if port is not None:
         env.append({"name": METRICS_PORT_ENV, "value": str(port)})
     container: dict[str, Any] = {
-        "name": "runner",
+        "name": RUNNER_CONTAINER,
         "image": spec.task.image or config.runner_image,
         "imagePullPolicy": config.image_pull_policy,
         "command": [
@@ -415,7 +497,6 @@ def runner_pod(
         "env": env,
         "resources": _resources(spec, sizing),
         "securityContext": _container_security(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -423,6 +504,7 @@ def runner_pod(
         container["ports"] = [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
     pod = _pod(
         owner,
+        spec,
         runner_pod_name(meta["name"], index),
         COMPONENT_RUNNER,
         container,
@@ -432,12 +514,14 @@ def runner_pod(
     )
     pod["metadata"]["labels"][INDEX_LABEL] = str(index)
     pod["metadata"]["labels"].update(_kueue_labels(owner, spec, config))
-    pod["metadata"]["annotations"] = {
-        RESOURCE_ANNOTATION: sizing.resource,
-        MEMORY_ANNOTATION: str(sizing.memory_bytes),
-        KIND_ANNOTATION: sizing.kind,
-        TRIALS_PER_DEVICE_ANNOTATION: str(processes),
-    }
+    pod["metadata"].setdefault("annotations", {}).update(
+        {
+            RESOURCE_ANNOTATION: sizing.resource,
+            MEMORY_ANNOTATION: str(sizing.memory_bytes),
+            KIND_ANNOTATION: sizing.kind,
+            TRIALS_PER_DEVICE_ANNOTATION: str(processes),
+        }
+    )
     if port is not None:
         pod["metadata"]["annotations"].update(
             {key: value.format(port=port) for key, value in PROMETHEUS_ANNOTATIONS.items()}
@@ -456,6 +540,7 @@ def estimate_pod(
     describes the current spec.
     """
     meta = owner["metadata"]
+    memory = format_bytes(parse_quantity(config.estimate_memory) + _shared_memory_bytes(spec))
     container = {
         "name": "estimate",
         "image": spec.task.image or config.runner_image,
@@ -469,16 +554,22 @@ def estimate_pod(
         ],
         "env": _env(owner, config),
         "resources": {
-            "requests": {"cpu": config.estimate_cpu, "memory": config.estimate_memory},
-            "limits": {"memory": config.estimate_memory},
+            "requests": {"cpu": config.estimate_cpu, "memory": memory},
+            "limits": {"memory": memory},
         },
         "securityContext": _container_security(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod = _pod(
-        owner, estimate_pod_name(meta["name"]), COMPONENT_ESTIMATE, container, config, None, 10
+        owner,
+        spec,
+        estimate_pod_name(meta["name"]),
+        COMPONENT_ESTIMATE,
+        container,
+        config,
+        None,
+        10,
     )
-    pod["metadata"]["annotations"] = {ESTIMATE_KEY_ANNOTATION: key}
+    pod["metadata"].setdefault("annotations", {})[ESTIMATE_KEY_ANNOTATION] = key
     return pod

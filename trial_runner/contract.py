@@ -38,12 +38,19 @@ __all__ = [
     "NAME_LABEL",
     "ORIGIN_ATTR",
     "OUT_OF_MEMORY_EXIT_CODE",
+    "OWNED_ANNOTATIONS",
+    "OWNED_ENV",
+    "OWNED_LABELS",
+    "OWNED_RESOURCES",
     "POD_NAME_ENV",
     "PREEMPTED_ATTR",
     "PRIOR_ATTR",
     "PROFILE_ATTR",
     "PROMETHEUS_ANNOTATIONS",
     "RESOURCE_ANNOTATION",
+    "RUNNER_CONTAINER",
+    "SHM_PATH",
+    "SHM_VOLUME",
     "STAGE_ATTR",
     "STARTED_ATTR",
     "START_GATE_FD_ENV",
@@ -55,6 +62,8 @@ __all__ = [
     "STUDY_LABEL",
     "TELEMETRY_ATTR",
     "TERMINATION_LOG",
+    "TMP_PATH",
+    "TMP_VOLUME",
     "TRIALS_PER_DEVICE_ANNOTATION",
     "WAIT_SECONDS_ENV",
     "WARM_START_ATTR",
@@ -95,6 +104,39 @@ LOG_LEVEL_ENV = "KUBETUNE_LOG_LEVEL"
 STORAGE_PATIENCE_ENV = "KUBETUNE_STORAGE_PATIENCE"
 #: Port on which a runner serves its Prometheus metrics (unset: none are served).
 METRICS_PORT_ENV = "KUBETUNE_METRICS_PORT"
+
+# --- the parts of a runner pod kubetune owns (``spec.runner.template`` may not set them)
+
+#: The runner container's name; ``spec.runner.template`` may hold this one container only.
+RUNNER_CONTAINER = "runner"
+#: Volumes kubetune adds to runner and estimate pods: a writable ``/tmp`` for caches (the root
+#: filesystem is read-only) and a memory-backed ``/dev/shm`` for data-loader workers.
+TMP_VOLUME, TMP_PATH = "tmp", "/tmp"
+SHM_VOLUME, SHM_PATH = "dshm", "/dev/shm"
+#: Environment variables kubetune sets in runner and estimate containers.
+OWNED_ENV = (
+    STUDY_ENV,
+    STORAGE_ENV,
+    POD_NAME_ENV,
+    METRICS_PORT_ENV,
+    START_GATE_FD_ENV,
+    START_READY_FD_ENV,
+    "XDG_CACHE_HOME",
+    "PYTHONUNBUFFERED",
+)
+#: Resources kubetune sizes (a prefix ends with "/"): the template may ask for others
+#: (``ephemeral-storage``, hugepages, a NIC's extended resource).
+OWNED_RESOURCES = ("cpu", "memory", "nvidia.com/")
+#: Label and annotation keys kubetune sets (a prefix ends with "/").
+OWNED_LABELS = (
+    "kubetune.dev/",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/component",
+    "kueue.x-k8s.io/",
+)
+OWNED_ANNOTATIONS = ("kubetune.dev/", "prometheus.io/")
 
 # --- what the operator puts on the objects it creates, and reads back
 

@@ -25,12 +25,13 @@ from hpo_operator.crd._rules import (
     NAME_RULES,
     PATH_EXTRAS,
     PATH_RULES,
+    TEMPLATE,
     number_kind_rules,
 )
 from hpo_operator.crd._schema import structural_schema
 from hpo_operator.status import StudyStatus
 
-from trial_runner.spec import KIND, StudySpec, dump_yaml
+from trial_runner.spec import KIND, StudySpec, dump_yaml, template_json_schema
 
 __all__ = [
     "CRD_ONLY_BOUNDS",
@@ -52,6 +53,10 @@ SHORT_NAMES = ["hpo", "hpos"]
 
 
 def _decorate_spec(node: dict[str, Any], path: str) -> dict[str, Any]:
+    if path == TEMPLATE:
+        # The Kubernetes API's own objects, from the models the template is validated with.
+        template = structural_schema(template_json_schema(), _decorate_template)
+        return {**template, "description": node["description"]}
     node.update(copy.deepcopy(dict(PATH_EXTRAS.get(path, {}))))
     node.update(CRD_ONLY_BOUNDS.get(path, {}))
     rules = [*copy.deepcopy(PATH_RULES.get(path, [])), *number_kind_rules(node)]
@@ -59,6 +64,15 @@ def _decorate_spec(node: dict[str, Any], path: str) -> dict[str, Any]:
         node["x-kubernetes-validations"] = rules
     if node.get("x-kubernetes-preserve-unknown-fields"):
         node.pop("properties", None)
+    return node
+
+
+def _decorate_template(node: dict[str, Any], path: str) -> dict[str, Any]:
+    full = f"{TEMPLATE}.{path}" if path else TEMPLATE
+    node.update(copy.deepcopy(dict(PATH_EXTRAS.get(full, {}))))
+    rules = copy.deepcopy(PATH_RULES.get(full, []))
+    if rules:
+        node["x-kubernetes-validations"] = rules
     return node
 
 

@@ -14,15 +14,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from trial_runner.contract import (
+    OWNED_ANNOTATIONS,
+    OWNED_ENV,
+    OWNED_LABELS,
+    OWNED_RESOURCES,
+    RUNNER_CONTAINER,
+    SHM_VOLUME,
+    TMP_VOLUME,
+)
 from trial_runner.spec import (
     FREE_FORM_FIELDS,
     MAX_STAGES,
     MAX_STUDY_NAME,
+    MAX_TEMPLATE_ITEMS,
     MULTI_OBJECTIVE_SAMPLERS,
     NAME_PATTERN,
+    OWNED_MOUNT_PATTERN,
 )
 
-__all__ = ["CRD_ONLY_BOUNDS", "NAME_RULES", "PATH_EXTRAS", "PATH_RULES", "number_kind_rules"]
+__all__ = [
+    "CRD_ONLY_BOUNDS",
+    "NAME_RULES",
+    "PATH_EXTRAS",
+    "PATH_RULES",
+    "TEMPLATE",
+    "number_kind_rules",
+]
+
+#: Path of the runner pod template (``spec.runner.template``); below it the Kubernetes API's
+#: own objects, checked by their schema (no number-kind rules: see :func:`number_kind_rules`).
+TEMPLATE = "runner.template"
 
 #: Bounds the CRD adds where the model has none, keyed by field path ("[]" = list items).
 CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
@@ -271,7 +293,94 @@ _WARM_START_RULES: list[dict[str, str]] = [
     },
 ]
 
+
+def _owned_keys_rule(owned: tuple[str, ...], what: str) -> dict[str, str]:
+    """Map keys none of which is ``owned`` (a prefix ends with "/"), as ``is_owned`` says."""
+    tests = " || ".join(f"k.startsWith('{o}')" if o.endswith("/") else f"k == '{o}'" for o in owned)
+    listed = ", ".join(f"{o}*" if o.endswith("/") else o for o in owned)
+    return {"rule": f"self.all(k, !({tests}))", "message": f"{what} set by kubetune ({listed})"}
+
+
+def _quoted(names: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+#: Rules of the runner pod template, mirroring ``trial_runner.spec`` ``ownership_errors``.
+_TEMPLATE_RULES: dict[str, list[dict[str, str]]] = {
+    "metadata.labels": [_owned_keys_rule(OWNED_LABELS, "labels")],
+    "metadata.annotations": [_owned_keys_rule(OWNED_ANNOTATIONS, "annotations")],
+    "spec": [
+        {
+            "rule": "!has(self.containers) || self.containers.all(c, !has(c.volumeMounts) || "
+            "c.volumeMounts.all(m, has(self.volumes) && self.volumes.exists(v, "
+            "v.name == m.name)))",
+            "message": "every volume mount of the runner container names a volume of spec.volumes",
+            "fieldPath": ".containers",
+        }
+    ],
+    "spec.volumes[]": [
+        {
+            "rule": f"!(self.name in {_quoted((TMP_VOLUME, SHM_VOLUME))})",
+            "message": "is kubetune's own volume",
+            "fieldPath": ".name",
+        }
+    ],
+    "spec.initContainers[]": [
+        {
+            "rule": f"self.name != '{RUNNER_CONTAINER}'",
+            "message": "is the runner container's name",
+            "fieldPath": ".name",
+        },
+        {
+            "rule": "!has(self.securityContext)",
+            "message": "set by kubetune (the restricted security context)",
+            "fieldPath": ".securityContext",
+        },
+    ],
+    "spec.containers[].env[]": [
+        {
+            "rule": f"!(self.name in {_quoted(OWNED_ENV)})",
+            "message": "is set by kubetune",
+            "fieldPath": ".name",
+        }
+    ],
+    "spec.containers[].volumeMounts[]": [
+        {
+            "rule": f"!self.mountPath.matches('{OWNED_MOUNT_PATTERN}')",
+            "message": "is mounted by kubetune",
+            "fieldPath": ".mountPath",
+        }
+    ],
+    **{
+        f"spec.containers[].resources.{field}": [
+            _owned_keys_rule(OWNED_RESOURCES, "sized by kubetune: resources")
+        ]
+        for field in ("requests", "limits")
+    },
+}
+
+_NAMED_LIST = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+#: List types and bounds of the template: named lists reject a repeated name, as the Pod API
+#: does, and maps are bounded like the model's lists, for the CEL cost estimate.
+_TEMPLATE_EXTRAS: dict[str, dict[str, Any]] = {
+    "spec.volumes": _NAMED_LIST,
+    "spec.initContainers": _NAMED_LIST,
+    "spec.containers": _NAMED_LIST,
+    "spec.containers[].env": _NAMED_LIST,
+    **{
+        path: {"maxProperties": MAX_TEMPLATE_ITEMS}
+        for path in (
+            "metadata.labels",
+            "metadata.annotations",
+            "spec.nodeSelector",
+            "spec.containers[].resources.requests",
+            "spec.containers[].resources.limits",
+        )
+    },
+}
+
 PATH_RULES: Mapping[str, list[dict[str, str]]] = {
+    **{f"{TEMPLATE}.{path}": rules for path, rules in _TEMPLATE_RULES.items()},
     "": [*_STUDY_RULES, *_OBJECTIVE_RULES, *_WARM_START_RULES],
     "searchSpace[]": _PARAMETER_RULES,
     "objective": [
@@ -420,6 +529,7 @@ NAME_RULES: list[dict[str, str]] = [
 ]
 
 PATH_EXTRAS: Mapping[str, Mapping[str, Any]] = {
+    **{f"{TEMPLATE}.{path}": extras for path, extras in _TEMPLATE_EXTRAS.items()},
     "searchSpace": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     # Lists of named items: the API server rejects a repeated metric or parameter name.
     "objectives": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["metric"]},

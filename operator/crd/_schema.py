@@ -83,6 +83,8 @@ def _structural(
     for key in _KEPT:
         if key in schema:
             out[key] = schema[key]
+    if "const" in schema:
+        out["enum"] = [schema["const"]]
     if schema.get("pattern") == NUMBER_PATTERN and "maxLength" not in out:
         out["maxLength"] = NUMBER_MAX_LENGTH
     default = schema.get("default")

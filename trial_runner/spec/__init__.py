@@ -45,6 +45,8 @@ from trial_runner.spec._models import (
     NUMBER_PATTERN,
     QUANTITY_PATTERN,
     QUEUE_NAME_PATTERN,
+    SHARED_MEMORY_BASE,
+    SHARED_MEMORY_PER_WORKER,
     Budget,
     Checkpoint,
     EarlyStopping,
@@ -58,6 +60,7 @@ from trial_runner.spec._models import (
     Profile,
     Pruner,
     Resources,
+    Runner,
     Sampler,
     SecretKeyRef,
     Stage,
@@ -73,6 +76,13 @@ from trial_runner.spec._models import (
 )
 from trial_runner.spec._parse import parse_duration, parse_number, parse_quantity
 from trial_runner.spec._rules import point_value_error, semantic_errors
+from trial_runner.spec._template import (
+    MAX_TEMPLATE_ITEMS,
+    OWNED_MOUNT_PATTERN,
+    QUANTITY_VALUE_PATTERN,
+    is_owned,
+    template_json_schema,
+)
 from trial_runner.spec._yaml import dump_yaml, load_yaml_documents
 
 __all__ = [
@@ -86,13 +96,18 @@ __all__ = [
     "MAX_SHOWN_ERRORS",
     "MAX_STAGES",
     "MAX_STUDY_NAME",
+    "MAX_TEMPLATE_ITEMS",
     "MAX_TRIALS_PER_DEVICE",
     "MAX_WARM_START_POINTS",
     "MULTI_OBJECTIVE_SAMPLERS",
     "NAME_PATTERN",
     "NUMBER_PATTERN",
+    "OWNED_MOUNT_PATTERN",
     "QUANTITY_PATTERN",
+    "QUANTITY_VALUE_PATTERN",
     "QUEUE_NAME_PATTERN",
+    "SHARED_MEMORY_BASE",
+    "SHARED_MEMORY_PER_WORKER",
     "Budget",
     "Checkpoint",
     "EarlyStopping",
@@ -107,6 +122,7 @@ __all__ = [
     "Profile",
     "Pruner",
     "Resources",
+    "Runner",
     "Sampler",
     "SecretKeyRef",
     "SpecError",
@@ -123,6 +139,7 @@ __all__ = [
     "dump_yaml",
     "format_path",
     "is_better",
+    "is_owned",
     "load_study",
     "load_yaml_documents",
     "parse_duration",
@@ -132,5 +149,6 @@ __all__ = [
     "semantic_errors",
     "study_from_mapping",
     "study_from_text",
+    "template_json_schema",
     "validate_spec_mapping",
 ]

@@ -105,9 +105,10 @@ def _accepted_fields(model: type[BaseModel]) -> str:
     return ", ".join(sorted((f.alias or n) for n, f in model.model_fields.items()))
 
 
-def model_at(loc: Iterable[str | int]) -> type[BaseModel] | None:
-    """The model class that owns the object at ``loc`` (for naming the accepted fields)."""
-    model: Any = HPOStudy
+def model_at(loc: Iterable[str | int], root: type[BaseModel] = HPOStudy) -> type[BaseModel] | None:
+    """The model class that owns the object at ``loc`` below ``root`` (for naming the accepted
+    fields)."""
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue
@@ -153,9 +154,11 @@ def _holds(node: Any, part: str | int) -> bool:
     return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
-def pydantic_errors(exc: ValidationError, raw: Any) -> list[FieldError]:
-    """pydantic's errors on ``raw`` as :class:`FieldError` s: one per path, saying what is
-    accepted."""
+def pydantic_errors(
+    exc: ValidationError, raw: Any, root: type[BaseModel] = HPOStudy
+) -> list[FieldError]:
+    """pydantic's errors on ``raw`` (validated as ``root``) as :class:`FieldError` s: one per
+    path, saying what is accepted."""
     errors: dict[str, FieldError] = {}
     for err in exc.errors():
         loc = _clean_loc(tuple(err["loc"]), raw, err["type"])
@@ -163,7 +166,7 @@ def pydantic_errors(exc: ValidationError, raw: Any) -> list[FieldError]:
         kind = err["type"]
         value = err.get("input")
         if kind == "extra_forbidden":
-            owner = model_at(loc[:-1])
+            owner = model_at(loc[:-1], root)
             accepted = f" (accepted: {_accepted_fields(owner)})" if owner else ""
             message = f"unknown field{accepted}"
         elif kind == "missing":

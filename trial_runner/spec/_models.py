@@ -35,6 +35,8 @@ __all__ = [
     "NUMBER_PATTERN",
     "QUANTITY_PATTERN",
     "QUEUE_NAME_PATTERN",
+    "SHARED_MEMORY_BASE",
+    "SHARED_MEMORY_PER_WORKER",
     "Budget",
     "Checkpoint",
     "EarlyStopping",
@@ -48,6 +50,7 @@ __all__ = [
     "Profile",
     "Pruner",
     "Resources",
+    "Runner",
     "Sampler",
     "SecretKeyRef",
     "Stage",
@@ -427,6 +430,39 @@ class Resources(_Model):
         return self.trials_per_device if isinstance(self.trials_per_device, int) else None
 
 
+#: ``/dev/shm`` of a runner process without data-loader workers, and what each worker adds: room
+#: for its prefetched batches (two by default) of several MiB each.
+SHARED_MEMORY_BASE = 64 * 2**20
+SHARED_MEMORY_PER_WORKER = 256 * 2**20
+
+
+class Runner(_Model):
+    """How runner pods (and the estimate pod) are made beyond what kubetune sizes."""
+
+    template: dict[str, Any] | None = Field(
+        default=None,
+        description="A PodTemplateSpec merged into every runner pod and the estimate pod: "
+        "labels and annotations; volumes, init containers, node selector, affinity, "
+        "tolerations, topology spread, image pull secrets, service account, priority, runtime "
+        "and scheduler; fsGroup and supplemental groups; and for the container named runner "
+        "its env, envFrom, volume mounts and resources other than CPU, memory and GPUs. "
+        "Applies on a cluster only.",
+    )
+    shared_memory: str | None = Field(
+        default=None,
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+        description="Size of the memory-backed /dev/shm of each runner process (counted in the "
+        "pod's memory); default 64Mi plus 256Mi per training.dataLoaderWorkers.",
+    )
+
+    def shared_memory_bytes(self, data_loader_workers: int) -> int:
+        """``/dev/shm`` of one runner process: ``sharedMemory``, else sized from its workers."""
+        if self.shared_memory:
+            return parse_quantity(self.shared_memory)
+        return SHARED_MEMORY_BASE + SHARED_MEMORY_PER_WORKER * data_loader_workers
+
+
 class SecretKeyRef(_Model):
     name: str = Field(pattern=NAME_PATTERN, max_length=253)
     key: str = Field(default="url", min_length=1)
@@ -513,6 +549,10 @@ class StudySpec(_Model):
     pruner: Pruner = Field(default_factory=Pruner)
     training: Training = Field(default_factory=Training)
     resources: Resources = Field(default_factory=Resources)
+    runner: Runner = Field(
+        default_factory=Runner,
+        description="The runner pods' own part: a pod template and /dev/shm.",
+    )
     storage: Storage = Field(default_factory=Storage)
     warm_start: WarmStart | None = None
     suspend: bool = False

@@ -8,6 +8,7 @@ import re
 from trial_runner.spec._errors import FieldError
 from trial_runner.spec._models import MULTI_OBJECTIVE_SAMPLERS, Parameter, StudySpec
 from trial_runner.spec._parse import parse_number
+from trial_runner.spec._template import template_errors
 
 __all__ = ["point_value_error", "semantic_errors"]
 
@@ -126,6 +127,10 @@ def semantic_errors(spec: StudySpec, prefix: str = "spec") -> list[FieldError]:
         err("pruner.minDelta", "only used with patience: set pruner.patience too")
     errors.extend(_objective_errors(spec, prefix))
     errors.extend(_warm_start_errors(spec, prefix))
+    if spec.runner.template is not None:
+        errors.extend(template_errors(spec.runner.template, f"{prefix}.runner.template"))
+    if spec.runner.shared_memory is not None and spec.runner.shared_memory_bytes(0) == 0:
+        err("runner.sharedMemory", "must be more than 0")
     return errors
 
 

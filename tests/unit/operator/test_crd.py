@@ -11,7 +11,7 @@ import yaml
 from hpo_operator.crd import CRD_ONLY_BOUNDS, crd, crd_yaml, spec_schema, status_schema
 from hpo_operator.status import StudyStatus
 
-from trial_runner.spec import MULTI_OBJECTIVE_SAMPLERS, StudySpec
+from trial_runner.spec import MULTI_OBJECTIVE_SAMPLERS, StudySpec, template_json_schema
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_FILE = REPO / "crds" / "kubetune.dev_hpostudies.yaml"
@@ -53,6 +53,9 @@ def _walk(
     path: str,
     seen: list[str],
 ) -> None:
+    if path == "runner.template":
+        # A free mapping in the spec model, checked against the Kubernetes API's own models.
+        model, defs = template_json_schema(), {}
     model = _resolve(model, defs)
     seen.append(path)
     if "anyOf" in model:  # int | str
@@ -67,6 +70,8 @@ def _walk(
         bound = CRD_ONLY_BOUNDS.get(path, {}).get(key)
         if key in model:
             assert crd_node.get(key) == model[key], f"{path}: {key}"
+        elif key == "enum" and "const" in model:
+            assert crd_node.get(key) == [model["const"]], f"{path}: {key}"
         elif bound is not None:
             assert crd_node.get(key) == bound, f"{path}: {key}"
         elif key == "maxLength" and model.get("pattern"):
@@ -88,6 +93,8 @@ def test_crd_schema_agrees_with_the_spec_model_field_by_field() -> None:
     seen: list[str] = []
     _walk(model, spec_schema(), model["$defs"], "", seen)
     assert "searchSpace[].low" in seen and "training.earlyStopping.minDelta" in seen
+    assert "runner.template.spec.volumes[].persistentVolumeClaim.claimName" in seen
+    assert "runner.template.spec.containers[].envFrom[].secretRef.name" in seen
     assert set(CRD_ONLY_BOUNDS) <= set(seen), "a CRD-only bound names a field the model lacks"
 
 
@@ -116,8 +123,11 @@ def _nodes(schema: dict[str, Any], path: str = ""):
 def test_schema_is_structural() -> None:
     root = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _nodes(root):
-        assert ("$ref" not in node and "additionalProperties" not in node) or path.startswith(
-            ".status"
+        assert "$ref" not in node, path
+        # Maps: in the status, and the Kubernetes API's own in the runner template (labels,
+        # node selector, resources); never beside properties.
+        assert "additionalProperties" not in node or (
+            path.startswith((".status", ".spec.runner.template")) and "properties" not in node
         ), path
         assert "anyOf" not in node, path
         assert node.get("type") or node.get("x-kubernetes-int-or-string"), path

@@ -77,11 +77,12 @@ def test_runner_requests_the_sized_mig_slice_and_tolerates_gpu_taint() -> None:
     pod = _runner(resources={"accelerator": "MIG"})
     resources = pod["spec"]["containers"][0]["resources"]
     assert resources == {"limits": {"nvidia.com/mig-2g.20gb": "1"}}
-    # Host memory stated in the spec is requested next to the slice.
+    # Host memory stated in the spec is requested next to the slice, with the default 64Mi
+    # of /dev/shm (a process without data-loader workers).
     pod = _runner(resources={"accelerator": "MIG", "memory": "8Gi"})
     assert pod["spec"]["containers"][0]["resources"] == {
-        "limits": {"nvidia.com/mig-2g.20gb": "1", "memory": "8Gi"},
-        "requests": {"memory": "8Gi"},
+        "limits": {"nvidia.com/mig-2g.20gb": "1", "memory": "8256Mi"},
+        "requests": {"memory": "8256Mi"},
     }
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"][
         "tolerations"
@@ -92,8 +93,8 @@ def test_cpu_runner_gets_memory_requests_and_limits() -> None:
     pod = _runner(CPU, resources={"accelerator": "CPU", "cpu": "500m", "memory": "1Gi"})
     resources = pod["spec"]["containers"][0]["resources"]
     assert resources == {
-        "requests": {"cpu": "500m", "memory": "1Gi"},
-        "limits": {"memory": "1Gi"},
+        "requests": {"cpu": "500m", "memory": "1088Mi"},  # 1Gi and 64Mi of /dev/shm
+        "limits": {"memory": "1088Mi"},
     }
     assert "tolerations" not in pod["spec"]
 
@@ -106,10 +107,10 @@ def test_a_shared_gpu_runs_several_processes_with_cpu_and_memory_for_each() -> N
         *("kubetune", "runner", "--study-name", "team-a.digits"),
         *("--processes", "3"),
     ]
-    # The device once (its processes share it), CPU and host memory three times.
+    # The device once (its processes share it), CPU, host memory and /dev/shm three times.
     assert container["resources"] == {
-        "limits": {"nvidia.com/mig-2g.20gb": "1", "memory": "6Gi"},
-        "requests": {"cpu": "1500m", "memory": "6Gi"},
+        "limits": {"nvidia.com/mig-2g.20gb": "1", "memory": "6336Mi"},
+        "requests": {"cpu": "1500m", "memory": "6336Mi"},
     }
     assert pod["metadata"]["annotations"]["kubetune.dev/trials-per-device"] == "3"
     whole = _runner(
@@ -123,8 +124,8 @@ def test_cpu_runner_processes_each_get_the_sized_memory() -> None:
     three = dataclasses.replace(CPU, quantity="1536Mi", trials_per_device=3)
     pod = _runner(three, resources={"accelerator": "CPU", "cpu": "1", "trialsPerDevice": 3})
     assert pod["spec"]["containers"][0]["resources"] == {
-        "requests": {"cpu": "3", "memory": "4608Mi"},
-        "limits": {"memory": "4608Mi"},
+        "requests": {"cpu": "3", "memory": "4800Mi"},  # 3 x (1536Mi + 64Mi of /dev/shm)
+        "limits": {"memory": "4800Mi"},
     }
     assert pod["spec"]["containers"][0]["command"][-2:] == ["--processes", "3"]
 
