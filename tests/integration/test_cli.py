@@ -327,3 +327,46 @@ def test_warm_start_example_after_the_first_round(tmp_path: Path) -> None:
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in own) == 3
     results = kubetune("results", str(example), cwd=tmp_path)
     assert results.returncode == 0 and "warm-start priors" in results.stdout
+
+
+def test_run_takes_a_cluster_study_and_says_once_the_template_is_for_pods(
+    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path]
+) -> None:
+    """The study a team applies to its cluster runs here too: its pod template is validated
+    and set aside with one note; a template that touches kubetune's part changes nothing."""
+    template = {
+        "spec": {
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}}],
+            "containers": [
+                {
+                    "name": "runner",
+                    "envFrom": [{"secretRef": {"name": "wandb"}}],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+        }
+    }
+    doc = digits_study("cluster", budget={"maxTrials": 1}, runner={"template": template})
+    path = write_study(doc)
+    valid = kubetune("validate", str(path), cwd=tmp_path)
+    assert valid.returncode == 0, valid.stderr
+    assert "runner pod template (on a cluster): containers, volumes" in valid.stdout
+    run = kubetune("run", str(path), "--no-progress", "--workers", "2", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("applies to runner pods on a cluster only") == 1
+    assert "done (BudgetSpent): trials 1/1" in run.stdout
+
+    template["spec"]["containers"][0]["command"] = ["python", "train.py"]
+    bad = write_study(digits_study("owned", runner={"template": template}))
+    result = kubetune("run", str(bad), "--no-progress", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        "spec.runner.template.spec.containers[0].command: set by kubetune, not by the template"
+        in result.stderr
+    )
+    journal = tmp_path / ".kubetune" / "studies.journal"
+    names = {
+        s.study_name for s in optuna.get_all_study_summaries(open_storage(f"journal:{journal}"))
+    }
+    assert names == {"cluster"}  # the refused study never reached the storage

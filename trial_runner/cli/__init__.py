@@ -51,6 +51,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             top = f", top {ws.from_study.top_k}" if ws.from_study.top_k else ""
             parts.append(f"from study {source!r} ({ws.from_study.mode}{top})")
         print(f"  warm start: {', '.join(parts)}")
+    template = spec.runner.template or {}
+    if template:
+        fields = sorted({*template.get("metadata", {}), *template.get("spec", {})})
+        print(f"  runner pod template (on a cluster): {', '.join(fields)}")
     return EXIT_OK
 
 

@@ -47,7 +47,7 @@ from trial_runner.entrypoints import check_entrypoint
 from trial_runner.outage import first_line, is_connection_error
 from trial_runner.pareto import spread
 from trial_runner.progress import StudyProgress, trial_telemetry
-from trial_runner.spec import StudySpec, load_study
+from trial_runner.spec import Runner, StudySpec, load_study
 from trial_runner.storage import (
     budget_from_spec,
     ensure_study,
@@ -287,6 +287,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError("--trials: must be at least 1")
     # Checked before the storage is touched, so a typo in the entrypoint changes nothing.
     check_entrypoint(spec.task.entrypoint)
+    if spec.runner != Runner():
+        print(
+            "note: spec.runner (the pod template, /dev/shm) applies to runner pods on a cluster "
+            "only; this run uses this machine as it is",
+            flush=True,
+        )
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     runner_args = ["--study-name", name, "--storage", url, args.study]
