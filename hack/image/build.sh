@@ -13,11 +13,17 @@
 #      change costs seconds, not a rebuild.
 #   4. The pause image of the real test node: hack/node/pause compiled into a static binary,
 #      alone in an image.
+#   5. With --user-image DIR: a user's own image, DIR/Dockerfile built FROM the test image (its
+#      build argument KUBETUNE_IMAGE), as a team builds its runner image FROM kubetune's.
+#      Cached by the test image and DIR's files.
 #
 # Usage:
 #   hack/image/build.sh            build what is missing; progress on stderr
 #   hack/image/build.sh --print    the same, then print `IMAGE ARCHIVE PAUSE_IMAGE PAUSE_ARCHIVE`
 #   hack/image/build.sh --check    exit 0 if both images of this checkout are cached
+#   hack/image/build.sh --user-image DIR
+#                                  build the above if missing, then DIR's image; print
+#                                  `IMAGE ARCHIVE` of DIR's image
 #
 # Environment:
 #   KUBETUNE_CACHE   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/kubetune)
@@ -31,10 +37,19 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 mode=build
+user_dir=""
 case "${1:-}" in
   "") ;;
   --print) mode=print ;;
   --check) mode=check ;;
+  --user-image)
+    mode=user
+    [[ -f "${2:-}/Dockerfile" ]] || {
+      echo "image/build.sh: --user-image DIR needs DIR/Dockerfile (got '${2:-}')" >&2
+      exit 2
+    }
+    user_dir="$(cd "$2" && pwd)"
+    ;;
   -h | --help)
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
     exit 0
@@ -61,6 +76,7 @@ variant=cpu
 base_recipe="bookworm minbase python3,python3-venv,python-is-python3,ca-certificates r1"
 image_recipe="r1"
 thin_recipe="r1"
+user_recipe="r1"
 
 hash_of() { sha256sum | cut -c1-16; }
 base_key="$(echo "${base_recipe} ${mirror}" | hash_of)"
@@ -97,7 +113,25 @@ if [[ "${mode}" == check ]]; then
   [[ -f "${archive}" && -f "${pause_archive}" ]] && exit 0
   exit 1
 fi
-if [[ -f "${archive}" && -f "${pause_archive}" ]]; then
+if [[ "${mode}" == user ]]; then
+  user_name="$(basename "${user_dir}" | tr -c 'a-z0-9\n-' '-')"
+  user_key="$(
+    cd "${user_dir}"
+    {
+      echo "${user_recipe} ${source_key}"
+      find . -type f -not -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    } | hash_of
+  )"
+  user_image="localhost/${user_name}:test-${user_key}"
+  user_archive="${root}/user-${user_name}-${user_key}.oci.tar"
+fi
+if [[ "${mode}" == user && -f "${user_archive}" ]]; then
+  log "cached: ${user_image} (${user_archive})"
+  touch "${user_archive}"
+  echo "${user_image} ${user_archive}"
+  exit 0
+fi
+if [[ "${mode}" != user && -f "${archive}" && -f "${pause_archive}" ]]; then
   log "cached: ${test_image} (${archive}), ${pause_image}"
   touch "${archive}" "${pause_archive}" # used: kept by the pruning below
   [[ "${mode}" == print ]] && echo "${result}"
@@ -158,7 +192,7 @@ if ! has_image "${built_image}"; then
   log "image: built in $((SECONDS - started))s"
 fi
 
-if [[ ! -f "${archive}" ]]; then
+if [[ ! -f "${archive}" ]] || ! has_image "${test_image}"; then
   log "test image: this checkout's sources over ${built_image}"
   container="$(bah from --signature-policy "${policy}" --pull=never "${built_image}")"
   # The image's user is 65532; the layer is written as root.
@@ -199,6 +233,27 @@ if [[ ! -f "${pause_archive}" ]]; then
     "${pause_image}" "oci-archive:${pause_archive}.tmp:${pause_image}"
   mv "${pause_archive}.tmp" "${pause_archive}"
   rm -f "${pause_bin}"
+fi
+
+if [[ "${mode}" == user ]]; then
+  log "user image: ${user_dir}/Dockerfile FROM ${test_image}"
+  bah bud --signature-policy "${policy}" --isolation chroot --layers=false --pull=never \
+    --build-arg "KUBETUNE_IMAGE=${test_image}" --file "${user_dir}/Dockerfile" \
+    --tag "${user_image}" "${user_dir}" >&2
+  rm -f "${user_archive}.tmp"
+  bah push --signature-policy "${policy}" --quiet --disable-compression --format oci \
+    "${user_image}" "oci-archive:${user_archive}.tmp:${user_image}"
+  mv "${user_archive}.tmp" "${user_archive}"
+  bah rmi --force "${user_image}" >/dev/null || true
+  # A user image is as large as the test image it is built on: keep the newest two.
+  mapfile -t users < <(ls -t "${root}"/user-*.oci.tar 2>/dev/null)
+  for ((i = 2; i < ${#users[@]}; i++)); do
+    log "pruning ${users[i]}"
+    rm -f "${users[i]}"
+  done
+  log "user image: done in $((SECONDS - started))s, $(du -h "${user_archive}" | cut -f1) archive"
+  echo "${user_image} ${user_archive}"
+  exit 0
 fi
 
 # Prune: other checkouts (worktrees, CI's clone) build their own keys at the same time, so an

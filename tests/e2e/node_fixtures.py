@@ -33,6 +33,7 @@ __all__ = [
     "NODE_TOLERATION",
     "RESTRICTED",
     "Database",
+    "LogKeeper",
     "Operator",
     "PodWatch",
     "assert_exact_budget",
@@ -302,3 +303,31 @@ class PodWatch:
         self._stop.set()
         self._thread.join(timeout=10)
         self._client.close()
+
+
+class LogKeeper:
+    """Every container log the node writes, read every half second and kept: the kubelet
+    deletes a pod's logs with the pod, and runner pods go when their study ends."""
+
+    def __init__(self, node: RealNode) -> None:
+        self._logs: dict[Path, str] = {}
+        self._root = node.work_dir / "pod-logs"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._read()
+
+    def _read(self) -> None:
+        for log in self._root.rglob("*.log"):
+            with contextlib.suppress(OSError):
+                self._logs[log] = log.read_text(errors="replace")
+
+    def close(self) -> dict[str, str]:
+        """Stop; every log seen, by its path under the node's pod-logs directory."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._read()
+        return {str(path.relative_to(self._root)): text for path, text in self._logs.items()}

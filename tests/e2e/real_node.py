@@ -552,7 +552,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     def _import_images(self) -> None:
         for archive in self.images:
-            self._ctr("images", "import", "--no-unpack=false", str(archive))
+            self.import_image(archive)
+
+    def import_image(self, archive: Path) -> None:
+        """Import an OCI archive into the node's containerd (as `ctr images import` does)."""
+        self._ctr("images", "import", "--no-unpack=false", str(archive))
 
     def _start_kubelet(self) -> None:
         kubelet = self._spawn(

@@ -1,4 +1,5 @@
-"""No storage password in anything the cluster shows: pod specs, events, statuses, ConfigMaps,
+"""No storage password, and no value of a team's own Secret given to the runners through the pod
+template's ``envFrom``, in anything the cluster shows: pod specs, events, statuses, ConfigMaps,
 the operator's log or the runners' logs.
 
 The storage Secret holds a URL whose password is random and unlike any other text of the
@@ -13,12 +14,9 @@ JSON-escaped (``tests.helpers.secret_leaks``, whose unit test shows it finds a p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +25,7 @@ from tests.e2e.conftest import BuiltImages
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.node_fixtures import (
     Database,
+    LogKeeper,
     Operator,
     PodWatch,
     create_database,
@@ -41,6 +40,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
 #: Characters a URL must encode, so both spellings are searched for.
 PASSWORD = f"kt-{secrets.token_hex(12)}/+"
+#: A team's own credential, given to the runners by the pod template's envFrom.
+TEAM_TOKEN = f"team-{secrets.token_hex(12)}"
 #: What the cluster holds, searched in every namespace.
 KINDS = ("pods", "deployments", "replicasets", "jobs", "events", "configmaps", "hpostudies")
 
@@ -51,38 +52,19 @@ def database(postgresql_proc: Any, real_node: RealNode) -> Iterator[Database]:
         yield created
 
 
-class LogKeeper:
-    """Every container log the node writes, read every half second and kept: the kubelet
-    deletes a pod's logs with the pod, and runner pods go when their study ends."""
-
-    def __init__(self, node: RealNode) -> None:
-        self._logs: dict[Path, str] = {}
-        self._root = node.work_dir / "pod-logs"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self._read()
-
-    def _read(self) -> None:
-        for log in self._root.rglob("*.log"):
-            with contextlib.suppress(OSError):
-                self._logs[log] = log.read_text(errors="replace")
-
-    def close(self) -> dict[str, str]:
-        """Stop; every log seen, by its path under the node's pod-logs directory."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._read()
-        return {str(path.relative_to(self._root)): text for path, text in self._logs.items()}
-
-
 def _study(name: str, image: str, secret: str | None = None) -> dict[str, Any]:
     study = on_node(small_cpu_study(name, max_trials=4), image)
     if secret is not None:
         study["spec"]["storage"] = {"secretRef": {"name": secret, "key": "url"}}
+    study["spec"]["runner"] = {
+        "template": {
+            "spec": {
+                "containers": [
+                    {"name": "runner", "envFrom": [{"secretRef": {"name": "team-credentials"}}]}
+                ]
+            }
+        }
+    }
     return study
 
 
@@ -102,6 +84,9 @@ def test_no_storage_password_in_pods_events_statuses_configmaps_or_logs(
     }
     for secret, url in urls.items():
         studies.kubectl("create", "secret", "generic", secret, f"--from-literal=url={url}")
+    studies.kubectl(
+        "create", "secret", "generic", "team-credentials", f"--from-literal=TEAM_TOKEN={TEAM_TOKEN}"
+    )
     watch = PodWatch(control_plane, namespace, "finishes")
     keeper = LogKeeper(chart_operator.node)
     try:
@@ -131,7 +116,9 @@ def test_no_storage_password_in_pods_events_statuses_configmaps_or_logs(
         assert "StorageUnavailable" in sources["events"]
         assert "finishes-best" in sources["configmaps"]
         assert all(name in sources["operator log"] for name in ("finishes", "unreadable"))
-        leaks = secret_leaks(PASSWORD, sources)
+        # The team's Secret reached the runners by reference only.
+        assert "team-credentials" in sources["pods seen while the study ran"]
+        leaks = secret_leaks(PASSWORD, sources) + secret_leaks(TEAM_TOKEN, sources)
         assert not leaks, "\n".join(leaks)
     finally:
         studies.kubectl("delete", "hpostudies", "--all", "--timeout=120s", check=False)

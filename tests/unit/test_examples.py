@@ -15,10 +15,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_examples_exist() -> None:
-    assert sorted(EXAMPLES.glob("*.yaml")), "examples/ must hold study files"
+    assert sorted(EXAMPLES.rglob("*.yaml")), "examples/ must hold study files"
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.yaml")), ids=lambda p: p.name)
 def test_example_validates_and_reaches_the_runner_unchanged(path: Path) -> None:
     study = load_study(path)
     document = study_document(study.name, "default", study.spec)

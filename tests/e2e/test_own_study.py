@@ -1,0 +1,199 @@
+"""A team's own study on the real node, as ``examples/own-task`` describes it.
+
+The team's image is built ``FROM`` the kubetune image by the same registry-free build
+(``hack/image/build.sh --user-image examples/own-task``) and imported into the node. Its data
+set is a file on a local PersistentVolume bound to the claim the study mounts; its access token
+is a Secret the pod template gives the runners through ``envFrom``; two DataLoader workers pass
+batches of 48 MiB through ``/dev/shm`` (more than a container's default 64 MiB holds in flight).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from tests.e2e.conftest import BuiltImages, _unavailable
+from tests.e2e.controlplane import REPO_ROOT, ControlPlane
+from tests.e2e.node_fixtures import (
+    Database,
+    LogKeeper,
+    Operator,
+    PodWatch,
+    assert_exact_budget,
+)
+from tests.e2e.operator_fixtures import StudyClient
+from tests.e2e.real_node import RealNode
+from tests.helpers import secret_leaks, wait_until
+from trial_runner.contract import TELEMETRY_ATTR
+
+pytestmark = [pytest.mark.e2e, pytest.mark.node]
+
+EXAMPLE = REPO_ROOT / "examples" / "own-task"
+#: 1 MiB samples (256 channels x 1024 float32) in batches of 48 (the study's only batch size).
+SAMPLES, CHANNELS, LENGTH = 96, 256, 1024
+STUDY_TIMEOUT = 900.0
+TOKEN = f"ds-{secrets.token_hex(12)}"
+
+
+@pytest.fixture(scope="module")
+def own_image(real_node: RealNode, test_images: BuiltImages) -> str:
+    """The example's image, built FROM the test image and imported into the node."""
+    build = subprocess.run(
+        ["bash", str(REPO_ROOT / "hack" / "image" / "build.sh"), "--user-image", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if build.returncode != 0:
+        _unavailable(f"the example's image did not build:\n{build.stderr[-3000:]}")
+    image, archive = build.stdout.split()
+    real_node.import_image(Path(archive))
+    return image
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """The local volume's directory, readable by the runners' uid, with the data set in it."""
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from spectra import SpectraFiles
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    path = Path(tempfile.mkdtemp(prefix="kubetune-e2e-spectra-", dir="/tmp"))
+    try:
+        path.chmod(0o755)
+        SpectraFiles(path).write(SAMPLES, CHANNELS, LENGTH, classes=4, token=TOKEN)
+        for file in path.iterdir():
+            file.chmod(0o644)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _local_volume(name: str, path: Path, node: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "local": {"path": str(path)},
+            "claimRef": {"namespace": namespace, "name": "spectra-data"},
+            "nodeAffinity": {
+                "required": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "kubernetes.io/hostname",
+                                    "operator": "In",
+                                    "values": [node],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            },
+        },
+    }
+
+
+def test_a_teams_own_image_data_secret_and_loader_workers_run_to_succeeded(
+    control_plane: ControlPlane,
+    node_studies: StudyClient,
+    chart_operator: Operator,
+    node_database: Database,
+    own_image: str,
+    data_dir: Path,
+) -> None:
+    namespace = node_studies.namespace
+    volume = f"{namespace}-spectra"
+    study = yaml.safe_load((EXAMPLE / "study.yaml").read_text())
+    study["spec"]["task"]["image"] = own_image
+    name = study["metadata"]["name"]
+    budget = study["spec"]["budget"]["maxTrials"]
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(_local_volume(volume, data_dir, chart_operator.node.name, namespace)),
+    )
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "spectra-data", "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "volumeName": volume,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    node_studies.apply(claim)
+    node_studies.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "spectra-credentials",
+        f"--from-literal=DATASET_TOKEN={TOKEN}",
+    )
+    watch = PodWatch(node_studies.plane, namespace, name)
+    keeper = LogKeeper(chart_operator.node)
+    try:
+        node_studies.apply(study)
+        node_studies.wait_condition(name, "Succeeded", "True", STUDY_TIMEOUT, reason="BudgetSpent")
+        wait_until(lambda: not node_studies.pods(name), 120, "runner pods gone")
+    finally:
+        watch.close()
+        logs = keeper.close()
+        control_plane.kubectl("delete", "pv", volume, "--wait=false", check=False)
+    assert_exact_budget(node_database, node_studies, name, budget)
+    status = (node_studies.study(name) or {})["status"]
+    assert status["trials"]["failed"] == 0, status
+    best = node_studies.configmap(f"{name}-best")
+    assert best is not None and best["trial"] == str(status["best"]["trial"])
+    # The runners ran the team's image with its claim, its Secret and a sized /dev/shm.
+    pods = [pod for _, _, pod in watch.events if pod["metadata"]["name"].startswith(name)]
+    assert pods
+    for pod in pods:
+        spec = pod["spec"]
+        assert pod["metadata"]["labels"]["team"] == "vision"
+        assert spec["containers"][0]["image"] == own_image
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "spectra-data"
+        assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "576Mi"}
+        assert spec["containers"][0]["envFrom"] == [{"secretRef": {"name": "spectra-credentials"}}]
+    runner_logs = "".join(
+        text for path, text in logs.items() if f"{namespace}_{name}-runner" in path
+    )
+    assert "trial" in runner_logs, sorted(logs)
+    sources = {
+        kind: control_plane.kubectl("get", kind, "-n", namespace, "-o", "json").stdout
+        for kind in ("pods", "events", "configmaps", "hpostudies")
+    }
+    sources["pods seen"] = json.dumps(pods)
+    sources["operator log"] = chart_operator.logs()
+    sources.update(logs)
+    leaks = secret_leaks(TOKEN, sources)
+    assert not leaks, "\n".join(leaks)
+    # Batches came through the DataLoader's workers (the data set stayed on the claim), and
+    # the task, which refuses data without its token, trained on it.
+    storage = optuna.load_study(study_name=f"{namespace}.{name}", storage=node_database.url)
+    for trial in storage.trials:
+        telemetry = trial.user_attrs[TELEMETRY_ATTR]
+        assert telemetry["data_on_device"] is False, telemetry
+        assert telemetry["micro_batch"] * telemetry["accumulation_steps"] == 48, telemetry
