@@ -1,10 +1,11 @@
-"""A team's own study on the real node, as ``examples/own-task`` describes it.
+"""A team's own study on the real node, as ``examples/own-task`` and the README describe it.
 
 The team's image is built ``FROM`` the kubetune image by the same registry-free build
 (``hack/image/build.sh --user-image examples/own-task``) and imported into the node. Its data
 set is a file on a local PersistentVolume bound to the claim the study mounts; its access token
 is a Secret the pod template gives the runners through ``envFrom``; two DataLoader workers pass
 batches of 48 MiB through ``/dev/shm`` (more than a container's default 64 MiB holds in flight).
+And code without a new image: a task module from a ConfigMap on the runner's ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from tests.e2e.node_fixtures import (
     Operator,
     PodWatch,
     assert_exact_budget,
+    on_node,
 )
-from tests.e2e.operator_fixtures import StudyClient
+from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
 from tests.e2e.real_node import RealNode
 from tests.helpers import secret_leaks, wait_until
 from trial_runner.contract import TELEMETRY_ATTR
@@ -197,3 +199,57 @@ def test_a_teams_own_image_data_secret_and_loader_workers_run_to_succeeded(
         telemetry = trial.user_attrs[TELEMETRY_ATTR]
         assert telemetry["data_on_device"] is False, telemetry
         assert telemetry["micro_batch"] * telemetry["accumulation_steps"] == 48, telemetry
+
+
+#: A task module as a team might keep in a ConfigMap: plain Python on top of kubetune's image.
+CONFIGMAP_TASK = '''
+from trial_runner.tasks.digits import DigitsMLP
+
+
+class SmallDigits(DigitsMLP):
+    """kubetune's digits task, on the first 600 images only."""
+
+    def load_data(self):
+        data = super().load_data()
+        data.inputs, data.targets = data.inputs[:600], data.targets[:600]
+        return data
+'''
+
+
+def test_a_task_module_from_a_configmap_runs_on_kubetunes_image(
+    node_studies: StudyClient,
+    node_database: Database,
+    test_images: BuiltImages,
+) -> None:
+    """Code without a new image: the module from a ConfigMap volume on the runner's path."""
+    node_studies.kubectl(
+        "create", "configmap", "team-task", "--from-literal", f"smalldigits.py={CONFIGMAP_TASK}"
+    )
+    study = small_cpu_study("from-configmap", max_trials=2, parallelism=1, epochs=1)
+    on_node(study, test_images.image)
+    study["spec"]["task"]["entrypoint"] = "smalldigits:SmallDigits"
+    study["spec"]["runner"] = {
+        "template": {
+            "spec": {
+                "volumes": [{"name": "task", "configMap": {"name": "team-task"}}],
+                "containers": [
+                    {
+                        "name": "runner",
+                        "env": [{"name": "PYTHONPATH", "value": "/opt/task"}],
+                        "volumeMounts": [
+                            {"name": "task", "mountPath": "/opt/task", "readOnly": True}
+                        ],
+                    }
+                ],
+            }
+        }
+    }
+    node_studies.apply(study)
+    node_studies.wait_condition(
+        "from-configmap", "Succeeded", "True", STUDY_TIMEOUT, reason="BudgetSpent"
+    )
+    assert_exact_budget(node_database, node_studies, "from-configmap", 2)
+    storage = optuna.load_study(
+        study_name=f"{node_studies.namespace}.from-configmap", storage=node_database.url
+    )
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in storage.trials)

@@ -8,6 +8,9 @@ as a server-side dry run with strict field validation, to the kube-apiserver wit
 generated CRD installed (its OpenAPI schema and CEL rules): both must accept it, or both
 reject it. Every local error must name a field under ``spec`` and stay short.
 
+The pod template (``spec.runner.template``) is in the generated specs too: the Kubernetes API's
+own objects, typos in them, kubetune's fields and names, wrong types and sizes.
+
 The one documented difference: the API server does not check a warm-start point's *values*
 against their parameter (a CEL rule over every value of every point exceeds its cost budget;
 docs/spec.md says so); the model does. A spec the server accepts and the model rejects only
@@ -39,6 +42,7 @@ from tests.e2e.operator_fixtures import install_crd
 from tests.helpers import study_document
 from trial_runner.spec import (
     MAX_SHOWN_ERRORS,
+    MAX_TEMPLATE_ITEMS,
     SpecError,
     as_api_server_stores,
     load_yaml_documents,
@@ -131,7 +135,69 @@ _EVERYTHING: dict[str, Any] = {
     "suspend": False,
 }
 
-VALID_SPECS = (_SIMPLE, _SEVERAL, _EVERYTHING)
+#: A team's own study: a pod template of every kind of field users give (the Kubernetes API's
+#: own objects inside), so mutations reach typos, kubetune's fields and wrong types in it.
+_TEMPLATED: dict[str, Any] = {
+    **copy.deepcopy(_SIMPLE),
+    "training": {"dataLoaderWorkers": 2},
+    "runner": {
+        "sharedMemory": "1Gi",
+        "template": {
+            "metadata": {"labels": {"team": "vision"}, "annotations": {"owner": "ml"}},
+            "spec": {
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "d", "readOnly": True}},
+                    {"name": "code", "configMap": {"name": "task", "defaultMode": 420}},
+                ],
+                "initContainers": [
+                    {"name": "fetch", "image": "busybox:1", "command": ["true"], "args": ["x"]}
+                ],
+                "nodeSelector": {"pool": "gpu"},
+                "tolerations": [
+                    {"key": "team", "operator": "Equal", "value": "a", "tolerationSeconds": 30}
+                ],
+                "affinity": {
+                    "nodeAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 10,
+                                "preference": {
+                                    "matchExpressions": [
+                                        {"key": "zone", "operator": "In", "values": ["a", "b"]}
+                                    ]
+                                },
+                            }
+                        ]
+                    }
+                },
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+                ],
+                "imagePullSecrets": [{"name": "registry"}],
+                "serviceAccountName": "trainer",
+                "priorityClassName": "research",
+                "securityContext": {"fsGroup": 2000, "supplementalGroups": [3000]},
+                "containers": [
+                    {
+                        "name": "runner",
+                        "env": [
+                            {"name": "DATA_DIR", "value": "/data"},
+                            {"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "t"}}},
+                        ],
+                        "envFrom": [{"secretRef": {"name": "wandb"}, "prefix": "W_"}],
+                        "volumeMounts": [
+                            {"name": "data", "mountPath": "/data", "readOnly": True},
+                            {"name": "code", "mountPath": "/opt/task"},
+                        ],
+                        "resources": {"limits": {"ephemeral-storage": "10Gi", "example.com/x": 1}},
+                    }
+                ],
+            },
+        },
+    },
+}
+
+VALID_SPECS = (_SIMPLE, _SEVERAL, _EVERYTHING, _TEMPLATED)
 
 # --------------------------------------------------------------------------- mutations
 
@@ -145,6 +211,14 @@ LIST_LIMITS = {
     "points": 16,
     "params": 64,
     "epochSchedule": 64,
+    **dict.fromkeys(
+        (
+            "volumes initContainers tolerations topologySpreadConstraints imagePullSecrets env "
+            "envFrom volumeMounts supplementalGroups"
+        ).split(),
+        MAX_TEMPLATE_ITEMS,
+    ),
+    "containers": 1,
 }
 STRING_LENGTHS = (0, 1, 47, 48, 49, 62, 63, 64, 65, 252, 253, 254, 400)
 
@@ -154,6 +228,8 @@ def words(text: str) -> tuple[str, ...]:
 
 
 ENUM_VALUES = words(
+    "runner Always OnRootMismatch Exists Equal NoSchedule KUBETUNE_STORAGE_URL cpu memory tmp "
+    "dshm /tmp /dev/shm/ nvidia.com/gpu kubetune.dev/study "
     "Maximize Minimize Float Int Categorical Linear Log TPE Random CMAES GP QMC NSGAII NSGAIII "
     "Nop Median Percentile Hyperband SuccessiveHalving Wilcoxon Fold Epoch Auto BF16 FP16 FP32 "
     "GPU MIG CPU Retain Delete AddTrials Reevaluate Critical Model Default Opt maximize LOG tpe"
