@@ -212,10 +212,7 @@ LIST_LIMITS = {
     "params": 64,
     "epochSchedule": 64,
     **dict.fromkeys(
-        (
-            "volumes initContainers tolerations topologySpreadConstraints imagePullSecrets env "
-            "envFrom volumeMounts supplementalGroups"
-        ).split(),
+        ["volumes", "initContainers", "tolerations", "topologySpreadConstraints", "imagePullSecrets", "env", "envFrom", "volumeMounts", "supplementalGroups"],
         MAX_TEMPLATE_ITEMS,
     ),
     "containers": 1,
