@@ -212,7 +212,17 @@ LIST_LIMITS = {
     "params": 64,
     "epochSchedule": 64,
     **dict.fromkeys(
-        ["volumes", "initContainers", "tolerations", "topologySpreadConstraints", "imagePullSecrets", "env", "envFrom", "volumeMounts", "supplementalGroups"],
+        [
+            "volumes",
+            "initContainers",
+            "tolerations",
+            "topologySpreadConstraints",
+            "imagePullSecrets",
+            "env",
+            "envFrom",
+            "volumeMounts",
+            "supplementalGroups",
+        ],
         MAX_TEMPLATE_ITEMS,
     ),
     "containers": 1,
