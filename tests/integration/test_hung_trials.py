@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from tests.conftest import REPO
@@ -29,15 +30,26 @@ from trial_runner.spec import load_study
 from trial_runner.storage import ensure_study, open_storage
 
 HANGING = "tests.integration.hang_tasks:HangingMLP"
-#: Limits of seconds; the runners import the task from the repository.
+#: Limits of seconds.
 LIMITS = {
     "KUBETUNE_STALL_FLOOR": "2",
     "KUBETUNE_TRIAL_LIMIT_GRACE": "1",
-    "PYTHONPATH": str(REPO),
     # Heartbeats every second and stale after 4: a sweep would preempt a trial left running.
     "KUBETUNE_HEARTBEAT_INTERVAL": "1",
     "KUBETUNE_HEARTBEAT_GRACE_PERIOD": "4",
 }
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """:data:`LIMITS`, and a path with the repository's tests package alone for the runners to
+    import the task from (the repository itself on the path would hide the standard library's
+    ``operator`` behind kubetune's ``operator/``)."""
+    path = tmp_path_factory.mktemp("tasks")
+    (path / "tests").symlink_to(REPO / "tests")
+    return {**LIMITS, "PYTHONPATH": str(path)}
+
+
 #: How long a trial past a one- or two-second limit may have run: its limit, the grace, a
 #: replaced process's start and a busy machine, many times over.
 ENDED_WITHIN = 60.0
@@ -78,11 +90,11 @@ def journal_trials(tmp_path: Path, name: str) -> list[FrozenTrial]:
 
 
 def test_kubetune_run_fails_a_stalled_trial_and_replaces_its_process(
-    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path]
+    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path], env: dict[str, str]
 ) -> None:
     config = {"markers": str(tmp_path), "picks": 1, "hang_at_step": 3}
     path = write_study(hanging_study("stalled", config, budget={"maxTrials": 4}))
-    run = kubetune("run", str(path), "--workers", "2", "--no-progress", cwd=tmp_path, **LIMITS)
+    run = kubetune("run", str(path), "--workers", "2", "--no-progress", cwd=tmp_path, **env)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "done (BudgetSpent)" in run.stdout
     assert "replaced: its trial was stuck past its limit" in run.stderr, run.stderr
@@ -90,13 +102,13 @@ def test_kubetune_run_fails_a_stalled_trial_and_replaces_its_process(
 
 
 def test_a_trial_past_its_time_limit_ends_at_its_next_step_in_the_same_process(
-    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path]
+    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path], env: dict[str, str]
 ) -> None:
     """A slow trial that keeps making steps is ended at its next step; the process goes on."""
     config = {"markers": str(tmp_path), "picks": 1, "slow_seconds": 0.3}
     budget = {"maxTrials": 3, "trialTimeout": "4s", "stallTimeout": "1h"}
     path = write_study(hanging_study("too-long", config, budget=budget))
-    run = kubetune("run", str(path), "--workers", "1", "--no-progress", cwd=tmp_path, **LIMITS)
+    run = kubetune("run", str(path), "--workers", "1", "--no-progress", cwd=tmp_path, **env)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "replaced" not in run.stderr, run.stderr
     trials = journal_trials(tmp_path, "too-long")
@@ -107,11 +119,11 @@ def test_a_trial_past_its_time_limit_ends_at_its_next_step_in_the_same_process(
 
 
 def test_a_study_whose_every_trial_hangs_is_stopped_by_the_failure_breaker(
-    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path]
+    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path], env: dict[str, str]
 ) -> None:
     budget = {"maxTrials": 1000, "trialTimeout": "2s", "maxConsecutiveFailedTrials": 4}
     path = write_study(hanging_study("all-hang", {"hang_at_step": 1}, budget=budget))
-    run = kubetune("run", str(path), "--workers", "1", "--no-progress", cwd=tmp_path, **LIMITS)
+    run = kubetune("run", str(path), "--workers", "1", "--no-progress", cwd=tmp_path, **env)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "done (ConsecutiveFailures)" in run.stdout, run.stdout
     assert failed_in_a_row(run.stdout) == 4, run.stdout
@@ -123,7 +135,7 @@ def test_a_study_whose_every_trial_hangs_is_stopped_by_the_failure_breaker(
 
 
 def test_a_slow_trial_that_keeps_making_steps_is_not_stalled_under_auto(
-    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path]
+    tmp_path: Path, write_study: Callable[[dict[str, Any]], Path], env: dict[str, str]
 ) -> None:
     """Every training step takes 2.5 s, longer than the Auto floor (2 s here): Auto follows
     the steps (10 times the slowest), so no trial stalls."""
@@ -132,7 +144,7 @@ def test_a_slow_trial_that_keeps_making_steps_is_not_stalled_under_auto(
         {"name": "batch_size", "type": "Categorical", "choices": [512]},
     ]
     doc = hanging_study("slow", {"slow_seconds": 2.5}, budget={"maxTrials": 2}, searchSpace=space)
-    run = kubetune("run", str(write_study(doc)), "--no-progress", cwd=tmp_path, **LIMITS)
+    run = kubetune("run", str(write_study(doc)), "--no-progress", cwd=tmp_path, **env)
     assert run.returncode == 0, run.stdout + run.stderr
     trials = journal_trials(tmp_path, "slow")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [
@@ -140,7 +152,9 @@ def test_a_slow_trial_that_keeps_making_steps_is_not_stalled_under_auto(
     ]
 
 
-def start_pod_runner(study: Path, url: str, name: str, log: Path, *args: str) -> int:
+def start_pod_runner(
+    study: Path, url: str, name: str, log: Path, env: dict[str, str], *args: str
+) -> int:
     """What a runner pod runs (``kubetune runner``), to completion; its exit code."""
     with open(log, "ab") as handle:
         cmd = [sys.executable, "-m", "trial_runner.cli", "runner", "--study-name", name]
@@ -148,20 +162,23 @@ def start_pod_runner(study: Path, url: str, name: str, log: Path, *args: str) ->
             [*cmd, *args, str(study)],
             stdout=handle,
             stderr=handle,
-            env=runner_env(KUBETUNE_STORAGE_URL=url, **LIMITS),
+            env=runner_env(KUBETUNE_STORAGE_URL=url, **env),
             timeout=600,
         ).returncode
 
 
 def test_a_lone_runner_on_postgresql_replaces_itself_in_place(
-    postgres_url: str, write_study: Callable[[dict[str, Any]], Path], tmp_path: Path
+    postgres_url: str,
+    write_study: Callable[[dict[str, Any]], Path],
+    tmp_path: Path,
+    env: dict[str, str],
 ) -> None:
     """A runner pod with one process: the process re-executes itself (same pid) and goes on."""
     config = {"markers": str(tmp_path), "picks": 1, "hang_at_step": 3}
     path = write_study(hanging_study("lone", config, budget={"maxTrials": 3}))
     study = ensure_study(open_storage(postgres_url), "lone", load_study(path).spec)
     log = tmp_path / "runner.log"
-    assert start_pod_runner(path, postgres_url, "lone", log) == 0, log.read_text()[-4000:]
+    assert start_pod_runner(path, postgres_url, "lone", log, env) == 0, log.read_text()[-4000:]
     said = log.read_text()
     assert "replacing this runner process" in said and "Traceback" not in said, said[-4000:]
     assert said.count("data loaded in") == 2, said[-4000:]
@@ -171,14 +188,17 @@ def test_a_lone_runner_on_postgresql_replaces_itself_in_place(
 
 
 def test_a_runner_pod_s_processes_on_postgresql_replace_the_one_that_hung(
-    postgres_url: str, write_study: Callable[[dict[str, Any]], Path], tmp_path: Path
+    postgres_url: str,
+    write_study: Callable[[dict[str, Any]], Path],
+    tmp_path: Path,
+    env: dict[str, str],
 ) -> None:
     config = {"markers": str(tmp_path), "picks": 1, "hang_at_step": 1}
     budget = {"maxTrials": 4, "trialTimeout": "3s"}
     path = write_study(hanging_study("pod", config, budget=budget))
     study = ensure_study(open_storage(postgres_url), "pod", load_study(path).spec)
     log = tmp_path / "pod.log"
-    code = start_pod_runner(path, postgres_url, "pod", log, "--processes", "2")
+    code = start_pod_runner(path, postgres_url, "pod", log, env, "--processes", "2")
     assert code == 0, log.read_text()[-4000:]
     assert "replaced: its trial was stuck past its limit" in log.read_text()
     check_one_failed(study.get_trials(), "TrialTimeout", 4)

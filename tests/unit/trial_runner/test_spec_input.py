@@ -88,6 +88,7 @@ def test_a_timeout_of_one_second_is_a_timeout() -> None:
 def test_a_bad_trial_timeout_is_rejected_at_its_field(value: Any) -> None:
     errors = spec_errors(budget=with_budget(trialTimeout=value))
     assert any(e.startswith("spec.budget.trialTimeout: ") for e in errors), errors
+    assert not any("unknown field" in e for e in errors), errors
     if value in ("30 minutes", "1.5h", "Auto"):
         assert "expected a duration such as 30m" in errors[0], errors
 
@@ -96,6 +97,7 @@ def test_a_bad_trial_timeout_is_rejected_at_its_field(value: Any) -> None:
 def test_a_bad_stall_timeout_is_rejected_at_its_field(value: Any) -> None:
     errors = spec_errors(budget=with_budget(stallTimeout=value))
     assert any(e.startswith("spec.budget.stallTimeout: ") for e in errors), errors
+    assert not any("unknown field" in e for e in errors), errors
     if value in ("auto", "Off", "5", "5 m"):
         assert "expected Auto or a duration" in errors[0], errors
 
