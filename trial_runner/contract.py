@@ -19,6 +19,7 @@ __all__ = [
     "COMPONENT_RUNNER",
     "CPU_THREADS_ENV",
     "ESTIMATE_KEY_ANNOTATION",
+    "FAILED_ATTR",
     "FOLDS_ATTR",
     "HEARTBEAT_GRACE_PERIOD_ENV",
     "HEARTBEAT_INTERVAL_ENV",
@@ -52,6 +53,7 @@ __all__ = [
     "SHM_PATH",
     "SHM_VOLUME",
     "STAGE_ATTR",
+    "STALL_FLOOR_ENV",
     "STARTED_ATTR",
     "START_GATE_FD_ENV",
     "START_READY_FD_ENV",
@@ -60,14 +62,18 @@ __all__ = [
     "STUDY_ENV",
     "STUDY_KEY",
     "STUDY_LABEL",
+    "SUPERVISED_ENV",
     "TELEMETRY_ATTR",
     "TERMINATION_LOG",
     "TMP_PATH",
     "TMP_VOLUME",
     "TRIALS_PER_DEVICE_ANNOTATION",
+    "TRIAL_HUNG_EXIT_CODE",
+    "TRIAL_LIMIT_GRACE_ENV",
     "WAIT_SECONDS_ENV",
     "WARM_START_ATTR",
     "WORKER_ATTR",
+    "TrialLimitReason",
     "TrialTelemetry",
 ]
 
@@ -104,6 +110,17 @@ LOG_LEVEL_ENV = "KUBETUNE_LOG_LEVEL"
 STORAGE_PATIENCE_ENV = "KUBETUNE_STORAGE_PATIENCE"
 #: Port on which a runner serves its Prometheus metrics (unset: none are served).
 METRICS_PORT_ENV = "KUBETUNE_METRICS_PORT"
+#: Seconds of the floor of the Auto stall limit (``budget.stallTimeout: Auto``, default 300);
+#: before a trial's first step the floor is 6 times it.
+STALL_FLOOR_ENV = "KUBETUNE_STALL_FLOOR"
+#: Seconds a trial past its time or stall limit has to stop at its next step (default 30)
+#: before its runner fails it from outside and replaces its own process.
+TRIAL_LIMIT_GRACE_ENV = "KUBETUNE_TRIAL_LIMIT_GRACE"
+#: Set (to 1) by the supervisor of runner processes (``kubetune run``, ``kubetune runner
+#: --processes N``) in their environment: a process whose trial is stuck exits with
+#: :data:`TRIAL_HUNG_EXIT_CODE` for it to start another; without it, the process re-executes
+#: itself in place.
+SUPERVISED_ENV = "KUBETUNE_SUPERVISED"
 
 # --- the parts of a runner pod kubetune owns (``spec.runner.template`` may not set them)
 
@@ -162,6 +179,9 @@ TRIALS_PER_DEVICE_ANNOTATION = "kubetune.dev/trials-per-device"
 #: Exit code of a runner pod (``kubetune runner --processes N``) whose processes kept running
 #: out of memory on their shared device; the operator then lowers trials per device.
 OUT_OF_MEMORY_EXIT_CODE = 4
+#: Exit code of a runner process whose trial was stuck in a call that never returned: the trial
+#: is already failed (:data:`FAILED_ATTR`), and its supervisor starts a new process in its place.
+TRIAL_HUNG_EXIT_CODE = 5
 #: Annotation of an estimate pod: the digest of the spec it estimates.
 ESTIMATE_KEY_ANNOTATION = "kubetune.dev/estimate-key"
 #: Key of the study document in the ``<study>-spec`` ConfigMap.
@@ -220,6 +240,12 @@ PREEMPTED_ATTR = "kubetune.preempted"
 FOLDS_ATTR = "kubetune.folds"
 #: Trial: the path of its ``torch.profiler`` trace (``spec.training.profile``).
 PROFILE_ATTR = "kubetune.profile"
+#: Trial: why kubetune failed it (a :data:`TrialLimitReason`: ``TrialTimeout``, it ran longer
+#: than ``budget.trialTimeout``; ``Stalled``, no step finished within ``budget.stallTimeout``).
+#: A failure like the task's own: it counts toward ``maxFailedTrials`` and the failure breaker.
+FAILED_ATTR = "kubetune.failed"
+
+TrialLimitReason = Literal["TrialTimeout", "Stalled"]
 
 
 class TrialTelemetry(TypedDict, total=False):

@@ -36,6 +36,7 @@ __all__ = [
     "MAX_RETRY",
     "PreemptionReason",
     "ResumingRetry",
+    "mark_failed",
     "preempt",
     "release_stale_trials",
     "retried_from",
@@ -79,14 +80,21 @@ def preempt(study: optuna.Study, trial_id: int, reason: PreemptionReason) -> boo
     Returns False when the trial had already finished (another process got there first).
     """
     storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial_id, PREEMPTED_ATTR, reason)
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:
+    if not mark_failed(storage, trial_id, PREEMPTED_ATTR, reason):
         return False
     ResumingRetry()(study, storage.get_trial(trial_id))
     return True
+
+
+def mark_failed(storage: BaseStorage, trial_id: int, key: str, reason: str) -> bool:
+    """Set the user attribute ``key`` of a running trial to ``reason`` and fail it, from any
+    process or thread (the attribute is written first, so no reader sees the failure without
+    its reason). Returns False when the trial had already finished."""
+    try:
+        storage.set_trial_user_attr(trial_id, key, reason)
+        return bool(storage.set_trial_state_values(trial_id, state=TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
 
 
 def release_stale_trials(

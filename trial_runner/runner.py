@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 from trial_runner.checkpoint import BestCheckpoint
 from trial_runner.contract import (
     CPU_THREADS_ENV,
+    FAILED_ATTR,
     FOLDS_ATTR,
     LOCAL_WORKERS_ENV,
     PREEMPTED_ATTR,
@@ -52,7 +53,12 @@ from trial_runner.contract import (
 from trial_runner.engine import Engine, FoldRecord, Interrupted, folds_from_attr, folds_to_attr
 from trial_runner.metrics import RunnerMetrics
 from trial_runner.outage import first_line, is_connection_error
-from trial_runner.preemption import ResumingRetry, release_stale_trials, retried_from
+from trial_runner.preemption import (
+    ResumingRetry,
+    mark_failed,
+    release_stale_trials,
+    retried_from,
+)
 from trial_runner.profile import profile_directory, record_trace, should_profile, trace_path
 from trial_runner.progress import Claim, StudyProgress, overclaimed, plan_claim
 from trial_runner.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
@@ -67,6 +73,13 @@ from trial_runner.storage import (
     redact,
 )
 from trial_runner.task import load_task_class
+from trial_runner.watchdog import (
+    Exceeded,
+    TrialLimitExceeded,
+    TrialLimits,
+    Watchdog,
+    replace_process,
+)
 
 __all__ = ["RunnerSummary", "configure_threads", "run_runner", "wait_for_study", "worker_id"]
 
@@ -216,6 +229,7 @@ class _Runner:
         self.stop, self.checkpoint, self.profiles = stop, checkpoint, profiles
         self.me = worker_id()
         self._quiet = _QuietPreemptedTrials.install()
+        self.watchdog = Watchdog(TrialLimits.from_budget(spec.budget))
         # Orphaned claims (ClaimInterrupted) take a grace period to qualify: looking for them
         # once per half grace period finds each as soon as it does, give or take half of one.
         self._orphans_swept = -float("inf")
@@ -308,8 +322,16 @@ class _Runner:
         engine = self.engine
         traced = should_profile(spec.training.profile, trial.number, engine.trials_run)
         trace = trace_path(self.profiles, trial.number, self.me)
+        trial_id = trial._trial_id
+
+        def hung(exceeded: Exceeded) -> NoReturn:
+            self._hung(trial_id, trial.number, exceeded)
+
         try:
-            with record_trace(trace, engine.device) if traced else nullcontext():
+            with (
+                record_trace(trace, engine.device) if traced else nullcontext(),
+                self.watchdog.watch(trial.number, hung) as on_step,
+            ):
                 result = engine.run_trial(
                     params,
                     # A retry trains as the trial it resumes would have: same epochs, seeds.
@@ -317,9 +339,18 @@ class _Runner:
                     reporter=reporter,
                     resume=resume,
                     on_fold=keep,
+                    on_step=on_step,
                 )
         except Interrupted:
             self._preempted(trial, "Terminated")
+        except TrialLimitExceeded as limit:
+            # Optuna fails the trial with the exception; the reason is kept with it.
+            trial.set_user_attr(FAILED_ATTR, limit.exceeded.reason)
+            self._quiet.numbers.add(trial.number)
+            log.warning(
+                "trial %d failed (%s): %s", trial.number, limit.exceeded.reason, limit.exceeded
+            )
+            raise
         finally:
             if traced and trace.is_file():
                 trial.set_user_attr(PROFILE_ATTR, str(trace.resolve()))
@@ -344,6 +375,17 @@ class _Runner:
             log.warning("trial %d: claimed twice over a lost claim lock; given up", trial.number)
             self._preempted(trial, "ClaimInterrupted")
 
+    def _hung(self, trial_id: int, number: int, exceeded: Exceeded) -> NoReturn:
+        """From the watchdog's thread: the trial's thread is stuck past its limit. Fail the
+        trial with the reason (while its heartbeats still run, so no sweep preempts it) and
+        replace this process."""
+        try:
+            if mark_failed(self.study._storage, trial_id, FAILED_ATTR, exceeded.reason):
+                log.error("trial %d failed (%s): %s", number, exceeded.reason, exceeded.message)
+        except Exception as error:  # its runner's exit makes it preempted instead: not lost
+            log.error("trial %d could not be failed (%s)", number, first_line(error))
+        replace_process()
+
     def _preempted(self, trial: optuna.Trial, reason: str) -> NoReturn:
         trial.set_user_attr(PREEMPTED_ATTR, reason)
         self._quiet.numbers.add(trial.number)
@@ -358,8 +400,9 @@ def _log_finished(trial: optuna.trial.FrozenTrial) -> None:
 
 
 class _QuietPreemptedTrials(logging.Filter):
-    """Drops Optuna's "Trial N failed" warnings (with a traceback) for preempted trials: they
-    did not fail, and the runner says what happened to them."""
+    """Drops Optuna's "Trial N failed" warnings (with a traceback) for preempted trials (they
+    did not fail) and for trials past a time or stall limit: the runner says what happened to
+    them."""
 
     def __init__(self) -> None:
         super().__init__()

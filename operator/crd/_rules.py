@@ -400,7 +400,18 @@ PATH_RULES: Mapping[str, list[dict[str, str]]] = {
             "rule": "!has(self.timeout) || self.timeout.matches('[1-9]')",
             "message": "must be longer than 0",
             "fieldPath": ".timeout",
-        }
+        },
+        {
+            "rule": "!has(self.trialTimeout) || self.trialTimeout.matches('[1-9]')",
+            "message": "must be longer than 0",
+            "fieldPath": ".trialTimeout",
+        },
+        {
+            "rule": "!has(self.stallTimeout) || self.stallTimeout == 'Auto' "
+            "|| self.stallTimeout.matches('[1-9]')",
+            "message": "must be Auto or longer than 0",
+            "fieldPath": ".stallTimeout",
+        },
     ],
     "sampler": [
         {

@@ -64,15 +64,16 @@ def runner_env(**extra: str) -> dict[str, str]:
 
 
 def kubetune(
-    *args: str, cwd: Path | None = None, timeout: float = 600
+    *args: str, cwd: Path | None = None, timeout: float = 600, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """The ``kubetune`` command, run to completion with this interpreter."""
+    """The ``kubetune`` command, run to completion with this interpreter (``env``: added to
+    its environment)."""
     return subprocess.run(
         [sys.executable, "-m", "trial_runner.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=runner_env(),
+        env=runner_env(**env),
         timeout=timeout,
     )
 

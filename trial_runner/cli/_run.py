@@ -4,7 +4,11 @@
 Both supervise their runner processes the same way (:class:`_Supervisor`): ``kubetune run``
 starts ``--workers`` of them (default ``resources.parallelism`` times a stated
 ``trialsPerDevice``), a runner pod ``--processes`` of them on its one device. A process that
-dies has its trial re-queued and is started again; the others go on.
+dies has its trial re-queued and is started again; the others go on. A process whose trial
+was stuck past its time or stall limit failed that trial and exits 5
+(:data:`~trial_runner.contract.TRIAL_HUNG_EXIT_CODE`): it is started again too, and not
+counted as a failing process. Alone (``kubetune runner`` with one process) such a process
+replaces itself (:func:`trial_runner.watchdog.replace_process`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from trial_runner.contract import (
     METRICS_PORT_ENV,
     START_GATE_FD_ENV,
     START_READY_FD_ENV,
+    SUPERVISED_ENV,
+    TRIAL_HUNG_EXIT_CODE,
 )
 from trial_runner.entrypoints import check_entrypoint
 from trial_runner.outage import first_line, is_connection_error
@@ -428,7 +434,12 @@ class _Supervisor:
     ) -> None:
         self.runner_args, self.workers, self.name = runner_args, workers, name
         self.log_dir = log_dir
-        self.env = {**os.environ, **(env or {}), LOCAL_WORKERS_ENV: str(workers)}
+        self.env = {
+            **os.environ,
+            **(env or {}),
+            LOCAL_WORKERS_ENV: str(workers),
+            SUPERVISED_ENV: "1",
+        }
         #: What each process runs, before ``runner_args``.
         self.command = [sys.executable, "-m", "trial_runner.cli", "runner"]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -577,6 +588,12 @@ class _Supervisor:
                 self._stop(self._last_error(slot, code), code)
                 return
             requeued = requeue_trials_of_worker(study, worker_id(proc.pid))
+            if code == TRIAL_HUNG_EXIT_CODE:
+                # Its trial is failed already (a failure of the task, counted as such): the
+                # process is not failing, so this restart does not count toward the limit.
+                log.warning("runner %d replaced: its trial was stuck past its limit", slot)
+                self._spawn(slot)
+                continue
             log.warning(
                 "runner %d exited with %d; re-queued trials %s", slot, code, requeued or "none"
             )

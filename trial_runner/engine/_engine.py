@@ -150,6 +150,7 @@ class Engine:
         micro_batch: int | None = None,
         resume: Sequence[FoldRecord] = (),
         on_fold: Callable[[FoldRecord], None] | None = None,
+        on_step: Callable[[float], None] = lambda started: None,
     ) -> TrialResult:
         """Train one configuration over all folds and return its score and telemetry.
 
@@ -164,6 +165,9 @@ class Engine:
                 their intermediate values are reported again, in order, before the next fold.
             on_fold: Called with each fold this call trains, once it is finished and reported,
                 unless the trial ends with it (the runner keeps them for a retry).
+            on_step: Called after each training and validation step with the
+                ``time.perf_counter()`` at which it started; what it raises ends the trial (the
+                runner's :class:`~trial_runner.watchdog.Watchdog` keeps the trial's limits).
         """
         wall_start = time.perf_counter()
         self._gpu.reset()
@@ -227,6 +231,7 @@ class Engine:
                 seed=seed + fold_index,
                 clock=clock,
                 report=epoch_reporter(fold_index) if per_epoch else None,
+                on_step=on_step,
             )
             oom_retries += retries
             if outcome is None:

@@ -125,8 +125,13 @@ class FoldTrainer:
         seed: int,
         clock: Clock,
         report: Callable[[float, int], bool] | None,
+        on_step: Callable[[float], None] = lambda started: None,
     ) -> FoldOutcome:
-        """Train one fold; raises :class:`OutOfMemory` or :class:`Interrupted`."""
+        """Train one fold; raises :class:`OutOfMemory` or :class:`Interrupted`.
+
+        ``on_step`` is called after each training and validation step with the
+        ``time.perf_counter()`` at which the step started; what it raises ends the fold.
+        """
         try:
             model, optimizer = self._build(params, seed)
         except Exception as exc:
@@ -160,6 +165,7 @@ class FoldTrainer:
                         scaler=scaler,
                     )
                     clock.step += time.perf_counter() - step_started
+                    on_step(step_started)
                     if self.stop_requested.is_set():
                         raise Interrupted
             except Interrupted:
@@ -174,7 +180,7 @@ class FoldTrainer:
             if (epoch + 1) % cadence and epoch != epochs - 1:
                 continue
             started = time.perf_counter()
-            last = self._evaluate(model, val_idx, validation_batch)
+            last = self._evaluate(model, val_idx, validation_batch, on_step)
             clock.eval += time.perf_counter() - started
             if best is None or self.spec.primary_objective.better(last[0], best[0]):
                 best = last
@@ -200,16 +206,22 @@ class FoldTrainer:
         return model, optimizer
 
     def _evaluate(
-        self, model: nn.Module, val_idx: np.ndarray, batch: int
+        self,
+        model: nn.Module,
+        val_idx: np.ndarray,
+        batch: int,
+        on_step: Callable[[float], None],
     ) -> tuple[float, dict[str, float]]:
         model.eval()
         outputs: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
         for inputs, target in self.data.batches(val_idx, batch, False, 0):
+            step_started = time.perf_counter()
             outputs.append(
                 step.eval_forward(model, inputs, precision=self.precision, device=self.device)
             )
             targets.append(target)
+            on_step(step_started)
         metrics = {
             **self.task.score(torch.cat(outputs), torch.cat(targets)),
             **self.task.model_metrics(model),

@@ -227,6 +227,8 @@ def _pattern_hint(loc: tuple[str | int, ...]) -> str:
     hints = {
         "entrypoint": "expected module:attribute, e.g. trial_runner.tasks.digits:DigitsMLP",
         "timeout": "expected a duration such as 90m, 6h or 1h30m",
+        "trialTimeout": "expected a duration such as 30m, 2h or 1h30m",
+        "stallTimeout": "expected Auto or a duration such as 20m or 1h",
         "name": "expected a lowercase DNS label (a-z, 0-9, '-') or, for parameters, an "
         "identifier (letters, digits, '_')",
         "group": "expected a CamelCase word (letters and digits)",

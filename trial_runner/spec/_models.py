@@ -37,6 +37,7 @@ __all__ = [
     "QUEUE_NAME_PATTERN",
     "SHARED_MEMORY_BASE",
     "SHARED_MEMORY_PER_WORKER",
+    "STALL_TIMEOUT_PATTERN",
     "Budget",
     "Checkpoint",
     "EarlyStopping",
@@ -71,6 +72,8 @@ KIND = "HPOStudy"
 NUMBER_PATTERN = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: ``budget.stallTimeout``: ``Auto`` or a duration.
+STALL_TIMEOUT_PATTERN = r"^(Auto|([0-9]+h)?([0-9]+m)?([0-9]+s)?)$"
 PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 GROUP_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
@@ -238,9 +241,37 @@ class Budget(_Model):
         description="Wall-clock limit, e.g. 6h or 90m.",
     )
 
+    trial_timeout: str | None = Field(
+        default=None,
+        pattern=DURATION_PATTERN,
+        min_length=1,
+        max_length=32,
+        description="Wall-clock limit of one trial, e.g. 30m: a trial running longer ends "
+        "Failed (TrialTimeout) and counts toward maxFailedTrials and the failure breaker.",
+    )
+    stall_timeout: str = Field(
+        default="Auto",
+        pattern=STALL_TIMEOUT_PATTERN,
+        min_length=1,
+        max_length=32,
+        description="A trial in which no training or validation step finishes for this long "
+        "ends Failed (Stalled). Auto: the larger of 5m and 10 times the slowest step its "
+        "runner process has seen; before a trial's first step, the larger of 30m and 10 times "
+        "the slowest first step. Or a duration such as 20m.",
+    )
+
     @cached_property
     def timeout_seconds(self) -> float | None:
         return parse_duration(self.timeout) if self.timeout else None
+
+    @cached_property
+    def trial_timeout_seconds(self) -> float | None:
+        return parse_duration(self.trial_timeout) if self.trial_timeout else None
+
+    @cached_property
+    def stall_timeout_seconds(self) -> float | None:
+        """``stallTimeout`` in seconds; ``None`` for ``Auto``."""
+        return None if self.stall_timeout == "Auto" else parse_duration(self.stall_timeout)
 
 
 class Sampler(_Model):

@@ -98,8 +98,16 @@ def semantic_errors(spec: StudySpec, prefix: str = "spec") -> list[FieldError]:
                 "training.epochSchedule[0].fromTrial", "must be 0 so every trial has an epoch count"
             )
 
-    if spec.budget.timeout_seconds == 0:
-        err("budget.timeout", f"must be longer than 0 (got {spec.budget.timeout!r})")
+    budget = spec.budget
+    if budget.timeout_seconds == 0:
+        err("budget.timeout", f"must be longer than 0 (got {budget.timeout!r})")
+    if budget.trial_timeout_seconds == 0:
+        err("budget.trialTimeout", f"must be longer than 0 (got {budget.trial_timeout!r})")
+    if budget.stall_timeout_seconds == 0:
+        err(
+            "budget.stallTimeout",
+            f"must be Auto or longer than 0 (got {budget.stall_timeout!r})",
+        )
 
     if not 0 <= spec.resources.headroom_fraction <= 4:
         err(

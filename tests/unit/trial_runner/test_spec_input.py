@@ -84,6 +84,32 @@ def test_a_timeout_of_one_second_is_a_timeout() -> None:
     assert spec.budget.timeout_seconds == 1
 
 
+@pytest.mark.parametrize("value", ["", "0s", "0h00m", "30 minutes", "1.5h", "Auto", 30])
+def test_a_bad_trial_timeout_is_rejected_at_its_field(value: Any) -> None:
+    errors = spec_errors(budget=with_budget(trialTimeout=value))
+    assert any(e.startswith("spec.budget.trialTimeout: ") for e in errors), errors
+    assert not any("unknown field" in e for e in errors), errors
+    if value in ("30 minutes", "1.5h", "Auto"):
+        assert "expected a duration such as 30m" in errors[0], errors
+
+
+@pytest.mark.parametrize("value", ["", "0s", "0m", "auto", "Off", "5", "5 m", 300])
+def test_a_bad_stall_timeout_is_rejected_at_its_field(value: Any) -> None:
+    errors = spec_errors(budget=with_budget(stallTimeout=value))
+    assert any(e.startswith("spec.budget.stallTimeout: ") for e in errors), errors
+    assert not any("unknown field" in e for e in errors), errors
+    if value in ("auto", "Off", "5", "5 m"):
+        assert "expected Auto or a duration" in errors[0], errors
+
+
+def test_trial_limits_parse_as_durations() -> None:
+    budget = with_budget(trialTimeout="1h30m", stallTimeout="45s")
+    spec = study_from_mapping(study_document(budget=budget)).spec
+    assert spec.budget.trial_timeout_seconds == 5400 and spec.budget.stall_timeout_seconds == 45
+    auto = study_from_mapping(study_document(budget=with_budget(stallTimeout="Auto"))).spec
+    assert auto.budget.stall_timeout_seconds is None
+
+
 # --------------------------------------------------------------------------- numbers
 
 
