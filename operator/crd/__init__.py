@@ -70,6 +70,7 @@ def _decorate_spec(node: dict[str, Any], path: str) -> dict[str, Any]:
 def _decorate_template(node: dict[str, Any], path: str) -> dict[str, Any]:
     full = f"{TEMPLATE}.{path}" if path else TEMPLATE
     node.update(copy.deepcopy(dict(PATH_EXTRAS.get(full, {}))))
+    node.update(CRD_ONLY_BOUNDS.get(full, {}))
     rules = copy.deepcopy(PATH_RULES.get(full, []))
     if rules:
         node["x-kubernetes-validations"] = rules

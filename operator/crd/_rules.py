@@ -25,9 +25,11 @@ from trial_runner.contract import (
 )
 from trial_runner.spec import (
     FREE_FORM_FIELDS,
+    MAX_MOUNT_PATH,
     MAX_STAGES,
     MAX_STUDY_NAME,
     MAX_TEMPLATE_ITEMS,
+    MAX_VOLUME_NAME,
     MULTI_OBJECTIVE_SAMPLERS,
     NAME_PATTERN,
     OWNED_MOUNT_PATTERN,
@@ -52,6 +54,15 @@ CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
     "searchSpace[].choices[]": {"maxLength": 253},
     "searchSpace[].default": {"maxLength": 253},
     "warmStart.points[].params[].value": {"maxLength": 253},
+    # Names and paths the template's rules read (the model checks the same lengths).
+    **{
+        f"runner.template.spec.{path}": {"maxLength": limit}
+        for path, limit in (
+            ("volumes[].name", MAX_VOLUME_NAME),
+            ("containers[].volumeMounts[].name", MAX_VOLUME_NAME),
+            ("containers[].volumeMounts[].mountPath", MAX_MOUNT_PATH),
+        )
+    },
 }
 
 # NUMBER_PATTERN without backslashes, so it can sit in a CEL string literal.

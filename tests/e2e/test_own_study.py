@@ -5,7 +5,8 @@ The team's image is built ``FROM`` the kubetune image by the same registry-free 
 set is a file on a local PersistentVolume bound to the claim the study mounts; its access token
 is a Secret the pod template gives the runners through ``envFrom``; two DataLoader workers pass
 batches of 48 MiB through ``/dev/shm`` (more than a container's default 64 MiB holds in flight).
-And code without a new image: a task module from a ConfigMap on the runner's ``PYTHONPATH``.
+And code without a new image: a task module from a ConfigMap on the runner's ``PYTHONPATH``,
+the way the hung-trial test brings its task whose step never returns.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ from tests.e2e.node_fixtures import (
 from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
 from tests.e2e.real_node import RealNode
 from tests.helpers import secret_leaks, wait_until
-from trial_runner.contract import TELEMETRY_ATTR
+from trial_runner.contract import (
+    FAILED_ATTR,
+    PREEMPTED_ATTR,
+    TELEMETRY_ATTR,
+    TRIAL_LIMIT_GRACE_ENV,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
@@ -253,3 +259,60 @@ def test_a_task_module_from_a_configmap_runs_on_kubetunes_image(
         study_name=f"{node_studies.namespace}.from-configmap", storage=node_database.url
     )
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in storage.trials)
+
+
+def test_a_hung_trial_ends_on_the_node_and_its_runner_goes_on_in_the_same_pod(
+    node_studies: StudyClient,
+    node_database: Database,
+    test_images: BuiltImages,
+) -> None:
+    """A trial whose step blocks for ever (``threading.Event().wait()``) in a runner pod of one
+    process: it ends ``Stalled`` within its limit, the process replaces itself in place (no
+    pod is re-created), and the study finishes its exact budget."""
+    hanging = (REPO_ROOT / "tests" / "integration" / "hang_tasks.py").read_text()
+    node_studies.kubectl(
+        "create", "configmap", "hang-task", "--from-literal", f"hang_tasks.py={hanging}"
+    )
+    name = "hangs"
+    study = on_node(small_cpu_study(name, max_trials=3, parallelism=1, epochs=1), test_images.image)
+    spec = study["spec"]
+    spec["task"]["entrypoint"] = "hang_tasks:HangingMLP"
+    # The pod's /tmp survives the in-place replacement: the trial that hung is not picked again.
+    spec["task"]["config"] = {"markers": "/tmp", "picks": 1, "hang_at_step": 3}
+    spec["budget"].update(stallTimeout="10s", maxFailedTrials=3)
+    spec["runner"] = {
+        "template": {
+            "spec": {
+                "volumes": [{"name": "task", "configMap": {"name": "hang-task"}}],
+                "containers": [
+                    {
+                        "name": "runner",
+                        "env": [
+                            {"name": "PYTHONPATH", "value": "/opt/task"},
+                            {"name": TRIAL_LIMIT_GRACE_ENV, "value": "5"},
+                        ],
+                        "volumeMounts": [{"name": "task", "mountPath": "/opt/task"}],
+                    }
+                ],
+            }
+        }
+    }
+    watch = PodWatch(node_studies.plane, node_studies.namespace, name)
+    try:
+        node_studies.apply(study)
+        node_studies.wait_condition(name, "Succeeded", "True", STUDY_TIMEOUT, reason="BudgetSpent")
+    finally:
+        watch.close()
+    assert watch.names() == {f"{name}-runner-0"}, watch.names()  # never re-created
+    storage = optuna.load_study(
+        study_name=f"{node_studies.namespace}.{name}", storage=node_database.url
+    )
+    failed = [t for t in storage.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.user_attrs.get(FAILED_ATTR) for t in failed] == ["Stalled"], storage.trials
+    assert all(PREEMPTED_ATTR not in t.user_attrs for t in storage.trials)
+    assert failed[0].datetime_complete is not None and failed[0].datetime_start is not None
+    # 10 s without a step, then at most the 5 s grace and the storage write.
+    assert (failed[0].datetime_complete - failed[0].datetime_start).total_seconds() < 60
+    assert_exact_budget(node_database, node_studies, name, 3)
+    status = (node_studies.study(name) or {})["status"]
+    assert status["trials"]["failed"] == 1, status

@@ -77,7 +77,9 @@ from trial_runner.spec._models import (
 from trial_runner.spec._parse import parse_duration, parse_number, parse_quantity
 from trial_runner.spec._rules import point_value_error, semantic_errors
 from trial_runner.spec._template import (
+    MAX_MOUNT_PATH,
     MAX_TEMPLATE_ITEMS,
+    MAX_VOLUME_NAME,
     OWNED_MOUNT_PATTERN,
     QUANTITY_VALUE_PATTERN,
     is_owned,
@@ -96,8 +98,10 @@ __all__ = [
     "MAX_SHOWN_ERRORS",
     "MAX_STAGES",
     "MAX_STUDY_NAME",
+    "MAX_MOUNT_PATH",
     "MAX_TEMPLATE_ITEMS",
     "MAX_TRIALS_PER_DEVICE",
+    "MAX_VOLUME_NAME",
     "MAX_WARM_START_POINTS",
     "MULTI_OBJECTIVE_SAMPLERS",
     "NAME_PATTERN",

@@ -42,7 +42,9 @@ from trial_runner.contract import (
 from trial_runner.spec._errors import FieldError, format_path, pydantic_errors
 
 __all__ = [
+    "MAX_MOUNT_PATH",
     "MAX_TEMPLATE_ITEMS",
+    "MAX_VOLUME_NAME",
     "OWNED_MOUNT_PATTERN",
     "QUANTITY_VALUE_PATTERN",
     "is_owned",
@@ -55,6 +57,10 @@ __all__ = [
 #: Items each list of the template's own objects may hold (volumes, init containers, tolerations,
 #: env ...): generous, and a bound the API server's CEL cost estimate needs.
 MAX_TEMPLATE_ITEMS = 64
+#: Lengths of names and paths inside the template that its rules read: the Pod API's own limit
+#: of a volume name (a DNS label), and a mount path far longer than any real one. The CRD
+#: carries them too, for the API server's CEL cost estimate.
+MAX_VOLUME_NAME, MAX_MOUNT_PATH = 63, 1024
 #: Mount paths of kubetune's own volumes (``/tmp``, ``/dev/shm``, with or without a final "/").
 OWNED_MOUNT_PATTERN = f"^({TMP_PATH}|{SHM_PATH})/*$"
 #: A Kubernetes quantity as text (``10Gi``, ``500m``, ``1e3``), as the API's schemas accept it.
@@ -223,6 +229,7 @@ def ownership_errors(template: Mapping[str, Any], prefix: str) -> list[FieldErro
     for i, volume in enumerate(volumes):
         if volume.get("name") in (TMP_VOLUME, SHM_VOLUME):
             err(("spec", "volumes", i, "name"), f"{volume['name']!r} is kubetune's own volume")
+        _length_error(volume["name"], MAX_VOLUME_NAME, ("spec", "volumes", i, "name"), err)
     inits = spec.get("initContainers") or []
     _unique(inits, ("spec", "initContainers"), err)
     for i, init in enumerate(inits):
@@ -259,12 +266,24 @@ def _mount_errors(
         path = str(mount.get("mountPath", ""))
         if re.match(OWNED_MOUNT_PATTERN, path):
             err((*at, "volumeMounts", j, "mountPath"), f"{path} is mounted by kubetune")
+        _length_error(path, MAX_MOUNT_PATH, (*at, "volumeMounts", j, "mountPath"), err)
+        _length_error(mount["name"], MAX_VOLUME_NAME, (*at, "volumeMounts", j, "name"), err)
         if mount.get("name") not in volumes:
             known = ", ".join(sorted(volumes)) or "none"
             err(
                 (*at, "volumeMounts", j, "name"),
                 f"no volume {mount.get('name')!r} in spec.volumes (volumes: {known})",
             )
+
+
+def _length_error(
+    text: str,
+    limit: int,
+    at: tuple[str | int, ...],
+    err: Callable[[Sequence[str | int], str], None],
+) -> None:
+    if len(text) > limit:
+        err(at, f"at most {limit} characters (got {len(text)})")
 
 
 def _unique(
