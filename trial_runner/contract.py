@@ -53,6 +53,7 @@ __all__ = [
     "STUDY_ENV",
     "STUDY_KEY",
     "STUDY_LABEL",
+    "TASK_LOAD_EXIT_CODE",
     "TELEMETRY_ATTR",
     "TERMINATION_LOG",
     "TRIALS_PER_DEVICE_ANNOTATION",
@@ -120,11 +121,16 @@ TRIALS_PER_DEVICE_ANNOTATION = "kubetune.dev/trials-per-device"
 #: Exit code of a runner pod (``kubetune runner --processes N``) whose processes kept running
 #: out of memory on their shared device; the operator then lowers trials per device.
 OUT_OF_MEMORY_EXIT_CODE = 4
+#: Exit code of a runner whose task could not be imported or could not load its data; its
+#: termination message (:data:`TERMINATION_LOG`) says why in one line. The operator shows it as
+#: the study's ``TaskLoadFailed`` reason.
+TASK_LOAD_EXIT_CODE = 5
 #: Annotation of an estimate pod: the digest of the spec it estimates.
 ESTIMATE_KEY_ANNOTATION = "kubetune.dev/estimate-key"
 #: Key of the study document in the ``<study>-spec`` ConfigMap.
 STUDY_KEY = "study.yaml"
-#: Where the estimate pod writes its JSON result for the operator to read.
+#: Where the estimate pod writes its JSON result, and a runner why it stopped, for the operator
+#: to read.
 TERMINATION_LOG = "/dev/termination-log"
 #: The HTTP path of every kubetune metrics endpoint (operator and runners).
 METRICS_PATH = "/metrics"
