@@ -115,7 +115,7 @@ def _count(
         return  # its wave was counted
     attempts = (streak.attempts or 0) + 1 if same and streak is not None else 1
     b.start_failure = RunnerStartFailure(
-        reason=failure.reason,
+        reason=str(failure.reason),
         message=message,
         attempts=attempts,
         last_failure_time=timestamp(b.now),
@@ -123,7 +123,7 @@ def _count(
     )
     b.event(
         "Warning",
-        failure.reason,
+        str(failure.reason),
         f"{message} (failed start {attempts} of {policy.attempts})",
     )
 
