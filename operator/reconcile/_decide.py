@@ -487,7 +487,16 @@ def _ready(
     """The Ready condition: why runners are not (all) ready, or that they are."""
     assert b.status.runners is not None
     ready, desired = b.status.runners.ready or 0, b.status.runners.desired or 0
-    if isinstance(sizing, PeakPending):
+    stuck = next((p for p in b.estimates if p.start_failure and not p.deleting), None)
+    if isinstance(sizing, PeakPending) and stuck is not None and stuck.start_failure is not None:
+        # The estimate pod cannot start (the runners would not either): say why. It is not
+        # replaced; the kubelet keeps trying, and the estimate runs once it can.
+        reason = str(stuck.start_failure.reason)
+        message = f"the memory-estimate pod cannot start: {stuck.start_failure.message}"
+        b.condition("Ready", False, reason, message)
+        if b.entered("Ready", reason):
+            b.event("Warning", reason, message)
+    elif isinstance(sizing, PeakPending):
         b.condition("Ready", False, "EstimatingMemory", sizing.reason)
     elif isinstance(sizing, PeakFailed):
         b.condition("Ready", False, "EstimateFailed", sizing.message)

@@ -896,3 +896,19 @@ def test_another_reason_starts_the_count_over_at_one() -> None:
     plan = run([stuck(0, _ago(1), missing)], status=counted, now=later, policy=POLICY)
     failure = status(plan)["runners"]["startFailure"]
     assert (failure["reason"], failure["attempts"]) == ("ConfigMissing", 1)
+
+
+def test_an_estimate_pod_that_cannot_start_says_why() -> None:
+    pending = PeakPending("k1", "estimating")
+    estimate = ObservedPod(
+        name="digits-estimate",
+        component="memory-estimate",
+        estimate_key="k1",
+        start_failure=PULL,
+    )
+    plan = run([estimate], sizing=pending, policy=POLICY)
+    ready = condition(plan, "Ready")
+    assert ready["reason"] == "ImagePullFailed"
+    assert ready["message"].startswith("the memory-estimate pod cannot start: runner: pull")
+    assert [e.reason for e in plan.events if e.type == "Warning"] == ["ImagePullFailed"]
+    assert deletes(plan) == [] and not any(isinstance(a, CreateEstimatePod) for a in plan.actions)
