@@ -108,7 +108,7 @@ def decide(
     crashed = not gave_up and _runner_failures(b, max_runner_failures)
     _suspension(b)
     if spec.suspend or crashed or gave_up:
-        return _drained(b, alive, crashed, gave_up)
+        return _drained(b, alive, crashed)
     _record_sizing(b, sizing)
     created = _create_runners(b, progress, sizing, alive)
     _ready(b, progress, sizing, alive, created)
@@ -361,10 +361,10 @@ def _suspension(b: PlanBuilder) -> None:
         b.condition("Suspended", False, "NotSuspended", "spec.suspend is false")
 
 
-def _drained(b: PlanBuilder, alive: list[ObservedPod], crashed: bool, gave_up: bool) -> Plan:
+def _drained(b: PlanBuilder, alive: list[ObservedPod], crashed: bool) -> Plan:
     """Suspended, or failed by its runners: every pod deleted until the spec changes."""
-    why = "suspended" if b.spec.suspend else "failed"
-    b.delete(alive, "suspended" if b.spec.suspend else "the study failed")
+    why = "suspended" if b.spec.suspend else "the study failed"
+    b.delete(alive, why)
     b.delete(b.estimates, why)
     b.count_runners(0)
     b.status.sizing = b.old_sizing
