@@ -108,7 +108,7 @@ class RunnerStartPolicy:
     nothing. Such a pod is deleted, and runners are created again only ``backoff`` seconds
     later. After ``attempts`` failed starts in a row with the same reason the study is Failed
     with it. One wave of runners created together counts once; the count starts over when a
-    runner gets ready, when a trial finishes and when the spec changes.
+    trial runs or finishes (a runner got going) and when the spec changes.
     """
 
     attempts: int = START_ATTEMPTS

@@ -204,8 +204,7 @@ class RunnerCounts(_Status):
     )
     start_failure: RunnerStartFailure | None = Field(
         default=None,
-        description="Runners that failed to start in a row, until a runner gets ready or a "
-        "trial finishes.",
+        description="Runners that failed to start in a row, until a trial runs or finishes.",
     )
 
 

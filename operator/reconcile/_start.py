@@ -7,9 +7,9 @@ the back-off of its attempt (the kubelet retries pulls, mounts and missing Secre
 meanwhile): the pod is then deleted and runners are created again only after the back-off. The
 runners of one wave (created together, before the last failed start was counted) count once.
 After :attr:`~hpo_operator.config.RunnerStartPolicy.attempts` failed starts in a row with the
-same reason the study is Failed with that reason, until the spec changes. A runner that gets
-ready, or a trial that finishes, starts the count over. The count lives in
-``status.runners.startFailure``, so a restarted operator goes on with it.
+same reason the study is Failed with that reason, until the spec changes. A trial that runs
+or finishes starts the count over (a runner's container is ready before its task loads). The
+count lives in ``status.runners.startFailure``, so a restarted operator goes on with it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def count_failed_starts(
 ) -> list[ObservedPod]:
     """Count this pass's failed starts and delete their pods; set the back-off. Returns the
     pods still alive."""
-    if _finished(progress) > _finished_before(b.old.trials) or any(p.ready for p in alive):
+    # A runner's container is ready before its task loads (it has no readiness probe): a
+    # trial claimed or finished is what says a runner got going.
+    if progress.running or _finished(progress) > _finished_before(b.old.trials):
         b.start_failure = None
     kept: list[ObservedPod] = []
     for pod in alive:

@@ -878,15 +878,17 @@ def test_a_runner_whose_task_does_not_load_is_a_failed_start_not_a_runner_failur
     assert [e.reason for e in plan.events if e.type == "Warning"] == ["TaskLoadFailed"]
 
 
-def test_a_ready_runner_or_a_finished_trial_starts_the_count_over() -> None:
+def test_a_trial_running_or_finished_starts_the_count_over_a_ready_container_does_not() -> None:
     counted = run([stuck(0, _ago(11))], policy=POLICY).status
-    ready = run([runner(0)], status=counted, now=NOW + dt.timedelta(seconds=30), policy=POLICY)
-    assert "startFailure" not in status(ready)["runners"]
-    assert condition(ready, "Ready")["reason"] != "ImagePullFailed"
-    progressed = run(
-        [], make_progress(complete=1), counted, now=NOW + dt.timedelta(seconds=30), policy=POLICY
-    )
-    assert "startFailure" not in status(progressed)["runners"]
+    later = NOW + dt.timedelta(seconds=30)
+    # A runner's container is ready while it still loads its task (no readiness probe).
+    loading = run([runner(0)], status=counted, now=later, policy=POLICY)
+    assert status(loading)["runners"]["startFailure"]["attempts"] == 1
+    running = run([runner(0)], make_progress(running=1), counted, now=later, policy=POLICY)
+    assert "startFailure" not in status(running)["runners"]
+    assert condition(running, "Ready")["reason"] == "RunnersStarting"  # 1 of 2, no failure
+    finished = run([], make_progress(complete=1), counted, now=later, policy=POLICY)
+    assert "startFailure" not in status(finished)["runners"]
 
 
 def test_another_reason_starts_the_count_over_at_one() -> None:
