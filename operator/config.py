@@ -36,6 +36,13 @@ Every setting is an environment variable so the same image serves the Helm chart
 ``KUBETUNE_MAX_RUNNER_FAILURES``
     Failed runner pods (not OOMKilled) after which a study is Failed (default 5, plus the
     parallelism).
+``KUBETUNE_RUNNER_START_ATTEMPTS``
+    Runner starts that may fail in a row with the same reason (image pull, missing Secret or
+    ConfigMap, volume, task that does not load) before the study is Failed with that reason
+    (default 4; see :class:`RunnerStartPolicy`).
+``KUBETUNE_RUNNER_START_BACKOFF``
+    Seconds before runners are created again after the first failed start; doubled after each
+    further one, up to 600 (default 30).
 ``KUBETUNE_LEADER_ELECTION_LEASE``
     ``namespace/name`` of a ``coordination.k8s.io`` Lease: ``python -m hpo_operator`` then acts
     only while it holds it, so of several replicas one is active (see
@@ -56,11 +63,21 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from trial_runner.contract import METRICS_PORT_ENV, STORAGE_ENV
 from trial_runner.spec import QUEUE_NAME_PATTERN
 
-__all__ = ["DEFAULT_IMAGE", "OperatorConfig", "parse_pairs", "reconcile_interval"]
+__all__ = [
+    "DEFAULT_IMAGE",
+    "START_ATTEMPTS",
+    "START_BACKOFF_MAX_SECONDS",
+    "START_BACKOFF_SECONDS",
+    "OperatorConfig",
+    "RunnerStartPolicy",
+    "parse_pairs",
+    "reconcile_interval",
+]
 
 DEFAULT_IMAGE = "ghcr.io/kubetune/kubetune:0.1.0-cpu"
 RECONCILE_INTERVAL_ENV = "KUBETUNE_RECONCILE_INTERVAL"
@@ -70,6 +87,38 @@ RUNNER_METRICS_PORT_ENV = "KUBETUNE_RUNNER_METRICS_PORT"
 def reconcile_interval(env: Mapping[str, str] | None = None) -> float:
     """Seconds between two looks at a study (``KUBETUNE_RECONCILE_INTERVAL``, default 5)."""
     return float((os.environ if env is None else env).get(RECONCILE_INTERVAL_ENV, "5"))
+
+
+#: Runner starts that may fail in a row with the same reason before the study is Failed.
+START_ATTEMPTS: Final = 4
+#: Seconds before runners are created again after the first failed start (then doubled).
+START_BACKOFF_SECONDS: Final = 30.0
+#: The longest wait between two runner starts.
+START_BACKOFF_MAX_SECONDS: Final = 600.0
+
+
+@dataclass(frozen=True)
+class RunnerStartPolicy:
+    """How often runners that cannot start are tried again before the study is Failed.
+
+    A runner start fails when its pod exits because the task does not load, or when its pod
+    shows why it cannot start (image pull, missing Secret or ConfigMap, volume, missing claim)
+    and is still not running :meth:`backoff` seconds after it was created: the kubelet retries
+    by itself meanwhile, so a Secret created a minute later or a pull that failed once costs
+    nothing. Such a pod is deleted, and runners are created again only ``backoff`` seconds
+    later. After ``attempts`` failed starts in a row with the same reason the study is Failed
+    with it. One wave of runners created together counts once; the count starts over when a
+    trial runs or finishes (a runner got going) and when the spec changes.
+    """
+
+    attempts: int = START_ATTEMPTS
+    backoff_seconds: float = START_BACKOFF_SECONDS
+    max_backoff_seconds: float = START_BACKOFF_MAX_SECONDS
+
+    def backoff(self, failed: int) -> float:
+        """Seconds to wait after ``failed`` starts failed in a row (and that a pod showing a
+        start failure is given when it is attempt ``failed + 1``)."""
+        return min(self.backoff_seconds * 2.0 ** max(failed - 1, 0), self.max_backoff_seconds)
 
 
 def parse_pairs(text: str, what: str) -> dict[str, str]:
@@ -130,6 +179,7 @@ class OperatorConfig:
     default_storage_url: str | None = None
     reconcile_interval: float = 5.0
     max_runner_failures: int = 5
+    runner_start: RunnerStartPolicy = field(default_factory=RunnerStartPolicy)
     leader_lease: tuple[str, str] | None = None
     lease_duration_seconds: int = 15
     metrics_port: int | None = None
@@ -178,6 +228,7 @@ class OperatorConfig:
                 default_storage_url=env.get(STORAGE_ENV) or None,
                 reconcile_interval=reconcile_interval(env),
                 max_runner_failures=int(env.get("KUBETUNE_MAX_RUNNER_FAILURES", "5")),
+                runner_start=_start_policy(env),
                 leader_lease=lease,
                 lease_duration_seconds=int(env.get("KUBETUNE_LEASE_DURATION", "15")),
                 metrics_port=_port(env, METRICS_PORT_ENV),
@@ -185,6 +236,20 @@ class OperatorConfig:
             )
         except ValueError as exc:
             raise ValueError(f"operator settings: {exc}") from None
+
+
+def _start_policy(env: Mapping[str, str]) -> RunnerStartPolicy:
+    attempts = int(env.get("KUBETUNE_RUNNER_START_ATTEMPTS", str(START_ATTEMPTS)))
+    if attempts < 1:
+        raise ValueError(f"KUBETUNE_RUNNER_START_ATTEMPTS: expected 1 or more, got {attempts}")
+    backoff = float(env.get("KUBETUNE_RUNNER_START_BACKOFF", str(START_BACKOFF_SECONDS)))
+    # Whole seconds at least: a wave of runners is told from the last by creation times,
+    # which the API server keeps in whole seconds.
+    if backoff < 1:
+        raise ValueError(
+            f"KUBETUNE_RUNNER_START_BACKOFF: expected 1 or more seconds, got {backoff}"
+        )
+    return RunnerStartPolicy(attempts, backoff, max(backoff, START_BACKOFF_MAX_SECONDS))
 
 
 def _queue_name(text: str) -> str | None:

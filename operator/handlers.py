@@ -8,9 +8,10 @@ Run the operator with either of::
 It needs a kubeconfig (or the in-cluster service account) allowed to: get/list/watch/patch
 ``hpostudies`` and patch ``hpostudies/status``; create/delete/list/watch pods; create/get/update
 configmaps; create/get/update secrets (only for the default-storage Secret) and get the
-secrets named by studies; list/watch nodes; create events. Settings are environment variables (see
-:mod:`hpo_operator.config`). ``KUBETUNE_RECONCILE_INTERVAL`` is read when this module is
-imported, because kopf fixes timer intervals at registration.
+secrets named by studies; list/watch nodes; create/patch/list/watch events (the kubelet's
+``FailedMount`` events say why a runner's volume cannot be mounted). Settings are environment
+variables (see :mod:`hpo_operator.config`). ``KUBETUNE_RECONCILE_INTERVAL`` is read when this
+module is imported, because kopf fixes timer intervals at registration.
 
 Every pass over a study is the same idempotent reconcile, run on create, resume, spec update
 and every ``KUBETUNE_RECONCILE_INTERVAL`` seconds. Children have deterministic names, so a
@@ -18,7 +19,8 @@ restarted operator finds its pods and "already exists" means "already done".
 
 What a pass costs does not grow with the cluster. The study's pods and the cluster's nodes come
 from caches that watches keep (the kopf indexes :func:`study_pods` and :func:`cluster_nodes`;
-the pod watch asks the API server only for pods with the study label), so a pass in steady
+the pod watch asks the API server only for pods with the study label; :func:`mount_failures`
+keeps the kubelet's ``FailedMount`` events, which the API server filters), so a pass in steady
 state makes no list call; it writes the status only when it changed, and re-reads a storage
 Secret at most every :data:`SECRET_REFRESH` seconds. What the operator keeps about a study
 between passes (:class:`StudyState`) lives in the study's kopf memo and goes with it. The
@@ -69,6 +71,7 @@ from hpo_operator.reconcile import (
     WriteFront,
     decide,
     observe_pod,
+    with_mount_failure,
 )
 from hpo_operator.sizing import NodeInfo, node_info
 from hpo_operator.status import StudyStatus, set_condition
@@ -88,6 +91,7 @@ __all__ = [
     "cluster_nodes",
     "configure",
     "login",
+    "mount_failures",
     "on_change",
     "on_delete",
     "on_tick",
@@ -110,6 +114,10 @@ SECRET_REFRESH = 60.0
 WORKERS = 16
 #: The key of :func:`cluster_nodes` under which every node is found.
 ALL_NODES = "nodes"
+#: The core events the operator watches: the kubelet's, about pods whose volumes cannot be
+#: mounted (a pod only shows ``ContainerCreating`` meanwhile). The API server filters them.
+EVENTS = ("v1", "events")
+MOUNT_EVENTS_SELECTOR = "involvedObject.kind=Pod,reason=FailedMount"
 
 # Operator-wide, set by configure() at startup. Per-study state is in the studies' memos.
 _config = OperatorConfig()
@@ -126,6 +134,7 @@ log = logging.getLogger("kubetune.operator")
 
 PodIndex = kopf.Index[tuple[str, str], ObservedPod]
 NodeIndex = kopf.Index[str, NodeInfo]
+EventIndex = kopf.Index[tuple[str, str], tuple[str, str]]
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
@@ -184,6 +193,7 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
     settings.watching.server_timeout = 60
     # The pod cache holds the studies' pods only: the API server filters the watch.
     settings.watching.label_selectors["pods"] = STUDY_LABEL
+    settings.watching.field_selectors[EVENTS] = MOUNT_EVENTS_SELECTOR
     settings.execution.max_workers = WORKERS
     settings.networking.request_timeout = 30
     logger.info(
@@ -237,6 +247,17 @@ def study_pods(
     return {(namespace, labels[STUDY_LABEL]): observe_pod(body)}
 
 
+@kopf.index(*EVENTS)
+def mount_failures(body: kopf.Body, **_: Any) -> dict[tuple[str, str], tuple[str, str]]:
+    """The kubelet's ``FailedMount`` events as ``(time, message)``, by ``(namespace, pod uid)``
+    (a replacement pod has its predecessor's name, not its uid)."""
+    pod = body.get("involvedObject") or {}
+    if pod.get("kind") != "Pod" or body.get("reason") != "FailedMount":
+        return {}
+    when = body.get("lastTimestamp") or body.get("eventTime") or ""
+    return {(str(pod.get("namespace")), str(pod.get("uid"))): (str(when), str(body.get("message")))}
+
+
 @kopf.index("nodes")
 def cluster_nodes(body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
     """The cache of what sizing needs of each node, fed by a node watch."""
@@ -250,7 +271,7 @@ def on_change(
     body: kopf.Body, patch: kopf.Patch, logger: Logger, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     """React at once to a new or edited study (the timer would within its interval)."""
-    reconcile_study(body, patch, logger, memo, kwargs["study_pods"], kwargs["cluster_nodes"])
+    reconcile_study(body, patch, logger, memo, _indexes(kwargs))
 
 
 @kopf.timer(*RESOURCE, interval=INTERVAL, backoff=BACKOFF)
@@ -259,8 +280,20 @@ def on_tick(
 ) -> None:
     """Follow the study's progress: trials finish without any Kubernetes event. A tick that
     finds a pass of the study running (a change handler's) is skipped, not queued."""
-    pods, nodes = kwargs["study_pods"], kwargs["cluster_nodes"]
-    reconcile_study(body, patch, logger, memo, pods, nodes, wait=False)
+    reconcile_study(body, patch, logger, memo, _indexes(kwargs), wait=False)
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """The watch-fed caches a pass reads (kopf passes them to handlers by name)."""
+
+    pods: PodIndex
+    nodes: NodeIndex
+    mounts: EventIndex
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
+    return Indexes(kwargs["study_pods"], kwargs["cluster_nodes"], kwargs["mount_failures"])
 
 
 @kopf.on.delete(*RESOURCE)
@@ -318,8 +351,7 @@ def reconcile_study(
     patch: kopf.Patch,
     logger: Logger,
     memo: kopf.Memo,
-    pods: PodIndex,
-    nodes: NodeIndex,
+    indexes: Indexes,
     *,
     wait: bool = True,
 ) -> None:
@@ -335,7 +367,7 @@ def reconcile_study(
         return
     try:
         with _metrics.reconcile_duration.time():
-            _reconcile(body, patch, logger, state, pods, nodes)
+            _reconcile(body, patch, logger, state, indexes)
     except ApiException as error:
         _metrics.reconcile_error(namespace, name, api_status=error.status)
         raise
@@ -351,8 +383,7 @@ def _reconcile(
     patch: kopf.Patch,
     logger: Logger,
     state: StudyState,
-    pods: PodIndex,
-    nodes: NodeIndex,
+    indexes: Indexes,
 ) -> None:
     meta = body["metadata"]
     current: Mapping[str, Any] = body.get("status") or {}
@@ -362,7 +393,7 @@ def _reconcile(
         # Our last status patch is not in this body yet (a timer and a change handler ran
         # back to back): decide from what was written, not from the older status.
         raw = written
-    plan = _plan(body, _read_status(raw, logger), state, pods, nodes)
+    plan = _plan(body, _read_status(raw, logger), state, indexes)
     _apply(body, plan, logger, state)
     new_status = plan.status.to_api()
     _patch_status(patch, current, new_status)
@@ -384,8 +415,7 @@ def _plan(
     body: Mapping[str, Any],
     status: StudyStatus,
     state: StudyState,
-    pods: PodIndex,
-    nodes: NodeIndex,
+    indexes: Indexes,
 ) -> Plan:
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -402,18 +432,23 @@ def _plan(
         if storage_error:
             log.warning("study %s: storage unavailable: %s", study_name, storage_error)
             _metrics.storage_error(namespace, name)
-        cached = _snapshot(pods, (namespace, name))
-        children = state.pods.children(cached, time.monotonic())
+        cached = _snapshot(indexes.pods, (namespace, name))
+        children = [
+            with_mount_failure(pod, _snapshot(indexes.mounts, (namespace, pod.uid)))
+            for pod in state.pods.children(cached, time.monotonic())
+        ]
+        list_nodes = partial(_snapshot, indexes.nodes, ALL_NODES)
         plan = decide(
             spec,
             status,
             generation,
             children,
             progress,
-            cluster.sizing_input(spec, status, children, lambda: _snapshot(nodes, ALL_NODES)),
+            cluster.sizing_input(spec, status, children, list_nodes),
             now,
             storage_error=storage_error,
             max_runner_failures=_config.max_runner_failures,
+            start_policy=_config.runner_start,
             warm_start=warm_start,
         )
     plan.status.study_name = study_name

@@ -492,6 +492,9 @@ def runner_pod(
             "runner",
             "--study-name",
             optuna_study_name(meta["namespace"], meta["name"]),
+            # Why a runner stopped (its task does not load) in one line, for the status.
+            "--termination-message-path",
+            TERMINATION_LOG,
             *(["--processes", str(processes)] if processes > 1 else []),
         ],
         "env": env,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,13 +26,16 @@ __all__ = [
     "CONDITION_TYPES",
     "FRONT_LIMIT",
     "MESSAGE_LIMIT",
+    "START_FAILURE_REASONS",
     "BestTrial",
     "Condition",
     "FrontTrial",
     "ParetoFront",
     "RunnerCounts",
+    "RunnerStartFailure",
     "SizingStatus",
     "StageStatus",
+    "StartFailureReason",
     "StudyStatus",
     "TelemetryStatus",
     "TrialCounts",
@@ -47,6 +51,36 @@ FRONT_LIMIT = 10
 MESSAGE_LIMIT = 4096
 
 _DATE_TIME: dict[str, Any] = {"format": "date-time"}
+
+
+class StartFailureReason(StrEnum):
+    """Why runner pods cannot start: the ``Ready=False`` condition's reason, the reason of the
+    Warning event, and (for every one but :attr:`UNSCHEDULABLE`) the ``Failed`` condition's
+    reason once the same failure kept coming back (see ``hpo_operator.config.RunnerStartPolicy``).
+    """
+
+    #: The image cannot be pulled (``ErrImagePull``, ``ImagePullBackOff``, an invalid name, or
+    #: not on the node with pull policy ``Never``).
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    #: A Secret or ConfigMap the pod reads, or a key of one, does not exist
+    #: (``CreateContainerConfigError``).
+    CONFIG_MISSING = "ConfigMissing"
+    #: A volume cannot be mounted (the kubelet's ``FailedMount`` events) or a claim does not
+    #: exist (the scheduler's ``PodScheduled`` condition).
+    VOLUME_MOUNT_FAILED = "VolumeMountFailed"
+    #: The container runtime cannot create or start the container (``CreateContainerError``,
+    #: ``RunContainerError``).
+    CONTAINER_START_FAILED = "ContainerStartFailed"
+    #: The runner could not import the task or load its data (its exit code
+    #: ``trial_runner.contract.TASK_LOAD_EXIT_CODE`` and termination message).
+    TASK_LOAD_FAILED = "TaskLoadFailed"
+    #: No node can take the pod now (the cluster may grow): shown, never counted as a failure.
+    UNSCHEDULABLE = "Unschedulable"
+
+
+#: The reasons that count as failed starts (a runner that cannot be scheduled may be waiting
+#: for a node).
+START_FAILURE_REASONS = frozenset(StartFailureReason) - {StartFailureReason.UNSCHEDULABLE}
 
 
 class _Status(BaseModel):
@@ -136,6 +170,30 @@ class StageStatus(_Status):
     total: int | None = _int("Number of stages.")
 
 
+class RunnerStartFailure(_Status):
+    """Runner starts that failed in a row with the same reason (the last one's words)."""
+
+    reason: str | None = Field(
+        default=None, max_length=64, description="ImagePullFailed, ConfigMissing, ..."
+    )
+    message: str | None = Field(
+        default=None,
+        max_length=MESSAGE_LIMIT,
+        description="The kubelet's, the scheduler's or the runner's own words.",
+    )
+    attempts: int | None = _int("Runner starts that failed in a row with this reason.")
+    last_failure_time: str | None = Field(
+        default=None,
+        description="When the last failed start was counted.",
+        json_schema_extra=_DATE_TIME,
+    )
+    retry_time: str | None = Field(
+        default=None,
+        description="No runner is created again before this time (exponential back-off).",
+        json_schema_extra=_DATE_TIME,
+    )
+
+
 class RunnerCounts(_Status):
     desired: int | None = _int("Runner pods the study wants now.")
     ready: int | None = _int("Runner pods running and ready.")
@@ -143,6 +201,10 @@ class RunnerCounts(_Status):
     failed_pods: int | None = _int("Runner pods that failed since the spec changed.")
     waiting_for_admission: int | None = _int(
         "Runner pods Kueue has not admitted yet (spec.resources.queueName)."
+    )
+    start_failure: RunnerStartFailure | None = Field(
+        default=None,
+        description="Runners that failed to start in a row, until a trial runs or finishes.",
     )
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "STUDY_KEY",
     "STUDY_LABEL",
     "SUPERVISED_ENV",
+    "TASK_LOAD_EXIT_CODE",
     "TELEMETRY_ATTR",
     "TERMINATION_LOG",
     "TMP_PATH",
@@ -182,11 +183,16 @@ OUT_OF_MEMORY_EXIT_CODE = 4
 #: Exit code of a runner process whose trial was stuck in a call that never returned: the trial
 #: is already failed (:data:`FAILED_ATTR`), and its supervisor starts a new process in its place.
 TRIAL_HUNG_EXIT_CODE = 5
+#: Exit code of a runner whose task could not be imported or could not load its data; its
+#: termination message (:data:`TERMINATION_LOG`) says why in one line. The operator shows it as
+#: the study's ``TaskLoadFailed`` reason.
+TASK_LOAD_EXIT_CODE = 6
 #: Annotation of an estimate pod: the digest of the spec it estimates.
 ESTIMATE_KEY_ANNOTATION = "kubetune.dev/estimate-key"
 #: Key of the study document in the ``<study>-spec`` ConfigMap.
 STUDY_KEY = "study.yaml"
-#: Where the estimate pod writes its JSON result for the operator to read.
+#: Where the estimate pod writes its JSON result, and a runner why it stopped, for the operator
+#: to read.
 TERMINATION_LOG = "/dev/termination-log"
 #: The HTTP path of every kubetune metrics endpoint (operator and runners).
 METRICS_PATH = "/metrics"

@@ -72,7 +72,7 @@ from trial_runner.storage import (
     read_progress,
     redact,
 )
-from trial_runner.task import load_task_class
+from trial_runner.task import TaskLoadError, load_task
 from trial_runner.watchdog import (
     Exceeded,
     TrialLimitExceeded,
@@ -146,8 +146,14 @@ def run_runner(
     if install_signal_handlers:
         _install_sigterm(stop)
     configure_threads()
-    task = load_task_class(spec.task.entrypoint)(spec.task.config)
-    engine = Engine(task, spec, stop_requested=stop, seed=spec.sampler.seed or 0)
+    task = load_task(spec.task.entrypoint, spec.task.config)
+    try:
+        engine = Engine(task, spec, stop_requested=stop, seed=spec.sampler.seed or 0)
+    except Exception as error:  # the task's load_data, or the data it returned
+        log.exception("runner %s: the task's data could not be loaded", worker_id())
+        raise TaskLoadError(
+            f"{spec.task.entrypoint}: loading the task's data raised {first_line(error)}"
+        ) from error
     if before_claims is not None:
         before_claims()
     storage = open_storage(storage_url, patience=STORAGE_PATIENCE)

@@ -30,8 +30,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trial_runner.entrypoints import TaskLoadError, check_entrypoint
+from trial_runner.outage import first_line
 
-__all__ = ["Task", "TaskData", "TaskLoadError", "check_entrypoint", "load_task_class"]
+__all__ = [
+    "Task",
+    "TaskData",
+    "TaskLoadError",
+    "check_entrypoint",
+    "load_task",
+    "load_task_class",
+]
 
 
 @dataclass
@@ -101,6 +109,22 @@ class Task:
         return {}
 
 
+def load_task(entrypoint: str, config: Mapping[str, Any]) -> Task:
+    """The task of ``entrypoint``, created with ``config``.
+
+    Raises:
+        TaskLoadError: it cannot be imported, or creating it raised (the message names the
+            entrypoint and the error in one line; the traceback is chained).
+    """
+    task_class = load_task_class(entrypoint)
+    try:
+        return task_class(config)
+    except Exception as exc:
+        raise TaskLoadError(
+            f"spec.task.entrypoint: creating {entrypoint} raised {first_line(exc)}"
+        ) from exc
+
+
 def load_task_class(entrypoint: str) -> type[Task]:
     module_name, _, attribute = entrypoint.partition(":")
     try:
@@ -109,6 +133,10 @@ def load_task_class(entrypoint: str) -> type[Task]:
         raise TaskLoadError(
             f"spec.task.entrypoint: cannot import module {module_name!r} ({exc})"
         ) from None
+    except Exception as exc:  # the module itself raised while it was imported
+        raise TaskLoadError(
+            f"spec.task.entrypoint: importing module {module_name!r} raised {first_line(exc)}"
+        ) from exc
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):

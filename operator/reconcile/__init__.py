@@ -17,6 +17,11 @@ The steps (:mod:`._decide`), in order:
       flight): ``Succeeded`` or ``Failed``, every pod deleted, ``completionTime`` set;
     * runner pods that ended are deleted; an OOMKilled runner raises the memory floor so
       replacements get the next larger resource; a failed one counts as a failure;
+    * runners that cannot start (:mod:`._start`): the reason shown at once; a pod that exited
+      because its task does not load, or still shows its reason after its attempt's back-off,
+      is a failed start: deleted, and runners created again after the back-off; after
+      ``RunnerStartPolicy.attempts`` of them in a row with one reason, ``Failed=True`` with
+      that reason and runners deleted, until the spec is edited;
     * too many runner pods failed (not OOMKilled) since the spec last changed:
       ``Failed=True RunnerFailures`` and runners deleted, until the spec is edited;
     * ``spec.suspend``: every runner deleted (their trials are released and retried later);
@@ -24,14 +29,20 @@ The steps (:mod:`._decide`), in order:
       ``Ready=False NoFittingResource`` and no new runners;
     * runners: indexes ``0..parallelism-1``; extra indexes are deleted; missing runners are
       created only while the study still has trials to claim;
-    * ``Ready``: why runners are not (all) ready, or that they are.
+    * ``Ready``: why runners are not (all) ready (a start failure's reason, ``Unschedulable``,
+      ``RunnersStarting`` ...), or that they are.
 """
 
 from __future__ import annotations
 
 from hpo_operator.reconcile._decide import SizingInput, decide
 from hpo_operator.reconcile._expect import PodExpectations
-from hpo_operator.reconcile._observe import ObservedPod, observe_pod
+from hpo_operator.reconcile._observe import (
+    ObservedPod,
+    StartFailure,
+    observe_pod,
+    with_mount_failure,
+)
 from hpo_operator.reconcile._plan import (
     Action,
     CreateEstimatePod,
@@ -53,8 +64,10 @@ __all__ = [
     "Plan",
     "PodExpectations",
     "SizingInput",
+    "StartFailure",
     "WriteBest",
     "WriteFront",
     "decide",
     "observe_pod",
+    "with_mount_failure",
 ]

@@ -7,7 +7,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hpo_operator.reconcile._observe import ObservedPod
+from hpo_operator.config import RunnerStartPolicy
+from hpo_operator.reconcile._observe import ObservedPod, last_line
 from hpo_operator.reconcile._plan import (
     CreateEstimatePod,
     CreateRunner,
@@ -16,6 +17,11 @@ from hpo_operator.reconcile._plan import (
     PlanBuilder,
     WriteBest,
     WriteFront,
+)
+from hpo_operator.reconcile._start import (
+    count_failed_starts,
+    gave_up_starting,
+    shown_start_failure,
 )
 from hpo_operator.sizing import (
     NoFit,
@@ -34,6 +40,7 @@ from hpo_operator.status import (
     ParetoFront,
     SizingStatus,
     StageStatus,
+    StartFailureReason,
     StudyStatus,
     TelemetryStatus,
     TrialCounts,
@@ -62,6 +69,7 @@ def decide(
     *,
     storage_error: str | None = None,
     max_runner_failures: int = 5,
+    start_policy: RunnerStartPolicy | None = None,
     warm_start: WarmStartReport | None = None,
 ) -> Plan:
     """The plan for one study at one moment (see :mod:`hpo_operator.reconcile` for the rules).
@@ -77,10 +85,14 @@ def decide(
         storage_error: Why the storage cannot be read, when ``progress`` is ``None``.
         max_runner_failures: Failed runner pods (on top of the parallelism) after which the
             study is Failed; counted since the spec last changed.
+        start_policy: How often runners that cannot start are tried again, and how long
+            apart, before the study is Failed with their reason (default: the defaults of
+            :class:`~hpo_operator.config.RunnerStartPolicy`).
         warm_start: What the study's warm start did (``None``: it has none, or it is not
             known in this pass).
     """
     b = PlanBuilder(spec, status, generation, now, children)
+    start_policy = start_policy or RunnerStartPolicy()
     if progress is None:
         return _storage_unavailable(b, storage_error)
     _record_progress(b, progress)
@@ -91,10 +103,11 @@ def decide(
     b.condition(
         "Succeeded", False, "Running", f"{progress.finished}/{progress.max_trials} trials finished"
     )
-    alive = _remove_ended_runners(b)
-    crashed = _runner_failures(b, max_runner_failures)
+    alive = count_failed_starts(b, progress, _remove_ended_runners(b), start_policy)
+    gave_up = gave_up_starting(b, start_policy)
+    crashed = not gave_up and _runner_failures(b, max_runner_failures)
     _suspension(b)
-    if spec.suspend or crashed:
+    if spec.suspend or crashed or gave_up:
         return _drained(b, alive, crashed)
     _record_sizing(b, sizing)
     created = _create_runners(b, progress, sizing, alive)
@@ -263,7 +276,8 @@ _FAILURE_REASONS = {
 
 def _remove_ended_runners(b: PlanBuilder) -> list[ObservedPod]:
     """Delete runner pods that ended (an OOMKilled one raises the floor, a failed one counts
-    as a failure); the pods still alive (or being deleted) are returned."""
+    as a failure); the pods still alive (or being deleted) are returned, with those that failed
+    to start (:mod:`._start` counts them)."""
     alive: list[ObservedPod] = []
     for pod in b.runners:
         if pod.deleting:
@@ -280,11 +294,13 @@ def _remove_ended_runners(b: PlanBuilder) -> list[ObservedPod]:
             )
         elif pod.phase == "Failed" and _processes_ran_out_of_memory(pod):
             _lower_trials_per_device(b, pod)
+        elif pod.phase == "Failed" and pod.start_failure is not None:
+            alive.append(pod)
         elif pod.phase == "Failed":
             b.failures += 1
             detail = f"exit code {pod.exit_code}" if pod.exit_code is not None else "failed"
             if pod.message:
-                detail += f": {pod.message.splitlines()[-1][:300]}"
+                detail += f": {last_line(pod.message, 300)}"
             b.actions.append(DeletePod(pod.name, "runner failed"))
             b.event("Warning", "RunnerFailed", f"runner {pod.name} {detail}")
         elif pod.phase == "Succeeded":
@@ -347,14 +363,16 @@ def _suspension(b: PlanBuilder) -> None:
 
 def _drained(b: PlanBuilder, alive: list[ObservedPod], crashed: bool) -> Plan:
     """Suspended, or failed by its runners: every pod deleted until the spec changes."""
-    b.delete(alive, "suspended" if b.spec.suspend else "too many runner failures")
-    b.delete(b.estimates, "suspended" if b.spec.suspend else "failed")
+    why = "suspended" if b.spec.suspend else "the study failed"
+    b.delete(alive, why)
+    b.delete(b.estimates, why)
     b.count_runners(0)
     b.status.sizing = b.old_sizing
     if b.spec.suspend:
         b.condition("Ready", False, "Suspended", "spec.suspend is true")
-    else:
+    elif crashed:
         b.condition("Ready", False, "Failed", "too many runner pods failed")
+    # Runners that kept failing to start: gave_up_starting() said why in Ready.
     return b.plan()
 
 
@@ -439,7 +457,8 @@ def _create_runners(
         if not pod.deleting and (pod.index is None or pod.index >= b.parallelism):
             b.actions.append(DeletePod(pod.name, "parallelism lowered"))
     created: list[int] = []
-    if claimable and isinstance(sizing, SizingDecision) and _usable(b, sizing):
+    can_create = isinstance(sizing, SizingDecision) and _usable(b, sizing) and not b.backing_off
+    if claimable and isinstance(sizing, SizingDecision) and can_create:
         created = [i for i in range(b.parallelism) if i not in present]
         b.actions.extend(CreateRunner(index, sizing) for index in created)
         if created:
@@ -468,7 +487,16 @@ def _ready(
     """The Ready condition: why runners are not (all) ready, or that they are."""
     assert b.status.runners is not None
     ready, desired = b.status.runners.ready or 0, b.status.runners.desired or 0
-    if isinstance(sizing, PeakPending):
+    stuck = next((p for p in b.estimates if p.start_failure and not p.deleting), None)
+    if isinstance(sizing, PeakPending) and stuck is not None and stuck.start_failure is not None:
+        # The estimate pod cannot start (the runners would not either): say why. It is not
+        # replaced; the kubelet keeps trying, and the estimate runs once it can.
+        reason = str(stuck.start_failure.reason)
+        message = f"the memory-estimate pod cannot start: {stuck.start_failure.message}"
+        b.condition("Ready", False, reason, message)
+        if b.entered("Ready", reason):
+            b.event("Warning", reason, message)
+    elif isinstance(sizing, PeakPending):
         b.condition("Ready", False, "EstimatingMemory", sizing.reason)
     elif isinstance(sizing, PeakFailed):
         b.condition("Ready", False, "EstimateFailed", sizing.message)
@@ -506,8 +534,18 @@ def _ready(
         _waiting_for_admission(b, ready, desired, waiting, alive)
     elif ready >= desired and not created:
         b.condition("Ready", True, "RunnersReady", f"{ready}/{desired} runners ready")
+    elif failure := shown_start_failure(b, alive):
+        reason, message = failure
+        b.condition("Ready", False, reason, message)
+        if b.entered("Ready", reason) and not any(e.reason == reason for e in b.events):
+            b.event("Warning", reason, message)
     elif pending := next((p.unschedulable for p in alive if p.unschedulable), None):
-        b.condition("Ready", False, "Unschedulable", f"runner pods cannot be scheduled: {pending}")
+        b.condition(
+            "Ready",
+            False,
+            StartFailureReason.UNSCHEDULABLE,
+            f"runner pods cannot be scheduled: {pending}",
+        )
     else:
         b.condition("Ready", False, "RunnersStarting", f"{ready}/{desired} runners ready")
 

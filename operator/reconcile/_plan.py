@@ -123,6 +123,11 @@ class PlanBuilder:
         #: The most trials per device after pods whose processes kept running out of memory
         #: (lowered by this pass's); ``None`` while none did.
         self.trials_limit = self.old_sizing.trials_per_device_limit
+        old_start = old.runners.start_failure if old.runners is not None else None
+        #: Runner starts that failed in a row since the spec last changed (this pass's too).
+        self.start_failure = old_start if same_spec else None
+        #: Whether runners wait out a back-off after failed starts (none is created).
+        self.backing_off = False
 
     @property
     def parallelism(self) -> int:
@@ -175,6 +180,7 @@ class PlanBuilder:
             waiting_for_admission=sum(
                 p.waiting_for_admission and not p.deleting for p in self.runners
             ),
+            **({"start_failure": self.start_failure} if self.start_failure else {}),
         )
         self.status.runners_summary = f"{ready}/{desired}"
 

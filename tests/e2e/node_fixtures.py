@@ -172,7 +172,8 @@ def install_chart_operator(
 ) -> Iterator[Operator]:
     """``helm install`` of the chart into a new restricted namespace, operator and runners on
     ``image``, the operator's pods on the real node; ``values`` are merged over the defaults
-    (top-level keys replace). Uninstalled on exit."""
+    (as helm merges values files: maps key by key, anything else replaces). Uninstalled on
+    exit."""
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     namespace = restricted_namespace(plane, "kubetune-system")
     repository, tag = image.rsplit(":", 1)
@@ -191,9 +192,8 @@ def install_chart_operator(
         },
         "livenessProbe": {"initialDelaySeconds": 20, "periodSeconds": 10},
     }
-    defaults.update(values or {})
     values_file = work_dir / f"values-{uuid.uuid4().hex[:6]}.yaml"
-    values_file.write_text(yaml.safe_dump(defaults))
+    values_file.write_text(yaml.safe_dump(_merged(defaults, values or {})))
     release = f"kt-{uuid.uuid4().hex[:6]}"
     plane.helm(
         "install", release, str(CHART), "--namespace", namespace, "--values", str(values_file)
@@ -210,6 +210,15 @@ def install_chart_operator(
     finally:
         plane.helm("uninstall", release, "--namespace", namespace, check=False)
         plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            value = _merged(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def on_node(study: dict[str, Any], image: str) -> dict[str, Any]:

@@ -550,6 +550,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             60,
         )
 
+    def tag_image(self, source: str, target: str) -> None:
+        """Make image ``source`` also known as ``target`` on the node (as a pull would)."""
+        self._ctr("images", "tag", "--force", source, target, timeout=60)
+
+    def remove_image(self, name: str) -> None:
+        """Forget the image name ``name`` on the node (its content stays while another name
+        refers to it)."""
+        self._ctr("images", "rm", name, timeout=60)
+
     def _import_images(self) -> None:
         for archive in self.images:
             self.import_image(archive)

@@ -50,6 +50,8 @@ NAMESPACED_NEEDS = [
     ("update", "configmaps", ""),
     ("get", "secrets", ""),
     ("create", "events", ""),
+    ("list", "events", ""),
+    ("watch", "events", ""),
 ]
 # Cluster-scoped reads: node capacities for sizing, CRDs for kopf's scanning.
 CLUSTER_NEEDS = [

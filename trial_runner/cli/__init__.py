@@ -7,7 +7,10 @@ estimate pod runs) inspect a study.
 
 Exit codes: 0 success; 1 the study failed (its trials kept failing); 2 invalid input (spec,
 task entrypoint, flags); 3 storage unreachable; 4 a runner's trials kept running out of memory
-on a device it shares with other runner processes; 130 interrupted.
+on a device it shares with other runner processes; 5 (``runner``) the task could not be
+imported or could not load its data; 130 interrupted. With ``--termination-message-path``
+(``runner``, ``estimate``) an error is also written there in one line, where Kubernetes shows
+it as the container's termination message, unless something was written there already.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from trial_runner.cli._common import EXIT_INPUT, EXIT_OK, EXIT_STORAGE, CliError
+from trial_runner.cli._common import (
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_STORAGE,
+    CliError,
+    write_termination_message,
+)
 from trial_runner.cli._report import cmd_report
 from trial_runner.cli._results import cmd_results
 from trial_runner.cli._run import OUT_OF_MEMORY_TRIALS, cmd_run, cmd_runner
@@ -100,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit with code 4 after N trials ran out of memory (default 0: never; with "
         f"--processes, {OUT_OF_MEMORY_TRIALS})",
     )
+    runner.add_argument(
+        "--termination-message-path", help="write why the runner stopped with an error here"
+    )
     runner.set_defaults(func=cmd_runner)
 
     results = sub.add_parser("results", help="summarise a study")
@@ -139,12 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except SpecError as exc:
-        print(f"kubetune: {exc.render()}", file=sys.stderr)
-        return EXIT_INPUT
+        return _failed(args, exc.render(), EXIT_INPUT)
     except StorageError as exc:
-        print(f"kubetune: {exc}", file=sys.stderr)
-        return EXIT_STORAGE
+        return _failed(args, str(exc), EXIT_STORAGE)
     except (CliError, TaskLoadError) as exc:
-        print(f"kubetune: {exc}", file=sys.stderr)
-        return exc.code if isinstance(exc, CliError) else EXIT_INPUT
+        return _failed(args, str(exc), exc.code if isinstance(exc, CliError) else EXIT_INPUT)
+    return code
+
+
+def _failed(args: argparse.Namespace, message: str, code: int) -> int:
+    print(f"kubetune: {message}", file=sys.stderr)
+    write_termination_message(getattr(args, "termination_message_path", None), message)
     return code

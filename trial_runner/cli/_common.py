@@ -7,7 +7,12 @@ import sys
 import time
 from typing import Any, TextIO
 
-from trial_runner.contract import OUT_OF_MEMORY_EXIT_CODE, STORAGE_ENV, STUDY_ENV
+from trial_runner.contract import (
+    OUT_OF_MEMORY_EXIT_CODE,
+    STORAGE_ENV,
+    STUDY_ENV,
+    TASK_LOAD_EXIT_CODE,
+)
 from trial_runner.spec import HPOStudy, load_study, study_from_text
 from trial_runner.storage import DEFAULT_LOCAL_STORAGE, open_storage, redact
 
@@ -18,6 +23,8 @@ __all__ = [
     "EXIT_OUT_OF_MEMORY",
     "EXIT_STORAGE",
     "EXIT_STUDY_FAILED",
+    "EXIT_TASK_LOAD",
+    "TERMINATION_MESSAGE_LIMIT",
     "CliError",
     "StepLog",
     "fmt",
@@ -25,11 +32,16 @@ __all__ = [
     "mib",
     "open_existing_study",
     "storage_url",
+    "write_termination_message",
 ]
 
 EXIT_OK, EXIT_STUDY_FAILED, EXIT_INPUT, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 #: A runner pod's processes kept running out of memory on their shared device.
 EXIT_OUT_OF_MEMORY = OUT_OF_MEMORY_EXIT_CODE
+#: The task could not be imported or could not load its data.
+EXIT_TASK_LOAD = TASK_LOAD_EXIT_CODE
+#: Kubernetes keeps at most this many bytes of a container's termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
 
 
 class CliError(Exception):
@@ -54,6 +66,21 @@ class StepLog:
             file=self.stream or sys.stderr,
             flush=True,
         )
+
+
+def write_termination_message(path: str | None, message: str) -> None:
+    """Write ``message`` (one line, credentials redacted, bounded) to the termination-message
+    file at ``path``, unless something is there already: a runner process of the pod, or the
+    command itself, said it first."""
+    if not path:
+        return
+    line = redact(" ".join(message.split()))
+    try:
+        with open(path, "a") as f:
+            if f.tell() == 0:
+                f.write(line.encode()[:TERMINATION_MESSAGE_LIMIT].decode(errors="ignore"))
+    except OSError:
+        pass  # no termination-message file here (not in a pod): the message is on stderr
 
 
 def storage_url(flag: str | None) -> str:

@@ -36,6 +36,7 @@ from trial_runner.cli._common import (
     EXIT_OUT_OF_MEMORY,
     EXIT_STORAGE,
     EXIT_STUDY_FAILED,
+    EXIT_TASK_LOAD,
     CliError,
     fmt,
     load_study_or_env,
@@ -129,7 +130,7 @@ def cmd_runner(args: argparse.Namespace) -> int:
             before_claims=before_claims,
         )
     except TaskLoadError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), EXIT_TASK_LOAD) from None
     log.info("runner done: %d trial(s), %s", summary.trials_run, summary.stop_reason)
     if guard.tripped:
         raise CliError(
@@ -220,6 +221,9 @@ def _run_processes(args: argparse.Namespace) -> int:
         "--exit-after-oom-trials",
         str(args.exit_after_oom_trials or OUT_OF_MEMORY_TRIALS),
     ]
+    # A process whose task does not load says why in the pod's termination message first.
+    path = args.termination_message_path
+    runner_args += ["--termination-message-path", path] if path else []
     runner_args += [args.study] if args.study else []
     env: dict[str, str] = {}
     port = _metrics_port()
@@ -584,7 +588,7 @@ class _Supervisor:
             code = proc.poll()
             if code is None or code == 0:
                 continue
-            if code in (EXIT_INPUT, EXIT_OUT_OF_MEMORY):
+            if code in (EXIT_INPUT, EXIT_OUT_OF_MEMORY, EXIT_TASK_LOAD):
                 self._stop(self._last_error(slot, code), code)
                 return
             requeued = requeue_trials_of_worker(study, worker_id(proc.pid))

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
-from trial_runner.cli._common import StepLog, load_study_or_env
+from trial_runner.cli._common import TERMINATION_MESSAGE_LIMIT, StepLog, load_study_or_env
 from trial_runner.memory import (
     MemoryPlanner,
     MicroBatchPlan,
@@ -36,9 +36,6 @@ __all__ = [
     "run_estimate",
     "termination_message",
 ]
-
-#: Kubernetes keeps at most this many bytes of a container's termination message.
-TERMINATION_MESSAGE_LIMIT = 4096
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:

@@ -178,5 +178,7 @@ operator/handlers.py and kopf:
 {{- end }}
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  # create/patch: the study's events; list/watch: the kubelet's FailedMount events of runner
+  # pods (the watch asks only for those), the one place a volume that cannot mount is named.
+  verbs: ["create", "patch", "list", "watch"]
 {{- end }}

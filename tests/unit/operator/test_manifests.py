@@ -60,7 +60,10 @@ def test_runner_pod_name_labels_and_owner() -> None:
 def test_runner_runs_the_study_with_storage_from_the_secret_only() -> None:
     pod = _runner()
     container = pod["spec"]["containers"][0]
-    assert container["command"] == ["kubetune", "runner", "--study-name", "team-a.digits"]
+    assert container["command"] == [
+        *("kubetune", "runner", "--study-name", "team-a.digits"),
+        *("--termination-message-path", "/dev/termination-log"),
+    ]
     env = {e["name"]: e for e in container["env"]}
     assert env["KUBETUNE_STORAGE_URL"] == {
         "name": "KUBETUNE_STORAGE_URL",
@@ -105,6 +108,7 @@ def test_a_shared_gpu_runs_several_processes_with_cpu_and_memory_for_each() -> N
     container = pod["spec"]["containers"][0]
     assert container["command"] == [
         *("kubetune", "runner", "--study-name", "team-a.digits"),
+        *("--termination-message-path", "/dev/termination-log"),
         *("--processes", "3"),
     ]
     # The device once (its processes share it), CPU, host memory and /dev/shm three times.

@@ -6,21 +6,25 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
+from hpo_operator.config import RunnerStartPolicy
 from hpo_operator.reconcile import (
     CreateEstimatePod,
     CreateRunner,
     DeletePod,
     ObservedPod,
     Plan,
+    StartFailure,
     WriteBest,
     WriteFront,
     decide,
     observe_pod,
+    with_mount_failure,
 )
 from hpo_operator.sizing import NoFit, Peak, PeakFailed, PeakPending, SizingDecision
-from hpo_operator.status import StudyStatus, set_condition
+from hpo_operator.status import StartFailureReason, StudyStatus, set_condition
 
 from tests.unit.operator.data import NOW, make_progress, make_spec
+from trial_runner.contract import TASK_LOAD_EXIT_CODE
 from trial_runner.pareto import FrontTrial
 from trial_runner.progress import TelemetrySummary
 from trial_runner.warmstart import WarmStartReport
@@ -69,6 +73,7 @@ def run(
     sizing: Any = CPU,
     generation: int = 1,
     now: dt.datetime = NOW,
+    policy: RunnerStartPolicy | None = None,
     **spec: Any,
 ) -> Plan:
     # A status from an earlier plan goes through its JSON, as the API server stores it.
@@ -81,6 +86,7 @@ def run(
         make_progress() if progress is None else progress,
         sizing,
         now,
+        start_policy=policy,
     )
 
 
@@ -712,3 +718,205 @@ def test_warm_start_report_is_a_condition_and_one_event() -> None:
     assert condition(lost, "WarmStarted")["reason"] == "SourceNotFound"
     # A study without a warm start has no such condition.
     assert "WarmStarted" not in {c["type"] for c in status(run())["conditions"]}
+
+
+# ---------------------------------------------------------------- runners that cannot start
+
+PULL = StartFailure(StartFailureReason.IMAGE_PULL_FAILED, 'runner: pull "img:nope": not found')
+POLICY = RunnerStartPolicy(attempts=3, backoff_seconds=10.0, max_backoff_seconds=600.0)
+
+
+def _ago(seconds: float) -> dt.datetime:
+    return NOW - dt.timedelta(seconds=seconds)
+
+
+def stuck(index: int, created: dt.datetime, failure: StartFailure = PULL) -> ObservedPod:
+    return runner(index, phase="Pending", ready=False, created=created, start_failure=failure)
+
+
+def _pod(status: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    labels = {"kubetune.dev/study": "digits", "app.kubernetes.io/component": "trial-runner"}
+    return {
+        "metadata": {"name": "digits-runner-0", "uid": "u-1", "labels": labels, **meta},
+        "status": status,
+    }
+
+
+def test_observe_pod_reads_why_a_runner_cannot_start() -> None:
+    def waiting(reason: str, message: str) -> StartFailure | None:
+        state = {"waiting": {"reason": reason, "message": message}}
+        status = {"phase": "Pending", "containerStatuses": [{"name": "runner", "state": state}]}
+        return observe_pod(_pod(status)).start_failure
+
+    pulled = waiting("ErrImagePull", 'failed to pull "img:nope": not found')
+    assert pulled == StartFailure(
+        StartFailureReason.IMAGE_PULL_FAILED, 'runner: failed to pull "img:nope": not found'
+    )
+    assert waiting("ImagePullBackOff", "Back-off pulling image").reason == "ImagePullFailed"  # type: ignore[union-attr]
+    config = waiting("CreateContainerConfigError", 'secret "pg" not found')
+    assert config is not None and config.reason == StartFailureReason.CONFIG_MISSING
+    assert 'secret "pg" not found' in config.message
+    assert waiting("ContainerCreating", "") is None  # starting, not failing
+    # Bounded, and a URL the message quotes loses its password.
+    long = waiting("CreateContainerError", "postgresql://kt:s3cret@db/x " + "x" * 2000)
+    assert long is not None and "s3cret" not in long.message and len(long.message) <= 500
+
+
+def test_observe_pod_reads_a_missing_claim_from_the_scheduler_and_keeps_unschedulable() -> None:
+    def scheduled(message: str) -> ObservedPod:
+        condition = {"type": "PodScheduled", "status": "False", "message": message}
+        return observe_pod(_pod({"phase": "Pending", "conditions": [condition]}))
+
+    claim = scheduled('0/1 nodes are available: persistentvolumeclaim "data" not found.')
+    assert claim.unschedulable is None and claim.start_failure is not None
+    assert claim.start_failure.reason == StartFailureReason.VOLUME_MOUNT_FAILED
+    assert 'persistentvolumeclaim "data" not found' in claim.start_failure.message
+    full = scheduled("0/3 nodes are available: 3 Insufficient memory.")
+    assert full.start_failure is None and full.unschedulable is not None
+
+
+def test_observe_pod_reads_a_task_that_does_not_load_and_the_pods_age() -> None:
+    terminated = {
+        "exitCode": TASK_LOAD_EXIT_CODE,
+        "message": "spec.task.entrypoint: cannot import module 'nope'",
+    }
+    status = {"phase": "Failed", "containerStatuses": [{"state": {"terminated": terminated}}]}
+    pod = observe_pod(_pod(status, creationTimestamp="2026-01-02T03:03:05Z"))
+    assert pod.start_failure == StartFailure(
+        StartFailureReason.TASK_LOAD_FAILED, "spec.task.entrypoint: cannot import module 'nope'"
+    )
+    assert (pod.uid, pod.age(NOW)) == ("u-1", 60.0)
+    # An older runner image leaves the file empty: the kubelet's log tail, its last line.
+    terminated["message"] = "Traceback ...\nkubetune: cannot import module 'nope'\n"
+    assert observe_pod(_pod(status)).start_failure.message == (  # type: ignore[union-attr]
+        "kubetune: cannot import module 'nope'"
+    )
+    terminated.update(exitCode=1)
+    assert observe_pod(_pod(status)).start_failure is None
+
+
+def test_failed_mount_events_are_the_reason_of_a_pod_that_has_not_started() -> None:
+    events = [
+        ("2026-01-02T03:04:00Z", 'MountVolume.SetUp failed for volume "data": old'),
+        (
+            "2026-01-02T03:04:04Z",
+            'MountVolume.SetUp failed for volume "data": secret "d" not found',
+        ),
+    ]
+    pending = runner(0, phase="Pending", ready=False)
+    failure = with_mount_failure(pending, events).start_failure
+    assert failure is not None and failure.reason == StartFailureReason.VOLUME_MOUNT_FAILED
+    assert failure.message.endswith('secret "d" not found')
+    assert with_mount_failure(pending, []).start_failure is None
+    assert with_mount_failure(runner(0), events).start_failure is None  # mounted, running
+
+
+def test_a_runner_that_cannot_start_is_shown_at_once_and_not_replaced_yet() -> None:
+    plan = run([stuck(0, _ago(2)), runner(1, phase="Pending", ready=False)], policy=POLICY)
+    ready = condition(plan, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ImagePullFailed")
+    assert 'digits-runner-0 cannot start: runner: pull "img:nope"' in ready["message"]
+    assert [e.reason for e in plan.events if e.type == "Warning"] == ["ImagePullFailed"]
+    assert deletes(plan) == [] and creates(plan) == []
+    assert "startFailure" not in status(plan)["runners"]  # shown, not counted
+    # The next pass shows it again without a second event.
+    again = run([stuck(0, _ago(4)), runner(1)], status=plan.status, policy=POLICY)
+    assert condition(again, "Ready")["reason"] == "ImagePullFailed" and not again.events
+
+
+def test_a_runner_still_failing_after_the_backoff_is_a_failed_start_then_backs_off() -> None:
+    plan = run([stuck(0, _ago(11)), stuck(1, _ago(11))], policy=POLICY)
+    # One wave, one failed start; both pods go.
+    assert deletes(plan) == ["digits-runner-0", "digits-runner-1"]
+    failure = status(plan)["runners"]["startFailure"]
+    assert failure == {
+        "reason": "ImagePullFailed",
+        "message": 'runner digits-runner-0 cannot start: runner: pull "img:nope": not found',
+        "attempts": 1,
+        "lastFailureTime": "2026-01-02T03:04:05Z",
+        "retryTime": "2026-01-02T03:04:15Z",
+    }
+    assert "1 of 3" in next(e.message for e in plan.events if e.reason == "ImagePullFailed")
+    assert condition(plan, "Failed")["status"] == "False"
+    # No runner is created during the back-off, even by a restarted operator (the status
+    # carries it); the reason stays shown.
+    waiting = run([], status=plan.status, now=NOW + dt.timedelta(seconds=5), policy=POLICY)
+    assert creates(waiting) == []
+    ready = condition(waiting, "Ready")
+    assert ready["reason"] == "ImagePullFailed" and "created again at" in ready["message"]
+    later = run([], status=plan.status, now=NOW + dt.timedelta(seconds=10), policy=POLICY)
+    assert creates(later) == [0, 1]
+
+
+def test_the_same_failure_every_time_fails_the_study_with_its_reason_after_the_attempts() -> None:
+    now, plan_status = NOW, None
+    for attempt in range(1, 4):
+        # The pods of this wave were created after the last failed start was counted, and
+        # are given the back-off of their attempt (10 s, 20 s, 40 s).
+        age = POLICY.backoff(attempt - 1) + 1
+        pods = [stuck(0, now - dt.timedelta(seconds=age))]
+        plan = run(pods, status=plan_status, now=now, policy=POLICY)
+        assert status(plan)["runners"]["startFailure"]["attempts"] == attempt
+        plan_status, now = plan.status, now + dt.timedelta(seconds=age + 60)
+    failed = condition(plan, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "ImagePullFailed")
+    assert "3 times in a row" in failed["message"] and 'pull "img:nope"' in failed["message"]
+    assert condition(plan, "Ready")["reason"] == "ImagePullFailed"
+    assert "Failed" in [e.reason for e in plan.events]
+    # It stays Failed, quietly, with no runner, until the spec changes.
+    after = run([], status=plan.status, now=now, policy=POLICY)
+    assert condition(after, "Failed") == failed and creates(after) == [] and not after.events
+    edited = run([], status=plan.status, now=now, generation=2, policy=POLICY)
+    assert creates(edited) == [0, 1] and condition(edited, "Failed")["status"] == "False"
+
+
+def test_a_runner_whose_task_does_not_load_is_a_failed_start_not_a_runner_failure() -> None:
+    load = StartFailure(StartFailureReason.TASK_LOAD_FAILED, "cannot import module 'nope'")
+    exited = runner(
+        0, phase="Failed", exit_code=TASK_LOAD_EXIT_CODE, created=_ago(3), start_failure=load
+    )
+    plan = run([exited], policy=POLICY)
+    assert deletes(plan) == ["digits-runner-0"]
+    runners = status(plan)["runners"]
+    assert runners["failedPods"] == 0 and runners["startFailure"]["reason"] == "TaskLoadFailed"
+    ready = condition(plan, "Ready")
+    assert ready["reason"] == "TaskLoadFailed" and "cannot import module 'nope'" in ready["message"]
+    assert [e.reason for e in plan.events if e.type == "Warning"] == ["TaskLoadFailed"]
+
+
+def test_a_trial_running_or_finished_starts_the_count_over_a_ready_container_does_not() -> None:
+    counted = run([stuck(0, _ago(11))], policy=POLICY).status
+    later = NOW + dt.timedelta(seconds=30)
+    # A runner's container is ready while it still loads its task (no readiness probe).
+    loading = run([runner(0)], status=counted, now=later, policy=POLICY)
+    assert status(loading)["runners"]["startFailure"]["attempts"] == 1
+    running = run([runner(0)], make_progress(running=1), counted, now=later, policy=POLICY)
+    assert "startFailure" not in status(running)["runners"]
+    assert condition(running, "Ready")["reason"] == "RunnersStarting"  # 1 of 2, no failure
+    finished = run([], make_progress(complete=1), counted, now=later, policy=POLICY)
+    assert "startFailure" not in status(finished)["runners"]
+
+
+def test_another_reason_starts_the_count_over_at_one() -> None:
+    counted = run([stuck(0, _ago(11))], policy=POLICY).status
+    missing = StartFailure(StartFailureReason.CONFIG_MISSING, 'secret "pg" not found')
+    later = NOW + dt.timedelta(seconds=30)
+    plan = run([stuck(0, _ago(1), missing)], status=counted, now=later, policy=POLICY)
+    failure = status(plan)["runners"]["startFailure"]
+    assert (failure["reason"], failure["attempts"]) == ("ConfigMissing", 1)
+
+
+def test_an_estimate_pod_that_cannot_start_says_why() -> None:
+    pending = PeakPending("k1", "estimating")
+    estimate = ObservedPod(
+        name="digits-estimate",
+        component="memory-estimate",
+        estimate_key="k1",
+        start_failure=PULL,
+    )
+    plan = run([estimate], sizing=pending, policy=POLICY)
+    ready = condition(plan, "Ready")
+    assert ready["reason"] == "ImagePullFailed"
+    assert ready["message"].startswith("the memory-estimate pod cannot start: runner: pull")
+    assert [e.reason for e in plan.events if e.type == "Warning"] == ["ImagePullFailed"]
+    assert deletes(plan) == [] and not any(isinstance(a, CreateEstimatePod) for a in plan.actions)

@@ -222,3 +222,62 @@ def test_with_several_objectives_a_tie_on_the_first_goes_to_the_better_second() 
     better_first = (stage(0, (0.95, 5000.0), {"lr": 1}), stages[1], current)
     progress = StudyProgress(0, 0, 0, 0, 0, 6, None, None, None, 2, better_first, "Running", None)
     assert _best_params_before(progress, Claim("Run", stage=2), objectives) == {"lr": 1}
+
+
+class DataMissing(DigitsMLP):
+    """A task whose data is not where it says."""
+
+    def load_data(self) -> Any:
+        raise FileNotFoundError("[Errno 2] No such file or directory: '/data/train.csv'")
+
+
+class BadConfig(DigitsMLP):
+    """A task that refuses its config when it is created."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        raise ValueError("config.repeat must be positive\nsecond line")
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "said"),
+    [
+        (
+            "no_such_module:Task",
+            "spec.task.entrypoint: cannot import module 'no_such_module'",
+        ),
+        (
+            f"{DataMissing.__module__}:DataMissing",
+            "DataMissing: loading the task's data raised FileNotFoundError: [Errno 2] No such "
+            "file or directory: '/data/train.csv'",
+        ),
+        (
+            f"{BadConfig.__module__}:BadConfig",
+            f"spec.task.entrypoint: creating {BadConfig.__module__}:BadConfig raised "
+            "ValueError: config.repeat must be positive",
+        ),
+    ],
+)
+def test_a_runner_whose_task_does_not_load_exits_5_and_says_why_in_one_line(
+    tmp_path: Path, entrypoint: str, said: str
+) -> None:
+    import signal
+
+    from trial_runner.cli import main
+    from trial_runner.spec import dump_yaml
+
+    study, url = _study(tmp_path, "broken", entrypoint, max_trials=1)
+    path = tmp_path / "study.yaml"
+    path.write_text(dump_yaml(study.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    termination = tmp_path / "termination-log"
+    termination.touch()  # the kubelet's empty file
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(
+            ["runner", str(path), "--storage", url, "--wait-for-study", "0",
+             "--termination-message-path", str(termination)]
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert code == 5
+    message = termination.read_text()
+    assert said in message and "\n" not in message, message
