@@ -160,3 +160,66 @@ def test_a_task_that_does_not_load_fails_the_study_with_the_runners_words(
         runners = (node_studies.study(name) or {})["status"]["runners"]
         assert runners["startFailure"]["attempts"] == ATTEMPTS and runners["failedPods"] == 0
         assert node_studies.columns(name)["STATUS"] == "TaskLoadFailed"
+
+
+def _with_template(study: dict[str, Any], pod: dict[str, Any]) -> dict[str, Any]:
+    study["spec"]["runner"] = {"template": {"spec": pod}}
+    return study
+
+
+def test_a_secret_created_later_lets_the_runners_start(
+    node_studies: StudyClient, chart_operator: Operator, test_images: BuiltImages
+) -> None:
+    """``envFrom`` names a Secret that does not exist yet: ``ConfigMissing`` is shown, and once
+    the Secret is created the kubelet starts the runner and the study finishes."""
+    name = "late-secret"
+    study = on_node(small_cpu_study(name, max_trials=2, parallelism=1, epochs=1), test_images.image)
+    _with_template(
+        study, {"containers": [{"name": "runner", "envFrom": [{"secretRef": {"name": "wandb"}}]}]}
+    )
+    node_studies.apply(study)
+    ready = _assert_shown_within_a_pass(
+        node_studies, name, {"CreateContainerConfigError"}, "ConfigMissing"
+    )
+    assert 'secret "wandb" not found' in ready["message"], ready
+    assert wait_until(lambda: _events(node_studies, name, "ConfigMissing"), 30, "the event")
+    node_studies.kubectl("create", "secret", "generic", "wandb", "--from-literal=WANDB_MODE=off")
+    node_studies.wait_condition(name, "Succeeded", "True", 300, reason="BudgetSpent")
+    assert node_studies.condition(name, "Failed")["status"] == "False"
+
+
+def test_volumes_that_cannot_mount_fail_the_study_with_the_kubelets_words(
+    node_studies: StudyClient, chart_operator: Operator, test_images: BuiltImages
+) -> None:
+    """A Secret volume whose Secret does not exist (the kubelet says so only in FailedMount
+    events) and a claim that does not exist (the scheduler says so): ``VolumeMountFailed``,
+    then Failed after the attempts."""
+    said = {
+        "no-secret-volume": 'secret "no-such-secret" not found',
+        "no-claim": 'persistentvolumeclaim "no-such-claim" not found',
+    }
+    sources = {
+        "no-secret-volume": {"secret": {"secretName": "no-such-secret"}},
+        "no-claim": {"persistentVolumeClaim": {"claimName": "no-such-claim"}},
+    }
+    for name, source in sources.items():
+        study = on_node(small_cpu_study(name, max_trials=2, parallelism=1), test_images.image)
+        mount = {"name": "data", "mountPath": "/data", "readOnly": True}
+        pod = {
+            "volumes": [{"name": "data", **source}],
+            "containers": [{"name": "runner", "volumeMounts": [mount]}],
+        }
+        node_studies.apply(_with_template(study, pod))
+    for name, words in said.items():
+        ready = node_studies.wait_condition(name, "Ready", "False", 120, reason="VolumeMountFailed")
+        assert words in ready["message"], ready
+        events = wait_until(
+            partial(_events, node_studies, name, "VolumeMountFailed"), 30, "the event"
+        )
+        assert words in events[0]["message"]
+    for name, words in said.items():
+        failed = node_studies.wait_condition(
+            name, "Failed", "True", 300, reason="VolumeMountFailed"
+        )
+        assert words in failed["message"]
+        assert node_studies.columns(name)["STATUS"] == "VolumeMountFailed"
