@@ -12,12 +12,14 @@ import time
 from typing import Any
 
 import pytest
+from hpo_operator.sizing import format_bytes
 from kubernetes.utils import parse_quantity
 
 from tests.e2e.conftest import BuiltImages
 from tests.e2e.node_fixtures import Database, Operator, assert_exact_budget, on_node, trial_counts
 from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
 from tests.helpers import wait_until
+from trial_runner.spec import SHARED_MEMORY_BASE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
@@ -152,7 +154,8 @@ def test_estimate_pod_sizes_runners_then_suspend_resume_and_live_budget_edit(
     memory = {
         p["spec"]["containers"][0]["resources"]["limits"]["memory"] for p in studies.pods(name)
     }
-    assert memory == {sizing["quantity"]}
+    # The sized memory and the runner's /dev/shm (no data-loader workers: the base size).
+    assert memory == {format_bytes(int(parse_quantity(sizing["quantity"])) + SHARED_MEMORY_BASE)}
     # Room for the runner process itself (torch alone is ~640 MiB), not just the tensors.
     assert parse_quantity(sizing["quantity"]) >= 2**30 + sizing["peakBytes"]
     assert studies.pods(name, "memory-estimate") == []
