@@ -122,7 +122,8 @@ def test_validate_reports_every_error_with_its_path(
     assert "  spec.objective.direction: must be one of 'Maximize' or 'Minimize' (got 'Up')" in lines
     assert (
         "spec.budget.maxTrails: unknown field (accepted: maxConsecutiveFailedTrials, "
-        "maxFailedTrials, maxTrials, timeout)" in [line.strip() for line in lines]
+        "maxFailedTrials, maxTrials, stallTimeout, timeout, trialTimeout)"
+        in [line.strip() for line in lines]
     )
     # Cross-field rules are checked once the structure is right.
     doc = digits_study("bad")
