@@ -21,6 +21,7 @@ from hpo_operator.reconcile._plan import (
 from hpo_operator.reconcile._start import (
     count_failed_starts,
     gave_up_starting,
+    note_runners_going,
     shown_start_failure,
 )
 from hpo_operator.sizing import (
@@ -97,6 +98,7 @@ def decide(
         return _storage_unavailable(b, storage_error)
     _record_progress(b, progress)
     _record_warm_start(b, warm_start)
+    note_runners_going(b, progress)
     if progress.done:
         return _finished(b, progress)
     b.status.completion_time = None

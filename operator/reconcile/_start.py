@@ -28,7 +28,15 @@ from hpo_operator.status import (
 
 from trial_runner.progress import StudyProgress
 
-__all__ = ["count_failed_starts", "gave_up_starting", "shown_start_failure"]
+__all__ = ["count_failed_starts", "gave_up_starting", "note_runners_going", "shown_start_failure"]
+
+
+def note_runners_going(b: PlanBuilder, progress: StudyProgress) -> None:
+    """Start the count over once runners got going: a trial claimed or finished (a runner's
+    container is ready before its task loads: it has no readiness probe). Also in the pass
+    that sees the budget spent, so a finished study keeps no failed starts."""
+    if progress.running or _finished(progress) > _finished_before(b.old.trials):
+        b.start_failure = None
 
 
 def count_failed_starts(
@@ -39,10 +47,6 @@ def count_failed_starts(
 ) -> list[ObservedPod]:
     """Count this pass's failed starts and delete their pods; set the back-off. Returns the
     pods still alive."""
-    # A runner's container is ready before its task loads (it has no readiness probe): a
-    # trial claimed or finished is what says a runner got going.
-    if progress.running or _finished(progress) > _finished_before(b.old.trials):
-        b.start_failure = None
     kept: list[ObservedPod] = []
     for pod in alive:
         failure = pod.start_failure

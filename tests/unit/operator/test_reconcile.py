@@ -895,6 +895,10 @@ def test_a_trial_running_or_finished_starts_the_count_over_a_ready_container_doe
     assert condition(running, "Ready")["reason"] == "RunnersStarting"  # 1 of 2, no failure
     finished = run([], make_progress(complete=1), counted, now=later, policy=POLICY)
     assert "startFailure" not in status(finished)["runners"]
+    # Runners that got going and spent the budget in one pass: no failed start is left.
+    done = run([], make_progress(complete=4, outcome="BudgetSpent"), counted, now=later)
+    assert condition(done, "Succeeded")["status"] == "True"
+    assert "startFailure" not in status(done)["runners"]
 
 
 def test_another_reason_starts_the_count_over_at_one() -> None:

@@ -22,6 +22,7 @@ from trial_runner.contract import (
     PREEMPTED_ATTR,
     PROFILE_ATTR,
     STAGE_ATTR,
+    TASK_LOAD_EXIT_CODE,
     TELEMETRY_ATTR,
     WORKER_ATTR,
 )
@@ -257,7 +258,7 @@ class BadConfig(DigitsMLP):
         ),
     ],
 )
-def test_a_runner_whose_task_does_not_load_exits_5_and_says_why_in_one_line(
+def test_a_runner_whose_task_does_not_load_exits_with_its_code_and_says_why_in_one_line(
     tmp_path: Path, entrypoint: str, said: str
 ) -> None:
     import signal
@@ -278,6 +279,6 @@ def test_a_runner_whose_task_does_not_load_exits_5_and_says_why_in_one_line(
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGTERM, handler)
-    assert code == 5
+    assert code == TASK_LOAD_EXIT_CODE
     message = termination.read_text()
     assert said in message and "\n" not in message, message
