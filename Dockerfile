@@ -50,6 +50,8 @@ RUN set -eu; \
       cuda) /opt/venv/bin/pip install "${torch_pin}" ;; \
       *)    echo "VARIANT must be cpu or cuda, got ${VARIANT}" >&2; exit 1 ;; \
     esac
+COPY kubetune_api ./kubetune_api
+COPY kubetune_study ./kubetune_study
 COPY operator ./operator
 COPY trial_runner ./trial_runner
 # The project last, then (cpu from PyPI only) what a CPU runner never loads: after the install,

@@ -51,7 +51,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from trial_runner.spec import dump_yaml
+from kubetune_api.spec import dump_yaml
 
 BENCH = Path(__file__).resolve()
 STUDY_NAME = "overhead"
@@ -105,8 +105,8 @@ def fixed_params(doc: dict[str, Any], count: int, seed: int) -> list[dict[str, A
     """``count`` configurations drawn at random (seeded) from the study's search space."""
     import optuna
 
-    from trial_runner.search import suggest_all
-    from trial_runner.spec import study_from_mapping
+    from kubetune_api.spec import study_from_mapping
+    from kubetune_study.search import suggest_all
 
     spec = study_from_mapping(doc).spec
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -151,8 +151,8 @@ def _instrument_engine() -> None:
 def child_warm(study_path: str, storage_url: str, name: str) -> None:
     """What a runner pod does (``kubetune runner``), with the step timer."""
     _instrument_engine()
+    from kubetune_api.spec import load_study
     from trial_runner.runner import run_runner
-    from trial_runner.spec import load_study
 
     summary = run_runner(load_study(study_path), storage_url, name, install_signal_handlers=False)
     print(json.dumps({"trials_run": summary.trials_run, "stop": summary.stop_reason}))
@@ -161,9 +161,9 @@ def child_warm(study_path: str, storage_url: str, name: str) -> None:
 def child_one_trial(study_path: str, params_json: str, number: int) -> None:
     """A fresh process for one trial: import torch, load data, build the engine, train."""
     _instrument_engine()
+    from kubetune_api.spec import load_study
     from trial_runner.engine import Engine
     from trial_runner.runner import configure_threads
-    from trial_runner.spec import load_study
     from trial_runner.task import load_task_class
 
     spec = load_study(study_path).spec
@@ -182,9 +182,9 @@ def child_one_trial(study_path: str, params_json: str, number: int) -> None:
 def child_new_loader(study_path: str, params_path: str) -> None:
     """One process and engine; a new DataLoader with fresh workers before every trial."""
     _instrument_engine()
+    from kubetune_api.spec import load_study
     from trial_runner.engine import Engine
     from trial_runner.runner import configure_threads
-    from trial_runner.spec import load_study
     from trial_runner.task import load_task_class
 
     spec = load_study(study_path).spec
@@ -256,9 +256,9 @@ def run_warm(
     """The runner against a fresh journal storage; ``params`` are enqueued first if given."""
     import optuna
 
-    from trial_runner.contract import TELEMETRY_ATTR
-    from trial_runner.spec import study_from_mapping
-    from trial_runner.storage import ensure_study, open_storage
+    from kubetune_api.contract import TELEMETRY_ATTR
+    from kubetune_api.spec import study_from_mapping
+    from kubetune_study.storage import ensure_study, open_storage
 
     folder = workdir / way.replace(" ", "-").replace("+", "")
     folder.mkdir(parents=True, exist_ok=True)

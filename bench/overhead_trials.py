@@ -51,7 +51,7 @@ def runner_process(url: str, seconds: float, slot: int, sampler: str, start: Any
     import optuna
 
     import trial_runner.runner as runner_module
-    from trial_runner.spec import study_from_mapping
+    from kubetune_api.spec import study_from_mapping
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The runner builds its engine from the task; here the engine only sleeps.
@@ -68,8 +68,8 @@ def run(
 ) -> dict[str, Any]:
     import optuna
 
-    from trial_runner.contract import WORKER_ATTR
-    from trial_runner.storage import open_storage
+    from kubetune_api.contract import WORKER_ATTR
+    from kubetune_study.storage import open_storage
 
     doc = study_document(sampler)
     fill_study(url, doc, prefill)

@@ -117,10 +117,10 @@ def fill_study(url: str, doc: dict[str, Any], size: int) -> None:
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
 
-    from trial_runner.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
-    from trial_runner.search import suggest_all
-    from trial_runner.spec import study_from_mapping
-    from trial_runner.storage import ensure_study, open_storage
+    from kubetune_api.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+    from kubetune_api.spec import study_from_mapping
+    from kubetune_study.search import suggest_all
+    from kubetune_study.storage import ensure_study, open_storage
 
     spec = study_from_mapping(doc).spec
     study = ensure_study(open_storage(url, heartbeat=False), doc["metadata"]["name"], spec)
@@ -208,9 +208,9 @@ def draw(dist: Any, rng: random.Random) -> float:
 
 
 def set_budget(url: str, doc: dict[str, Any], max_trials: int) -> None:
-    from trial_runner.progress import BudgetState
-    from trial_runner.spec import study_from_mapping
-    from trial_runner.storage import ensure_study, open_storage, write_budget
+    from kubetune_api.spec import study_from_mapping
+    from kubetune_study.progress import BudgetState
+    from kubetune_study.storage import ensure_study, open_storage, write_budget
 
     spec = study_from_mapping(doc).spec
     write_budget(
@@ -227,9 +227,9 @@ def runner_process(
 ) -> None:
     import optuna
 
+    from kubetune_api.spec import study_from_mapping
+    from kubetune_study.storage import ClaimLock, open_storage
     from trial_runner.runner import _Runner
-    from trial_runner.spec import study_from_mapping
-    from trial_runner.storage import ClaimLock, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = study_from_mapping(study_document(sampler)).spec

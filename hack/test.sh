@@ -4,7 +4,7 @@
 # It installs what the suite needs (PostgreSQL, buildah, mmdebstrap, containerd, runc and the CNI
 # plugins from Debian's packages, a Python virtualenv with the pinned dependencies, the control
 # plane and the real node's kubelet built from upstream Go modules, the kubetune image built from
-# the Dockerfile), then runs ruff, mypy (strict on hpo_operator and trial_runner) and pytest.
+# the Dockerfile), then runs ruff, mypy (strict on the four packages) and pytest.
 # Slow things are cached under ${KUBETUNE_CACHE:-~/.cache/kubetune}, keyed by what they are
 # built from.
 set -euo pipefail
@@ -116,8 +116,11 @@ step "mypy"
 # (operator/ is imported as hpo_operator) through a path of its own.
 mypy_path="$(mktemp -d)"
 ln -s "$repo/operator" "$mypy_path/hpo_operator"
-ln -s "$repo/trial_runner" "$mypy_path/trial_runner"
-MYPYPATH="$mypy_path" python -m mypy --strict -p hpo_operator -p trial_runner
+for package in kubetune_api kubetune_study trial_runner; do
+  ln -s "$repo/$package" "$mypy_path/$package"
+done
+MYPYPATH="$mypy_path" python -m mypy --strict -p kubetune_api -p kubetune_study -p hpo_operator \
+  -p trial_runner
 rm -rf "$mypy_path"
 
 step "pytest"

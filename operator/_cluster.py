@@ -18,16 +18,16 @@ import kubernetes
 import optuna
 from hpo_operator.reconcile import ObservedPod, SizingInput
 from hpo_operator.sizing import NodeInfo, Peak, choose_resource, estimate_key, resolve_peak
-from hpo_operator.status import StudyStatus
 from kubernetes.client.exceptions import ApiException
 from optuna.storages import BaseStorage
 
-from trial_runner.contract import COMPONENT_ESTIMATE
-from trial_runner.outage import first_line, is_connection_error
-from trial_runner.preemption import release_stale_trials
-from trial_runner.progress import StudyProgress
-from trial_runner.spec import StudySpec
-from trial_runner.storage import (
+from kubetune_api.contract import COMPONENT_ESTIMATE
+from kubetune_api.spec import StudySpec
+from kubetune_api.status import StudyStatus
+from kubetune_study.outage import first_line, is_connection_error
+from kubetune_study.preemption import release_stale_trials
+from kubetune_study.progress import StudyProgress
+from kubetune_study.storage import (
     GRACE_PERIOD,
     StorageError,
     ensure_study,
@@ -35,7 +35,7 @@ from trial_runner.storage import (
     read_progress,
     redact,
 )
-from trial_runner.warmstart import WarmStartReport, apply_warm_start
+from kubetune_study.warmstart import WarmStartReport, apply_warm_start
 
 __all__ = [
     "StorageMissing",
@@ -254,7 +254,7 @@ class StudyStorage:
     ) -> tuple[StudyProgress, WarmStartReport | None]:
         """The study's progress and what its warm start did; creates the study, or writes an
         edited budget, and applies the warm start (once for good, see
-        :mod:`trial_runner.warmstart`), once per generation. ``warm_start_source`` is the
+        :mod:`kubetune_study.warmstart`), once per generation. ``warm_start_source`` is the
         Optuna study ``spec.warmStart.fromStudy`` names."""
         with storages.session(url) as storage:
             try:

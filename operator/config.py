@@ -65,8 +65,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from trial_runner.contract import METRICS_PORT_ENV, STORAGE_ENV
-from trial_runner.spec import QUEUE_NAME_PATTERN
+from kubetune_api.contract import METRICS_PORT_ENV, STORAGE_ENV
+from kubetune_api.spec import QUEUE_NAME_PATTERN
 
 __all__ = [
     "DEFAULT_IMAGE",

@@ -47,7 +47,6 @@ import kubernetes
 import optuna
 from hpo_operator import _cluster as cluster
 from hpo_operator.config import OperatorConfig, reconcile_interval
-from hpo_operator.crd import GROUP, PLURAL, VERSION
 from hpo_operator.manifests import (
     best_configmap,
     estimate_pod,
@@ -74,16 +73,17 @@ from hpo_operator.reconcile import (
     with_mount_failure,
 )
 from hpo_operator.sizing import NodeInfo, node_info
-from hpo_operator.status import StudyStatus, set_condition
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from trial_runner.contract import STUDY_KEY, STUDY_LABEL
-from trial_runner.metrics import start_metrics_server
-from trial_runner.progress import StudyProgress
-from trial_runner.spec import SpecError, StudySpec, validate_spec_mapping
-from trial_runner.storage import StorageError, redact
-from trial_runner.warmstart import WarmStartReport, source_study_name
+from kubetune_api.contract import STUDY_KEY, STUDY_LABEL
+from kubetune_api.crd import GROUP, PLURAL, VERSION
+from kubetune_api.spec import SpecError, StudySpec, validate_spec_mapping
+from kubetune_api.status import StudyStatus, set_condition
+from kubetune_study.metrics import start_metrics_server
+from kubetune_study.progress import StudyProgress
+from kubetune_study.storage import StorageError, redact
+from kubetune_study.warmstart import WarmStartReport, source_study_name
 
 __all__ = [
     "StudyState",

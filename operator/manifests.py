@@ -32,7 +32,7 @@ from typing import Any
 from hpo_operator.config import OperatorConfig
 from hpo_operator.sizing import GPU, SizingDecision, format_bytes
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     COMPONENT_ESTIMATE,
     COMPONENT_LABEL,
     COMPONENT_RUNNER,
@@ -61,8 +61,8 @@ from trial_runner.contract import (
     TMP_VOLUME,
     TRIALS_PER_DEVICE_ANNOTATION,
 )
-from trial_runner.pareto import FrontTrial, front_document
-from trial_runner.spec import API_VERSION, KIND, StudySpec, dump_yaml, parse_quantity
+from kubetune_api.spec import API_VERSION, KIND, StudySpec, dump_yaml, parse_quantity
+from kubetune_study.pareto import FrontTrial, front_document
 
 __all__ = [
     "best_configmap",

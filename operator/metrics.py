@@ -1,19 +1,20 @@
 """Prometheus metrics of the operator: what it sees of each study, and how its passes go.
 
 Per-study metrics are labelled ``namespace`` and ``study`` and are set from the
-:class:`~hpo_operator.status.StudyStatus` a pass decided (:meth:`OperatorMetrics.observe`), so
+:class:`~kubetune_api.status.StudyStatus` a pass decided (:meth:`OperatorMetrics.observe`), so
 they say what ``kubectl get hpostudies`` says; a deleted study's series are removed
 (:meth:`OperatorMetrics.forget`). Nothing is labelled per trial or per pod, so the number of
 series is bounded by the studies. The endpoint is served by
-:func:`trial_runner.metrics.start_metrics_server` on ``KUBETUNE_METRICS_PORT``.
+:func:`kubetune_study.metrics.start_metrics_server` on ``KUBETUNE_METRICS_PORT``.
 """
 
 from __future__ import annotations
 
 from typing import TypeVar
 
-from hpo_operator.status import CONDITION_TYPES, StudyStatus
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from kubetune_api.status import CONDITION_TYPES, StudyStatus
 
 __all__ = ["CONDITION_STATUSES", "TRIAL_STATES", "OperatorMetrics"]
 

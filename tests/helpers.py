@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from trial_runner.spec import HPOStudy, StudySpec, study_from_mapping
+from kubetune_api.spec import HPOStudy, StudySpec, study_from_mapping
 
 __all__ = [
     "IN_CI",

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trial_runner.spec import Objective
+from kubetune_api.spec import Objective
 
 __all__ = ["BestCheckpoint"]
 

@@ -3,7 +3,7 @@
 A trace covers the whole trial (model build, every fold's steps, validation, bookkeeping), so
 it shows where a slow trial spends its time, overhead included. It is written in the Chrome
 trace format, which Perfetto (https://ui.perfetto.dev) and ``chrome://tracing`` open. The
-trace's path is recorded in the trial's :data:`~trial_runner.contract.PROFILE_ATTR`, where the
+trace's path is recorded in the trial's :data:`~kubetune_api.contract.PROFILE_ATTR`, where the
 report links it from.
 
 Which trials (:func:`should_profile`) and where (:func:`profile_directory`) are pure decisions;
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from trial_runner.spec import Profile, Training
+from kubetune_api.spec import Profile, Training
 
 __all__ = ["profile_directory", "record_trace", "should_profile", "trace_path"]
 

@@ -2,19 +2,19 @@
 
 One runner is one process (a pod in a cluster, a worker of ``kubetune run`` on a laptop).
 Every claim happens under the study's claim lock: the runner preempts trials no runner is
-running any more (:func:`~trial_runner.preemption.release_stale_trials`), reads the study's
+running any more (:func:`~kubetune_study.preemption.release_stale_trials`), reads the study's
 progress from the storage, and either starts one trial through ``study.optimize(n_trials=1)``
 (so Optuna's heartbeat thread runs), waits for other runners' in-flight trials, or stops. The
 lock is released as soon as the new trial exists, so training runs in parallel across runners
 while counting the budget stays exact.
 
-Preemption: each finished fold is kept with the trial (:data:`~trial_runner.contract.FOLDS_ATTR`),
+Preemption: each finished fold is kept with the trial (:data:`~kubetune_api.contract.FOLDS_ATTR`),
 so a retry of a preempted trial resumes at its next fold. SIGTERM stops the current trial at its
 next step; it is marked preempted (``Terminated``), failed and re-queued, and the process exits
 0 within the grace period.
 
 Storage outages: the runner's storage and claim lock wait an outage out for up to
-``KUBETUNE_STORAGE_PATIENCE`` seconds (:mod:`trial_runner.outage`), keeping the trial it runs.
+``KUBETUNE_STORAGE_PATIENCE`` seconds (:mod:`kubetune_study.outage`), keeping the trial it runs.
 A trial another process preempted meanwhile (its heartbeats were late) is given up, not run
 twice: its retry resumes it.
 """
@@ -37,8 +37,7 @@ from typing import Any, NoReturn
 import optuna
 from optuna.trial import TrialState
 
-from trial_runner.checkpoint import BestCheckpoint
-from trial_runner.contract import (
+from kubetune_api.contract import (
     CPU_THREADS_ENV,
     FAILED_ATTR,
     FOLDS_ATTR,
@@ -50,20 +49,18 @@ from trial_runner.contract import (
     WAIT_SECONDS_ENV,
     WORKER_ATTR,
 )
-from trial_runner.engine import Engine, FoldRecord, Interrupted, folds_from_attr, folds_to_attr
-from trial_runner.metrics import RunnerMetrics
-from trial_runner.outage import first_line, is_connection_error
-from trial_runner.preemption import (
+from kubetune_api.spec import HPOStudy, Objective, StudySpec, best_first_key
+from kubetune_study.metrics import RunnerMetrics
+from kubetune_study.outage import first_line, is_connection_error
+from kubetune_study.preemption import (
     ResumingRetry,
     mark_failed,
     release_stale_trials,
     retried_from,
 )
-from trial_runner.profile import profile_directory, record_trace, should_profile, trace_path
-from trial_runner.progress import Claim, StudyProgress, overclaimed, plan_claim
-from trial_runner.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
-from trial_runner.spec import HPOStudy, Objective, StudySpec, best_first_key
-from trial_runner.storage import (
+from kubetune_study.progress import Claim, StudyProgress, overclaimed, plan_claim
+from kubetune_study.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
+from kubetune_study.storage import (
     GRACE_PERIOD,
     STORAGE_PATIENCE,
     ClaimLock,
@@ -72,6 +69,9 @@ from trial_runner.storage import (
     read_progress,
     redact,
 )
+from trial_runner.checkpoint import BestCheckpoint
+from trial_runner.engine import Engine, FoldRecord, Interrupted, folds_from_attr, folds_to_attr
+from trial_runner.profile import profile_directory, record_trace, should_profile, trace_path
 from trial_runner.task import TaskLoadError, load_task
 from trial_runner.watchdog import (
     Exceeded,

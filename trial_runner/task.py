@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from kubetune_study.outage import first_line
 from trial_runner.entrypoints import TaskLoadError, check_entrypoint
-from trial_runner.outage import first_line
 
 __all__ = [
     "Task",

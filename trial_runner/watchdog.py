@@ -7,7 +7,7 @@ limits (``budget.trialTimeout`` and ``budget.stallTimeout``), in two stages:
 
 1. At the trial's next step: once the trial is past a limit, the next training or validation
    step that finishes raises :class:`TrialLimitExceeded` in the trial's thread; the runner
-   fails the trial with the reason (:data:`~trial_runner.contract.FAILED_ATTR`) and claims the
+   fails the trial with the reason (:data:`~kubetune_api.contract.FAILED_ATTR`) and claims the
    next one in the same warm process.
 2. From outside: when no step finishes within :data:`LIMIT_GRACE` seconds after that, the
    watchdog fails the trial in the storage itself, with the same reason, and replaces the
@@ -44,14 +44,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NoReturn
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     STALL_FLOOR_ENV,
     SUPERVISED_ENV,
     TRIAL_HUNG_EXIT_CODE,
     TRIAL_LIMIT_GRACE_ENV,
     TrialLimitReason,
 )
-from trial_runner.spec import Budget
+from kubetune_api.spec import Budget
 
 __all__ = [
     "AUTO_STALL_MULTIPLE",
@@ -264,8 +264,8 @@ class Watchdog:
 def replace_process() -> NoReturn:
     """End this runner process for a fresh one, its stuck threads with it.
 
-    Under a supervisor (:data:`~trial_runner.contract.SUPERVISED_ENV`) the process exits with
-    :data:`~trial_runner.contract.TRIAL_HUNG_EXIT_CODE` and the supervisor starts another. Alone
+    Under a supervisor (:data:`~kubetune_api.contract.SUPERVISED_ENV`) the process exits with
+    :data:`~kubetune_api.contract.TRIAL_HUNG_EXIT_CODE` and the supervisor starts another. Alone
     (a runner pod with one process) it executes its own command again in place: same process,
     same pod, its data loaded again; its children (DataLoader workers) are ended first, since
     they would not see their parent go.

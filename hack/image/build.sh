@@ -92,7 +92,7 @@ source_key="$(
   cd "${repo}"
   {
     echo "${thin_recipe} ${image_key}"
-    find operator trial_runner -type f \( -name '*.py' -o -name 'py.typed' \) -print0 |
+    find kubetune_api kubetune_study operator trial_runner -type f \( -name '*.py' -o -name 'py.typed' \) -print0 |
       LC_ALL=C sort -z | xargs -0 sha256sum
   } | hash_of
 )"
@@ -199,16 +199,19 @@ if [[ ! -f "${archive}" ]] || ! has_image "${test_image}"; then
   site="$(bah run --isolation chroot --user 0:0 "${container}" -- /opt/venv/bin/python -c \
     'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   bah run --isolation chroot --user 0:0 "${container}" -- \
-    rm -rf "${site}/hpo_operator" "${site}/trial_runner"
+    rm -rf "${site}/kubetune_api" "${site}/kubetune_study" "${site}/hpo_operator" \
+    "${site}/trial_runner"
   staging="$(mktemp -d "${TMPDIR}/sources.XXXXXX")"
-  (cd "${repo}" && find operator trial_runner -type f \( -name '*.py' -o -name 'py.typed' \) \
-    -print0 | tar --null -T - -cf -) | tar -C "${staging}" -xf -
+  (cd "${repo}" && find kubetune_api kubetune_study operator trial_runner -type f \
+    \( -name '*.py' -o -name 'py.typed' \) -print0 | tar --null -T - -cf -) | tar -C "${staging}" -xf -
   mv "${staging}/operator" "${staging}/hpo_operator"
   bah copy "${container}" "${staging}/hpo_operator" "${site}/hpo_operator" >/dev/null
-  bah copy "${container}" "${staging}/trial_runner" "${site}/trial_runner" >/dev/null
+  for package in kubetune_api kubetune_study trial_runner; do
+    bah copy "${container}" "${staging}/${package}" "${site}/${package}" >/dev/null
+  done
   rm -rf "${staging}"
   bah run --isolation chroot --user 0:0 "${container}" -- /opt/venv/bin/python -m compileall -q \
-    "${site}/hpo_operator" "${site}/trial_runner"
+    "${site}/kubetune_api" "${site}/kubetune_study" "${site}/hpo_operator" "${site}/trial_runner"
   bah run --isolation chroot "${container}" -- /opt/venv/bin/kubetune --help >/dev/null
   bah config --label "dev.kubetune.source=${source_key}" "${container}"
   bah commit --signature-policy "${policy}" --quiet --rm "${container}" "${test_image}" >/dev/null

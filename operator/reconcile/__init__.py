@@ -1,6 +1,6 @@
 """The reconcile decision: given what is wanted and what is observed, what to do (pure).
 
-:func:`decide` takes the validated spec, the current :class:`~hpo_operator.status.StudyStatus`,
+:func:`decide` takes the validated spec, the current :class:`~kubetune_api.status.StudyStatus`,
 the observed child pods (:mod:`._observe`), the study's progress (read from the Optuna
 storage) and the sizing result, and returns a :class:`Plan` (:mod:`._plan`): the actions to
 take, the new status and the events to emit. It does no I/O, so every state transition is

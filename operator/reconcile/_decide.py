@@ -33,7 +33,10 @@ from hpo_operator.sizing import (
     lowered_trials_per_device,
     next_floor,
 )
-from hpo_operator.status import (
+
+from kubetune_api.contract import OUT_OF_MEMORY_EXIT_CODE
+from kubetune_api.spec import StudySpec
+from kubetune_api.status import (
     FRONT_LIMIT,
     MESSAGE_LIMIT,
     BestTrial,
@@ -47,12 +50,9 @@ from hpo_operator.status import (
     TrialCounts,
     timestamp,
 )
-
-from trial_runner.contract import OUT_OF_MEMORY_EXIT_CODE
-from trial_runner.pareto import spread
-from trial_runner.progress import FAILED_OUTCOMES, StudyProgress
-from trial_runner.spec import StudySpec
-from trial_runner.warmstart import WarmStartReport
+from kubetune_study.pareto import spread
+from kubetune_study.progress import FAILED_OUTCOMES, StudyProgress
+from kubetune_study.warmstart import WarmStartReport
 
 __all__ = ["SizingInput", "decide"]
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpo_operator.manifests import runner_index
-from hpo_operator.status import StartFailureReason
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     COMPONENT_LABEL,
     ESTIMATE_KEY_ANNOTATION,
     KIND_ANNOTATION,
@@ -33,7 +32,8 @@ from trial_runner.contract import (
     TASK_LOAD_EXIT_CODE,
     TRIALS_PER_DEVICE_ANNOTATION,
 )
-from trial_runner.storage import redact
+from kubetune_api.status import StartFailureReason
+from kubetune_study.storage import redact
 
 __all__ = [
     "START_MESSAGE_LIMIT",

@@ -9,17 +9,17 @@ from typing import Any, Literal
 
 from hpo_operator.reconcile._observe import ObservedPod
 from hpo_operator.sizing import SizingDecision
-from hpo_operator.status import (
+
+from kubetune_api.contract import COMPONENT_ESTIMATE, COMPONENT_RUNNER
+from kubetune_api.spec import StudySpec
+from kubetune_api.status import (
     RunnerCounts,
     SizingStatus,
     StudyStatus,
     set_condition,
     timestamp,
 )
-
-from trial_runner.contract import COMPONENT_ESTIMATE, COMPONENT_RUNNER
-from trial_runner.pareto import FrontTrial
-from trial_runner.spec import StudySpec
+from kubetune_study.pareto import FrontTrial
 
 __all__ = [
     "Action",

@@ -19,14 +19,14 @@ import datetime as dt
 from hpo_operator.config import RunnerStartPolicy
 from hpo_operator.reconcile._observe import ObservedPod, StartFailure
 from hpo_operator.reconcile._plan import DeletePod, PlanBuilder
-from hpo_operator.status import (
+
+from kubetune_api.status import (
     START_FAILURE_REASONS,
     RunnerStartFailure,
     TrialCounts,
     timestamp,
 )
-
-from trial_runner.progress import StudyProgress
+from kubetune_study.progress import StudyProgress
 
 __all__ = ["count_failed_starts", "gave_up_starting", "note_runners_going", "shown_start_failure"]
 

@@ -18,7 +18,7 @@ from hpo_operator.sizing._nodes import CPU_MEMORY, Candidate, Kind, NodeInfo, ca
 from hpo_operator.sizing._packing import packing_text, trials_per_device
 from hpo_operator.sizing._peak import Peak
 
-from trial_runner.spec import StudySpec
+from kubetune_api.spec import StudySpec
 
 __all__ = [
     "RUNNER_PROCESS_BYTES",

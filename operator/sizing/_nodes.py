@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trial_runner.spec import parse_quantity
+from kubetune_api.spec import parse_quantity
 
 __all__ = [
     "CPU_MEMORY",

@@ -11,9 +11,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from hpo_operator.status import SizingStatus
-
-from trial_runner.spec import StudySpec
+from kubetune_api.spec import StudySpec
+from kubetune_api.status import SizingStatus
 
 __all__ = [
     "Peak",

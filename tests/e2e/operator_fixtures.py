@@ -115,10 +115,10 @@ def add_finished_trials(
     trials of its search space, as runners would have left them (kwok's pods run nothing)."""
     import random
 
-    from trial_runner.contract import STAGE_ATTR, WORKER_ATTR
-    from trial_runner.search import distribution
-    from trial_runner.spec import validate_spec_mapping
-    from trial_runner.storage import ensure_study, open_storage
+    from kubetune_api.contract import STAGE_ATTR, WORKER_ATTR
+    from kubetune_api.spec import validate_spec_mapping
+    from kubetune_study.search import distribution
+    from kubetune_study.storage import ensure_study, open_storage
 
     rng = random.Random(seed)
     model = validate_spec_mapping(dict(spec))

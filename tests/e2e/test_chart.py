@@ -24,10 +24,10 @@ from hpo_operator.config import OperatorConfig
 from hpo_operator.manifests import runner_pod
 from hpo_operator.sizing import Peak, SizingDecision
 
+from kubetune_api.spec import study_from_mapping
 from tests.e2e.controlplane import REPO_ROOT, ControlPlane
 from tests.e2e.operator_fixtures import StudyClient, run_operator, small_cpu_study, wait_until
 from tests.e2e.simulated_cluster import NodeGroup
-from trial_runner.spec import study_from_mapping
 
 pytestmark = pytest.mark.e2e
 

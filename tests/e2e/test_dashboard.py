@@ -23,13 +23,13 @@ import optuna
 import pytest
 import yaml
 
+from kubetune_api.spec import study_from_mapping
+from kubetune_study.storage import ensure_study, open_storage
 from tests.browser import Browser, page_text, publish_screenshot
 from tests.e2e.controlplane import REPO_ROOT, free_port
 from tests.helpers import IN_CI, wait_until
 from tests.integration.conftest import digits_study
 from trial_runner.runner import run_runner
-from trial_runner.spec import study_from_mapping
-from trial_runner.storage import ensure_study, open_storage
 
 pytestmark = pytest.mark.e2e
 

@@ -15,11 +15,11 @@ import pytest
 from hpo_operator.sizing import format_bytes
 from kubernetes.utils import parse_quantity
 
+from kubetune_api.spec import SHARED_MEMORY_BASE
 from tests.e2e.conftest import BuiltImages
 from tests.e2e.node_fixtures import Database, Operator, assert_exact_budget, on_node, trial_counts
 from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
 from tests.helpers import wait_until
-from trial_runner.spec import SHARED_MEMORY_BASE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

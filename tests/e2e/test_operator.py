@@ -22,6 +22,7 @@ import pytest
 from hpo_operator.manifests import optuna_study_name
 from prometheus_client import REGISTRY
 
+from kubetune_api.spec import SpecError, dump_yaml, study_from_mapping
 from tests.conftest import RestartablePostgres
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.operator_fixtures import (
@@ -36,7 +37,6 @@ from tests.e2e.operator_fixtures import (
     wait_until,
 )
 from tests.e2e.simulated_cluster import NodeGroup
-from trial_runner.spec import SpecError, dump_yaml, study_from_mapping
 
 pytestmark = pytest.mark.e2e
 

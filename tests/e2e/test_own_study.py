@@ -25,6 +25,12 @@ import optuna
 import pytest
 import yaml
 
+from kubetune_api.contract import (
+    FAILED_ATTR,
+    PREEMPTED_ATTR,
+    TELEMETRY_ATTR,
+    TRIAL_LIMIT_GRACE_ENV,
+)
 from tests.e2e.conftest import BuiltImages, _unavailable
 from tests.e2e.controlplane import REPO_ROOT, ControlPlane
 from tests.e2e.node_fixtures import (
@@ -38,12 +44,6 @@ from tests.e2e.node_fixtures import (
 from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
 from tests.e2e.real_node import RealNode
 from tests.helpers import secret_leaks, wait_until
-from trial_runner.contract import (
-    FAILED_ATTR,
-    PREEMPTED_ATTR,
-    TELEMETRY_ATTR,
-    TRIAL_LIMIT_GRACE_ENV,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

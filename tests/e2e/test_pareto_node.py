@@ -16,10 +16,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from kubetune_api.contract import ORIGIN_ATTR, PRIOR_ATTR
 from tests.e2e.conftest import BuiltImages
 from tests.e2e.node_fixtures import Database, Operator, on_node
 from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
-from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

@@ -18,7 +18,7 @@ docs/spec.md says so), and it takes a whole float (``30.0``) for an integer of t
 refuses both. A spec the server accepts and the model rejects only there is such a
 difference, and nothing else is allowed.
 
-The same goes for YAML: kubetune reads a file as kubectl does (``trial_runner.spec._yaml``),
+The same goes for YAML: kubetune reads a file as kubectl does (``kubetune_api.spec._yaml``),
 checked here against the real kubectl on generated scalars and keys.
 """
 
@@ -39,10 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.operator_fixtures import install_crd
-from tests.helpers import study_document
-from trial_runner.spec import (
+from kubetune_api.spec import (
     MAX_SHOWN_ERRORS,
     MAX_TEMPLATE_ITEMS,
     SpecError,
@@ -50,7 +47,10 @@ from trial_runner.spec import (
     load_yaml_documents,
     validate_spec_mapping,
 )
-from trial_runner.spec._errors import MAX_MESSAGE, MAX_PATH
+from kubetune_api.spec._errors import MAX_MESSAGE, MAX_PATH
+from tests.e2e.controlplane import ControlPlane
+from tests.e2e.operator_fixtures import install_crd
+from tests.helpers import study_document
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from kubetune_api.spec import dump_yaml
 from tests.helpers import study_document
-from trial_runner.spec import dump_yaml
 
 #: A small digits study (seconds per trial); tests replace top-level spec fields.
 DIGITS_SPEC: dict[str, Any] = {

@@ -13,11 +13,11 @@ import optuna
 import pytest
 import yaml
 
+from kubetune_api.contract import ORIGIN_ATTR, PRIOR_ATTR, WORKER_ATTR
+from kubetune_api.spec import dump_yaml
+from kubetune_study.storage import open_storage
 from tests.helpers import wait_until
 from tests.integration.conftest import digits_study, kubetune, runner_env
-from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, WORKER_ATTR
-from trial_runner.spec import dump_yaml
-from trial_runner.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 

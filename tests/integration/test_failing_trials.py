@@ -15,9 +15,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from kubetune_api.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, load_study
+from kubetune_study.storage import ensure_study, open_storage, read_progress
 from tests.integration.conftest import digits_study, kubetune, start_runner
-from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, load_study
-from trial_runner.storage import ensure_study, open_storage, read_progress
 
 BREAKER = "reaching budget.maxConsecutiveFailedTrials"
 #: The breaker's run, plus at most the trial the other runner had in flight.

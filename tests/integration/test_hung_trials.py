@@ -22,12 +22,12 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from kubetune_api.contract import FAILED_ATTR, PREEMPTED_ATTR, WORKER_ATTR
+from kubetune_api.spec import load_study
+from kubetune_study.storage import ensure_study, open_storage
 from tests.conftest import REPO
 from tests.integration.conftest import digits_study, kubetune, runner_env
 from tests.integration.test_failing_trials import failed_in_a_row
-from trial_runner.contract import FAILED_ATTR, PREEMPTED_ATTR, WORKER_ATTR
-from trial_runner.spec import load_study
-from trial_runner.storage import ensure_study, open_storage
 
 HANGING = "tests.integration.hang_tasks:HangingMLP"
 #: Limits of seconds.

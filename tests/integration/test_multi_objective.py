@@ -9,11 +9,11 @@ from typing import Any
 import yaml
 from optuna.trial import TrialState
 
+from kubetune_api.contract import TELEMETRY_ATTR, WORKER_ATTR
+from kubetune_api.spec import load_study
+from kubetune_study.storage import ensure_study, open_storage, read_progress
 from tests.integration.conftest import digits_study, kubetune, start_runner
 from tests.integration.test_shared_study import finish
-from trial_runner.contract import TELEMETRY_ATTR, WORKER_ATTR
-from trial_runner.spec import load_study
-from trial_runner.storage import ensure_study, open_storage, read_progress
 
 OBJECTIVES = [
     {"metric": "accuracy", "direction": "Maximize"},

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from kubetune_api.spec import dump_yaml
 from tests.integration.conftest import runner_env
-from trial_runner.spec import dump_yaml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "own-task"
 

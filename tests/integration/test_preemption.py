@@ -20,13 +20,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kubetune_api.contract import FOLDS_ATTR, PREEMPTED_ATTR, TELEMETRY_ATTR
+from kubetune_api.spec import load_study
+from kubetune_study.preemption import retried_from
+from kubetune_study.progress import is_preempted, retried_numbers
+from kubetune_study.storage import ensure_study, open_storage
 from tests.helpers import wait_until
 from tests.integration.conftest import digits_study, kubetune, start_runner
-from trial_runner.contract import FOLDS_ATTR, PREEMPTED_ATTR, TELEMETRY_ATTR
-from trial_runner.preemption import retried_from
-from trial_runner.progress import is_preempted, retried_numbers
-from trial_runner.spec import load_study
-from trial_runner.storage import ensure_study, open_storage
 
 FOLDS, EPOCHS = 3, 60
 #: Heartbeats every second and stale after 4: a killed runner's trial is noticed in seconds.

@@ -12,9 +12,9 @@ from typing import Any
 import optuna
 import pytest
 
+from kubetune_api.contract import PROFILE_ATTR
 from tests.browser import Browser, page_text, publish_screenshot
 from tests.integration.conftest import digits_study, runner_env
-from trial_runner.contract import PROFILE_ATTR
 
 pytestmark = pytest.mark.postgres
 

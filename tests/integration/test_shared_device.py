@@ -22,11 +22,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kubetune_api.contract import TELEMETRY_ATTR, WORKER_ATTR
+from kubetune_api.spec import load_study
+from kubetune_study.storage import ensure_study, open_storage, read_progress
 from tests.helpers import wait_until
 from tests.integration.conftest import digits_study, runner_env, start_runner
-from trial_runner.contract import TELEMETRY_ATTR, WORKER_ATTR
-from trial_runner.spec import load_study
-from trial_runner.storage import ensure_study, open_storage, read_progress
 
 SHORT_OF_MEMORY = "tests.integration.oom_tasks:ShortOfMemoryMLP"
 

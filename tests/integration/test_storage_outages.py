@@ -22,13 +22,13 @@ import pytest
 from hpo_operator._cluster import Storages, StudyStorage
 from optuna.trial import TrialState
 
+from kubetune_api.contract import WORKER_ATTR
+from kubetune_api.spec import load_study
+from kubetune_study.storage import ClaimLock, StorageError, ensure_study, open_storage
 from tests.conftest import RestartablePostgres
 from tests.helpers import spec_model, wait_until
 from tests.integration.conftest import digits_study, start_runner
 from tests.integration.tcp_proxy import Blackhole, DroppingProxy
-from trial_runner.contract import WORKER_ATTR
-from trial_runner.spec import load_study
-from trial_runner.storage import ClaimLock, StorageError, ensure_study, open_storage
 
 BUDGET = 6
 OUTAGE_SECONDS = 30

@@ -21,12 +21,12 @@ import sqlalchemy
 from optuna.distributions import FloatDistribution, IntDistribution
 from sqlalchemy import event
 
+from kubetune_api.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+from kubetune_api.spec import HPOStudy
+from kubetune_study.progress import BudgetState
+from kubetune_study.storage import ensure_study, open_storage, write_budget
 from tests.helpers import small_runner_study
-from trial_runner.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
-from trial_runner.progress import BudgetState
 from trial_runner.runner import run_runner
-from trial_runner.spec import HPOStudy
-from trial_runner.storage import ensure_study, open_storage, write_budget
 
 #: Trials each runner runs per measurement; the last two are compared (the first fills caches).
 RUN = 3

@@ -10,12 +10,12 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from kubetune_api.contract import ORIGIN_ATTR
+from kubetune_api.spec import StudySpec, load_study
+from kubetune_study.storage import ensure_study, open_storage
+from kubetune_study.warmstart import WarmStartReport, apply_warm_start
 from tests.integration.conftest import digits_study, kubetune, start_runner
 from tests.integration.test_shared_study import finish
-from trial_runner.contract import ORIGIN_ATTR
-from trial_runner.spec import StudySpec, load_study
-from trial_runner.storage import ensure_study, open_storage
-from trial_runner.warmstart import WarmStartReport, apply_warm_start
 
 POINTS = [
     {"learning_rate": "3e-3", "batch_size": 32, "hidden_size": 24},

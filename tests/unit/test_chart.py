@@ -13,7 +13,7 @@ from hpo_operator.config import OperatorConfig
 from hpo_operator.metrics import OperatorMetrics
 from prometheus_client import CollectorRegistry
 
-from trial_runner.metrics import RunnerMetrics
+from kubetune_study.metrics import RunnerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubetune"

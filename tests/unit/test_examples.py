@@ -9,7 +9,7 @@ import pytest
 from hpo_operator.manifests import study_document
 from hpo_operator.sizing import NodeInfo, Peak, SizingDecision, choose_resource, resolve_peak
 
-from trial_runner.spec import load_study, study_from_text
+from kubetune_api.spec import load_study, study_from_text
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -21,6 +21,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from kubetune_api.contract import LOG_LEVEL_ENV, STORAGE_ENV, STUDY_ENV
+from kubetune_api.spec import SpecError, load_study
+from kubetune_study.storage import DEFAULT_LOCAL_STORAGE, StorageError
 from trial_runner.cli._common import (
     EXIT_INPUT,
     EXIT_OK,
@@ -32,10 +35,7 @@ from trial_runner.cli._report import cmd_report
 from trial_runner.cli._results import cmd_results
 from trial_runner.cli._run import OUT_OF_MEMORY_TRIALS, cmd_run, cmd_runner
 from trial_runner.cli.estimate import cmd_estimate
-from trial_runner.contract import LOG_LEVEL_ENV, STORAGE_ENV, STUDY_ENV
 from trial_runner.entrypoints import TaskLoadError
-from trial_runner.spec import SpecError, load_study
-from trial_runner.storage import DEFAULT_LOCAL_STORAGE, StorageError
 
 __all__ = ["build_parser", "main"]
 

@@ -7,14 +7,14 @@ import sys
 import time
 from typing import Any, TextIO
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     OUT_OF_MEMORY_EXIT_CODE,
     STORAGE_ENV,
     STUDY_ENV,
     TASK_LOAD_EXIT_CODE,
 )
-from trial_runner.spec import HPOStudy, load_study, study_from_text
-from trial_runner.storage import DEFAULT_LOCAL_STORAGE, open_storage, redact
+from kubetune_api.spec import HPOStudy, load_study, study_from_text
+from kubetune_study.storage import DEFAULT_LOCAL_STORAGE, open_storage, redact
 
 __all__ = [
     "EXIT_INPUT",

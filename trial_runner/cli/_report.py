@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kubetune_api.spec import load_study
+from kubetune_study.storage import read_progress
 from trial_runner.cli._common import (
     EXIT_OK,
     CliError,
@@ -12,8 +14,6 @@ from trial_runner.cli._common import (
     open_existing_study,
     storage_url,
 )
-from trial_runner.spec import load_study
-from trial_runner.storage import read_progress
 
 __all__ = ["cmd_report"]
 

@@ -7,13 +7,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from kubetune_api.contract import PRIOR_ATTR
+from kubetune_api.spec import StudySpec, best_first_key, dump_yaml, load_study
+from kubetune_study.pareto import front_document
+from kubetune_study.progress import StudyProgress, is_preempted, retried_numbers, trial_telemetry
+from kubetune_study.storage import read_progress
+from kubetune_study.warmstart import recorded_report
 from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
-from trial_runner.contract import PRIOR_ATTR
-from trial_runner.pareto import front_document
-from trial_runner.progress import StudyProgress, is_preempted, retried_numbers, trial_telemetry
-from trial_runner.spec import StudySpec, best_first_key, dump_yaml, load_study
-from trial_runner.storage import read_progress
-from trial_runner.warmstart import recorded_report
 
 __all__ = ["cmd_results"]
 

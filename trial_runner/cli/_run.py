@@ -6,7 +6,7 @@ starts ``--workers`` of them (default ``resources.parallelism`` times a stated
 ``trialsPerDevice``), a runner pod ``--processes`` of them on its one device. A process that
 dies has its trial re-queued and is started again; the others go on. A process whose trial
 was stuck past its time or stall limit failed that trial and exits 5
-(:data:`~trial_runner.contract.TRIAL_HUNG_EXIT_CODE`): it is started again too, and not
+(:data:`~kubetune_api.contract.TRIAL_HUNG_EXIT_CODE`): it is started again too, and not
 counted as a failing process. Alone (``kubetune runner`` with one process) such a process
 replaces itself (:func:`trial_runner.watchdog.replace_process`).
 """
@@ -29,6 +29,28 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kubetune_api.contract import (
+    LOCAL_WORKERS_ENV,
+    METRICS_PORT_ENV,
+    START_GATE_FD_ENV,
+    START_READY_FD_ENV,
+    SUPERVISED_ENV,
+    TRIAL_HUNG_EXIT_CODE,
+)
+from kubetune_api.spec import Runner, StudySpec, load_study
+from kubetune_study.outage import first_line, is_connection_error
+from kubetune_study.pareto import spread
+from kubetune_study.progress import StudyProgress, trial_telemetry
+from kubetune_study.storage import (
+    budget_from_spec,
+    ensure_study,
+    open_storage,
+    read_progress,
+    redact,
+    requeue_trials_of_worker,
+    write_budget,
+)
+from kubetune_study.warmstart import WarmStartReport, apply_warm_start, source_study_name
 from trial_runner.cli._common import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
@@ -42,29 +64,7 @@ from trial_runner.cli._common import (
     load_study_or_env,
     storage_url,
 )
-from trial_runner.contract import (
-    LOCAL_WORKERS_ENV,
-    METRICS_PORT_ENV,
-    START_GATE_FD_ENV,
-    START_READY_FD_ENV,
-    SUPERVISED_ENV,
-    TRIAL_HUNG_EXIT_CODE,
-)
 from trial_runner.entrypoints import check_entrypoint
-from trial_runner.outage import first_line, is_connection_error
-from trial_runner.pareto import spread
-from trial_runner.progress import StudyProgress, trial_telemetry
-from trial_runner.spec import Runner, StudySpec, load_study
-from trial_runner.storage import (
-    budget_from_spec,
-    ensure_study,
-    open_storage,
-    read_progress,
-    redact,
-    requeue_trials_of_worker,
-    write_budget,
-)
-from trial_runner.warmstart import WarmStartReport, apply_warm_start, source_study_name
 
 __all__ = ["cmd_run", "cmd_runner"]
 
@@ -89,7 +89,7 @@ def cmd_runner(args: argparse.Namespace) -> int:
         raise CliError("--exit-after-oom-trials: must be 0 (never) or more")
     if args.processes > 1:
         return _run_processes(args)
-    from trial_runner.metrics import RunnerMetrics, start_metrics_server
+    from kubetune_study.metrics import RunnerMetrics, start_metrics_server
     from trial_runner.runner import run_runner
     from trial_runner.task import TaskLoadError
 
@@ -255,7 +255,7 @@ def _serve_process_metrics(port: int, directory: str) -> None:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from trial_runner.metrics import start_metrics_server
+    from kubetune_study.metrics import start_metrics_server
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
+from kubetune_api.spec import HPOStudy
 from trial_runner.cli._common import TERMINATION_MESSAGE_LIMIT, StepLog, load_study_or_env
 from trial_runner.memory import (
     MemoryPlanner,
@@ -23,7 +24,6 @@ from trial_runner.memory import (
     sample_batch,
 )
 from trial_runner.memory._workload import first_line, mib
-from trial_runner.spec import HPOStudy
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from trial_runner.spec import Training
+from kubetune_api.spec import Training
 from trial_runner.task import TaskData
 
 __all__ = ["FoldedData", "make_folds"]

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from trial_runner.contract import TrialTelemetry
+from kubetune_api.contract import TrialTelemetry
+from kubetune_api.spec import StudySpec
+from kubetune_study.search import max_pruning_steps
 from trial_runner.engine._data import FoldedData
 from trial_runner.engine._fold import (
     Clock,
@@ -33,8 +35,6 @@ from trial_runner.memory import (
     effective_batch_size,
     sample_batch,
 )
-from trial_runner.search import max_pruning_steps
-from trial_runner.spec import StudySpec
 from trial_runner.step import MicroBatchPlan, resolve_precision
 from trial_runner.task import Task
 from trial_runner.telemetry import GpuMonitor

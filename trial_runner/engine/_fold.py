@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from kubetune_api.spec import StudySpec
 from trial_runner import step
 from trial_runner.engine._data import FoldedData
-from trial_runner.spec import StudySpec
 from trial_runner.task import Task
 
 __all__ = [

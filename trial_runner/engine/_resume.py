@@ -1,7 +1,7 @@
 """Finished folds, kept with the trial so that a preempted trial resumes at its next fold.
 
 The runner stores each finished fold's :class:`FoldRecord` in the trial's
-:data:`~trial_runner.contract.FOLDS_ATTR` user attribute as the fold finishes. A retry of a
+:data:`~kubetune_api.contract.FOLDS_ATTR` user attribute as the fold finishes. A retry of a
 preempted trial carries its user attributes, so it starts with the records of every fold the
 preempted run finished: the engine skips those folds and reports their intermediate values again
 (Optuna does not carry intermediate values to a retry), so the pruner sees the same history.

@@ -26,7 +26,7 @@ from trial_runner.step import MicroBatchPlan, resolve_precision
 if TYPE_CHECKING:
     import torch
 
-    from trial_runner.spec import StudySpec
+    from kubetune_api.spec import StudySpec
     from trial_runner.task import Task
 
 __all__ = [

@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.progress import trials_by_process
+from kubetune_study.progress import trials_by_process
 from trial_runner.report._plan import FigurePlan, TelemetryRow
 
 __all__ = ["build_figure"]

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.progress import StudyProgress, summarize_telemetry
+from kubetune_study.progress import StudyProgress, summarize_telemetry
 from trial_runner.report._figures import build_figure
 from trial_runner.report._plan import ProfileLink, ReportPlan, plan_report
 

@@ -9,8 +9,8 @@ from typing import Literal
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import PROFILE_ATTR
-from trial_runner.progress import trial_telemetry
+from kubetune_api.contract import PROFILE_ATTR
+from kubetune_study.progress import trial_telemetry
 
 __all__ = [
     "FigureKind",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from kubetune_api.spec import StudySpec
+from kubetune_study.progress import StageSummary, StudyProgress
 from tests.helpers import spec_model
-from trial_runner.progress import StageSummary, StudyProgress
-from trial_runner.spec import StudySpec
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 

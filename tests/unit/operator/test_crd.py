@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
-from hpo_operator.crd import CRD_ONLY_BOUNDS, crd, crd_yaml, spec_schema, status_schema
-from hpo_operator.status import StudyStatus
 
-from trial_runner.spec import MULTI_OBJECTIVE_SAMPLERS, StudySpec, template_json_schema
+from kubetune_api.crd import CRD_ONLY_BOUNDS, crd, crd_yaml, spec_schema, status_schema
+from kubetune_api.spec import MULTI_OBJECTIVE_SAMPLERS, StudySpec, template_json_schema
+from kubetune_api.status import StudyStatus
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_FILE = REPO / "crds" / "kubetune.dev_hpostudies.yaml"
@@ -30,7 +30,7 @@ VALUE_KEYWORDS = (
 def test_checked_in_crd_matches_the_generator() -> None:
     assert CRD_FILE.read_text() == crd_yaml(), (
         "crds/kubetune.dev_hpostudies.yaml is stale: run "
-        "`python -m hpo_operator.crd > crds/kubetune.dev_hpostudies.yaml`"
+        "`python -m kubetune_api.crd > crds/kubetune.dev_hpostudies.yaml`"
     )
 
 

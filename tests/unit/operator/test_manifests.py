@@ -19,9 +19,9 @@ from hpo_operator.manifests import (
 )
 from hpo_operator.sizing import Peak, SizingDecision
 
+from kubetune_api.spec import study_from_mapping
+from kubetune_study.pareto import FrontTrial, front_document
 from tests.unit.operator.data import OWNER, make_spec
-from trial_runner.pareto import FrontTrial, front_document
-from trial_runner.spec import study_from_mapping
 
 MIG = SizingDecision(
     "MIG", "nvidia.com/mig-2g.20gb", "1", 20 * 10**9, 13 * 2**30, Peak(12 * 2**30, "Spec"), "r"

@@ -9,9 +9,9 @@ import pytest
 from hpo_operator.metrics import OperatorMetrics
 from hpo_operator.reconcile import ObservedPod, decide
 from hpo_operator.sizing import Peak, SizingDecision
-from hpo_operator.status import StudyStatus
 from prometheus_client import CollectorRegistry
 
+from kubetune_api.status import StudyStatus
 from tests.unit.operator.data import NOW, make_progress, make_spec
 
 CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "r")

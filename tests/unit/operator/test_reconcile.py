@@ -21,13 +21,13 @@ from hpo_operator.reconcile import (
     with_mount_failure,
 )
 from hpo_operator.sizing import NoFit, Peak, PeakFailed, PeakPending, SizingDecision
-from hpo_operator.status import StartFailureReason, StudyStatus, set_condition
 
+from kubetune_api.contract import TASK_LOAD_EXIT_CODE
+from kubetune_api.status import StartFailureReason, StudyStatus, set_condition
+from kubetune_study.pareto import FrontTrial
+from kubetune_study.progress import TelemetrySummary
+from kubetune_study.warmstart import WarmStartReport
 from tests.unit.operator.data import NOW, make_progress, make_spec
-from trial_runner.contract import TASK_LOAD_EXIT_CODE
-from trial_runner.pareto import FrontTrial
-from trial_runner.progress import TelemetrySummary
-from trial_runner.warmstart import WarmStartReport
 
 CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "cpu 1Gi")
 MIG1 = SizingDecision(

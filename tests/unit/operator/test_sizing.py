@@ -23,8 +23,8 @@ from hpo_operator.sizing import (
     resolve_peak,
     trials_per_device,
 )
-from hpo_operator.status import SizingStatus
 
+from kubetune_api.status import SizingStatus
 from tests.unit.operator.data import make_spec
 
 GIB = 2**30

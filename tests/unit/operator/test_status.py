@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import kopf
 from hpo_operator.handlers import _patch_status
-from hpo_operator.status import MESSAGE_LIMIT, RunnerCounts, StudyStatus, set_condition
 
+from kubetune_api.status import MESSAGE_LIMIT, RunnerCounts, StudyStatus, set_condition
 from tests.unit.operator.data import NOW
 
 

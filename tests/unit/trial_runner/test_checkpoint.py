@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kubetune_api.spec import Objective
 from trial_runner.checkpoint import BestCheckpoint
-from trial_runner.spec import Objective
 
 
 def _model(fill: float) -> nn.Module:

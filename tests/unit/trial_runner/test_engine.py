@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from kubetune_api.spec import StudySpec
 from tests.helpers import spec_model
 from trial_runner import step
 from trial_runner.engine import (
@@ -23,7 +24,6 @@ from trial_runner.engine import (
     folds_to_attr,
     make_folds,
 )
-from trial_runner.spec import StudySpec
 from trial_runner.task import Task, TaskData
 
 

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
+from kubetune_study.storage import ensure_study, open_storage
 from tests.helpers import study_model
 from tests.unit.trial_runner.test_engine import PARAMS, Blobs, make_spec
 from trial_runner.engine import Engine
 from trial_runner.runner import run_runner
-from trial_runner.storage import ensure_study, open_storage
 
 HIDDEN = 512
 #: Weights, gradients and Adam's two moments of the model below.

@@ -13,8 +13,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from prometheus_client import CollectorRegistry
 
-from trial_runner.contract import TELEMETRY_ATTR
-from trial_runner.metrics import RunnerMetrics, start_metrics_server
+from kubetune_api.contract import TELEMETRY_ATTR
+from kubetune_study.metrics import RunnerMetrics, start_metrics_server
 
 LABELS = {"namespace": "team-a", "study": "digits"}
 

@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 import sqlalchemy.exc
 
-from trial_runner.outage import FIRST_DELAY, LONGEST_DELAY, backoff_delays, is_connection_error
+from kubetune_study.outage import FIRST_DELAY, LONGEST_DELAY, backoff_delays, is_connection_error
 
 
 def test_backoff_doubles_to_a_ceiling_and_adds_up_to_the_patience() -> None:

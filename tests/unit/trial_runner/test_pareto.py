@@ -6,8 +6,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from kubetune_study.pareto import FrontTrial, front_document, pareto_front, spread
 from tests.helpers import spec_model
-from trial_runner.pareto import FrontTrial, front_document, pareto_front, spread
 
 DIRECTIONS = ("Maximize", "Minimize")  # accuracy up, parameters down
 

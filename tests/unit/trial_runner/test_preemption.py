@@ -8,16 +8,16 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     FOLDS_ATTR,
     PREEMPTED_ATTR,
     STAGE_ATTR,
     TELEMETRY_ATTR,
     WORKER_ATTR,
 )
-from trial_runner.preemption import MAX_RETRY, preempt, release_stale_trials, retried_from
-from trial_runner.progress import BudgetState, summarize
-from trial_runner.storage import open_storage, requeue_trials_of_worker
+from kubetune_study.preemption import MAX_RETRY, preempt, release_stale_trials, retried_from
+from kubetune_study.progress import BudgetState, summarize
+from kubetune_study.storage import open_storage, requeue_trials_of_worker
 
 
 def _study(tmp_path: Path) -> optuna.Study:

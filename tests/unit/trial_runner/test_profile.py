@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from kubetune_api.spec import Profile
 from tests.helpers import spec_model
 from trial_runner.profile import profile_directory, record_trace, should_profile, trace_path
-from trial_runner.spec import Profile
 
 
 def test_first_profiles_the_first_trial_of_each_process_whatever_its_number() -> None:

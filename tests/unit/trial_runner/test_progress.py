@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     ORIGIN_ATTR,
     PREEMPTED_ATTR,
     PRIOR_ATTR,
@@ -18,7 +18,8 @@ from trial_runner.contract import (
     TELEMETRY_ATTR,
     WORKER_ATTR,
 )
-from trial_runner.progress import (
+from kubetune_api.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
+from kubetune_study.progress import (
     BudgetState,
     ProgressTally,
     TelemetrySummary,
@@ -30,7 +31,6 @@ from trial_runner.progress import (
     summarize_telemetry,
     trial_telemetry,
 )
-from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS
 
 
 def trial(

@@ -12,7 +12,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import PROFILE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+from kubetune_api.contract import PROFILE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
 from trial_runner.report import plan_report, render_report, telemetry_rows
 from trial_runner.report._figures import build_figure
 

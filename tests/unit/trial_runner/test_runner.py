@@ -16,8 +16,7 @@ from optuna.trial import TrialState
 from prometheus_client import CollectorRegistry
 from torch import nn
 
-from tests.helpers import small_runner_study
-from trial_runner.contract import (
+from kubetune_api.contract import (
     FOLDS_ATTR,
     PREEMPTED_ATTR,
     PROFILE_ATTR,
@@ -26,11 +25,12 @@ from trial_runner.contract import (
     TELEMETRY_ATTR,
     WORKER_ATTR,
 )
-from trial_runner.metrics import RunnerMetrics
-from trial_runner.progress import BudgetState, Claim, StageSummary, StudyProgress, summarize
+from kubetune_api.spec import HPOStudy, Objective
+from kubetune_study.metrics import RunnerMetrics
+from kubetune_study.progress import BudgetState, Claim, StageSummary, StudyProgress, summarize
+from kubetune_study.storage import ensure_study, open_storage
+from tests.helpers import small_runner_study
 from trial_runner.runner import _best_params_before, configure_threads, run_runner, worker_id
-from trial_runner.spec import HPOStudy, Objective
-from trial_runner.storage import ensure_study, open_storage
 from trial_runner.tasks.digits import DigitsMLP
 
 #: Set by :class:`StopsWhileTraining` the way SIGTERM sets the runner's stop event.
@@ -263,8 +263,8 @@ def test_a_runner_whose_task_does_not_load_exits_with_its_code_and_says_why_in_o
 ) -> None:
     import signal
 
+    from kubetune_api.spec import dump_yaml
     from trial_runner.cli import main
-    from trial_runner.spec import dump_yaml
 
     study, url = _study(tmp_path, "broken", entrypoint, max_trials=1)
     path = tmp_path / "study.yaml"

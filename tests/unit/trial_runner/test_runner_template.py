@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from kubetune_api.spec import SpecError, study_from_mapping
 from tests.helpers import study_document
-from trial_runner.spec import SpecError, study_from_mapping
 
 PREFIX = "spec.runner.template"
 

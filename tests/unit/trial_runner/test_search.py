@@ -8,8 +8,8 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tests.helpers import study_document as base
-from trial_runner.search import (
+from kubetune_api.spec import StudySpec, study_from_mapping
+from kubetune_study.search import (
     build_pruner,
     build_sampler,
     default_value,
@@ -20,7 +20,7 @@ from trial_runner.search import (
     point_params,
     suggest_all,
 )
-from trial_runner.spec import StudySpec, study_from_mapping
+from tests.helpers import study_document as base
 
 
 def spec_with(**changes: Any) -> StudySpec:

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import spec_model, study_document
-from trial_runner.spec import (
+from kubetune_api.spec import (
     Objective,
     SpecError,
     dump_yaml,
@@ -19,6 +18,7 @@ from trial_runner.spec import (
     parse_quantity,
     study_from_mapping,
 )
+from tests.helpers import spec_model, study_document
 
 
 def base() -> dict[str, Any]:

@@ -17,10 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import study_document
-from trial_runner.engine._data import make_folds
-from trial_runner.search import build_sampler
-from trial_runner.spec import (
+from kubetune_api.spec import (
     MAX_DOCUMENT_BYTES,
     MAX_SEED,
     MAX_SHOWN_ERRORS,
@@ -33,7 +30,10 @@ from trial_runner.spec import (
     study_from_text,
     validate_spec_mapping,
 )
-from trial_runner.spec._errors import MAX_MESSAGE, MAX_PATH
+from kubetune_api.spec._errors import MAX_MESSAGE, MAX_PATH
+from kubetune_study.search import build_sampler
+from tests.helpers import study_document
+from trial_runner.engine._data import make_folds
 
 
 def errors_of(document: dict[str, Any]) -> list[str]:

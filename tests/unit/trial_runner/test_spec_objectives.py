@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from kubetune_api.spec import SpecError, best_first_key, study_from_mapping
 from tests.helpers import spec_model, study_document
-from trial_runner.spec import SpecError, best_first_key, study_from_mapping
 
 TWO = [
     {"metric": "accuracy", "direction": "Maximize"},

@@ -11,11 +11,10 @@ import pytest
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
-from tests.helpers import spec_model
-from trial_runner.contract import BUDGET_ATTR, STARTED_ATTR, WORKER_ATTR
-from trial_runner.progress import BudgetState
-from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, SpecError
-from trial_runner.storage import (
+from kubetune_api.contract import BUDGET_ATTR, STARTED_ATTR, WORKER_ATTR
+from kubetune_api.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, SpecError
+from kubetune_study.progress import BudgetState
+from kubetune_study.storage import (
     ClaimLock,
     StorageError,
     budget_from_spec,
@@ -27,6 +26,7 @@ from trial_runner.storage import (
     requeue_trials_of_worker,
     write_budget,
 )
+from tests.helpers import spec_model
 
 
 def test_redact_hides_only_the_password() -> None:

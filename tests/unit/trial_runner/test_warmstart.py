@@ -14,12 +14,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from tests.helpers import spec_model
-from trial_runner.contract import ORIGIN_ATTR, PRIOR_ATTR, STAGE_ATTR, TELEMETRY_ATTR
-from trial_runner.progress import BudgetState, summarize
-from trial_runner.spec import StudySpec
-from trial_runner.storage import ensure_study, open_storage, read_progress, write_budget
-from trial_runner.warmstart import (
+from kubetune_api.contract import ORIGIN_ATTR, PRIOR_ATTR, STAGE_ATTR, TELEMETRY_ATTR
+from kubetune_api.spec import StudySpec
+from kubetune_study.progress import BudgetState, summarize
+from kubetune_study.storage import ensure_study, open_storage, read_progress, write_budget
+from kubetune_study.warmstart import (
     WarmStartReport,
     apply_warm_start,
     carry,
@@ -29,6 +28,7 @@ from trial_runner.warmstart import (
     recorded_report,
     source_study_name,
 )
+from tests.helpers import spec_model
 
 #: The search space of the studies here: a narrower learning rate than the sources', no
 #: dropout, hidden_size in steps of 16.

@@ -9,8 +9,8 @@ from typing import NoReturn
 
 import pytest
 
+from kubetune_api.spec import study_from_mapping
 from tests.helpers import study_document
-from trial_runner.spec import study_from_mapping
 from trial_runner.watchdog import (
     Exceeded,
     StepTimes,

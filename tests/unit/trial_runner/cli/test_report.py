@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from kubetune_api.spec import dump_yaml, load_study
+from kubetune_study.storage import ensure_study, open_storage
 from tests.helpers import study_document
 from trial_runner.cli import main
 from trial_runner.cli._common import EXIT_INPUT, EXIT_OK
-from trial_runner.spec import dump_yaml, load_study
-from trial_runner.storage import ensure_study, open_storage
 
 
 @pytest.fixture

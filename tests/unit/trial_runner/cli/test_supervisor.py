@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from kubetune_api.contract import START_GATE_FD_ENV
 from trial_runner.cli._common import CliError
 from trial_runner.cli._run import _Supervisor, _wait_for_start_gate
-from trial_runner.contract import START_GATE_FD_ENV
 
 
 def test_a_runner_passes_the_gate_once_it_opens_and_stops_when_it_closes(

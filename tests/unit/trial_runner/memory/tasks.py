@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from kubetune_api.spec import HPOStudy
 from tests.helpers import study_model
 from trial_runner.memory import sample_batch
-from trial_runner.spec import HPOStudy
 from trial_runner.task import Task, TaskData
 from trial_runner.tasks.sequence import SequenceTransformer
 

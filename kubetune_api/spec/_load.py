@@ -17,16 +17,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from trial_runner.spec._errors import (
+from kubetune_api.spec._errors import (
     FieldError,
     SpecError,
     format_path,
     model_at,
     pydantic_errors,
 )
-from trial_runner.spec._models import KIND, HPOStudy, StudySpec
-from trial_runner.spec._rules import semantic_errors
-from trial_runner.spec._yaml import load_yaml_documents
+from kubetune_api.spec._models import KIND, HPOStudy, StudySpec
+from kubetune_api.spec._rules import semantic_errors
+from kubetune_api.spec._yaml import load_yaml_documents
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",
@@ -51,7 +51,7 @@ def as_api_server_stores(spec: Any, prefix: str = "spec") -> Any:
     * An integer beyond 64 bits is a float (JSON decoding makes it one), and a float is never
       an integer: ``5.0`` is refused where an integer goes, as the API server's CEL rules refuse
       it (YAML is another matter: kubectl sends ``5.0`` as ``5``, and so does
-      :func:`~trial_runner.spec.load_yaml_documents`).
+      :func:`~kubetune_api.spec.load_yaml_documents`).
     * A ``null`` field of the spec is dropped, as if absent; a null in free-form content
       (``task.config``) is kept, and so is an unknown field (it is an error, null or not).
     * A number that is not finite cannot be sent at all: an error at its path.

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     OWNED_ANNOTATIONS,
     OWNED_ENV,
     OWNED_LABELS,
@@ -39,7 +39,7 @@ from trial_runner.contract import (
     TMP_PATH,
     TMP_VOLUME,
 )
-from trial_runner.spec._errors import FieldError, format_path, pydantic_errors
+from kubetune_api.spec._errors import FieldError, format_path, pydantic_errors
 
 __all__ = [
     "MAX_MOUNT_PATH",

@@ -1,6 +1,6 @@
 """Rules and bounds the spec model cannot carry, added to the generated spec schema.
 
-* CEL ``x-kubernetes-validations`` mirroring ``trial_runner.spec.semantic_errors``, placed on
+* CEL ``x-kubernetes-validations`` mirroring ``kubetune_api.spec.semantic_errors``, placed on
   the object they concern so the API server's message names the field (``fieldPath``);
 * bounds the API server's CEL cost estimator needs where the model has none
   (:data:`CRD_ONLY_BOUNDS`: generous limits no real study reaches);
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     OWNED_ANNOTATIONS,
     OWNED_ENV,
     OWNED_LABELS,
@@ -23,7 +23,7 @@ from trial_runner.contract import (
     SHM_VOLUME,
     TMP_VOLUME,
 )
-from trial_runner.spec import (
+from kubetune_api.spec import (
     FREE_FORM_FIELDS,
     MAX_MOUNT_PATH,
     MAX_STAGES,
@@ -316,7 +316,7 @@ def _quoted(names: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{n}'" for n in names) + "]"
 
 
-#: Rules of the runner pod template, mirroring ``trial_runner.spec`` ``ownership_errors``.
+#: Rules of the runner pod template, mirroring ``kubetune_api.spec`` ``ownership_errors``.
 _TEMPLATE_RULES: dict[str, list[dict[str, str]]] = {
     "metadata.labels": [_owned_keys_rule(OWNED_LABELS, "labels")],
     "metadata.annotations": [_owned_keys_rule(OWNED_ANNOTATIONS, "annotations")],

@@ -6,7 +6,7 @@ HPOStudy status), and writes it as the one document the ``<study>-best`` ConfigM
 ``kubetune results --output`` share.
 
 Order: best by the first objective first, ties broken by the next objectives, then by trial
-number (:func:`trial_runner.spec.best_first_key`), so every reader lists the front the same way.
+number (:func:`kubetune_api.spec.best_first_key`), so every reader lists the front the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from optuna.study import StudyDirection
 from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.spec import Objective, best_first_key
+from kubetune_api.spec import Objective, best_first_key
 
 __all__ = [
     "FrontTrial",
@@ -51,7 +51,7 @@ def front_trials(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> li
     """The complete trials of ``trials`` no other one dominates (unordered).
 
     The front of a front plus new trials is the front of all of them, which is how
-    :class:`trial_runner.progress.ProgressTally` keeps it up to date.
+    :class:`kubetune_study.progress.ProgressTally` keeps it up to date.
     """
     # Optuna keeps NaN out of complete trials (it fails them).
     scored = [

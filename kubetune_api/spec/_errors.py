@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trial_runner.spec._models import HPOStudy
+from kubetune_api.spec._models import HPOStudy
 
 __all__ = [
     "MAX_MESSAGE",

@@ -21,9 +21,9 @@ Budget rules:
       only: they are not counted, belong to no stage and are never the best.
 
 Best: with one objective, the best complete trial (the first of equals). With several, the
-Pareto front (:mod:`trial_runner.pareto`); a stage's best, whose parameters later stages fix,
+Pareto front (:mod:`kubetune_study.pareto`); a stage's best, whose parameters later stages fix,
 is then the trial best by the first objective, ties broken by the next ones
-(:func:`trial_runner.spec.best_first_key`), which always lies on the stage's front.
+(:func:`kubetune_api.spec.best_first_key`), which always lies on the stage's front.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Literal, cast
 
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     PREEMPTED_ATTR,
     PRIOR_ATTR,
     STAGE_ATTR,
@@ -45,8 +45,8 @@ from trial_runner.contract import (
     WORKER_ATTR,
     TrialTelemetry,
 )
-from trial_runner.pareto import FrontTrial, front_trials, ordered_front
-from trial_runner.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, best_first_key
+from kubetune_api.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, best_first_key
+from kubetune_study.pareto import FrontTrial, front_trials, ordered_front
 
 __all__ = [
     "FAILED_OUTCOMES",
@@ -170,7 +170,7 @@ def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
 def is_preempted(trial: FrozenTrial, retried: set[int]) -> bool:
     """Whether ``trial`` failed because its runner was stopped or died, not because of its task.
 
-    kubetune marks such a trial (:data:`~trial_runner.contract.PREEMPTED_ATTR`) before failing
+    kubetune marks such a trial (:data:`~kubetune_api.contract.PREEMPTED_ATTR`) before failing
     it. Optuna's own stale-trial sweep, which ``study.optimize`` runs too, fails a trial without
     the mark but queues a retry naming it, so a retried trial counts as preempted as well
     (``retried`` is :func:`retried_numbers` of the study's trials).

@@ -14,14 +14,14 @@ The same YAML a user gives to ``kubectl apply`` is loaded here:
   :func:`dump_yaml`), so ``low: 1e-4`` is a number for every reader;
 * :mod:`._parse`: numbers, durations and Kubernetes quantities.
 
-The CRD's OpenAPI schema is generated from these models (``hpo_operator.crd``) and its CEL rules
+The CRD's OpenAPI schema is generated from these models (``kubetune_api.crd``) and its CEL rules
 mirror :func:`semantic_errors`, so a spec that validates locally validates at apply time.
 """
 
 from __future__ import annotations
 
-from trial_runner.spec._errors import MAX_SHOWN_ERRORS, FieldError, SpecError, format_path
-from trial_runner.spec._load import (
+from kubetune_api.spec._errors import MAX_SHOWN_ERRORS, FieldError, SpecError, format_path
+from kubetune_api.spec._load import (
     MAX_DOCUMENT_BYTES,
     as_api_server_stores,
     load_study,
@@ -29,7 +29,7 @@ from trial_runner.spec._load import (
     study_from_text,
     validate_spec_mapping,
 )
-from trial_runner.spec._models import (
+from kubetune_api.spec._models import (
     API_VERSION,
     DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
     FREE_FORM_FIELDS,
@@ -74,9 +74,9 @@ from trial_runner.spec._models import (
     best_first_key,
     is_better,
 )
-from trial_runner.spec._parse import parse_duration, parse_number, parse_quantity
-from trial_runner.spec._rules import point_value_error, semantic_errors
-from trial_runner.spec._template import (
+from kubetune_api.spec._parse import parse_duration, parse_number, parse_quantity
+from kubetune_api.spec._rules import point_value_error, semantic_errors
+from kubetune_api.spec._template import (
     MAX_MOUNT_PATH,
     MAX_TEMPLATE_ITEMS,
     MAX_VOLUME_NAME,
@@ -85,7 +85,7 @@ from trial_runner.spec._template import (
     is_owned,
     template_json_schema,
 )
-from trial_runner.spec._yaml import dump_yaml, load_yaml_documents
+from kubetune_api.spec._yaml import dump_yaml, load_yaml_documents
 
 __all__ = [
     "API_VERSION",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from trial_runner.spec import NUMBER_PATTERN
+from kubetune_api.spec import NUMBER_PATTERN
 
 __all__ = ["NUMBER_MAX_LENGTH", "structural_schema"]
 

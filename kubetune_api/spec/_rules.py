@@ -1,14 +1,14 @@
-"""Rules that span fields (mirrored by the CRD's CEL rules in ``hpo_operator.crd``)."""
+"""Rules that span fields (mirrored by the CRD's CEL rules in ``kubetune_api.crd``)."""
 
 from __future__ import annotations
 
 import math
 import re
 
-from trial_runner.spec._errors import FieldError
-from trial_runner.spec._models import MULTI_OBJECTIVE_SAMPLERS, Parameter, StudySpec
-from trial_runner.spec._parse import parse_number
-from trial_runner.spec._template import template_errors
+from kubetune_api.spec._errors import FieldError
+from kubetune_api.spec._models import MULTI_OBJECTIVE_SAMPLERS, Parameter, StudySpec
+from kubetune_api.spec._parse import parse_number
+from kubetune_api.spec._template import template_errors
 
 __all__ = ["point_value_error", "semantic_errors"]
 

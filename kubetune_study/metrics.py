@@ -19,7 +19,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from trial_runner.progress import trial_telemetry
+from kubetune_study.progress import trial_telemetry
 
 __all__ = ["RunnerMetrics", "start_metrics_server"]
 

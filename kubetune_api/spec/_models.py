@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from trial_runner.spec._parse import DURATION_PATTERN, parse_duration, parse_number, parse_quantity
+from kubetune_api.spec._parse import DURATION_PATTERN, parse_duration, parse_number, parse_quantity
 
 __all__ = [
     "API_VERSION",

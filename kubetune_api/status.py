@@ -1,8 +1,8 @@
 """The HPOStudy status: a typed model of what the operator observes and writes.
 
 :class:`StudyStatus` is what :func:`hpo_operator.reconcile.decide` returns, and the CRD's
-status schema is generated from it (``hpo_operator.crd``), as the spec schema is generated from
-``trial_runner.spec.StudySpec``. Status is observation only and bounded in size: counts and the
+status schema is generated from it (``kubetune_api.crd``), as the spec schema is generated from
+``kubetune_api.spec.StudySpec``. Status is observation only and bounded in size: counts and the
 best trial, never a list of every trial (Kubernetes API conventions). A study with several
 objectives shows its Pareto front's size and at most :data:`FRONT_LIMIT` of its trials, the
 same ones on every pass.
@@ -72,7 +72,7 @@ class StartFailureReason(StrEnum):
     #: ``RunContainerError``).
     CONTAINER_START_FAILED = "ContainerStartFailed"
     #: The runner could not import the task or load its data (its exit code
-    #: ``trial_runner.contract.TASK_LOAD_EXIT_CODE`` and termination message).
+    #: ``kubetune_api.contract.TASK_LOAD_EXIT_CODE`` and termination message).
     TASK_LOAD_FAILED = "TaskLoadFailed"
     #: No node can take the pod now (the cluster may grow): shown, never counted as a failure.
     UNSCHEDULABLE = "Unschedulable"

@@ -44,9 +44,9 @@ from optuna.samplers import (
     TPESampler,
 )
 
-from trial_runner.spec import Parameter, StudySpec, WarmStartPoint
-from trial_runner.spec import Pruner as PrunerSpec
-from trial_runner.spec import Sampler as SamplerSpec
+from kubetune_api.spec import Parameter, StudySpec, WarmStartPoint
+from kubetune_api.spec import Pruner as PrunerSpec
+from kubetune_api.spec import Sampler as SamplerSpec
 
 __all__ = [
     "build_pruner",

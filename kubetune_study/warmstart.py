@@ -1,23 +1,23 @@
 """Warm starts: a study's first trials from given points, or from another study's results.
 
 ``spec.warmStart`` is applied by whoever prepares the study (``kubetune run`` and the operator,
-right after :func:`trial_runner.storage.ensure_study`), under the study's claim lock, so runners
+right after :func:`kubetune_study.storage.ensure_study`), under the study's claim lock, so runners
 claiming trials never see it half done:
 
 * ``points`` are queued as WAITING trials of the first stage (``study.enqueue_trial``); runners
   run queued trials before sampling new ones;
 * ``fromStudy`` with ``mode: AddTrials`` copies the source's complete trials into this study
-  (``study.add_trials``), tagged :data:`~trial_runner.contract.PRIOR_ATTR`: samplers learn from
+  (``study.add_trials``), tagged :data:`~kubetune_api.contract.PRIOR_ATTR`: samplers learn from
   them, while the budget, stages, best trial and Pareto front leave them out;
 * ``fromStudy`` with ``mode: Reevaluate`` queues the source's ``topK`` best trials like points.
 
 Only what fits this search space is carried over. A source trial whose value of a parameter is
-not a value of this study's distribution (Optuna's own test, :func:`~trial_runner.search.
+not a value of this study's distribution (Optuna's own test, :func:`~kubetune_study.search.
 in_distribution`) is left out and reported by trial and parameter; a source parameter this
 search space lacks is dropped and reported by name. Nothing here fails the study.
 
 Applied once: the study records a digest of the warm start it applied and the report
-(:data:`~trial_runner.contract.WARM_START_ATTR`); a restart, a second ``kubetune run`` or the
+(:data:`~kubetune_api.contract.WARM_START_ATTR`); a restart, a second ``kubetune run`` or the
 operator's next pass finds the record and does nothing. Queued points also go through
 ``enqueue_trial(skip_if_exists=True)`` and copied trials are matched by their tag, so even an
 interrupted application never queues or copies a trial twice.
@@ -36,17 +36,17 @@ import optuna
 from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import (
+from kubetune_api.contract import (
     ORIGIN_ATTR,
     PRIOR_ATTR,
     STAGE_ATTR,
     TELEMETRY_ATTR,
     WARM_START_ATTR,
 )
-from trial_runner.progress import StudyProgress
-from trial_runner.search import distribution, in_distribution, point_params, searched_names
-from trial_runner.spec import Parameter, StudySpec, best_first_key
-from trial_runner.storage import ClaimLock, read_progress
+from kubetune_api.spec import Parameter, StudySpec, best_first_key
+from kubetune_study.progress import StudyProgress
+from kubetune_study.search import distribution, in_distribution, point_params, searched_names
+from kubetune_study.storage import ClaimLock, read_progress
 
 __all__ = [
     "Carried",

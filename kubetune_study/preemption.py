@@ -3,12 +3,12 @@
 A runner pod is deleted, its node drained, its spot instance reclaimed, or its process killed:
 its trial did nothing wrong. Such a trial is *preempted*:
 
-* it is marked (:data:`~trial_runner.contract.PREEMPTED_ATTR`, with the reason) and failed, so
+* it is marked (:data:`~kubetune_api.contract.PREEMPTED_ATTR`, with the reason) and failed, so
   nothing else runs it under its number;
 * a retry with the same parameters is queued (:class:`ResumingRetry`, Optuna's
   ``RetryHeartbeatStaleTrialCallback``) carrying the trial's user attributes, among them the folds
-  it finished (:data:`~trial_runner.contract.FOLDS_ATTR`), so the retry resumes at the next fold;
-* it is counted apart (:func:`trial_runner.progress.is_preempted`): neither a failure nor part of
+  it finished (:data:`~kubetune_api.contract.FOLDS_ATTR`), so the retry resumes at the next fold;
+* it is counted apart (:func:`kubetune_study.progress.is_preempted`): neither a failure nor part of
   the budget, which its retry stands in for.
 
 Who notices: the runner itself on SIGTERM (``Terminated``); any runner claiming a trial, and the
@@ -29,8 +29,8 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from trial_runner.contract import PREEMPTED_ATTR, TELEMETRY_ATTR, WORKER_ATTR
-from trial_runner.outage import PatientRDBStorage
+from kubetune_api.contract import PREEMPTED_ATTR, TELEMETRY_ATTR, WORKER_ATTR
+from kubetune_study.outage import PatientRDBStorage
 
 __all__ = [
     "MAX_RETRY",
@@ -103,9 +103,9 @@ def release_stale_trials(
     """Preempt the trials no runner is running any more; returns their numbers.
 
     * ``HeartbeatLost``: running trials whose heartbeats stopped (RDB storages with heartbeats;
-      :class:`~trial_runner.outage.PatientRDBStorage` decides what is stale, outages included).
+      :class:`~kubetune_study.outage.PatientRDBStorage` decides what is stale, outages included).
     * ``ClaimInterrupted``: running trials that never named their runner
-      (:data:`~trial_runner.contract.WORKER_ATTR`, set right after a claim) although they
+      (:data:`~kubetune_api.contract.WORKER_ATTR`, set right after a claim) although they
       started more than ``grace_seconds`` ago: their runner lost its claim half-way (the
       storage failed between creating the trial and starting it), so no heartbeat will ever
       make them stale. Looking for them reads the study's running trials; ``orphans=False``
