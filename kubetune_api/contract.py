@@ -10,9 +10,10 @@ they are read and documented in :mod:`hpo_operator.config`.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Final, Literal, TypedDict, get_args
 
 __all__ = [
+    "API_VERSION",
     "BUDGET_ATTR",
     "COMPONENT_ESTIMATE",
     "COMPONENT_LABEL",
@@ -20,11 +21,14 @@ __all__ = [
     "CPU_THREADS_ENV",
     "ESTIMATE_KEY_ANNOTATION",
     "FAILED_ATTR",
+    "FINALIZER",
     "FOLDS_ATTR",
+    "GROUP",
     "HEARTBEAT_GRACE_PERIOD_ENV",
     "HEARTBEAT_INTERVAL_ENV",
     "INDEX_LABEL",
     "INSTANCE_LABEL",
+    "KIND",
     "KIND_ANNOTATION",
     "KUEUE_ADMISSION_GATE",
     "KUEUE_PRIORITY_CLASS_LABEL",
@@ -43,6 +47,7 @@ __all__ = [
     "OWNED_ENV",
     "OWNED_LABELS",
     "OWNED_RESOURCES",
+    "PLURAL",
     "POD_NAME_ENV",
     "PREEMPTED_ATTR",
     "PRIOR_ATTR",
@@ -59,6 +64,7 @@ __all__ = [
     "START_READY_FD_ENV",
     "STORAGE_ENV",
     "STORAGE_PATIENCE_ENV",
+    "STORAGE_SECRET_KEY",
     "STUDY_ENV",
     "STUDY_KEY",
     "STUDY_LABEL",
@@ -71,12 +77,29 @@ __all__ = [
     "TRIALS_PER_DEVICE_ANNOTATION",
     "TRIAL_HUNG_EXIT_CODE",
     "TRIAL_LIMIT_GRACE_ENV",
+    "VERSION",
     "WAIT_SECONDS_ENV",
     "WARM_START_ATTR",
     "WORKER_ATTR",
+    "ApiVersion",
     "TrialLimitReason",
     "TrialTelemetry",
 ]
+
+# --- the resource
+
+#: The HPOStudy resource's apiVersion (the type the spec model's ``apiVersion`` field takes), its
+#: API group and its version.
+ApiVersion = Literal["kubetune.dev/v1alpha1"]
+API_VERSION: Final[str] = get_args(ApiVersion)[0]
+GROUP, VERSION = API_VERSION.split("/")
+KIND = "HPOStudy"
+PLURAL = "hpostudies"
+#: The finalizer the operator puts on each study, so that deleting one waits for its clean-up.
+FINALIZER = f"{GROUP}/finalizer"
+#: The key of a storage Secret that holds the storage URL, unless ``storage.secretRef.key`` says
+#: another (and of the Secret the operator writes for a bundled storage).
+STORAGE_SECRET_KEY = "url"
 
 # --- environment variables of runner and estimate containers (and of `kubetune run` workers)
 

@@ -65,7 +65,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from kubetune_api.contract import METRICS_PORT_ENV, STORAGE_ENV
+from kubetune_api.contract import METRICS_PORT_ENV, STORAGE_ENV, STORAGE_SECRET_KEY
 from kubetune_api.spec import QUEUE_NAME_PATTERN
 
 __all__ = [
@@ -192,7 +192,7 @@ class OperatorConfig:
         secret: tuple[str, str] | None = None
         if env.get("KUBETUNE_DEFAULT_STORAGE_SECRET"):
             name, _, key = env["KUBETUNE_DEFAULT_STORAGE_SECRET"].partition("/")
-            secret = (name, key or "url")
+            secret = (name, key or STORAGE_SECRET_KEY)
         lease: tuple[str, str] | None = None
         if env.get("KUBETUNE_LEADER_ELECTION_LEASE"):
             lease_namespace, _, lease_name = env["KUBETUNE_LEADER_ELECTION_LEASE"].partition("/")

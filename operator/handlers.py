@@ -76,8 +76,15 @@ from hpo_operator.sizing import NodeInfo, node_info
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from kubetune_api.contract import STUDY_KEY, STUDY_LABEL
-from kubetune_api.crd import GROUP, PLURAL, VERSION
+from kubetune_api.contract import (
+    FINALIZER,
+    GROUP,
+    PLURAL,
+    STORAGE_SECRET_KEY,
+    STUDY_KEY,
+    STUDY_LABEL,
+    VERSION,
+)
 from kubetune_api.spec import SpecError, StudySpec, validate_spec_mapping
 from kubetune_api.status import StudyStatus, set_condition
 from kubetune_study.metrics import start_metrics_server
@@ -102,7 +109,6 @@ __all__ = [
 INTERVAL = reconcile_interval()
 # After a failed pass (API or storage hiccup), try again soon rather than kopf's default 60 s.
 BACKOFF = max(INTERVAL, 5.0)
-FINALIZER = "kubetune.dev/finalizer"
 RESOURCE = (GROUP, VERSION, PLURAL)
 
 #: Seconds a storage URL read from a Secret is used before the Secret is read again (it is
@@ -535,7 +541,7 @@ def _storage_url(
                 ),
             )
             state.secret_written = url
-        return url, (storage_secret_name(meta["name"]), "url")
+        return url, (storage_secret_name(meta["name"]), STORAGE_SECRET_KEY)
     raise cluster.StorageMissing(
         "no storage: set spec.storage.secretRef, or run the operator with "
         "KUBETUNE_DEFAULT_STORAGE_SECRET or KUBETUNE_STORAGE_URL"

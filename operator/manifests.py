@@ -33,12 +33,14 @@ from hpo_operator.config import OperatorConfig
 from hpo_operator.sizing import GPU, SizingDecision, format_bytes
 
 from kubetune_api.contract import (
+    API_VERSION,
     COMPONENT_ESTIMATE,
     COMPONENT_LABEL,
     COMPONENT_RUNNER,
     ESTIMATE_KEY_ANNOTATION,
     INDEX_LABEL,
     INSTANCE_LABEL,
+    KIND,
     KIND_ANNOTATION,
     KUEUE_PRIORITY_CLASS_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -53,6 +55,7 @@ from kubetune_api.contract import (
     SHM_PATH,
     SHM_VOLUME,
     STORAGE_ENV,
+    STORAGE_SECRET_KEY,
     STUDY_ENV,
     STUDY_KEY,
     STUDY_LABEL,
@@ -61,7 +64,7 @@ from kubetune_api.contract import (
     TMP_VOLUME,
     TRIALS_PER_DEVICE_ANNOTATION,
 )
-from kubetune_api.spec import API_VERSION, KIND, StudySpec, dump_yaml, parse_quantity
+from kubetune_api.spec import StudySpec, dump_yaml, parse_quantity
 from kubetune_study.pareto import FrontTrial, front_document
 
 __all__ = [
@@ -245,7 +248,7 @@ def storage_secret(owner: Mapping[str, Any], url: str) -> dict[str, Any]:
         "kind": "Secret",
         "type": "Opaque",
         "metadata": _metadata(owner, storage_secret_name(owner["metadata"]["name"]), "storage"),
-        "stringData": {"url": url},
+        "stringData": {STORAGE_SECRET_KEY: url},
     }
 
 

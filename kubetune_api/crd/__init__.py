@@ -20,6 +20,7 @@ import copy
 import sys
 from typing import Any
 
+from kubetune_api.contract import GROUP, KIND, PLURAL, VERSION
 from kubetune_api.crd._rules import (
     CRD_ONLY_BOUNDS,
     NAME_RULES,
@@ -29,24 +30,18 @@ from kubetune_api.crd._rules import (
     number_kind_rules,
 )
 from kubetune_api.crd._schema import structural_schema
-from kubetune_api.spec import KIND, StudySpec, dump_yaml, template_json_schema
+from kubetune_api.spec import StudySpec, dump_yaml, template_json_schema
 from kubetune_api.status import StudyStatus
 
 __all__ = [
     "CRD_ONLY_BOUNDS",
-    "GROUP",
-    "PLURAL",
     "SHORT_NAMES",
-    "VERSION",
     "crd",
     "crd_yaml",
     "spec_schema",
     "status_schema",
 ]
 
-GROUP = "kubetune.dev"
-VERSION = "v1alpha1"
-PLURAL = "hpostudies"
 SINGULAR = "hpostudy"
 SHORT_NAMES = ["hpo", "hpos"]
 

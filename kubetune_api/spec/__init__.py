@@ -30,10 +30,8 @@ from kubetune_api.spec._load import (
     validate_spec_mapping,
 )
 from kubetune_api.spec._models import (
-    API_VERSION,
     DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
     FREE_FORM_FIELDS,
-    KIND,
     MAX_OBJECTIVES,
     MAX_SEED,
     MAX_STAGES,
@@ -88,10 +86,8 @@ from kubetune_api.spec._template import (
 from kubetune_api.spec._yaml import dump_yaml, load_yaml_documents
 
 __all__ = [
-    "API_VERSION",
     "DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS",
     "FREE_FORM_FIELDS",
-    "KIND",
     "MAX_DOCUMENT_BYTES",
     "MAX_MOUNT_PATH",
     "MAX_OBJECTIVES",

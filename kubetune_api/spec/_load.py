@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kubetune_api.contract import KIND
 from kubetune_api.spec._errors import (
     FieldError,
     SpecError,
@@ -24,7 +25,7 @@ from kubetune_api.spec._errors import (
     model_at,
     pydantic_errors,
 )
-from kubetune_api.spec._models import KIND, HPOStudy, StudySpec
+from kubetune_api.spec._models import HPOStudy, StudySpec
 from kubetune_api.spec._rules import semantic_errors
 from kubetune_api.spec._yaml import load_yaml_documents
 

@@ -17,13 +17,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from kubetune_api.contract import STORAGE_SECRET_KEY, ApiVersion
 from kubetune_api.spec._parse import DURATION_PATTERN, parse_duration, parse_number, parse_quantity
 
 __all__ = [
-    "API_VERSION",
     "DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS",
     "FREE_FORM_FIELDS",
-    "KIND",
     "MAX_OBJECTIVES",
     "MAX_SEED",
     "MAX_STAGES",
@@ -66,8 +65,6 @@ __all__ = [
     "is_better",
 ]
 
-API_VERSION = "kubetune.dev/v1alpha1"
-KIND = "HPOStudy"
 
 NUMBER_PATTERN = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$"
@@ -496,7 +493,7 @@ class Runner(_Model):
 
 class SecretKeyRef(_Model):
     name: str = Field(pattern=NAME_PATTERN, max_length=253)
-    key: str = Field(default="url", min_length=1)
+    key: str = Field(default=STORAGE_SECRET_KEY, min_length=1)
 
 
 class Storage(_Model):
@@ -621,7 +618,7 @@ class ObjectMeta(BaseModel):
 
 
 class HPOStudy(_Model):
-    api_version: Literal["kubetune.dev/v1alpha1"]
+    api_version: ApiVersion
     kind: Literal["HPOStudy"]
     metadata: ObjectMeta
     spec: StudySpec
