@@ -127,6 +127,7 @@ step "pytest"
 # A base temp of its own: pytest prunes old directories under the shared default, which would
 # pull the data directory from under another session's PostgreSQL.
 basetemp="$(mktemp -d "${TMPDIR:-/tmp}/kubetune-tests.XXXXXX")"
+export KUBETUNE_SCREENSHOTS="${KUBETUNE_SCREENSHOTS:-$repo/docs/images}" # the docs' pictures
 status=0
 python -m pytest -p no:cacheprovider -ra --basetemp "$basetemp" "$@" || status=$?
 rm -rf "$basetemp" || true
