@@ -29,6 +29,8 @@ __all__ = [
     "START_FAILURE_REASONS",
     "BestTrial",
     "Condition",
+    "ConditionReason",
+    "ConditionType",
     "FrontTrial",
     "ParetoFront",
     "RunnerCounts",
@@ -43,8 +45,77 @@ __all__ = [
     "timestamp",
 ]
 
+
+class ConditionType(StrEnum):
+    """The types of the study's conditions, in the order they are listed."""
+
+    #: Whether the study's runners are up and claiming trials; the reason says why not.
+    READY = "Ready"
+    #: Whether the study finished its budget or its time (``True`` for good).
+    SUCCEEDED = "Succeeded"
+    #: Whether the study failed for good (trials, runners, or runners that cannot start).
+    FAILED = "Failed"
+    #: Whether ``spec.suspend`` drained the runners.
+    SUSPENDED = "Suspended"
+    #: What the warm start carried over (only for a study with ``spec.warmStart``).
+    WARM_STARTED = "WarmStarted"
+
+
 #: Condition types, in the order they are listed.
-CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended", "WarmStarted")
+CONDITION_TYPES = tuple(ConditionType)
+
+
+class ConditionReason(StrEnum):
+    """The reasons of the study's conditions (a runner start failure's reason is a
+    :class:`StartFailureReason`). Most are also the reason of the event posted when the
+    condition takes them."""
+
+    # Ready=False
+    #: The spec does not validate (the message says why).
+    INVALID_SPEC = "InvalidSpec"
+    #: The study's Optuna storage cannot be read; what runs is kept, nothing is created.
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
+    #: The peak memory is being estimated by the estimate pod.
+    ESTIMATING_MEMORY = "EstimatingMemory"
+    #: The estimate pod failed.
+    ESTIMATE_FAILED = "EstimateFailed"
+    #: A runner ran out of memory: the next pass sizes against the raised floor.
+    RESIZING = "Resizing"
+    #: No resource of the cluster fits the study's peak memory.
+    NO_FITTING_RESOURCE = "NoFittingResource"
+    #: Every trial is claimed; the running ones are waited for.
+    FINISHING = "Finishing"
+    #: Kueue has not admitted every runner pod.
+    WAITING_FOR_ADMISSION = "WaitingForAdmission"
+    #: Runners are created and not all ready yet.
+    RUNNERS_STARTING = "RunnersStarting"
+    # Ready=True
+    #: Every runner the study wants is ready.
+    RUNNERS_READY = "RunnersReady"
+    # Succeeded and Failed while the study runs
+    RUNNING = "Running"
+    # Succeeded=True (and Failed=False)
+    BUDGET_SPENT = "BudgetSpent"
+    TIMED_OUT = "TimedOut"
+    # Failed=True (and Succeeded=False)
+    TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
+    CONSECUTIVE_FAILED_TRIALS = "ConsecutiveFailedTrials"
+    #: Too many runner pods failed since the spec last changed.
+    RUNNER_FAILURES = "RunnerFailures"
+    # Ready=False of a finished or failed study
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    # Suspended (and Ready=False while suspended)
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    NOT_SUSPENDED = "NotSuspended"
+    FINISHED = "Finished"
+    # WarmStarted=True
+    APPLIED = "Applied"
+    PARTLY_APPLIED = "PartlyApplied"
+    SOURCE_NOT_FOUND = "SourceNotFound"
+
+
 #: Trials of the Pareto front the status lists (the ConfigMap ``<study>-best`` has them all).
 FRONT_LIMIT = 10
 #: The longest condition message the CRD accepts.
@@ -299,14 +370,14 @@ class StudyStatus(_Status):
         """The JSON the operator writes: camelCase, the fields this pass set."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
-    def condition(self, type_: str) -> Condition | None:
+    def condition(self, type_: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
 
-    def is_true(self, type_: str) -> bool:
+    def is_true(self, type_: ConditionType) -> bool:
         found = self.condition(type_)
         return found is not None and found.status == "True"
 
-    def reason(self, type_: str) -> str | None:
+    def reason(self, type_: ConditionType) -> str | None:
         found = self.condition(type_)
         return found.reason if found is not None else None
 
@@ -318,7 +389,7 @@ def timestamp(now: dt.datetime) -> str:
 
 def set_condition(
     conditions: Sequence[Condition],
-    type_: str,
+    type_: ConditionType,
     status: bool,
     reason: str,
     message: str,
@@ -338,5 +409,5 @@ def set_condition(
         observed_generation=generation,
     )
     out = [c for c in conditions if c.type != type_] + [updated]
-    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    order: dict[str, int] = {t: i for i, t in enumerate(CONDITION_TYPES)}
     return sorted(out, key=lambda c: order.get(c.type, len(order)))

@@ -63,6 +63,7 @@ from hpo_operator.reconcile import (
     CreateRunner,
     DeletePod,
     Event,
+    EventReason,
     ObservedPod,
     Plan,
     PodExpectations,
@@ -86,7 +87,7 @@ from kubetune_api.contract import (
     VERSION,
 )
 from kubetune_api.spec import SpecError, StudySpec, validate_spec_mapping
-from kubetune_api.status import StudyStatus, set_condition
+from kubetune_api.status import ConditionReason, ConditionType, StudyStatus, set_condition
 from kubetune_study.metrics import start_metrics_server
 from kubetune_study.progress import StudyProgress
 from kubetune_study.storage import StorageError, redact
@@ -334,9 +335,9 @@ def on_delete(body: kopf.Body, logger: Logger, memo: kopf.Memo, **kwargs: Any) -
     except (StorageError, cluster.StorageMissing, ApiException) as error:
         # Do not hold the HPOStudy forever for a storage that is gone; say so instead.
         message = f"could not delete Optuna study {study_name}: {_first_line(error)}"
-        kopf.warn(body, reason="StudyNotDeleted", message=message)
+        kopf.warn(body, reason=EventReason.STUDY_NOT_DELETED, message=message)
         return
-    kopf.info(body, reason="StudyDeleted", message=f"deleted Optuna study {study_name}")
+    kopf.info(body, reason=EventReason.STUDY_DELETED, message=f"deleted Optuna study {study_name}")
 
 
 # --------------------------------------------------------------------------- one pass
@@ -493,12 +494,11 @@ def _first_line(error: BaseException) -> str:
 
 def _invalid_plan(status: StudyStatus, generation: int, error: SpecError, now: dt.datetime) -> Plan:
     message = "; ".join(str(e) for e in error.errors)[:4000]
-    conditions = set_condition(
-        status.conditions, "Ready", False, "InvalidSpec", message, generation, now
-    )
-    old = status.condition("Ready")
-    repeated = old is not None and old.reason == "InvalidSpec" and old.message == message
-    events = () if repeated else (Event("Warning", "InvalidSpec", message),)
+    ready, invalid = ConditionType.READY, ConditionReason.INVALID_SPEC
+    conditions = set_condition(status.conditions, ready, False, invalid, message, generation, now)
+    old = status.condition(ready)
+    repeated = old is not None and old.reason == invalid and old.message == message
+    events = () if repeated else (Event("Warning", invalid, message),)
     new = StudyStatus(conditions=conditions, observed_generation=generation)
     return Plan((), new, events)
 

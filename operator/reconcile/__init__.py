@@ -8,7 +8,8 @@ unit-tested without a cluster; :mod:`hpo_operator.handlers` only gathers the inp
 carries the plan out. The pods come from a watch-fed cache; :class:`PodExpectations` adds what
 the operator wrote that the cache does not show yet (:mod:`._expect`).
 
-The steps (:mod:`._decide`), in order:
+The steps (:mod:`._decide`, over :mod:`._record`, :mod:`._start`, :mod:`._runners` and
+:mod:`._ready`), in order:
     * storage unreadable: keep what runs, create nothing, ``Ready=False StorageUnavailable``;
     * record the progress: trial counts, the best trial (its ConfigMap when it changed) or,
       with several objectives, the Pareto front (bounded; its ConfigMap when it changed),
@@ -35,7 +36,7 @@ The steps (:mod:`._decide`), in order:
 
 from __future__ import annotations
 
-from hpo_operator.reconcile._decide import SizingInput, decide
+from hpo_operator.reconcile._decide import decide
 from hpo_operator.reconcile._expect import PodExpectations
 from hpo_operator.reconcile._observe import (
     ObservedPod,
@@ -49,7 +50,9 @@ from hpo_operator.reconcile._plan import (
     CreateRunner,
     DeletePod,
     Event,
+    EventReason,
     Plan,
+    SizingInput,
     WriteBest,
     WriteFront,
 )
@@ -60,6 +63,7 @@ __all__ = [
     "CreateRunner",
     "DeletePod",
     "Event",
+    "EventReason",
     "ObservedPod",
     "Plan",
     "PodExpectations",
