@@ -47,17 +47,15 @@ __all__ = [
 
 
 class ConditionType(StrEnum):
-    """The types of the study's conditions, in the order they are listed."""
+    """The types of the study's conditions, in the order they are listed: ``Ready`` (runners up
+    and claiming trials, else the reason says why not), ``Succeeded`` and ``Failed`` (for good),
+    ``Suspended`` (``spec.suspend`` drained the runners), ``WarmStarted`` (what the warm start
+    carried over)."""
 
-    #: Whether the study's runners are up and claiming trials; the reason says why not.
     READY = "Ready"
-    #: Whether the study finished its budget or its time (``True`` for good).
     SUCCEEDED = "Succeeded"
-    #: Whether the study failed for good (trials, runners, or runners that cannot start).
     FAILED = "Failed"
-    #: Whether ``spec.suspend`` drained the runners.
     SUSPENDED = "Suspended"
-    #: What the warm start carried over (only for a study with ``spec.warmStart``).
     WARM_STARTED = "WarmStarted"
 
 
@@ -70,47 +68,40 @@ class ConditionReason(StrEnum):
     :class:`StartFailureReason`). Most are also the reason of the event posted when the
     condition takes them."""
 
-    # Ready=False
-    #: The spec does not validate (the message says why).
+    # Ready=False: why runners are not (all) ready.
     INVALID_SPEC = "InvalidSpec"
-    #: The study's Optuna storage cannot be read; what runs is kept, nothing is created.
+    #: The Optuna storage cannot be read: what runs is kept, nothing is created.
     STORAGE_UNAVAILABLE = "StorageUnavailable"
-    #: The peak memory is being estimated by the estimate pod.
     ESTIMATING_MEMORY = "EstimatingMemory"
-    #: The estimate pod failed.
     ESTIMATE_FAILED = "EstimateFailed"
     #: A runner ran out of memory: the next pass sizes against the raised floor.
     RESIZING = "Resizing"
-    #: No resource of the cluster fits the study's peak memory.
     NO_FITTING_RESOURCE = "NoFittingResource"
     #: Every trial is claimed; the running ones are waited for.
     FINISHING = "Finishing"
     #: Kueue has not admitted every runner pod.
     WAITING_FOR_ADMISSION = "WaitingForAdmission"
-    #: Runners are created and not all ready yet.
     RUNNERS_STARTING = "RunnersStarting"
-    # Ready=True
-    #: Every runner the study wants is ready.
+    # Ready=True.
     RUNNERS_READY = "RunnersReady"
-    # Succeeded and Failed while the study runs
+    # Succeeded=False and Failed=False while the study runs.
     RUNNING = "Running"
-    # Succeeded=True (and Failed=False)
+    # Succeeded=True (Failed=False) and Failed=True (Succeeded=False): how the study ended.
     BUDGET_SPENT = "BudgetSpent"
     TIMED_OUT = "TimedOut"
-    # Failed=True (and Succeeded=False)
     TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
     CONSECUTIVE_FAILED_TRIALS = "ConsecutiveFailedTrials"
     #: Too many runner pods failed since the spec last changed.
     RUNNER_FAILURES = "RunnerFailures"
-    # Ready=False of a finished or failed study
+    # Ready=False of a finished, failed or suspended study.
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
-    # Suspended (and Ready=False while suspended)
     SUSPENDED = "Suspended"
+    # Suspended.
     RESUMED = "Resumed"
     NOT_SUSPENDED = "NotSuspended"
     FINISHED = "Finished"
-    # WarmStarted=True
+    # WarmStarted=True.
     APPLIED = "Applied"
     PARTLY_APPLIED = "PartlyApplied"
     SOURCE_NOT_FOUND = "SourceNotFound"

@@ -49,15 +49,14 @@ from hpo_operator import _cluster as cluster
 from hpo_operator.config import OperatorConfig, reconcile_interval
 from hpo_operator.manifests import (
     best_configmap,
-    estimate_pod,
     front_configmap,
-    optuna_study_name,
-    runner_pod,
     spec_configmap,
     storage_secret,
-    storage_secret_name,
+    without_nulls,
 )
 from hpo_operator.metrics import OperatorMetrics
+from hpo_operator.names import optuna_study_name, storage_secret_name
+from hpo_operator.pods import estimate_pod, runner_pod
 from hpo_operator.reconcile import (
     CreateEstimatePod,
     CreateRunner,
@@ -616,17 +615,8 @@ def _patch_status(patch: kopf.Patch, old: Mapping[str, Any], new: Mapping[str, A
     is unchanged."""
     for key, value in new.items():
         previous = old.get(key)
-        if _stored(value) == _stored(previous):
+        if without_nulls(value) == without_nulls(previous):
             continue
         if isinstance(value, dict) and isinstance(previous, Mapping):
             value = {**{k: None for k in previous if k not in value}, **value}
         patch.status[key] = value
-
-
-def _stored(value: Any) -> Any:
-    """``value`` as the API server keeps it after a merge patch: without ``null`` fields."""
-    if isinstance(value, Mapping):
-        return {k: _stored(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_stored(v) for v in value]
-    return value

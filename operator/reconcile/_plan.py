@@ -186,6 +186,15 @@ class PlanBuilder:
         """Whether ``type_`` now has ``reason`` and had another one before this plan."""
         return self._now(type_)[1] == reason and self.old.reason(type_) != reason
 
+    def not_ready(
+        self, reason: str, message: str, event: Literal["Normal", "Warning"] | None = None
+    ) -> None:
+        """``Ready=False`` with ``reason``; with ``event``, an event of that type when the
+        condition enters the reason."""
+        self.condition(ConditionType.READY, False, reason, message)
+        if event is not None and self.entered(ConditionType.READY, reason):
+            self.event(event, reason, message)
+
     def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
 

@@ -41,73 +41,47 @@ def ready(
     if isinstance(sizing, PeakPending) and stuck is not None and stuck.start_failure is not None:
         # The estimate pod cannot start (the runners would not either): say why. It is not
         # replaced; the kubelet keeps trying, and the estimate runs once it can.
-        reason = str(stuck.start_failure.reason)
         message = f"the memory-estimate pod cannot start: {stuck.start_failure.message}"
-        b.condition(ConditionType.READY, False, reason, message)
-        if b.entered(ConditionType.READY, reason):
-            b.event("Warning", reason, message)
+        b.not_ready(str(stuck.start_failure.reason), message, "Warning")
     elif isinstance(sizing, PeakPending):
-        b.condition(ConditionType.READY, False, ConditionReason.ESTIMATING_MEMORY, sizing.reason)
+        b.not_ready(ConditionReason.ESTIMATING_MEMORY, sizing.reason)
     elif isinstance(sizing, PeakFailed):
-        b.condition(ConditionType.READY, False, ConditionReason.ESTIMATE_FAILED, sizing.message)
-        if b.entered(ConditionType.READY, ConditionReason.ESTIMATE_FAILED):
-            b.event("Warning", ConditionReason.ESTIMATE_FAILED, sizing.message)
+        b.not_ready(ConditionReason.ESTIMATE_FAILED, sizing.message, "Warning")
     elif not isinstance(sizing, NoFit) and not usable(b, sizing) and b.floor_raised():
         # This pass raised the floor after an OOMKill; the next one sizes against it.
-        b.condition(
-            ConditionType.READY,
-            False,
+        b.not_ready(
             ConditionReason.RESIZING,
             f"a runner ran out of memory; replacements get at least {format_bytes(b.floor)}",
         )
     elif not isinstance(sizing, NoFit) and not usable(b, sizing) and b.trials_limit_lowered():
-        b.condition(
-            ConditionType.READY,
-            False,
+        b.not_ready(
             ConditionReason.RESIZING,
             "a runner's processes kept running out of memory; replacements run at most "
             f"{b.trials_limit} per device",
         )
     elif isinstance(sizing, NoFit) or not usable(b, sizing):
         message = sizing.reason if isinstance(sizing, NoFit) else "no larger resource after OOM"
-        b.condition(ConditionType.READY, False, ConditionReason.NO_FITTING_RESOURCE, message)
-        if b.entered(ConditionType.READY, ConditionReason.NO_FITTING_RESOURCE):
-            b.event("Warning", ConditionReason.NO_FITTING_RESOURCE, message)
+        b.not_ready(ConditionReason.NO_FITTING_RESOURCE, message, "Warning")
     elif progress.outcome != "Running":
-        b.condition(
-            ConditionType.READY,
-            False,
+        b.not_ready(
             ConditionReason.FINISHING,
             f"every trial is claimed; waiting for {progress.active} running trial(s)",
         )
     elif waiting := b.status.runners.waiting_for_admission:
         _waiting_for_admission(b, ready, desired, waiting, alive)
     elif ready >= desired and not created:
-        b.condition(
-            ConditionType.READY,
-            True,
-            ConditionReason.RUNNERS_READY,
-            f"{ready}/{desired} runners ready",
-        )
+        message = f"{ready}/{desired} runners ready"
+        b.condition(ConditionType.READY, True, ConditionReason.RUNNERS_READY, message)
     elif failure := shown_start_failure(b, alive):
         reason, message = failure
-        b.condition(ConditionType.READY, False, reason, message)
-        if b.entered(ConditionType.READY, reason) and not any(e.reason == reason for e in b.events):
-            b.event("Warning", reason, message)
+        # Not twice: a failed start counted in this pass posted its own event.
+        posted = any(e.reason == reason for e in b.events)
+        b.not_ready(reason, message, None if posted else "Warning")
     elif pending := next((p.unschedulable for p in alive if p.unschedulable), None):
-        b.condition(
-            ConditionType.READY,
-            False,
-            StartFailureReason.UNSCHEDULABLE,
-            f"runner pods cannot be scheduled: {pending}",
-        )
+        message = f"runner pods cannot be scheduled: {pending}"
+        b.not_ready(StartFailureReason.UNSCHEDULABLE, message)
     else:
-        b.condition(
-            ConditionType.READY,
-            False,
-            ConditionReason.RUNNERS_STARTING,
-            f"{ready}/{desired} runners ready",
-        )
+        b.not_ready(ConditionReason.RUNNERS_STARTING, f"{ready}/{desired} runners ready")
 
 
 def _waiting_for_admission(
@@ -119,6 +93,4 @@ def _waiting_for_admission(
     stopped = sum(p.deleting and p.stopped_by_kueue is not None for p in alive)
     if stopped:
         message += f"; {stopped} stopped by Kueue (preempted or evicted), their trials re-queued"
-    b.condition(ConditionType.READY, False, ConditionReason.WAITING_FOR_ADMISSION, message)
-    if b.entered(ConditionType.READY, ConditionReason.WAITING_FOR_ADMISSION):
-        b.event("Normal", ConditionReason.WAITING_FOR_ADMISSION, message)
+    b.not_ready(ConditionReason.WAITING_FOR_ADMISSION, message, "Normal")
