@@ -10,13 +10,14 @@ series is bounded by the studies. The endpoint is served by
 
 from __future__ import annotations
 
+import functools
 from typing import TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from kubetune_api.status import CONDITION_TYPES, StudyStatus
 
-__all__ = ["CONDITION_STATUSES", "TRIAL_STATES", "OperatorMetrics"]
+__all__ = ["CONDITION_STATUSES", "TRIAL_STATES", "OperatorMetrics", "process_metrics"]
 
 #: ``state`` label values of ``kubetune_study_trials``: the fields of ``status.trials``.
 TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")
@@ -198,3 +199,10 @@ class OperatorMetrics:
         labels = (*key, *extra)
         self._seen.setdefault(key, set()).add((family, labels))
         return family.labels(*labels)
+
+
+@functools.cache
+def process_metrics() -> OperatorMetrics:
+    """The metrics of this process, in the default registry, which holds one set: an operator
+    started again in the same process (as tests do) goes on with the same series."""
+    return OperatorMetrics()

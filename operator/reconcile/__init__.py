@@ -36,7 +36,7 @@ The steps (:mod:`._decide`, over :mod:`._record`, :mod:`._start`, :mod:`._runner
 
 from __future__ import annotations
 
-from hpo_operator.reconcile._decide import decide
+from hpo_operator.reconcile._decide import decide, invalid_spec
 from hpo_operator.reconcile._expect import PodExpectations
 from hpo_operator.reconcile._observe import (
     ObservedPod,
@@ -56,6 +56,8 @@ from hpo_operator.reconcile._plan import (
     WriteBest,
     WriteFront,
 )
+from hpo_operator.reconcile._sizing import sizing_input
+from hpo_operator.reconcile._storage import StorageMissing
 
 __all__ = [
     "Action",
@@ -69,9 +71,12 @@ __all__ = [
     "PodExpectations",
     "SizingInput",
     "StartFailure",
+    "StorageMissing",
     "WriteBest",
     "WriteFront",
     "decide",
+    "invalid_spec",
     "observe_pod",
+    "sizing_input",
     "with_mount_failure",
 ]

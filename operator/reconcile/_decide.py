@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from hpo_operator.config import RunnerStartPolicy
 from hpo_operator.reconcile._observe import ObservedPod
 from hpo_operator.reconcile._plan import (
+    Event,
     Plan,
     PlanBuilder,
     SizingInput,
@@ -21,17 +22,18 @@ from hpo_operator.reconcile._start import (
     note_runners_going,
 )
 
-from kubetune_api.spec import StudySpec
+from kubetune_api.spec import SpecError, StudySpec
 from kubetune_api.status import (
     ConditionReason,
     ConditionType,
     StudyStatus,
+    set_condition,
     timestamp,
 )
 from kubetune_study.progress import FAILED_OUTCOMES, StudyProgress
 from kubetune_study.warmstart import WarmStartReport
 
-__all__ = ["SizingInput", "decide"]
+__all__ = ["decide", "invalid_spec"]
 
 
 def decide(
@@ -215,3 +217,15 @@ def _drained(b: PlanBuilder, alive: list[ObservedPod], crashed: bool) -> Plan:
         )
     # Runners that kept failing to start: gave_up_starting() said why in Ready.
     return b.plan()
+
+
+def invalid_spec(status: StudyStatus, generation: int, error: SpecError, now: dt.datetime) -> Plan:
+    """The plan for a study whose spec does not validate: nothing to do but say why
+    (``Ready=False InvalidSpec``, and a Warning event when the message changed)."""
+    message = "; ".join(str(e) for e in error.errors)[:4000]
+    ready, invalid = ConditionType.READY, ConditionReason.INVALID_SPEC
+    conditions = set_condition(status.conditions, ready, False, invalid, message, generation, now)
+    old = status.condition(ready)
+    repeated = old is not None and old.reason == invalid and old.message == message
+    events = () if repeated else (Event("Warning", invalid, message),)
+    return Plan((), StudyStatus(conditions=conditions, observed_generation=generation), events)

@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 import pytest
-from hpo_operator import handlers
+from hpo_operator import handlers, runtime
 from hpo_operator._cluster import api_client
 
 
@@ -68,9 +68,9 @@ def test_the_client_keeps_a_connection_for_each_worker(
     )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    client = api_client(connections=handlers.WORKERS)
+    client = api_client(connections=runtime.WORKERS)
     try:
         assert client.configuration.host == "https://127.0.0.1:6443"
-        assert client.rest_client.pool_manager.connection_pool_kw["maxsize"] >= handlers.WORKERS
+        assert client.rest_client.pool_manager.connection_pool_kw["maxsize"] >= runtime.WORKERS
     finally:
         client.close()
