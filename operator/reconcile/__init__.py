@@ -1,12 +1,14 @@
-"""The reconcile decision: given what is wanted and what is observed, what to do (pure).
+"""The reconcile pass: what it reads, the decision (pure), and what it writes.
 
 :func:`decide` takes the validated spec, the current :class:`~kubetune_api.status.StudyStatus`,
 the observed child pods (:mod:`._observe`), the study's progress (read from the Optuna
 storage) and the sizing result, and returns a :class:`Plan` (:mod:`._plan`): the actions to
 take, the new status and the events to emit. It does no I/O, so every state transition is
-unit-tested without a cluster; :mod:`hpo_operator.handlers` only gathers the inputs and
-carries the plan out. The pods come from a watch-fed cache; :class:`PodExpectations` adds what
-the operator wrote that the cache does not show yet (:mod:`._expect`).
+unit-tested without a cluster; a pass (:mod:`.study`) gathers the inputs (:mod:`.gather`,
+:mod:`.state`) and carries the plan out (:mod:`.act`): those modules do the I/O and are
+imported by name, not from this package. The pods come from a watch-fed cache;
+:class:`PodExpectations` adds what the operator wrote that the cache does not show yet
+(:mod:`._expect`).
 
 The steps (:mod:`._decide`, over :mod:`._record`, :mod:`._start`, :mod:`._runners` and
 :mod:`._ready`), in order:

@@ -44,23 +44,31 @@ SizingInput = SizingDecision | NoFit | PeakPending | PeakFailed
 
 @dataclass(frozen=True)
 class CreateRunner:
+    """Create runner pod ``<study>-runner-<index>`` with the resource ``sizing`` chose."""
+
     index: int
     sizing: SizingDecision
 
 
 @dataclass(frozen=True)
 class CreateEstimatePod:
+    """Create the estimate pod for the spec whose estimate key is ``key``."""
+
     key: str
 
 
 @dataclass(frozen=True)
 class DeletePod:
+    """Delete pod ``name`` (``reason`` goes to the operator's log)."""
+
     name: str
     reason: str
 
 
 @dataclass(frozen=True)
 class WriteBest:
+    """Write the best trial (its value, parameters and number) to ``<study>-best``."""
+
     value: float
     params: Mapping[str, Any]
     trial: int

@@ -10,15 +10,17 @@ operator's memo.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
 import kopf
 import optuna
+from hpo_operator.metrics import OperatorMetrics
 from hpo_operator.names import optuna_study_name
 from hpo_operator.reconcile import gather
 from hpo_operator.reconcile._decide import decide, invalid_spec
@@ -60,57 +62,65 @@ def reconcile_study(
     if meta.get("deletionTimestamp"):
         return
     namespace, name = meta["namespace"], meta["name"]
-    metrics = runtime.metrics
     if not state.lock.acquire(blocking=wait):
         return
     try:
+        with _measured(runtime.metrics, namespace, name):
+            current: Mapping[str, Any] = body.get("status") or {}
+            core = runtime.core()
+            status = _read_status(_decided_on(body, current, state), logger)
+            spec, plan, secret_ref = _decide(core, body, status, runtime, state, indexes)
+            plan.status.study_name = optuna_study_name(namespace, name)
+            apply(core, body, spec, plan, secret_ref, runtime.config, logger, state)
+            new_status = plan.status.to_api()
+            patch_status(patch, current, new_status)
+            state.written = (str(meta.get("resourceVersion")), new_status)
+            runtime.metrics.observe(namespace, name, plan.status)
+            for event in plan.events:
+                kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    finally:
+        state.lock.release()
+
+
+@contextlib.contextmanager
+def _measured(metrics: OperatorMetrics, namespace: str, name: str) -> Iterator[None]:
+    """Time a pass, and count it when it raises (with the HTTP status the API answered)."""
+    try:
         with metrics.reconcile_duration.time():
-            _reconcile(body, patch, logger, runtime, state, indexes)
+            yield
     except ApiException as error:
         metrics.reconcile_error(namespace, name, api_status=error.status)
         raise
     except Exception:
         metrics.reconcile_error(namespace, name)
         raise
-    finally:
-        state.lock.release()
 
 
-def _reconcile(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    logger: Logger,
+def _decided_on(
+    body: Mapping[str, Any], current: Mapping[str, Any], state: StudyState
+) -> Mapping[str, Any]:
+    """The status to decide from: the body's, unless our last status patch is not in this
+    body yet (a timer and a change handler ran back to back): then what was written."""
+    version, written = state.written
+    return written if version == body["metadata"].get("resourceVersion") else current
+
+
+def _decide(
+    core: Any,
+    body: Mapping[str, Any],
+    status: StudyStatus,
     runtime: Runtime,
     state: StudyState,
     indexes: Indexes,
-) -> None:
-    meta = body["metadata"]
-    current: Mapping[str, Any] = body.get("status") or {}
-    raw = current
-    version, written = state.written
-    if version == meta.get("resourceVersion"):
-        # Our last status patch is not in this body yet (a timer and a change handler ran
-        # back to back): decide from what was written, not from the older status.
-        raw = written
-    core = runtime.core()
-    status = _read_status(raw, logger)
-    spec: StudySpec | None = None
-    secret_ref: tuple[str, str] | None = None
+) -> tuple[StudySpec | None, Plan, tuple[str, str] | None]:
+    """The spec (validated once: ``None`` when it does not validate), the plan, and where
+    runner pods read the storage URL from."""
     try:
-        valid = validate_spec_mapping(dict(body.get("spec") or {}))
+        spec = validate_spec_mapping(dict(body.get("spec") or {}))
     except SpecError as error:
-        plan = invalid_spec(status, _generation(body), error, _now())
-    else:
-        spec = valid
-        plan, secret_ref = _plan(core, body, valid, status, runtime, state, indexes)
-    plan.status.study_name = optuna_study_name(meta["namespace"], meta["name"])
-    apply(core, body, spec, plan, secret_ref, runtime.config, logger, state)
-    new_status = plan.status.to_api()
-    patch_status(patch, current, new_status)
-    state.written = (str(meta.get("resourceVersion")), new_status)
-    runtime.metrics.observe(meta["namespace"], meta["name"], plan.status)
-    for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        return None, invalid_spec(status, _generation(body), error, _now()), None
+    plan, secret_ref = _plan(core, body, spec, status, runtime, state, indexes)
+    return spec, plan, secret_ref
 
 
 def _plan(
