@@ -39,11 +39,12 @@ from hpo_operator.reconcile.state import (
     ALL_NODES,
     EventIndex,
     Indexes,
+    Logger,
     NodeIndex,
     PodIndex,
     StudyState,
 )
-from hpo_operator.reconcile.study import Logger, delete_study, reconcile_study
+from hpo_operator.reconcile.study import delete_study, reconcile_study
 from hpo_operator.runtime import EVENTS, Runtime
 from hpo_operator.sizing import NodeInfo, node_info
 

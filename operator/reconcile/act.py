@@ -30,7 +30,7 @@ from hpo_operator.reconcile._plan import (
     WriteBest,
     WriteFront,
 )
-from hpo_operator.reconcile.state import StudyState
+from hpo_operator.reconcile.state import Logger, StudyState
 
 from kubetune_api.contract import STUDY_KEY
 from kubetune_api.spec import StudySpec
@@ -45,7 +45,7 @@ def apply(
     plan: Plan,
     secret_ref: tuple[str, str] | None,
     config: OperatorConfig,
-    logger: Any,
+    logger: Logger,
     state: StudyState,
 ) -> None:
     """Carry out ``plan``'s actions, in order. ``spec`` is the validated spec (``None`` when it

@@ -3,6 +3,7 @@ what the operator keeps about the study between passes (:class:`StudyState`, in 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ __all__ = [
     "ALL_NODES",
     "EventIndex",
     "Indexes",
+    "Logger",
     "NodeIndex",
     "PodIndex",
     "StudyState",
@@ -30,6 +32,8 @@ PodIndex = kopf.Index[tuple[str, str], ObservedPod]
 NodeIndex = kopf.Index[str, NodeInfo]
 #: The kubelet's ``FailedMount`` events as ``(time, message)``, by ``(namespace, pod uid)``.
 EventIndex = kopf.Index[tuple[str, str], tuple[str, str]]
+#: The loggers kopf gives handlers.
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 #: The key of the node index under which every node is found.
 ALL_NODES = "nodes"
 #: The key of the :class:`StudyState` in a study's memo.

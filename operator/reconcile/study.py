@@ -28,7 +28,14 @@ from hpo_operator.reconcile._plan import EventReason, Plan
 from hpo_operator.reconcile._sizing import sizing_input
 from hpo_operator.reconcile._storage import StorageMissing
 from hpo_operator.reconcile.act import apply, delete_pods, patch_status
-from hpo_operator.reconcile.state import ALL_NODES, Indexes, PodIndex, StudyState, snapshot
+from hpo_operator.reconcile.state import (
+    ALL_NODES,
+    Indexes,
+    Logger,
+    PodIndex,
+    StudyState,
+    snapshot,
+)
 from hpo_operator.runtime import Runtime
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -37,9 +44,8 @@ from kubetune_api.spec import SpecError, StudySpec, validate_spec_mapping
 from kubetune_api.status import StudyStatus
 from kubetune_study.storage import StorageError
 
-__all__ = ["Logger", "delete_study", "reconcile_study"]
+__all__ = ["delete_study", "reconcile_study"]
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 # Repeated per-pass warnings go here rather than to kopf's object logger, which would post
 # each of them as a Kubernetes Event (the decision posts one when the condition changes).
 log = logging.getLogger("kubetune.operator")
