@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import kopf
 from hpo_operator import runtime as operator_runtime
@@ -133,36 +133,35 @@ def cluster_nodes(body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
     return {ALL_NODES: node_info(body)}
 
 
-def on_change(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    logger: Logger,
-    memo: kopf.Memo,
-    study_pods: PodIndex,
-    cluster_nodes: NodeIndex,
-    mount_failures: EventIndex,
-    **_: Any,
-) -> None:
+class StudyPassArgs(TypedDict):
+    """What kopf passes a study's change and timer handlers that a pass uses (with more that
+    it does not): the indexes under their handlers' names."""
+
+    body: kopf.Body
+    patch: kopf.Patch
+    logger: Logger
+    memo: kopf.Memo
+    study_pods: PodIndex
+    cluster_nodes: NodeIndex
+    mount_failures: EventIndex
+
+
+def on_change(**kwargs: Unpack[StudyPassArgs]) -> None:
     """React at once to a new or edited study (the timer would within its interval)."""
-    indexes = Indexes(study_pods, cluster_nodes, mount_failures)
-    reconcile_study(body, patch, logger, Runtime.of(memo), StudyState.of(memo), indexes)
+    _study_pass(kwargs, wait=True)
 
 
-def on_tick(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    logger: Logger,
-    memo: kopf.Memo,
-    study_pods: PodIndex,
-    cluster_nodes: NodeIndex,
-    mount_failures: EventIndex,
-    **_: Any,
-) -> None:
+def on_tick(**kwargs: Unpack[StudyPassArgs]) -> None:
     """Follow the study's progress: trials finish without any Kubernetes event. A tick that
     finds a pass of the study running (a change handler's) is skipped, not queued."""
-    indexes = Indexes(study_pods, cluster_nodes, mount_failures)
+    _study_pass(kwargs, wait=False)
+
+
+def _study_pass(args: StudyPassArgs, *, wait: bool) -> None:
+    memo = args["memo"]
+    indexes = Indexes(args["study_pods"], args["cluster_nodes"], args["mount_failures"])
     runtime, state = Runtime.of(memo), StudyState.of(memo)
-    reconcile_study(body, patch, logger, runtime, state, indexes, wait=False)
+    reconcile_study(args["body"], args["patch"], args["logger"], runtime, state, indexes, wait=wait)
 
 
 def on_delete(
