@@ -14,11 +14,15 @@ from typing import Final, Literal, TypedDict, get_args
 
 __all__ = [
     "API_VERSION",
+    "APP_NAME",
     "BUDGET_ATTR",
+    "CACHE_HOME_ENV",
+    "CLI",
     "COMPONENT_ESTIMATE",
     "COMPONENT_LABEL",
     "COMPONENT_RUNNER",
     "CPU_THREADS_ENV",
+    "ESTIMATE_COMMAND",
     "ESTIMATE_KEY_ANNOTATION",
     "FAILED_ATTR",
     "FINALIZER",
@@ -28,6 +32,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL_ENV",
     "INDEX_LABEL",
     "INSTANCE_LABEL",
+    "JSON_OPTION",
     "KIND",
     "KIND_ANNOTATION",
     "KUEUE_ADMISSION_GATE",
@@ -41,6 +46,7 @@ __all__ = [
     "METRICS_PATH",
     "METRICS_PORT_ENV",
     "NAME_LABEL",
+    "OPERATOR_NAME",
     "ORIGIN_ATTR",
     "OUT_OF_MEMORY_EXIT_CODE",
     "OWNED_ANNOTATIONS",
@@ -51,9 +57,11 @@ __all__ = [
     "POD_NAME_ENV",
     "PREEMPTED_ATTR",
     "PRIOR_ATTR",
+    "PROCESSES_OPTION",
     "PROFILE_ATTR",
     "PROMETHEUS_ANNOTATIONS",
     "RESOURCE_ANNOTATION",
+    "RUNNER_COMMAND",
     "RUNNER_CONTAINER",
     "SHM_PATH",
     "SHM_VOLUME",
@@ -68,15 +76,18 @@ __all__ = [
     "STUDY_ENV",
     "STUDY_KEY",
     "STUDY_LABEL",
+    "STUDY_NAME_OPTION",
     "SUPERVISED_ENV",
     "TASK_LOAD_EXIT_CODE",
     "TELEMETRY_ATTR",
     "TERMINATION_LOG",
+    "TERMINATION_MESSAGE_OPTION",
     "TMP_PATH",
     "TMP_VOLUME",
     "TRIALS_PER_DEVICE_ANNOTATION",
     "TRIAL_HUNG_EXIT_CODE",
     "TRIAL_LIMIT_GRACE_ENV",
+    "UNBUFFERED_ENV",
     "VERSION",
     "WAIT_SECONDS_ENV",
     "WARM_START_ATTR",
@@ -146,6 +157,29 @@ TRIAL_LIMIT_GRACE_ENV = "KUBETUNE_TRIAL_LIMIT_GRACE"
 #: itself in place.
 SUPERVISED_ENV = "KUBETUNE_SUPERVISED"
 
+#: Where caches go (torch, inductor, matplotlib): the pods set it to the writable ``/tmp``.
+CACHE_HOME_ENV = "XDG_CACHE_HOME"
+#: Set in the pods so that their output reaches the logs at once.
+UNBUFFERED_ENV = "PYTHONUNBUFFERED"
+
+# --- the command lines of the pods (the ``kubetune`` CLI parses them)
+
+#: The command of the image.
+CLI = "kubetune"
+#: A runner pod runs ``kubetune runner --study-name NAME --termination-message-path PATH
+#: [--processes N]`` and reads the study from :data:`STUDY_ENV`.
+RUNNER_COMMAND = (CLI, "runner")
+#: The estimate pod runs ``kubetune estimate --json --termination-message-path PATH``.
+ESTIMATE_COMMAND = (CLI, "estimate")
+#: The Optuna study a runner claims trials of.
+STUDY_NAME_OPTION = "--study-name"
+#: Where a runner writes why it stopped, and the estimate its JSON result.
+TERMINATION_MESSAGE_OPTION = "--termination-message-path"
+#: Runner processes a runner pod runs on its device.
+PROCESSES_OPTION = "--processes"
+#: The estimate prints JSON.
+JSON_OPTION = "--json"
+
 # --- the parts of a runner pod kubetune owns (``spec.runner.template`` may not set them)
 
 #: The runner container's name; ``spec.runner.template`` may hold this one container only.
@@ -162,22 +196,12 @@ OWNED_ENV = (
     METRICS_PORT_ENV,
     START_GATE_FD_ENV,
     START_READY_FD_ENV,
-    "XDG_CACHE_HOME",
-    "PYTHONUNBUFFERED",
+    CACHE_HOME_ENV,
+    UNBUFFERED_ENV,
 )
 #: Resources kubetune sizes (a prefix ends with "/"): the template may ask for others
 #: (``ephemeral-storage``, hugepages, a NIC's extended resource).
 OWNED_RESOURCES = ("cpu", "memory", "nvidia.com/")
-#: Label and annotation keys kubetune sets (a prefix ends with "/").
-OWNED_LABELS = (
-    "kubetune.dev/",
-    "app.kubernetes.io/name",
-    "app.kubernetes.io/instance",
-    "app.kubernetes.io/managed-by",
-    "app.kubernetes.io/component",
-    "kueue.x-k8s.io/",
-)
-OWNED_ANNOTATIONS = ("kubetune.dev/", "prometheus.io/")
 
 # --- what the operator puts on the objects it creates, and reads back
 
@@ -189,6 +213,10 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+#: The value of :data:`NAME_LABEL`.
+APP_NAME = "kubetune"
+#: The value of :data:`MANAGED_BY_LABEL`, and the component of the operator's events.
+OPERATOR_NAME = "kubetune-operator"
 #: Values of :data:`COMPONENT_LABEL`.
 COMPONENT_RUNNER = "trial-runner"
 COMPONENT_ESTIMATE = "memory-estimate"
@@ -226,6 +254,18 @@ PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/port": "{port}",
     "prometheus.io/path": METRICS_PATH,
 }
+
+#: Label and annotation keys kubetune sets (a prefix ends with "/"): ``spec.runner.template``
+#: may not set them.
+OWNED_LABELS = (
+    "kubetune.dev/",
+    NAME_LABEL,
+    INSTANCE_LABEL,
+    MANAGED_BY_LABEL,
+    COMPONENT_LABEL,
+    "kueue.x-k8s.io/",
+)
+OWNED_ANNOTATIONS = ("kubetune.dev/", "prometheus.io/")
 
 # --- Kueue's names (sigs.k8s.io/kueue v0.17: pkg/controller/constants, jobs/pod), which the
 # operator writes on runner pods (its pod integration admits them) and reads back

@@ -29,6 +29,8 @@ __all__ = [
     "START_FAILURE_REASONS",
     "BestTrial",
     "Condition",
+    "ConditionReason",
+    "ConditionType",
     "FrontTrial",
     "ParetoFront",
     "RunnerCounts",
@@ -43,8 +45,68 @@ __all__ = [
     "timestamp",
 ]
 
+
+class ConditionType(StrEnum):
+    """The types of the study's conditions, in the order they are listed: ``Ready`` (runners up
+    and claiming trials, else the reason says why not), ``Succeeded`` and ``Failed`` (for good),
+    ``Suspended`` (``spec.suspend`` drained the runners), ``WarmStarted`` (what the warm start
+    carried over)."""
+
+    READY = "Ready"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    WARM_STARTED = "WarmStarted"
+
+
 #: Condition types, in the order they are listed.
-CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended", "WarmStarted")
+CONDITION_TYPES = tuple(ConditionType)
+
+
+class ConditionReason(StrEnum):
+    """The reasons of the study's conditions (a runner start failure's reason is a
+    :class:`StartFailureReason`). Most are also the reason of the event posted when the
+    condition takes them."""
+
+    # Ready=False: why runners are not (all) ready.
+    INVALID_SPEC = "InvalidSpec"
+    #: The Optuna storage cannot be read: what runs is kept, nothing is created.
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
+    ESTIMATING_MEMORY = "EstimatingMemory"
+    ESTIMATE_FAILED = "EstimateFailed"
+    #: A runner ran out of memory: the next pass sizes against the raised floor.
+    RESIZING = "Resizing"
+    NO_FITTING_RESOURCE = "NoFittingResource"
+    #: Every trial is claimed; the running ones are waited for.
+    FINISHING = "Finishing"
+    #: Kueue has not admitted every runner pod.
+    WAITING_FOR_ADMISSION = "WaitingForAdmission"
+    RUNNERS_STARTING = "RunnersStarting"
+    # Ready=True.
+    RUNNERS_READY = "RunnersReady"
+    # Succeeded=False and Failed=False while the study runs.
+    RUNNING = "Running"
+    # Succeeded=True (Failed=False) and Failed=True (Succeeded=False): how the study ended.
+    BUDGET_SPENT = "BudgetSpent"
+    TIMED_OUT = "TimedOut"
+    TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
+    CONSECUTIVE_FAILED_TRIALS = "ConsecutiveFailedTrials"
+    #: Too many runner pods failed since the spec last changed.
+    RUNNER_FAILURES = "RunnerFailures"
+    # Ready=False of a finished, failed or suspended study.
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    # Suspended.
+    RESUMED = "Resumed"
+    NOT_SUSPENDED = "NotSuspended"
+    FINISHED = "Finished"
+    # WarmStarted=True.
+    APPLIED = "Applied"
+    PARTLY_APPLIED = "PartlyApplied"
+    SOURCE_NOT_FOUND = "SourceNotFound"
+
+
 #: Trials of the Pareto front the status lists (the ConfigMap ``<study>-best`` has them all).
 FRONT_LIMIT = 10
 #: The longest condition message the CRD accepts.
@@ -299,14 +361,14 @@ class StudyStatus(_Status):
         """The JSON the operator writes: camelCase, the fields this pass set."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
-    def condition(self, type_: str) -> Condition | None:
+    def condition(self, type_: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
 
-    def is_true(self, type_: str) -> bool:
+    def is_true(self, type_: ConditionType) -> bool:
         found = self.condition(type_)
         return found is not None and found.status == "True"
 
-    def reason(self, type_: str) -> str | None:
+    def reason(self, type_: ConditionType) -> str | None:
         found = self.condition(type_)
         return found.reason if found is not None else None
 
@@ -318,7 +380,7 @@ def timestamp(now: dt.datetime) -> str:
 
 def set_condition(
     conditions: Sequence[Condition],
-    type_: str,
+    type_: ConditionType,
     status: bool,
     reason: str,
     message: str,
@@ -338,5 +400,5 @@ def set_condition(
         observed_generation=generation,
     )
     out = [c for c in conditions if c.type != type_] + [updated]
-    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    order: dict[str, int] = {t: i for i, t in enumerate(CONDITION_TYPES)}
     return sorted(out, key=lambda c: order.get(c.type, len(order)))

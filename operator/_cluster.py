@@ -1,7 +1,8 @@
 """The operator's reads and writes: the Kubernetes API and the studies' Optuna storages.
 
-Kept apart from :mod:`hpo_operator.handlers` so the handlers read as "gather, decide, act".
-Nothing here decides anything: :func:`sizing_input` only combines what was read.
+Kept apart from the reconcile pass (:mod:`hpo_operator.reconcile`) so that it reads as
+"gather, decide, act". Nothing here decides anything or composes what the status says: the
+messages of :class:`~hpo_operator.reconcile.StorageMissing` are composed on the pure side.
 """
 
 from __future__ import annotations
@@ -10,20 +11,17 @@ import base64
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
 import optuna
-from hpo_operator.reconcile import ObservedPod, SizingInput
-from hpo_operator.sizing import NodeInfo, Peak, choose_resource, estimate_key, resolve_peak
+from hpo_operator.reconcile import StorageMissing
 from kubernetes.client.exceptions import ApiException
 from optuna.storages import BaseStorage
 
-from kubetune_api.contract import COMPONENT_ESTIMATE
 from kubetune_api.spec import StudySpec
-from kubetune_api.status import StudyStatus
 from kubetune_study.outage import first_line, is_connection_error
 from kubetune_study.preemption import release_stale_trials
 from kubetune_study.progress import StudyProgress
@@ -38,7 +36,6 @@ from kubetune_study.storage import (
 from kubetune_study.warmstart import WarmStartReport, apply_warm_start
 
 __all__ = [
-    "StorageMissing",
     "Storages",
     "StudyStorage",
     "api_client",
@@ -46,7 +43,6 @@ __all__ = [
     "create_or_replace",
     "delete_pod",
     "read_secret",
-    "sizing_input",
 ]
 
 # The kubernetes client's type hints want V1* models; plain dicts are accepted.
@@ -54,10 +50,6 @@ k8s: Any = kubernetes
 
 #: Seconds a pass waits for another pass that is opening the same storage.
 OPEN_WAIT = 5.0
-
-
-class StorageMissing(Exception):
-    """No storage URL can be found for a study; the message says where it was looked for."""
 
 
 def api_client(connections: int = 1) -> Any:
@@ -83,13 +75,11 @@ def read_secret(core: Any, namespace: str, name: str, key: str) -> str:
         secret = core.read_namespaced_secret(name, namespace)
     except ApiException as error:
         if error.status == 404:
-            raise StorageMissing(f"Secret {namespace}/{name} not found") from None
+            raise StorageMissing.secret_not_found(namespace, name) from None
         raise
     data = secret.data or {}
     if key not in data:
-        raise StorageMissing(
-            f"Secret {namespace}/{name} has no key {key!r} (keys: {', '.join(sorted(data))})"
-        )
+        raise StorageMissing.key_not_found(namespace, name, key, data)
     return base64.b64decode(data[key]).decode().strip()
 
 
@@ -117,37 +107,6 @@ def delete_pod(core: Any, namespace: str, name: str) -> None:
     except ApiException as error:
         if error.status != 404:
             raise
-
-
-def sizing_input(
-    spec: StudySpec,
-    status: StudyStatus,
-    children: Sequence[ObservedPod],
-    list_nodes: Callable[[], list[NodeInfo]],
-) -> SizingInput:
-    """The sizing for :func:`~hpo_operator.reconcile.decide`: from the spec, the recorded
-    estimate or this spec's estimate pod, then the nodes (listed only when a peak is known)."""
-    key = estimate_key(spec)
-    message: str | None = None
-    failed: str | None = None
-    for pod in children:
-        if pod.component != COMPONENT_ESTIMATE or pod.estimate_key != key or pod.deleting:
-            continue
-        if pod.phase == "Succeeded":
-            message = pod.message
-        elif pod.phase == "Failed":
-            detail = pod.message.splitlines()[-1] if pod.message else "no termination message"
-            failed = (
-                f"estimate pod exited with code {pod.exit_code}: {detail[:500]}; fix the task "
-                "or set spec.resources.peakMemory"
-            )
-    peak = resolve_peak(spec, status.sizing, message, failed)
-    if not isinstance(peak, Peak):
-        return peak
-    recorded = status.sizing
-    floor = (recorded.floor_bytes if recorded is not None else None) or 0
-    limit = recorded.trials_per_device_limit if recorded is not None else None
-    return choose_resource(list_nodes(), spec, peak, floor, limit)
 
 
 class Storages:

@@ -80,8 +80,28 @@ __all__ = [
 ]
 
 DEFAULT_IMAGE = "ghcr.io/kubetune/kubetune:0.1.0-cpu"
-RECONCILE_INTERVAL_ENV = "KUBETUNE_RECONCILE_INTERVAL"
-RUNNER_METRICS_PORT_ENV = "KUBETUNE_RUNNER_METRICS_PORT"
+
+# The operator's settings (the environment variables the module docstring describes).
+RUNNER_IMAGE_ENV: Final = "KUBETUNE_RUNNER_IMAGE"
+IMAGE_PULL_POLICY_ENV: Final = "KUBETUNE_IMAGE_PULL_POLICY"
+RUNNER_UID_ENV: Final = "KUBETUNE_RUNNER_UID"
+RUNNER_EXTRA_LABELS_ENV: Final = "KUBETUNE_RUNNER_EXTRA_LABELS"
+RUNNER_EXTRA_ENV_ENV: Final = "KUBETUNE_RUNNER_EXTRA_ENV"
+RUNNER_TOLERATIONS_ENV: Final = "KUBETUNE_RUNNER_TOLERATIONS"
+RUNNER_QUEUE_NAME_ENV: Final = "KUBETUNE_RUNNER_QUEUE_NAME"
+GRACE_PERIOD_ENV: Final = "KUBETUNE_GRACE_PERIOD"
+ESTIMATE_CPU_ENV: Final = "KUBETUNE_ESTIMATE_CPU"
+ESTIMATE_MEMORY_ENV: Final = "KUBETUNE_ESTIMATE_MEMORY"
+DEFAULT_STORAGE_SECRET_ENV: Final = "KUBETUNE_DEFAULT_STORAGE_SECRET"
+RECONCILE_INTERVAL_ENV: Final = "KUBETUNE_RECONCILE_INTERVAL"
+MAX_RUNNER_FAILURES_ENV: Final = "KUBETUNE_MAX_RUNNER_FAILURES"
+RUNNER_START_ATTEMPTS_ENV: Final = "KUBETUNE_RUNNER_START_ATTEMPTS"
+RUNNER_START_BACKOFF_ENV: Final = "KUBETUNE_RUNNER_START_BACKOFF"
+LEADER_ELECTION_LEASE_ENV: Final = "KUBETUNE_LEADER_ELECTION_LEASE"
+LEASE_DURATION_ENV: Final = "KUBETUNE_LEASE_DURATION"
+RUNNER_METRICS_PORT_ENV: Final = "KUBETUNE_RUNNER_METRICS_PORT"
+# The operator's own metrics port and its storage URL have the names the runners read:
+# kubetune_api.contract.METRICS_PORT_ENV and STORAGE_ENV.
 
 
 def reconcile_interval(env: Mapping[str, str] | None = None) -> float:
@@ -189,48 +209,28 @@ class OperatorConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         """Read the settings; a malformed value raises ``ValueError`` naming the variable."""
         env = os.environ if env is None else env
-        secret: tuple[str, str] | None = None
-        if env.get("KUBETUNE_DEFAULT_STORAGE_SECRET"):
-            name, _, key = env["KUBETUNE_DEFAULT_STORAGE_SECRET"].partition("/")
-            secret = (name, key or STORAGE_SECRET_KEY)
-        lease: tuple[str, str] | None = None
-        if env.get("KUBETUNE_LEADER_ELECTION_LEASE"):
-            lease_namespace, _, lease_name = env["KUBETUNE_LEADER_ELECTION_LEASE"].partition("/")
-            if not lease_namespace or not lease_name:
-                raise ValueError(
-                    "KUBETUNE_LEADER_ELECTION_LEASE: expected namespace/name, got "
-                    f"{env['KUBETUNE_LEADER_ELECTION_LEASE']!r}"
-                )
-            lease = (lease_namespace, lease_name)
-        policy = env.get("KUBETUNE_IMAGE_PULL_POLICY", "IfNotPresent")
-        if policy not in ("IfNotPresent", "Always", "Never"):
-            raise ValueError(
-                "KUBETUNE_IMAGE_PULL_POLICY: expected IfNotPresent, Always or Never, "
-                f"got {policy!r}"
-            )
+        secret = _default_secret(env.get(DEFAULT_STORAGE_SECRET_ENV, ""))
+        lease = _lease(env.get(LEADER_ELECTION_LEASE_ENV, ""))
+        policy = _pull_policy(env.get(IMAGE_PULL_POLICY_ENV, "IfNotPresent"))
         try:
             return cls(
-                runner_image=env.get("KUBETUNE_RUNNER_IMAGE") or DEFAULT_IMAGE,
+                runner_image=env.get(RUNNER_IMAGE_ENV) or DEFAULT_IMAGE,
                 image_pull_policy=policy,
-                run_as_user=int(env.get("KUBETUNE_RUNNER_UID", "65532")),
-                extra_labels=parse_pairs(
-                    env.get("KUBETUNE_RUNNER_EXTRA_LABELS", ""), "KUBETUNE_RUNNER_EXTRA_LABELS"
-                ),
-                extra_env=parse_pairs(
-                    env.get("KUBETUNE_RUNNER_EXTRA_ENV", ""), "KUBETUNE_RUNNER_EXTRA_ENV"
-                ),
-                tolerations=_tolerations(env.get("KUBETUNE_RUNNER_TOLERATIONS", "")),
-                queue_name=_queue_name(env.get("KUBETUNE_RUNNER_QUEUE_NAME", "")),
-                grace_period_seconds=int(env.get("KUBETUNE_GRACE_PERIOD", "60")),
-                estimate_cpu=env.get("KUBETUNE_ESTIMATE_CPU", "1"),
-                estimate_memory=env.get("KUBETUNE_ESTIMATE_MEMORY", "4Gi"),
+                run_as_user=int(env.get(RUNNER_UID_ENV, "65532")),
+                extra_labels=_pairs(env, RUNNER_EXTRA_LABELS_ENV),
+                extra_env=_pairs(env, RUNNER_EXTRA_ENV_ENV),
+                tolerations=_tolerations(env.get(RUNNER_TOLERATIONS_ENV, "")),
+                queue_name=_queue_name(env.get(RUNNER_QUEUE_NAME_ENV, "")),
+                grace_period_seconds=int(env.get(GRACE_PERIOD_ENV, "60")),
+                estimate_cpu=env.get(ESTIMATE_CPU_ENV, "1"),
+                estimate_memory=env.get(ESTIMATE_MEMORY_ENV, "4Gi"),
                 default_storage_secret=secret,
                 default_storage_url=env.get(STORAGE_ENV) or None,
                 reconcile_interval=reconcile_interval(env),
-                max_runner_failures=int(env.get("KUBETUNE_MAX_RUNNER_FAILURES", "5")),
+                max_runner_failures=int(env.get(MAX_RUNNER_FAILURES_ENV, "5")),
                 runner_start=_start_policy(env),
                 leader_lease=lease,
-                lease_duration_seconds=int(env.get("KUBETUNE_LEASE_DURATION", "15")),
+                lease_duration_seconds=int(env.get(LEASE_DURATION_ENV, "15")),
                 metrics_port=_port(env, METRICS_PORT_ENV),
                 runner_metrics_port=_port(env, RUNNER_METRICS_PORT_ENV),
             )
@@ -238,17 +238,44 @@ class OperatorConfig:
             raise ValueError(f"operator settings: {exc}") from None
 
 
+def _pairs(env: Mapping[str, str], name: str) -> dict[str, str]:
+    return parse_pairs(env.get(name, ""), name)
+
+
+def _pull_policy(policy: str) -> str:
+    if policy not in ("IfNotPresent", "Always", "Never"):
+        raise ValueError(
+            f"{IMAGE_PULL_POLICY_ENV}: expected IfNotPresent, Always or Never, got {policy!r}"
+        )
+    return policy
+
+
+def _default_secret(text: str) -> tuple[str, str] | None:
+    """``name`` or ``name/key`` (the key defaults to the storage Secret's)."""
+    if not text:
+        return None
+    name, _, key = text.partition("/")
+    return (name, key or STORAGE_SECRET_KEY)
+
+
+def _lease(text: str) -> tuple[str, str] | None:
+    if not text:
+        return None
+    namespace, _, name = text.partition("/")
+    if not namespace or not name:
+        raise ValueError(f"{LEADER_ELECTION_LEASE_ENV}: expected namespace/name, got {text!r}")
+    return (namespace, name)
+
+
 def _start_policy(env: Mapping[str, str]) -> RunnerStartPolicy:
-    attempts = int(env.get("KUBETUNE_RUNNER_START_ATTEMPTS", str(START_ATTEMPTS)))
+    attempts = int(env.get(RUNNER_START_ATTEMPTS_ENV, str(START_ATTEMPTS)))
     if attempts < 1:
-        raise ValueError(f"KUBETUNE_RUNNER_START_ATTEMPTS: expected 1 or more, got {attempts}")
-    backoff = float(env.get("KUBETUNE_RUNNER_START_BACKOFF", str(START_BACKOFF_SECONDS)))
+        raise ValueError(f"{RUNNER_START_ATTEMPTS_ENV}: expected 1 or more, got {attempts}")
+    backoff = float(env.get(RUNNER_START_BACKOFF_ENV, str(START_BACKOFF_SECONDS)))
     # Whole seconds at least: a wave of runners is told from the last by creation times,
     # which the API server keeps in whole seconds.
     if backoff < 1:
-        raise ValueError(
-            f"KUBETUNE_RUNNER_START_BACKOFF: expected 1 or more seconds, got {backoff}"
-        )
+        raise ValueError(f"{RUNNER_START_BACKOFF_ENV}: expected 1 or more seconds, got {backoff}")
     return RunnerStartPolicy(attempts, backoff, max(backoff, START_BACKOFF_MAX_SECONDS))
 
 
@@ -258,7 +285,7 @@ def _queue_name(text: str) -> str | None:
         return None
     if len(text) > 63 or not re.match(QUEUE_NAME_PATTERN, text):
         raise ValueError(
-            "KUBETUNE_RUNNER_QUEUE_NAME: expected a LocalQueue name (lower-case letters, "
+            f"{RUNNER_QUEUE_NAME_ENV}: expected a LocalQueue name (lower-case letters, "
             f"digits, '-' and '.', at most 63 characters), got {text!r}"
         )
     return text

@@ -10,13 +10,14 @@ series is bounded by the studies. The endpoint is served by
 
 from __future__ import annotations
 
+import functools
 from typing import TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from kubetune_api.status import CONDITION_TYPES, StudyStatus
 
-__all__ = ["CONDITION_STATUSES", "TRIAL_STATES", "OperatorMetrics"]
+__all__ = ["CONDITION_STATUSES", "TRIAL_STATES", "OperatorMetrics", "process_metrics"]
 
 #: ``state`` label values of ``kubetune_study_trials``: the fields of ``status.trials``.
 TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")
@@ -26,109 +27,117 @@ _STUDY = ("namespace", "study")
 _Family = TypeVar("_Family", Gauge, Counter)
 
 
+#: The per-study metrics: attribute, kind, name, help and the label names after ``_STUDY``.
+_STUDY_METRICS: tuple[tuple[str, type[Gauge] | type[Counter], str, str, tuple[str, ...]], ...] = (
+    (
+        "condition",
+        Gauge,
+        "kubetune_study_condition",
+        "1 for the status each condition of a study has (Ready, Succeeded, Failed, "
+        "Suspended), 0 for the others; sum by condition for studies by condition.",
+        ("condition", "status"),
+    ),
+    (
+        "trials",
+        Gauge,
+        "kubetune_study_trials",
+        "Trials of a study by state, as its status reports them.",
+        ("state",),
+    ),
+    (
+        "budget",
+        Gauge,
+        "kubetune_study_trials_budget",
+        "spec.budget.maxTrials as the runners see it.",
+        (),
+    ),
+    ("best_value", Gauge, "kubetune_study_best_value", "The best objective value so far.", ()),
+    (
+        "runners_desired",
+        Gauge,
+        "kubetune_study_runners_desired",
+        "Runner pods the study wants now.",
+        (),
+    ),
+    ("runners_ready", Gauge, "kubetune_study_runners_ready", "Runner pods running and ready.", ()),
+    (
+        "runners_waiting",
+        Gauge,
+        "kubetune_study_runners_waiting_for_admission",
+        "Runner pods Kueue has not admitted yet.",
+        (),
+    ),
+    (
+        "trials_per_device",
+        Gauge,
+        "kubetune_study_trials_per_device",
+        "Runner processes (trials) each runner pod runs on its device.",
+        (),
+    ),
+    (
+        "overhead",
+        Gauge,
+        "kubetune_study_trial_overhead_seconds",
+        "Mean seconds of a finished trial that were not training or validation.",
+        (),
+    ),
+    (
+        "trials_per_process",
+        Gauge,
+        "kubetune_study_trials_per_process",
+        "Finished trials per warm runner process.",
+        (),
+    ),
+    (
+        "reconcile_errors",
+        Counter,
+        "kubetune_reconcile_errors",
+        "Reconcile passes that raised (kopf retries them).",
+        (),
+    ),
+    (
+        "api_errors",
+        Counter,
+        "kubetune_api_errors",
+        "Kubernetes API requests of a pass that failed, by HTTP status.",
+        ("code",),
+    ),
+    (
+        "storage_errors",
+        Counter,
+        "kubetune_storage_errors",
+        "Passes that could not read the study's Optuna storage.",
+        (),
+    ),
+)
+
+
 class OperatorMetrics:
     """The operator's metrics, registered in ``registry`` (one instance per registry)."""
 
+    condition: Gauge
+    trials: Gauge
+    budget: Gauge
+    best_value: Gauge
+    runners_desired: Gauge
+    runners_ready: Gauge
+    runners_waiting: Gauge
+    trials_per_device: Gauge
+    overhead: Gauge
+    trials_per_process: Gauge
+    reconcile_errors: Counter
+    api_errors: Counter
+    storage_errors: Counter
+
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.condition = Gauge(
-            "kubetune_study_condition",
-            "1 for the status each condition of a study has (Ready, Succeeded, Failed, "
-            "Suspended), 0 for the others; sum by condition for studies by condition.",
-            [*_STUDY, "condition", "status"],
-            registry=registry,
-        )
-        self.trials = Gauge(
-            "kubetune_study_trials",
-            "Trials of a study by state, as its status reports them.",
-            [*_STUDY, "state"],
-            registry=registry,
-        )
-        self.budget = Gauge(
-            "kubetune_study_trials_budget",
-            "spec.budget.maxTrials as the runners see it.",
-            _STUDY,
-            registry=registry,
-        )
-        self.best_value = Gauge(
-            "kubetune_study_best_value",
-            "The best objective value so far.",
-            _STUDY,
-            registry=registry,
-        )
-        self.runners_desired = Gauge(
-            "kubetune_study_runners_desired",
-            "Runner pods the study wants now.",
-            _STUDY,
-            registry=registry,
-        )
-        self.runners_ready = Gauge(
-            "kubetune_study_runners_ready",
-            "Runner pods running and ready.",
-            _STUDY,
-            registry=registry,
-        )
-        self.runners_waiting = Gauge(
-            "kubetune_study_runners_waiting_for_admission",
-            "Runner pods Kueue has not admitted yet.",
-            _STUDY,
-            registry=registry,
-        )
-        self.trials_per_device = Gauge(
-            "kubetune_study_trials_per_device",
-            "Runner processes (trials) each runner pod runs on its device.",
-            _STUDY,
-            registry=registry,
-        )
-        self.overhead = Gauge(
-            "kubetune_study_trial_overhead_seconds",
-            "Mean seconds of a finished trial that were not training or validation.",
-            _STUDY,
-            registry=registry,
-        )
-        self.trials_per_process = Gauge(
-            "kubetune_study_trials_per_process",
-            "Finished trials per warm runner process.",
-            _STUDY,
-            registry=registry,
-        )
+        for attribute, kind, name, documentation, labels in _STUDY_METRICS:
+            family = kind(name, documentation, [*_STUDY, *labels], registry=registry)
+            setattr(self, attribute, family)
         self.reconcile_duration = Histogram(
             "kubetune_reconcile_duration_seconds",
             "Seconds one reconcile pass over a study took (storage, API reads and writes).",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=registry,
-        )
-        self.reconcile_errors = Counter(
-            "kubetune_reconcile_errors",
-            "Reconcile passes that raised (kopf retries them).",
-            _STUDY,
-            registry=registry,
-        )
-        self.api_errors = Counter(
-            "kubetune_api_errors",
-            "Kubernetes API requests of a pass that failed, by HTTP status.",
-            [*_STUDY, "code"],
-            registry=registry,
-        )
-        self.storage_errors = Counter(
-            "kubetune_storage_errors",
-            "Passes that could not read the study's Optuna storage.",
-            _STUDY,
-            registry=registry,
-        )
-        self._families = (
-            self.condition,
-            self.trials,
-            self.budget,
-            self.best_value,
-            self.runners_desired,
-            self.runners_ready,
-            self.runners_waiting,
-            self.trials_per_device,
-            self.overhead,
-            self.trials_per_process,
-            self.reconcile_errors,
-            self.api_errors,
-            self.storage_errors,
         )
         # The label values each study has used, so forget() removes exactly those series.
         self._seen: dict[tuple[str, str], set[tuple[Gauge | Counter, tuple[str, ...]]]] = {}
@@ -190,3 +199,10 @@ class OperatorMetrics:
         labels = (*key, *extra)
         self._seen.setdefault(key, set()).add((family, labels))
         return family.labels(*labels)
+
+
+@functools.cache
+def process_metrics() -> OperatorMetrics:
+    """The metrics of this process, in the default registry, which holds one set: an operator
+    started again in the same process (as tests do) goes on with the same series."""
+    return OperatorMetrics()

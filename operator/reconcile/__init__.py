@@ -1,14 +1,17 @@
-"""The reconcile decision: given what is wanted and what is observed, what to do (pure).
+"""The reconcile pass: what it reads, the decision (pure), and what it writes.
 
 :func:`decide` takes the validated spec, the current :class:`~kubetune_api.status.StudyStatus`,
 the observed child pods (:mod:`._observe`), the study's progress (read from the Optuna
 storage) and the sizing result, and returns a :class:`Plan` (:mod:`._plan`): the actions to
 take, the new status and the events to emit. It does no I/O, so every state transition is
-unit-tested without a cluster; :mod:`hpo_operator.handlers` only gathers the inputs and
-carries the plan out. The pods come from a watch-fed cache; :class:`PodExpectations` adds what
-the operator wrote that the cache does not show yet (:mod:`._expect`).
+unit-tested without a cluster; a pass (:mod:`.study`) gathers the inputs (:mod:`.gather`,
+:mod:`.state`) and carries the plan out (:mod:`.act`): those modules do the I/O and are
+imported by name, not from this package. The pods come from a watch-fed cache;
+:class:`PodExpectations` adds what the operator wrote that the cache does not show yet
+(:mod:`._expect`).
 
-The steps (:mod:`._decide`), in order:
+The steps (:mod:`._decide`, over :mod:`._record`, :mod:`._start`, :mod:`._runners` and
+:mod:`._ready`), in order:
     * storage unreadable: keep what runs, create nothing, ``Ready=False StorageUnavailable``;
     * record the progress: trial counts, the best trial (its ConfigMap when it changed) or,
       with several objectives, the Pareto front (bounded; its ConfigMap when it changed),
@@ -35,7 +38,7 @@ The steps (:mod:`._decide`), in order:
 
 from __future__ import annotations
 
-from hpo_operator.reconcile._decide import SizingInput, decide
+from hpo_operator.reconcile._decide import decide, invalid_spec
 from hpo_operator.reconcile._expect import PodExpectations
 from hpo_operator.reconcile._observe import (
     ObservedPod,
@@ -49,10 +52,14 @@ from hpo_operator.reconcile._plan import (
     CreateRunner,
     DeletePod,
     Event,
+    EventReason,
     Plan,
+    SizingInput,
     WriteBest,
     WriteFront,
 )
+from hpo_operator.reconcile._sizing import sizing_input
+from hpo_operator.reconcile._storage import StorageMissing
 
 __all__ = [
     "Action",
@@ -60,14 +67,18 @@ __all__ = [
     "CreateRunner",
     "DeletePod",
     "Event",
+    "EventReason",
     "ObservedPod",
     "Plan",
     "PodExpectations",
     "SizingInput",
     "StartFailure",
+    "StorageMissing",
     "WriteBest",
     "WriteFront",
     "decide",
+    "invalid_spec",
     "observe_pod",
+    "sizing_input",
     "with_mount_failure",
 ]

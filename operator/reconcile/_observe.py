@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hpo_operator.manifests import runner_index
+from hpo_operator.names import runner_index
 
 from kubetune_api.contract import (
     COMPONENT_LABEL,

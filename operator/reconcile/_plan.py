@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from hpo_operator.reconcile._observe import ObservedPod
-from hpo_operator.sizing import SizingDecision
+from hpo_operator.sizing import NoFit, PeakFailed, PeakPending, SizingDecision
 
 from kubetune_api.contract import COMPONENT_ESTIMATE, COMPONENT_RUNNER
 from kubetune_api.spec import StudySpec
 from kubetune_api.status import (
+    ConditionType,
     RunnerCounts,
     SizingStatus,
     StudyStatus,
@@ -27,32 +29,46 @@ __all__ = [
     "CreateRunner",
     "DeletePod",
     "Event",
+    "EventReason",
     "Plan",
     "PlanBuilder",
+    "SizingInput",
     "WriteBest",
     "WriteFront",
 ]
 
 
+#: What sizing gives the decision: a resource, or why there is none (yet).
+SizingInput = SizingDecision | NoFit | PeakPending | PeakFailed
+
+
 @dataclass(frozen=True)
 class CreateRunner:
+    """Create runner pod ``<study>-runner-<index>`` with the resource ``sizing`` chose."""
+
     index: int
     sizing: SizingDecision
 
 
 @dataclass(frozen=True)
 class CreateEstimatePod:
+    """Create the estimate pod for the spec whose estimate key is ``key``."""
+
     key: str
 
 
 @dataclass(frozen=True)
 class DeletePod:
+    """Delete pod ``name`` (``reason`` goes to the operator's log)."""
+
     name: str
     reason: str
 
 
 @dataclass(frozen=True)
 class WriteBest:
+    """Write the best trial (its value, parameters and number) to ``<study>-best``."""
+
     value: float
     params: Mapping[str, Any]
     trial: int
@@ -66,6 +82,23 @@ class WriteFront:
 
 
 Action = CreateRunner | CreateEstimatePod | DeletePod | WriteBest | WriteFront
+
+
+class EventReason(StrEnum):
+    """Reasons of the events the decision posts that are no condition's reason (the others
+    post the reason the condition takes: a :class:`~kubetune_api.status.ConditionReason` or a
+    :class:`~kubetune_api.status.StartFailureReason`, or the condition's type when it flips)."""
+
+    NEW_BEST_TRIAL = "NewBestTrial"
+    PARETO_FRONT_CHANGED = "ParetoFrontChanged"
+    STAGE_STARTED = "StageStarted"
+    OOM_KILLED = "OOMKilled"
+    RUNNER_FAILED = "RunnerFailed"
+    TRIALS_PER_DEVICE_LOWERED = "TrialsPerDeviceLowered"
+    SIZED = "Sized"
+    RUNNERS_CREATED = "RunnersCreated"
+    STUDY_DELETED = "StudyDeleted"
+    STUDY_NOT_DELETED = "StudyNotDeleted"
 
 
 @dataclass(frozen=True)
@@ -144,22 +177,31 @@ class PlanBuilder:
         old = self.old_sizing.trials_per_device_limit
         return self.trials_limit is not None and (old is None or self.trials_limit < old)
 
-    def condition(self, type_: str, value: bool, reason: str, message: str) -> None:
+    def condition(self, type_: ConditionType, value: bool, reason: str, message: str) -> None:
         self.conditions = set_condition(
             self.conditions, type_, value, reason, message, self.generation, self.now
         )
 
-    def _now(self, type_: str) -> tuple[str | None, str | None]:
+    def _now(self, type_: ConditionType) -> tuple[str | None, str | None]:
         found = next((c for c in self.conditions if c.type == type_), None)
         return (found.status, found.reason) if found is not None else (None, None)
 
-    def flipped_on(self, type_: str) -> bool:
+    def flipped_on(self, type_: ConditionType) -> bool:
         """Whether ``type_`` is True now and was not before this plan."""
         return self._now(type_)[0] == "True" and not self.old.is_true(type_)
 
-    def entered(self, type_: str, reason: str) -> bool:
+    def entered(self, type_: ConditionType, reason: str) -> bool:
         """Whether ``type_`` now has ``reason`` and had another one before this plan."""
         return self._now(type_)[1] == reason and self.old.reason(type_) != reason
+
+    def not_ready(
+        self, reason: str, message: str, event: Literal["Normal", "Warning"] | None = None
+    ) -> None:
+        """``Ready=False`` with ``reason``; with ``event``, an event of that type when the
+        condition enters the reason."""
+        self.condition(ConditionType.READY, False, reason, message)
+        if event is not None and self.entered(ConditionType.READY, reason):
+            self.event(event, reason, message)
 
     def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))

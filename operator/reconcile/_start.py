@@ -22,6 +22,7 @@ from hpo_operator.reconcile._plan import DeletePod, PlanBuilder
 
 from kubetune_api.status import (
     START_FAILURE_REASONS,
+    ConditionType,
     RunnerStartFailure,
     TrialCounts,
     timestamp,
@@ -73,10 +74,10 @@ def gave_up_starting(b: PlanBuilder, policy: RunnerStartPolicy) -> bool:
         f"runners failed to start {streak.attempts} times in a row: {streak.message}; "
         "fix it, then edit the spec to try again"
     )
-    b.condition("Failed", True, reason, message)
-    b.condition("Ready", False, reason, str(streak.message))
-    if b.flipped_on("Failed"):
-        b.event("Warning", "Failed", message)
+    b.condition(ConditionType.FAILED, True, reason, message)
+    b.condition(ConditionType.READY, False, reason, str(streak.message))
+    if b.flipped_on(ConditionType.FAILED):
+        b.event("Warning", ConditionType.FAILED, message)
     return True
 
 

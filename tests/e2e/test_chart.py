@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from hpo_operator.config import OperatorConfig
-from hpo_operator.manifests import runner_pod
+from hpo_operator.pods import runner_pod
 from hpo_operator.sizing import Peak, SizingDecision
 
 from kubetune_api.spec import study_from_mapping

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hpo_operator.manifests import optuna_study_name
+from hpo_operator.names import optuna_study_name
 from prometheus_client import REGISTRY
 
 from kubetune_api.spec import SpecError, dump_yaml, study_from_mapping

@@ -8,7 +8,7 @@ twice and no failed pod is counted twice.
 from __future__ import annotations
 
 from hpo_operator.config import OperatorConfig
-from hpo_operator.manifests import runner_pod
+from hpo_operator.pods import runner_pod
 from hpo_operator.reconcile import ObservedPod, PodExpectations, observe_pod
 
 from tests.unit.operator.data import OWNER, make_progress, make_spec

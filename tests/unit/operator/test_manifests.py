@@ -8,15 +8,9 @@ import json
 
 import yaml
 from hpo_operator.config import OperatorConfig
-from hpo_operator.manifests import (
-    best_configmap,
-    estimate_pod,
-    front_configmap,
-    runner_index,
-    runner_pod,
-    spec_configmap,
-    storage_secret,
-)
+from hpo_operator.manifests import best_configmap, front_configmap, spec_configmap, storage_secret
+from hpo_operator.names import runner_index
+from hpo_operator.pods import estimate_pod, runner_pod
 from hpo_operator.sizing import Peak, SizingDecision
 
 from kubetune_api.spec import study_from_mapping

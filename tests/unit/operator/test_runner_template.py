@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from hpo_operator.config import OperatorConfig
-from hpo_operator.manifests import estimate_pod, runner_pod
+from hpo_operator.pods import estimate_pod, runner_pod
 from hpo_operator.sizing import Peak, SizingDecision
 
 from tests.unit.operator.data import OWNER, make_spec

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import kopf
-from hpo_operator.handlers import _patch_status
+from hpo_operator.reconcile.act import patch_status
 
 from kubetune_api.status import MESSAGE_LIMIT, RunnerCounts, StudyStatus, set_condition
 from tests.unit.operator.data import NOW
@@ -57,7 +57,7 @@ def test_status_patch_removes_nested_keys_that_disappeared() -> None:
     }
     new = {"sizing": {"reason": "estimating"}, "completionTime": None}
     patch = kopf.Patch()
-    _patch_status(patch, old, new)
+    patch_status(patch, old, new)
     assert dict(patch.status) == {
         "sizing": {"resource": None, "floorBytes": None, "reason": "estimating"},
         "completionTime": None,
@@ -73,10 +73,10 @@ def test_status_patch_leaves_out_what_did_not_change() -> None:
         "conditions": [{"type": "Ready", "status": "True", "reason": "RunnersReady"}],
     }
     unchanged = kopf.Patch()
-    _patch_status(unchanged, old, {**old, "completionTime": None})
+    patch_status(unchanged, old, {**old, "completionTime": None})
     assert not unchanged
     changed = kopf.Patch()
-    _patch_status(changed, old, {**old, "trialsSummary": "2/4"})
+    patch_status(changed, old, {**old, "trialsSummary": "2/4"})
     assert dict(changed) == {"status": {"trialsSummary": "2/4"}}
 
 
@@ -87,5 +87,5 @@ def test_a_null_field_the_server_dropped_is_not_written_again() -> None:
     written = {"telemetry": {"overheadSeconds": None, "processes": 10}, "completionTime": None}
     stored = {"telemetry": {"processes": 10}}
     patch = kopf.Patch()
-    _patch_status(patch, stored, written)
+    patch_status(patch, stored, written)
     assert not patch
