@@ -108,7 +108,7 @@ def _runner_metrics(study: HPOStudy, port: int | None) -> RunnerMetrics | None:
 
 
 def _wait_for_study(url: str, name: str, timeout: float) -> None:
-    from trial_runner.runner import wait_for_study
+    from trial_runner.process import wait_for_study
 
     try:
         wait_for_study(url, name, timeout=timeout)

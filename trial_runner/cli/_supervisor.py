@@ -175,7 +175,7 @@ class Supervisor:
 
     def check(self, study: Any) -> None:
         """Handle the processes that exited: done, failed for good, or started again."""
-        from trial_runner.runner import worker_id
+        from trial_runner.process import worker_id
 
         for slot, proc in list(self.procs.items()):
             code = proc.poll()
