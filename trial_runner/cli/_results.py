@@ -14,7 +14,7 @@ from kubetune_study.pareto import front_document
 from kubetune_study.progress import StudyProgress, is_preempted, retried_numbers, trial_telemetry
 from kubetune_study.storage import read_progress
 from kubetune_study.warmstart import recorded_report
-from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
+from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_and_name
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -28,8 +28,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     study_doc = load_study(args.study)
     spec = study_doc.spec
-    url = storage_url(args.storage)
-    name = args.study_name or study_doc.name
+    url, name = storage_and_name(args, study_doc)
     study = open_existing_study(url, name)
     progress = read_progress(study, spec)
     trials = study.get_trials(deepcopy=False)

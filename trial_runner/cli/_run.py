@@ -33,7 +33,7 @@ from trial_runner.cli._common import (
     EXIT_STUDY_FAILED,
     CliError,
     fmt,
-    storage_url,
+    storage_and_name,
 )
 from trial_runner.cli._progress_view import ProgressView, print_front
 from trial_runner.cli._supervisor import Supervisor
@@ -45,8 +45,7 @@ __all__ = ["cmd_run", "default_workers"]
 def cmd_run(args: argparse.Namespace) -> int:
     study_doc = load_study(args.study)
     spec = study_doc.spec
-    url = storage_url(args.storage)
-    name = args.study_name or study_doc.name
+    url, name = storage_and_name(args, study_doc)
     workers = _check_run_args(args, spec)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)

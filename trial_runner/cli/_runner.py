@@ -22,7 +22,7 @@ from trial_runner.cli._common import (
     EXIT_TASK_LOAD,
     CliError,
     load_study_or_env,
-    storage_url,
+    storage_and_name,
 )
 from trial_runner.cli._oom_guard import OUT_OF_MEMORY_TRIALS, OutOfMemoryGuard
 from trial_runner.cli._pod import (
@@ -53,8 +53,7 @@ def cmd_runner(args: argparse.Namespace) -> int:
     from trial_runner.task import TaskLoadError
 
     study = load_study_or_env(args.study)
-    url = storage_url(args.storage)
-    name = args.study_name or study.name
+    url, name = storage_and_name(args, study)
     port = metrics_port()
     # Nothing to wait for (no gate, no patience): a missing study is said at once, before the
     # task loads.
@@ -126,8 +125,7 @@ def _run_processes(args: argparse.Namespace) -> int:
     import optuna
 
     study_doc = load_study_or_env(args.study)  # a bad spec fails here, not N times
-    url = storage_url(args.storage)
-    name = args.study_name or study_doc.name
+    url, name = storage_and_name(args, study_doc)
     _wait_for_study(url, name, args.wait_for_study)
     study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
     env: dict[str, str] = {}
