@@ -7,7 +7,7 @@ trace's path is recorded in the trial's :data:`~kubetune_api.contract.PROFILE_AT
 report links it from.
 
 Which trials (:func:`should_profile`) and where (:func:`profile_directory`) are pure decisions;
-:func:`record_trace` does the profiling.
+:func:`record_trace` does the profiling, :func:`trace_trial` for a trial.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import torch
 
+from kubetune_api.contract import PROFILE_ATTR
 from kubetune_api.spec import Profile, Training
 
-__all__ = ["profile_directory", "record_trace", "should_profile", "trace_path"]
+__all__ = ["profile_directory", "record_trace", "should_profile", "trace_path", "trace_trial"]
 
 log = logging.getLogger("kubetune.profile")
 
@@ -87,3 +89,24 @@ def record_trace(path: Path, device: torch.device) -> Iterator[None]:
             profiler.export_chrome_trace(str(path))
         except OSError as error:
             log.warning("could not write the profile trace %s: %s", path, error)
+
+
+@contextlib.contextmanager
+def trace_trial(
+    trial: optuna.Trial,
+    profile: Profile | None,
+    directory: Path,
+    device: torch.device,
+    trials_in_process: int,
+    worker: str,
+) -> Iterator[None]:
+    """Trace the block when :func:`should_profile` says so, and record where the trace is in
+    the trial's :data:`~kubetune_api.contract.PROFILE_ATTR`, however the block ends."""
+    traced = should_profile(profile, trial.number, trials_in_process)
+    trace = trace_path(directory, trial.number, worker)
+    try:
+        with record_trace(trace, device) if traced else contextlib.nullcontext():
+            yield
+    finally:
+        if traced and trace.is_file():
+            trial.set_user_attr(PROFILE_ATTR, str(trace.resolve()))

@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import optuna
 from optuna.trial import TrialState
@@ -40,26 +37,22 @@ from optuna.trial import TrialState
 from kubetune_api.contract import (
     CPU_THREADS_ENV,
     FAILED_ATTR,
-    FOLDS_ATTR,
     LOCAL_WORKERS_ENV,
     PREEMPTED_ATTR,
-    PROFILE_ATTR,
     STAGE_ATTR,
     TELEMETRY_ATTR,
-    WAIT_SECONDS_ENV,
     WORKER_ATTR,
 )
-from kubetune_api.spec import HPOStudy, Objective, StudySpec, best_first_key
+from kubetune_api.spec import HPOStudy, StudySpec
 from kubetune_study.metrics import RunnerMetrics
 from kubetune_study.outage import first_line, is_connection_error
 from kubetune_study.preemption import (
+    PreemptionReason,
     ResumingRetry,
-    mark_failed,
     release_stale_trials,
-    retried_from,
 )
-from kubetune_study.progress import Claim, StudyProgress, overclaimed, plan_claim
-from kubetune_study.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
+from kubetune_study.progress import Claim, overclaimed, plan_claim
+from kubetune_study.search import build_pruner, suggest_all
 from kubetune_study.storage import (
     GRACE_PERIOD,
     STORAGE_PATIENCE,
@@ -70,30 +63,29 @@ from kubetune_study.storage import (
     redact,
 )
 from trial_runner.checkpoint import BestCheckpoint
-from trial_runner.engine import Engine, FoldRecord, Interrupted, folds_from_attr, folds_to_attr
-from trial_runner.profile import profile_directory, record_trace, should_profile, trace_path
+from trial_runner.engine import Engine, Interrupted
+from trial_runner.process import install_sigterm, worker_id
+from trial_runner.profile import profile_directory, trace_trial
+from trial_runner.resume import TrialFolds
+from trial_runner.settings import RunnerSettings
+from trial_runner.stages import sampler_for_claim
 from trial_runner.task import TaskLoadError, load_task
+from trial_runner.trial_log import QuietPreemptedTrials, log_finished
 from trial_runner.watchdog import (
     Exceeded,
     TrialLimitExceeded,
     TrialLimits,
     Watchdog,
-    replace_process,
+    fail_and_replace,
 )
 
-__all__ = ["RunnerSummary", "configure_threads", "run_runner", "wait_for_study", "worker_id"]
+__all__ = ["RunnerSummary", "configure_threads", "run_runner"]
 
 log = logging.getLogger("kubetune.runner")
 
 # fail_stale_trials and the retry callback are marked experimental but are the documented way
 # to recover trials of killed processes; the warning would repeat on every claim.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-WAIT_SECONDS = float(os.environ.get(WAIT_SECONDS_ENV, "2"))
-
-
-def worker_id(pid: int | None = None) -> str:
-    return f"{socket.gethostname()}:{pid if pid is not None else os.getpid()}"
 
 
 @dataclass
@@ -131,31 +123,53 @@ def run_runner(
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
     metrics: RunnerMetrics | None = None,
     before_claims: Callable[[], None] | None = None,
+    settings: RunnerSettings | None = None,
 ) -> RunnerSummary:
     """Run trials of ``study_name`` until its budget is spent; returns why it stopped.
 
     Each trial this runner finishes is passed to ``on_trial`` and counted in ``metrics``.
     The task's data is loaded first, then ``before_claims`` is called (it may wait for the
     study to exist), then the storage is opened: loading overlaps whatever creates the study.
+    ``settings``: by default, read from the environment now.
     """
     spec = study_doc.spec
+    settings = settings or RunnerSettings.from_env()
     stop = stop_requested or threading.Event()
     # Optuna's "Trial N finished" line reads the study's best trial from the storage for every
-    # trial; the runner logs its own line (:func:`_log_finished`).
+    # trial; the runner logs its own line (:func:`~trial_runner.trial_log.log_finished`).
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if install_signal_handlers:
-        _install_sigterm(stop)
+        install_sigterm(stop)
     configure_threads()
+    engine = _load_engine(spec, stop)
+    if before_claims is not None:
+        before_claims()
+    runner = _open_runner(spec, engine, storage_url, study_name, stop, settings)
+    runner.read_study()
+    return _claim_until_done(runner, storage_url, on_trial, metrics)
+
+
+def _load_engine(spec: StudySpec, stop: threading.Event) -> Engine:
+    """The task, its data loaded: a :class:`TaskLoadError` if either fails."""
     task = load_task(spec.task.entrypoint, spec.task.config)
     try:
-        engine = Engine(task, spec, stop_requested=stop, seed=spec.sampler.seed or 0)
+        return Engine(task, spec, stop_requested=stop, seed=spec.sampler.seed or 0)
     except Exception as error:  # the task's load_data, or the data it returned
         log.exception("runner %s: the task's data could not be loaded", worker_id())
         raise TaskLoadError(
             f"{spec.task.entrypoint}: loading the task's data raised {first_line(error)}"
         ) from error
-    if before_claims is not None:
-        before_claims()
+
+
+def _open_runner(
+    spec: StudySpec,
+    engine: Engine,
+    storage_url: str,
+    study_name: str,
+    stop: threading.Event,
+    settings: RunnerSettings,
+) -> _Runner:
+    """The study, opened on the storage with its pruner, and the runner's claims on it."""
     storage = open_storage(storage_url, patience=STORAGE_PATIENCE)
     study = optuna.load_study(study_name=study_name, storage=storage)
     log.info(
@@ -166,21 +180,29 @@ def run_runner(
         study_name,
     )
     study.pruner = build_pruner(spec)
-    runner = _Runner(
+    checkpoint = spec.training.checkpoint
+    return _Runner(
         spec,
         study,
         engine,
         ClaimLock(storage_url, study_name, patience=STORAGE_PATIENCE),
         stop,
-        BestCheckpoint(Path(spec.training.checkpoint.directory), spec.primary_objective)
-        if spec.training.checkpoint
-        else None,
+        BestCheckpoint(Path(checkpoint.directory), spec.primary_objective) if checkpoint else None,
         profile_directory(spec.training, study_name),
+        settings,
     )
-    runner.read_study()
+
+
+def _claim_until_done(
+    runner: _Runner,
+    storage_url: str,
+    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None,
+    metrics: RunnerMetrics | None,
+) -> RunnerSummary:
+    """Claim and run trials until the study says stop or a stop is asked."""
     trials_run = 0
     while True:
-        if stop.is_set():
+        if runner.stop.is_set():
             return RunnerSummary(trials_run, "Interrupted")
         try:
             step = runner.claim_and_run()
@@ -230,12 +252,15 @@ class _Runner:
         stop: threading.Event,
         checkpoint: BestCheckpoint | None,
         profiles: Path,
+        settings: RunnerSettings | None = None,
     ) -> None:
         self.spec, self.study, self.engine, self.lock = spec, study, engine, lock
         self.stop, self.checkpoint, self.profiles = stop, checkpoint, profiles
+        self.settings = settings or RunnerSettings.from_env()
         self.me = worker_id()
-        self._quiet = _QuietPreemptedTrials.install()
-        self.watchdog = Watchdog(TrialLimits.from_budget(spec.budget))
+        self._quiet = QuietPreemptedTrials.install()
+        limits = TrialLimits.from_budget(spec.budget, stall_floor=self.settings.stall_floor)
+        self.watchdog = Watchdog(limits, grace=self.settings.limit_grace)
         # Orphaned claims (ClaimInterrupted) take a grace period to qualify: looking for them
         # once per half grace period finds each as soon as it does, give or take half of one.
         self._orphans_swept = -float("inf")
@@ -264,14 +289,9 @@ class _Runner:
                 return _Step(stop=claim.reason)
             if claim.action == "Wait":
                 self.lock.release()
-                self.stop.wait(WAIT_SECONDS)
+                self.stop.wait(self.settings.wait_seconds)
                 return _Step()
-            best_earlier = _best_params_before(progress, claim, spec.all_objectives)
-            study.sampler = build_sampler(
-                spec.sampler,
-                seed_offset=progress.trials_total,
-                fixed=fixed_params_for_stage(spec, claim.stage, best_earlier),
-            )
+            study.sampler = sampler_for_claim(spec, progress, claim)
             trial_ids: list[int] = []
 
             def objective(trial: optuna.Trial) -> float | Sequence[float]:
@@ -285,7 +305,7 @@ class _Runner:
             return _Step(ran=True)
         # This one trial, not the study's list (a finished trial is read from the cache).
         frozen = study._storage.get_trial(trial_ids[0])
-        _log_finished(frozen)
+        log_finished(frozen)
         if (
             frozen.state == TrialState.FAIL
             and frozen.user_attrs.get(PREEMPTED_ATTR) == "Terminated"
@@ -303,48 +323,35 @@ class _Runner:
         self._check_claim(trial)
         self.lock.release()  # the trial exists: other runners may claim now
         params = suggest_all(trial, spec)
-        # A running trial's system attributes are the storage's (optuna.Trial has none); the
-        # trial read them when it was created (a retry's are set when it is queued), so no
-        # storage read is needed here.
-        origin = retried_from(trial._cached_frozen_trial)
-        resume = folds_from_attr(trial.user_attrs.get(FOLDS_ATTR), spec.training.folds)
-        if origin is not None:
-            log.info(
-                "trial %d resumes trial %d at fold %d of %d",
-                trial.number,
-                origin,
-                len(resume) + 1,
-                spec.training.folds,
-            )
-        finished: list[FoldRecord] = list(resume)
-
-        def keep(record: FoldRecord) -> None:
-            finished.append(record)
-            trial.set_user_attr(FOLDS_ATTR, folds_to_attr(finished))
-
+        folds = TrialFolds(trial, spec.training.folds)
         # Optuna prunes single-objective trials only; the spec allows no pruner with several
         # objectives, so their trials report nothing.
         reporter = None if spec.multi_objective else trial
         engine = self.engine
-        traced = should_profile(spec.training.profile, trial.number, engine.trials_run)
-        trace = trace_path(self.profiles, trial.number, self.me)
-        trial_id = trial._trial_id
+        trial_id, storage = trial._trial_id, self.study._storage
 
         def hung(exceeded: Exceeded) -> NoReturn:
-            self._hung(trial_id, trial.number, exceeded)
+            fail_and_replace(storage, trial_id, trial.number, exceeded)
 
         try:
             with (
-                record_trace(trace, engine.device) if traced else nullcontext(),
+                trace_trial(
+                    trial,
+                    spec.training.profile,
+                    self.profiles,
+                    engine.device,
+                    engine.trials_run,
+                    self.me,
+                ),
                 self.watchdog.watch(trial.number, hung) as on_step,
             ):
                 result = engine.run_trial(
                     params,
                     # A retry trains as the trial it resumes would have: same epochs, seeds.
-                    trial_number=origin if origin is not None else trial.number,
+                    trial_number=folds.origin if folds.origin is not None else trial.number,
                     reporter=reporter,
-                    resume=resume,
-                    on_fold=keep,
+                    resume=folds.resume,
+                    on_fold=folds.keep,
                     on_step=on_step,
                 )
         except Interrupted:
@@ -357,9 +364,6 @@ class _Runner:
                 "trial %d failed (%s): %s", trial.number, limit.exceeded.reason, limit.exceeded
             )
             raise
-        finally:
-            if traced and trace.is_file():
-                trial.set_user_attr(PROFILE_ATTR, str(trace.resolve()))
         # One attribute, one storage write: the telemetry and the task's metrics.
         trial.set_user_attr(TELEMETRY_ATTR, {**result.telemetry, "metrics": result.metrics})
         if result.pruned:
@@ -381,92 +385,7 @@ class _Runner:
             log.warning("trial %d: claimed twice over a lost claim lock; given up", trial.number)
             self._preempted(trial, "ClaimInterrupted")
 
-    def _hung(self, trial_id: int, number: int, exceeded: Exceeded) -> NoReturn:
-        """From the watchdog's thread: the trial's thread is stuck past its limit. Fail the
-        trial with the reason (while its heartbeats still run, so no sweep preempts it) and
-        replace this process."""
-        try:
-            if mark_failed(self.study._storage, trial_id, FAILED_ATTR, exceeded.reason):
-                log.error("trial %d failed (%s): %s", number, exceeded.reason, exceeded.message)
-        except Exception as error:  # its runner's exit makes it preempted instead: not lost
-            log.error("trial %d could not be failed (%s)", number, first_line(error))
-        replace_process()
-
-    def _preempted(self, trial: optuna.Trial, reason: str) -> NoReturn:
+    def _preempted(self, trial: optuna.Trial, reason: PreemptionReason) -> NoReturn:
         trial.set_user_attr(PREEMPTED_ATTR, reason)
         self._quiet.numbers.add(trial.number)
         raise Preempted(reason)
-
-
-def _log_finished(trial: optuna.trial.FrozenTrial) -> None:
-    """The runner's line for a finished trial, in place of Optuna's, which looks up the study's
-    best trial in the storage on every trial (a query over all of the study's trials)."""
-    values = trial.values if trial.values is not None else "-"
-    log.info("trial %d %s: %s %s", trial.number, trial.state.name.lower(), values, trial.params)
-
-
-class _QuietPreemptedTrials(logging.Filter):
-    """Drops Optuna's "Trial N failed" warnings (with a traceback) for preempted trials (they
-    did not fail) and for trials past a time or stall limit: the runner says what happened to
-    them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.numbers: set[int] = set()
-
-    @classmethod
-    def install(cls) -> _QuietPreemptedTrials:
-        logger = logging.getLogger("optuna.study._optimize")
-        for existing in logger.filters:
-            if isinstance(existing, cls):
-                return existing
-        quiet = cls()
-        logger.addFilter(quiet)
-        return quiet
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(message.startswith(f"Trial {n} failed") for n in self.numbers)
-
-
-def _best_params_before(
-    progress: StudyProgress, claim: Claim, objectives: Objective | Sequence[Objective]
-) -> dict[str, Any] | None:
-    """Parameters of the best trial of the stages before the claimed one (the first of
-    equals; with several objectives, best by the first objective, ties by the next)."""
-    listed = [objectives] if isinstance(objectives, Objective) else list(objectives)
-    directions = [o.direction for o in listed]
-    best: tuple[tuple[float, ...], dict[str, Any]] | None = None
-    for row in progress.stages[: claim.stage]:
-        if row.best_values is None or row.best_params is None:
-            continue
-        key = best_first_key(directions, row.best_values)
-        if best is None or key < best[0]:
-            best = (key, row.best_params)
-    return best[1] if best else None
-
-
-def _install_sigterm(stop: threading.Event) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        log.info("signal %d: finishing the current step, then releasing the trial", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def wait_for_study(storage_url: str, study_name: str, timeout: float = 60.0) -> None:
-    """Block until the study exists (the operator may still be creating it)."""
-    storage = open_storage(storage_url, heartbeat=False, patience=STORAGE_PATIENCE)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            storage.get_study_id_from_name(study_name)
-            return
-        except KeyError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)

@@ -9,11 +9,12 @@ limits (``budget.trialTimeout`` and ``budget.stallTimeout``), in two stages:
    step that finishes raises :class:`TrialLimitExceeded` in the trial's thread; the runner
    fails the trial with the reason (:data:`~kubetune_api.contract.FAILED_ATTR`) and claims the
    next one in the same warm process.
-2. From outside: when no step finishes within :data:`LIMIT_GRACE` seconds after that, the
-   watchdog fails the trial in the storage itself, with the same reason, and replaces the
-   process (:func:`replace_process`). The trial is failed before its heartbeats stop, so no
-   stale-trial sweep preempts or re-queues it; the trial's thread cannot fail it too (it would
-   have to take the watchdog's lock, which the watchdog keeps until the process is gone).
+2. From outside: when no step finishes within ``KUBETUNE_TRIAL_LIMIT_GRACE`` seconds (30)
+   after that, the watchdog fails the trial in the storage itself, with the same reason, and
+   replaces the process (:func:`replace_process`). The trial is failed before its heartbeats
+   stop, so no stale-trial sweep preempts or re-queues it; the trial's thread cannot fail it
+   too (it would have to take the watchdog's lock, which the watchdog keeps until the process
+   is gone).
 
 The stall limit, ``Auto`` (the default), follows the trial's own step times. A step's time is
 the time since the trial's previous step finished (for its first step, the step's own run,
@@ -44,14 +45,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NoReturn
 
+from optuna.storages import BaseStorage
+
 from kubetune_api.contract import (
-    STALL_FLOOR_ENV,
+    FAILED_ATTR,
     SUPERVISED_ENV,
     TRIAL_HUNG_EXIT_CODE,
-    TRIAL_LIMIT_GRACE_ENV,
     TrialLimitReason,
 )
 from kubetune_api.spec import Budget
+from kubetune_study.outage import first_line
+from kubetune_study.preemption import mark_failed
 
 __all__ = [
     "AUTO_STALL_MULTIPLE",
@@ -65,6 +69,7 @@ __all__ = [
     "TrialLimits",
     "Watchdog",
     "auto_stall_limit",
+    "fail_and_replace",
     "replace_process",
 ]
 
@@ -74,10 +79,12 @@ log = logging.getLogger("kubetune.watchdog")
 AUTO_STALL_MULTIPLE = 10
 #: Before a trial's first step, the Auto stall limit's floor is this many floors.
 FIRST_STEP_FLOORS = 6
-#: Seconds: the Auto stall limit is never shorter.
-STALL_FLOOR = float(os.environ.get(STALL_FLOOR_ENV, "300"))
-#: Seconds a trial past a limit has to stop at its next step before it is ended from outside.
-LIMIT_GRACE = float(os.environ.get(TRIAL_LIMIT_GRACE_ENV, "30"))
+#: Seconds: the Auto stall limit is never shorter (a runner reads ``KUBETUNE_STALL_FLOOR``
+#: when it starts: :class:`trial_runner.settings.RunnerSettings`).
+STALL_FLOOR = 300.0
+#: Seconds a trial past a limit has to stop at its next step before it is ended from outside
+#: (a runner reads ``KUBETUNE_TRIAL_LIMIT_GRACE`` when it starts).
+LIMIT_GRACE = 30.0
 #: Seconds between the watchdog's looks at the trial.
 POLL_SECONDS = 0.5
 
@@ -122,8 +129,8 @@ class TrialLimits:
     stall_floor: float = STALL_FLOOR
 
     @classmethod
-    def from_budget(cls, budget: Budget) -> TrialLimits:
-        return cls(budget.trial_timeout_seconds, budget.stall_timeout_seconds)
+    def from_budget(cls, budget: Budget, stall_floor: float = STALL_FLOOR) -> TrialLimits:
+        return cls(budget.trial_timeout_seconds, budget.stall_timeout_seconds, stall_floor)
 
     def stall_limit(self, steps: StepTimes, *, first_step: bool) -> float:
         if self.stall_timeout is not None:
@@ -259,6 +266,20 @@ class Watchdog:
             )
             self._trial = None  # the watchdog ends the trial: its thread no longer may
             trial.on_hung(trial.exceeded)  # never returns: the lock stays held
+
+
+def fail_and_replace(
+    storage: BaseStorage, trial_id: int, number: int, exceeded: Exceeded
+) -> NoReturn:
+    """From the watchdog's thread: the trial's thread is stuck past its limit. Fail the trial
+    with the reason (while its heartbeats still run, so no sweep preempts it) and replace this
+    process."""
+    try:
+        if mark_failed(storage, trial_id, FAILED_ATTR, exceeded.reason):
+            log.error("trial %d failed (%s): %s", number, exceeded.reason, exceeded.message)
+    except Exception as error:  # its runner's exit makes it preempted instead: not lost
+        log.error("trial %d could not be failed (%s)", number, first_line(error))
+    replace_process()
 
 
 def replace_process() -> NoReturn:

@@ -1,9 +1,9 @@
 """The ``kubetune`` command line.
 
-``kubetune run`` runs a study on this machine with N runner processes and ``kubetune runner``
-is what a runner pod runs (:mod:`._run`); ``results`` (:mod:`._results`), ``report``
-(:mod:`._report`), ``validate`` and ``estimate`` (:mod:`.estimate`, which the operator's
-estimate pod runs) inspect a study.
+``kubetune run`` runs a study on this machine with N runner processes (:mod:`._run`) and
+``kubetune runner`` is what a runner pod runs (:mod:`._runner`); ``results``
+(:mod:`._results`), ``report`` (:mod:`._report`), ``validate`` and ``estimate``
+(:mod:`.estimate`, which the operator's estimate pod runs) inspect a study.
 
 Exit codes: 0 success; 1 the study failed (its trials kept failing); 2 invalid input (spec,
 task entrypoint, flags); 3 storage unreachable; 4 a runner's trials kept running out of memory
@@ -31,9 +31,11 @@ from trial_runner.cli._common import (
     CliError,
     write_termination_message,
 )
+from trial_runner.cli._oom_guard import OUT_OF_MEMORY_TRIALS
 from trial_runner.cli._report import cmd_report
 from trial_runner.cli._results import cmd_results
-from trial_runner.cli._run import OUT_OF_MEMORY_TRIALS, cmd_run, cmd_runner
+from trial_runner.cli._run import cmd_run
+from trial_runner.cli._runner import cmd_runner
 from trial_runner.cli.estimate import cmd_estimate
 from trial_runner.entrypoints import TaskLoadError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ __all__ = [
     "load_study_or_env",
     "mib",
     "open_existing_study",
+    "storage_and_name",
     "storage_url",
     "write_termination_message",
 ]
@@ -86,6 +88,12 @@ def write_termination_message(path: str | None, message: str) -> None:
 def storage_url(flag: str | None) -> str:
     """The ``--storage`` flag, else ``$KUBETUNE_STORAGE_URL``, else the local journal."""
     return flag or os.environ.get(STORAGE_ENV) or DEFAULT_LOCAL_STORAGE
+
+
+def storage_and_name(args: argparse.Namespace, study: HPOStudy) -> tuple[str, str]:
+    """The storage URL (:func:`storage_url`) and the Optuna study's name (``--study-name``,
+    else the HPOStudy's) a command's flags give."""
+    return storage_url(args.storage), args.study_name or study.name
 
 
 def load_study_or_env(path: str | None) -> HPOStudy:

@@ -4,8 +4,9 @@ per-trial telemetry."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune_api.contract import PRIOR_ATTR
 from kubetune_api.spec import StudySpec, best_first_key, dump_yaml, load_study
@@ -13,26 +14,48 @@ from kubetune_study.pareto import front_document
 from kubetune_study.progress import StudyProgress, is_preempted, retried_numbers, trial_telemetry
 from kubetune_study.storage import read_progress
 from kubetune_study.warmstart import recorded_report
-from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_url
+from trial_runner.cli._common import EXIT_OK, fmt, mib, open_existing_study, storage_and_name
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+    from rich.table import Table
 
 __all__ = ["cmd_results"]
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     study_doc = load_study(args.study)
     spec = study_doc.spec
-    url = storage_url(args.storage)
-    name = args.study_name or study_doc.name
+    url, name = storage_and_name(args, study_doc)
     study = open_existing_study(url, name)
     progress = read_progress(study, spec)
     trials = study.get_trials(deepcopy=False)
-    priors = sum(PRIOR_ATTR in t.user_attrs for t in trials)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # wide enough for the trials table in logs and pipes
+    console.print(_summary_table(name, spec, progress, trials))
+    warm_start = recorded_report(study)
+    if warm_start is not None:
+        console.print(warm_start.summary(), markup=False)
+    if len(progress.stages) > 1:
+        console.print(_stages_table(progress))
+    if spec.multi_objective:
+        console.print(_front_table(spec, progress))
+    console.print(_trials_table(spec, trials, args.top))
+    if args.output:
+        Path(args.output).write_text(dump_yaml(_document(name, spec, progress)))
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _summary_table(
+    name: str, spec: StudySpec, progress: StudyProgress, trials: Sequence[FrozenTrial]
+) -> Table:
+    from rich.table import Table
+
+    priors = sum(PRIOR_ATTR in t.user_attrs for t in trials)
     summary = Table(title=f"study {name}", show_header=False)
     rows: list[tuple[str, Any]] = [
         ("outcome", progress.outcome),
@@ -51,41 +74,52 @@ def cmd_results(args: argparse.Namespace) -> int:
         rows.append(("warm-start priors", f"{priors} trial(s) from another study, not counted"))
     for label, value in rows:
         summary.add_row(label, str(value))
-    console.print(summary)
-    warm_start = recorded_report(study)
-    if warm_start is not None:
-        console.print(warm_start.summary(), markup=False)
-    if len(progress.stages) > 1:
-        stages = Table(title="stages")
-        for col in ("stage", "trials", "complete", "pruned", "best", "best params"):
-            stages.add_column(col)
-        for row in progress.stages:
-            stages.add_row(
-                str(row.index + 1),
-                str(row.quota),
-                str(row.complete),
-                str(row.pruned),
-                _values(row.best_values),
-                ", ".join(f"{k}={v}" for k, v in (row.best_params or {}).items()),
-            )
-        console.print(stages)
-    if spec.multi_objective:
-        front = Table(title=f"Pareto front ({len(progress.pareto_front)} trials)")
-        front.add_column("#")
-        for objective in spec.all_objectives:
-            front.add_column(f"{objective.metric} ({objective.direction})")
-        front.add_column("params")
-        for t in progress.pareto_front:
-            params = ", ".join(f"{k}={v}" for k, v in t.params.items())
-            front.add_row(str(t.number), *(fmt(v) for v in t.values), params)
-        console.print(front)
-    table = Table(title=f"top {args.top} trials")
+    return summary
+
+
+def _stages_table(progress: StudyProgress) -> Table:
+    from rich.table import Table
+
+    stages = Table(title="stages")
+    for col in ("stage", "trials", "complete", "pruned", "best", "best params"):
+        stages.add_column(col)
+    for row in progress.stages:
+        stages.add_row(
+            str(row.index + 1),
+            str(row.quota),
+            str(row.complete),
+            str(row.pruned),
+            _values(row.best_values),
+            ", ".join(f"{k}={v}" for k, v in (row.best_params or {}).items()),
+        )
+    return stages
+
+
+def _front_table(spec: StudySpec, progress: StudyProgress) -> Table:
+    from rich.table import Table
+
+    front = Table(title=f"Pareto front ({len(progress.pareto_front)} trials)")
+    front.add_column("#")
+    for objective in spec.all_objectives:
+        front.add_column(f"{objective.metric} ({objective.direction})")
+    front.add_column("params")
+    for t in progress.pareto_front:
+        params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        front.add_row(str(t.number), *(fmt(v) for v in t.values), params)
+    return front
+
+
+def _trials_table(spec: StudySpec, trials: Sequence[FrozenTrial], top: int) -> Table:
+    """The ``top`` finished trials (warm-start priors left out), complete ones first, best
+    first, with their telemetry."""
+    from optuna.trial import TrialState
+    from rich.table import Table
+
+    table = Table(title=f"top {top} trials")
     cols = ["#", "state", "values" if spec.multi_objective else "value", "epochs", "folds"]
     cols += ["micro×acc", "wall s", "overhead s", "peak MiB", "precision", "stop"]
     for col in cols:
         table.add_column(col)
-    from optuna.trial import TrialState
-
     finished = [t for t in trials if t.state.is_finished() and PRIOR_ATTR not in t.user_attrs]
     retried = retried_numbers(trials)
     directions = spec.directions
@@ -96,7 +130,7 @@ def cmd_results(args: argparse.Namespace) -> int:
             best_first_key(directions, t.values or [0.0] * len(directions)),
         ),
     )
-    for t in ranked[: args.top]:
+    for t in ranked[:top]:
         a = trial_telemetry(t)
         table.add_row(
             str(t.number),
@@ -111,11 +145,7 @@ def cmd_results(args: argparse.Namespace) -> int:
             str(a.get("precision", "-")),
             str(a.get("stop_reason", "-")),
         )
-    console.print(table)
-    if args.output:
-        Path(args.output).write_text(dump_yaml(_document(name, spec, progress)))
-        print(f"wrote {args.output}")
-    return EXIT_OK
+    return table
 
 
 def _values(values: Any) -> str:

@@ -7,15 +7,17 @@ configuration: K folds (:mod:`._fold`), each with early stopping and a validatio
 effective batches reached by gradient accumulation over memory-safe micro-batches
 (:func:`trial_runner.step.train_step`), validation at the largest batch that fits,
 intermediate reports for the pruner, OOM recovery at half the micro-batch, and per-trial
-telemetry. A preempted trial resumes at its next fold (:mod:`._resume`).
+telemetry (a trial's state as its folds run: :mod:`._trial`). A preempted trial resumes at
+its next fold (:mod:`._resume`).
 """
 
 from __future__ import annotations
 
 from trial_runner.engine._data import FoldedData, make_folds
-from trial_runner.engine._engine import Engine, Reporter, TrialResult, epochs_for_trial
+from trial_runner.engine._engine import Engine, TrialResult, epochs_for_trial
 from trial_runner.engine._fold import Interrupted, StopReason, is_out_of_memory
 from trial_runner.engine._resume import FoldRecord, folds_from_attr, folds_to_attr
+from trial_runner.engine._trial import Reporter
 
 __all__ = [
     "Engine",

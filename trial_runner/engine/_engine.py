@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import resource
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from trial_runner.engine._fold import (
     StopReason,
 )
 from trial_runner.engine._resume import FoldRecord
+from trial_runner.engine._trial import Reporter, TrialRun
 from trial_runner.memory import (
     MemoryPlanner,
     TrialBatches,
@@ -39,17 +39,9 @@ from trial_runner.step import MicroBatchPlan, resolve_precision
 from trial_runner.task import Task
 from trial_runner.telemetry import GpuMonitor
 
-__all__ = ["Engine", "Reporter", "TrialResult", "epochs_for_trial"]
+__all__ = ["Engine", "TrialResult", "epochs_for_trial"]
 
 log = logging.getLogger("kubetune.engine")
-
-
-class Reporter(Protocol):
-    """What the engine needs from a trial (an ``optuna.Trial`` fits)."""
-
-    def report(self, value: float, step: int) -> None: ...
-
-    def should_prune(self) -> bool: ...
 
 
 @dataclass
@@ -174,113 +166,116 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         effective = self.effective_batch(params)
-        if micro_batch is None:
-            batches = self.plan_batches(params, effective)
-        else:
-            micro = min(micro_batch, effective)
-            rows = self.data.validation_rows
-            batches = TrialBatches(micro, min(rows, max(4 * micro, 64)), None)
-        micro = batches.micro_batch
+        batches = self._trial_batches(params, effective, micro_batch)
         epochs = epochs_for_trial(self.spec, trial_number)
         clock = Clock()
-        records: list[FoldRecord] = []
-        model: nn.Module | None = None
-        stop_reason: StopReason = "Completed"
-        oom_retries = 0
         wilcoxon = self.spec.pruner.type == "Wilcoxon"
-        per_epoch = self.training.report_every == "Epoch" and not wilcoxon
-        max_epochs = max(max_pruning_steps(self.spec) // self.training.folds, epochs)
-        seed = self.seed * 1_000_003 + trial_number
+        run = TrialRun(
+            reporter,
+            max_epochs=max(max_pruning_steps(self.spec) // self.training.folds, epochs),
+            per_epoch=self.training.report_every == "Epoch" and not wilcoxon,
+            wilcoxon=wilcoxon,
+            micro=batches.micro_batch,
+        )
         carried = {r.fold: r for r in resume}
-        # This fold's reports for its record: the first value of each step, as Optuna keeps it
-        # (an OOM retry of the fold reports its epochs again).
-        reported: dict[int, float] = {}
-
-        def report(value: float, step: int) -> bool:
-            if reporter is None or math.isnan(value):
-                return False
-            reported.setdefault(step, value)
-            reporter.report(value, step)
-            return reporter.should_prune()
-
-        def epoch_reporter(fold: int) -> Callable[[float, int], bool]:
-            return lambda value, epoch: report(value, fold * max_epochs + epoch)
-
-        last_fold = len(self.folds) - 1
-        for fold_index, (train_idx, val_idx) in enumerate(self.folds):
-            reported.clear()
-            previous = carried.get(fold_index)
-            if previous is not None:
-                records.append(previous)
-                if previous.stop == "EarlyStopped":
-                    stop_reason = "EarlyStopped"
-                if any(report(value, step) for step, value in previous.reports):
-                    stop_reason = "Pruned"
-                    break
-                continue
-            model = None  # the previous fold's model is not the result: free it first
-            outcome, micro, retries = self._train_fold(
-                fold_index,
-                params,
-                train_idx,
-                val_idx,
-                effective=effective,
-                micro=micro,
-                validation_batch=batches.validation_batch,
-                epochs=epochs,
-                seed=seed + fold_index,
-                clock=clock,
-                report=epoch_reporter(fold_index) if per_epoch else None,
-                on_step=on_step,
-            )
-            oom_retries += retries
-            if outcome is None:
-                stop_reason = "OutOfMemory"
-                break
-            model = outcome.model
-            if outcome.stop == "EarlyStopped":
-                stop_reason = "EarlyStopped"
-            pruned = outcome.stop == "Pruned"
-            if not pruned and not per_epoch:
-                scores = [r.score for r in records] + [outcome.score]
-                reported_value = outcome.score if wilcoxon else float(np.mean(scores))
-                pruned = report(reported_value, fold_index)
-            records.append(
-                FoldRecord(
-                    fold_index,
-                    outcome.score,
-                    outcome.metrics,
-                    outcome.epochs_run,
-                    outcome.stop,
-                    tuple(reported.items()),
-                )
-            )
-            if pruned:
-                stop_reason = "Pruned"
-                break
-            if on_fold is not None and fold_index < last_fold:
-                on_fold(records[-1])
-        self._micro_cap[effective] = micro
+        self._run_folds(
+            run,
+            params,
+            carried,
+            on_fold,
+            effective=effective,
+            validation_batch=batches.validation_batch,
+            epochs=epochs,
+            seed=self.seed * 1_000_003 + trial_number,
+            clock=clock,
+            on_step=on_step,
+        )
+        self._micro_cap[effective] = run.micro
         self.trials_run += 1
+        return self._result(run, wall_start, clock, epochs, effective, batches, resumed=carried)
+
+    def _result(
+        self,
+        run: TrialRun,
+        wall_start: float,
+        clock: Clock,
+        epochs: int,
+        effective: int,
+        batches: TrialBatches,
+        *,
+        resumed: Mapping[int, FoldRecord],
+    ) -> TrialResult:
+        """The trial's score (the mean over its folds), metrics and telemetry."""
+        records = run.records
         metric_names = records[0].metrics.keys() if records else []
         return TrialResult(
             value=float(np.mean([r.score for r in records])) if records else float("nan"),
             metrics={m: float(np.mean([r.metrics[m] for r in records])) for m in metric_names},
-            pruned=stop_reason in ("Pruned", "OutOfMemory"),
-            stop_reason=stop_reason,
+            pruned=run.stop_reason in ("Pruned", "OutOfMemory"),
+            stop_reason=run.stop_reason,
             telemetry=self._telemetry(
                 wall_start,
                 clock,
                 records,
-                stop_reason,
+                run.stop_reason,
                 epochs,
-                oom_retries,
-                MicroBatchPlan.for_sizes(effective, micro),
+                run.oom_retries,
+                MicroBatchPlan.for_sizes(effective, run.micro),
                 batches,
-                resumed=[r for r in records if r.fold in carried],
+                resumed=[r for r in records if r.fold in resumed],
             ),
-            model=model,
+            model=run.model,
         )
+
+    def _trial_batches(
+        self, params: Mapping[str, Any], effective: int, micro_batch: int | None
+    ) -> TrialBatches:
+        """The planned batches, or with ``micro_batch`` that micro-batch (capped at the
+        effective batch) and a validation batch of four times it."""
+        if micro_batch is None:
+            return self.plan_batches(params, effective)
+        micro = min(micro_batch, effective)
+        rows = self.data.validation_rows
+        return TrialBatches(micro, min(rows, max(4 * micro, 64)), None)
+
+    def _run_folds(
+        self,
+        run: TrialRun,
+        params: Mapping[str, Any],
+        carried: Mapping[int, FoldRecord],
+        on_fold: Callable[[FoldRecord], None] | None,
+        *,
+        seed: int,
+        **train: Any,
+    ) -> None:
+        """Every fold in turn, those ``carried`` over replayed, until the trial ends."""
+        last_fold = len(self.folds) - 1
+        for fold_index, (train_idx, val_idx) in enumerate(self.folds):
+            run.reported.clear()
+            previous = carried.get(fold_index)
+            if previous is not None:
+                if run.replay(previous):
+                    return
+                continue
+            run.model = None  # the previous fold's model is not the result: free it first
+            outcome, run.micro, retries = self._train_fold(
+                fold_index,
+                params,
+                train_idx,
+                val_idx,
+                micro=run.micro,
+                seed=seed + fold_index,
+                report=run.epoch_reporter(fold_index),
+                **train,
+            )
+            run.oom_retries += retries
+            if outcome is None:
+                run.stop_reason = "OutOfMemory"
+                return
+            if run.finish_fold(fold_index, outcome):
+                return
+            if on_fold is not None and fold_index < last_fold:
+                on_fold(run.records[-1])
 
     def _train_fold(
         self,

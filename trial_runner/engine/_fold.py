@@ -132,12 +132,7 @@ class FoldTrainer:
         ``on_step`` is called after each training and validation step with the
         ``time.perf_counter()`` at which the step started; what it raises ends the fold.
         """
-        try:
-            model, optimizer = self._build(params, seed)
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise OutOfMemory from None
-            raise
+        model, optimizer = self._build(params, seed)
         scaler = step.grad_scaler(self.precision, self.device)
         stopper = _EarlyStopper(self.spec)
         best: tuple[float, dict[str, float]] | None = None
@@ -148,34 +143,17 @@ class FoldTrainer:
         for epoch in range(epochs):
             if self.stop_requested.is_set():
                 raise Interrupted
-            model.train()
-            started = time.perf_counter()
-            try:
-                for inputs, targets in self.data.batches(
-                    train_idx, effective, True, seed * 997 + epoch
-                ):
-                    step_started = time.perf_counter()
-                    step.train_step(
-                        self.task.loss,
-                        model,
-                        optimizer,
-                        step.split_batch(inputs, targets, micro),
-                        precision=self.precision,
-                        device=self.device,
-                        scaler=scaler,
-                    )
-                    clock.step += time.perf_counter() - step_started
-                    on_step(step_started)
-                    if self.stop_requested.is_set():
-                        raise Interrupted
-            except Interrupted:
-                raise
-            except Exception as exc:
-                if is_out_of_memory(exc):
-                    raise OutOfMemory from None
-                raise
-            finally:
-                clock.train += time.perf_counter() - started
+            self._train_epoch(
+                model,
+                optimizer,
+                scaler,
+                train_idx,
+                effective=effective,
+                micro=micro,
+                seed=seed * 997 + epoch,
+                clock=clock,
+                on_step=on_step,
+            )
             epochs_run += 1
             if (epoch + 1) % cadence and epoch != epochs - 1:
                 continue
@@ -196,7 +174,57 @@ class FoldTrainer:
         score, metrics = best if self.spec.training.early_stopping and best else last
         return FoldOutcome(model, score, metrics, epochs_run, stop)
 
+    def _train_epoch(
+        self,
+        model: nn.Module,
+        optimizer: Any,
+        scaler: Any,
+        train_idx: np.ndarray,
+        *,
+        effective: int,
+        micro: int,
+        seed: int,
+        clock: Clock,
+        on_step: Callable[[float], None],
+    ) -> None:
+        """One epoch's training steps; raises :class:`OutOfMemory` or :class:`Interrupted`."""
+        model.train()
+        started = time.perf_counter()
+        try:
+            for inputs, targets in self.data.batches(train_idx, effective, True, seed):
+                step_started = time.perf_counter()
+                step.train_step(
+                    self.task.loss,
+                    model,
+                    optimizer,
+                    step.split_batch(inputs, targets, micro),
+                    precision=self.precision,
+                    device=self.device,
+                    scaler=scaler,
+                )
+                clock.step += time.perf_counter() - step_started
+                on_step(step_started)
+                if self.stop_requested.is_set():
+                    raise Interrupted
+        except Interrupted:
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise OutOfMemory from None
+            raise
+        finally:
+            clock.train += time.perf_counter() - started
+
     def _build(self, params: Mapping[str, Any], seed: int) -> tuple[nn.Module, Any]:
+        """The fold's model and optimizer; raises :class:`OutOfMemory` if they do not fit."""
+        try:
+            return self._build_model(params, seed)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise OutOfMemory from None
+            raise
+
+    def _build_model(self, params: Mapping[str, Any], seed: int) -> tuple[nn.Module, Any]:
         torch.manual_seed(seed)
         model = self.task.build_model(params).to(self.device)
         fused, foreach = step.optimizer_flags(self.device, self.fused)

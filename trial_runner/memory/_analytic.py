@@ -12,6 +12,8 @@ training forward saves bound it from above."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from trial_runner import step
 from trial_runner.memory._workload import (
     MemoryEstimate,
@@ -21,6 +23,10 @@ from trial_runner.memory._workload import (
     repeat_rows,
     storage_bytes,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["ACTIVATION_FACTOR", "TINY_BATCHES", "estimate_analytic"]
 
@@ -44,47 +50,8 @@ def estimate_analytic(workload: StepWorkload, reason: str) -> MemoryEstimate:
     # bytes they save for backward bound a forward without gradients from above), stepped by
     # one that leaves the weights as they are.
     stepping = optimizer or torch.optim.SGD(model.parameters(), lr=0.0)
-    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    output_bytes_per_row = 0.0
-
-    def forward_activations(rows: int) -> int:
-        """Bytes a real step of ``rows`` samples keeps for backward, plus its output."""
-        nonlocal output_bytes_per_row
-        inputs = repeat_rows(workload.sample_input, rows).to(device)
-        targets = repeat_rows(workload.sample_target, rows).to(device)
-        excluded = param_storages | {inputs.untyped_storage().data_ptr()}
-        saved: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in excluded:
-                saved[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            nonlocal output_bytes_per_row
-            storage = outputs.untyped_storage()
-            saved.setdefault(storage.data_ptr(), storage.nbytes())
-            output_bytes_per_row = outputs.float().untyped_storage().nbytes() / rows
-            return workload.task.loss(outputs, targets)
-
-        # The step also materialises the optimizer state, so it can be counted exactly.
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            step.train_step(
-                loss,
-                model,
-                stepping,
-                [(inputs, targets)],
-                precision=workload.precision,
-                device=device,
-            )
-        return sum(saved.values())
-
+    fixed, per_sample, output_bytes_per_row = _fit_activations(workload, model, stepping)
     small, large = TINY_BATCHES
-    small_bytes = forward_activations(small)
-    large_bytes = forward_activations(large)
-    per_sample = max(0.0, (large_bytes - small_bytes) / (large - small))
-    fixed = max(0.0, small_bytes - per_sample * small)
 
     param_bytes = storage_bytes(model.parameters())
     buffer_bytes = storage_bytes(model.buffers())
@@ -114,3 +81,63 @@ def estimate_analytic(workload: StepWorkload, reason: str) -> MemoryEstimate:
     if kept_bytes:
         detail += f", outputs kept for scoring={mib(kept_bytes)}"
     return MemoryEstimate(peak, "Analytic", detail)
+
+
+def _fit_activations(
+    workload: StepWorkload, model: nn.Module, stepping: torch.optim.Optimizer
+) -> tuple[float, float, float]:
+    """Activation bytes as a fixed part plus a per-sample part, fitted on real steps of
+    :data:`TINY_BATCHES` samples, and the output's bytes per sample."""
+    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    small, large = TINY_BATCHES
+    small_bytes, _ = _saved_bytes(workload, model, stepping, small, param_storages)
+    large_bytes, output_bytes_per_row = _saved_bytes(
+        workload, model, stepping, large, param_storages
+    )
+    per_sample = max(0.0, (large_bytes - small_bytes) / (large - small))
+    fixed = max(0.0, small_bytes - per_sample * small)
+    return fixed, per_sample, output_bytes_per_row
+
+
+def _saved_bytes(
+    workload: StepWorkload,
+    model: nn.Module,
+    stepping: torch.optim.Optimizer,
+    rows: int,
+    param_storages: set[int],
+) -> tuple[int, float]:
+    """Bytes a real step of ``rows`` samples keeps for backward, plus its output; and the
+    output's bytes per sample."""
+    import torch
+
+    device = workload.device
+    inputs = repeat_rows(workload.sample_input, rows).to(device)
+    targets = repeat_rows(workload.sample_target, rows).to(device)
+    excluded = param_storages | {inputs.untyped_storage().data_ptr()}
+    saved: dict[int, int] = {}
+    output_bytes_per_row = 0.0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        nonlocal output_bytes_per_row
+        storage = outputs.untyped_storage()
+        saved.setdefault(storage.data_ptr(), storage.nbytes())
+        output_bytes_per_row = outputs.float().untyped_storage().nbytes() / rows
+        return workload.task.loss(outputs, targets)
+
+    # The step also materialises the optimizer state, so it can be counted exactly.
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step.train_step(
+            loss,
+            model,
+            stepping,
+            [(inputs, targets)],
+            precision=workload.precision,
+            device=device,
+        )
+    return sum(saved.values()), output_bytes_per_row

@@ -15,29 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trial_runner.report import _plan
 from trial_runner.report._html import objective_names, render_report
-from trial_runner.report._plan import (
-    FigureKind,
-    FigurePlan,
-    ProfileLink,
-    ReportPlan,
-    TelemetryRow,
-    plan_report,
-    telemetry_rows,
-)
+from trial_runner.report._plan import *  # noqa: F403 (its names are this package's too)
 
-__all__ = [
-    "FigureKind",
-    "FigurePlan",
-    "ProfileLink",
-    "ReportPlan",
-    "TelemetryRow",
-    "objective_names",
-    "plan_report",
-    "render_report",
-    "telemetry_rows",
-    "write_report",
-]
+__all__ = ["objective_names", "render_report", "write_report"]
+__all__ += _plan.__all__
 
 
 def write_report(path: Path, document: str) -> None:

@@ -87,14 +87,24 @@ def _go() -> Any:
     return go
 
 
+def _per_trial(
+    trace: Any,
+    name: str,
+    rows: Sequence[TelemetryRow],
+    value: Callable[[TelemetryRow], Any],
+    **style: Any,
+) -> Any:
+    """A ``trace`` (``go.Bar``, ``go.Scatter``) of one telemetry value of each trial, by trial."""
+    return trace(name=name, x=[r.number for r in rows], y=[value(r) for r in rows], **style)
+
+
 def _trial_time(rows: Sequence[TelemetryRow], _trials: Sequence[FrozenTrial]) -> Any:
     go = _go()
-    numbers = [r.number for r in rows]
     figure = go.Figure(
         [
-            go.Bar(name="training steps", x=numbers, y=[r.step_seconds for r in rows]),
-            go.Bar(name="validation", x=numbers, y=[r.eval_seconds for r in rows]),
-            go.Bar(name="overhead", x=numbers, y=[r.overhead_seconds for r in rows]),
+            _per_trial(go.Bar, "training steps", rows, lambda r: r.step_seconds),
+            _per_trial(go.Bar, "validation", rows, lambda r: r.eval_seconds),
+            _per_trial(go.Bar, "overhead", rows, lambda r: r.overhead_seconds),
         ]
     )
     figure.update_layout(barmode="stack", xaxis_title="Trial", yaxis_title="Seconds")
@@ -105,30 +115,23 @@ def _batches(rows: Sequence[TelemetryRow], _trials: Sequence[FrozenTrial]) -> An
     go = _go()
     from plotly.subplots import make_subplots
 
-    numbers = [r.number for r in rows]
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     figure.add_trace(
-        go.Bar(name="micro-batch", x=numbers, y=[r.micro_batch for r in rows]), secondary_y=False
+        _per_trial(go.Bar, "micro-batch", rows, lambda r: r.micro_batch), secondary_y=False
     )
-    figure.add_trace(
-        go.Scatter(
-            name="effective batch",
-            x=numbers,
-            y=[r.effective_batch for r in rows],
-            mode="markers",
-            marker={"symbol": "line-ew-open", "size": 14},
-        ),
-        secondary_y=False,
+    effective = _per_trial(
+        go.Scatter,
+        "effective batch",
+        rows,
+        lambda r: r.effective_batch,
+        mode="markers",
+        marker={"symbol": "line-ew-open", "size": 14},
     )
-    figure.add_trace(
-        go.Scatter(
-            name="accumulation steps",
-            x=numbers,
-            y=[r.accumulation_steps for r in rows],
-            mode="lines+markers",
-        ),
-        secondary_y=True,
+    figure.add_trace(effective, secondary_y=False)
+    accumulation = _per_trial(
+        go.Scatter, "accumulation steps", rows, lambda r: r.accumulation_steps, mode="lines+markers"
     )
+    figure.add_trace(accumulation, secondary_y=True)
     figure.update_xaxes(title_text="Trial")
     figure.update_yaxes(title_text="Samples", secondary_y=False)
     figure.update_yaxes(title_text="Accumulation steps", secondary_y=True)
@@ -141,13 +144,10 @@ def _mib(value: int | None) -> float | None:
 
 def _memory(rows: Sequence[TelemetryRow], _trials: Sequence[FrozenTrial]) -> Any:
     go = _go()
-    numbers = [r.number for r in rows]
     figure = go.Figure(
         [
-            go.Bar(
-                name="estimated peak", x=numbers, y=[_mib(r.estimated_peak_bytes) for r in rows]
-            ),
-            go.Bar(name="measured peak", x=numbers, y=[_mib(r.peak_memory_bytes) for r in rows]),
+            _per_trial(go.Bar, "estimated peak", rows, lambda r: _mib(r.estimated_peak_bytes)),
+            _per_trial(go.Bar, "measured peak", rows, lambda r: _mib(r.peak_memory_bytes)),
         ]
     )
     figure.update_layout(barmode="group", xaxis_title="Trial", yaxis_title="MiB")
@@ -183,9 +183,7 @@ def _warm_up(rows: Sequence[TelemetryRow], _trials: Sequence[FrozenTrial]) -> An
 
 def _gpu(rows: Sequence[TelemetryRow], _trials: Sequence[FrozenTrial]) -> Any:
     go = _go()
-    figure = go.Figure(
-        [go.Bar(x=[r.number for r in rows], y=[r.gpu_utilization for r in rows], name="GPU")]
-    )
+    figure = go.Figure([_per_trial(go.Bar, "GPU", rows, lambda r: r.gpu_utilization)])
     figure.update_layout(xaxis_title="Trial", yaxis_title="Mean utilisation, %")
     return figure
 

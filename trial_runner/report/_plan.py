@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from optuna.study import StudyDirection
@@ -141,113 +141,131 @@ def plan_report(
         directions: The study's directions; more than one makes it multi-objective.
         objective_names: A name per direction, for titles.
     """
-    figures: list[FigurePlan] = []
-    skipped: list[tuple[str, str]] = []
+    plan = _Figures()
+    _plan_optuna_figures(plan, trials, directions, objective_names)
+    _plan_trial_figures(plan, trials)
+    rows = telemetry_rows(trials)
+    _plan_telemetry_figures(plan, rows)
+    profiles = tuple(
+        ProfileLink(t.number, str(t.user_attrs[PROFILE_ATTR]))
+        for t in trials
+        if isinstance(t.user_attrs.get(PROFILE_ATTR), str)
+    )
+    return ReportPlan(tuple(plan.figures), tuple(plan.skipped), tuple(rows), profiles)
 
-    def add(kind: FigureKind, title: str, caption: str, objective: int | None = None) -> None:
-        figures.append(FigurePlan(kind, title, caption, objective))
 
+@dataclass
+class _Figures:
+    """The figures planned so far, and those left out with why."""
+
+    figures: list[FigurePlan] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, kind: FigureKind, title: str, caption: str, objective: int | None = None) -> None:
+        self.figures.append(FigurePlan(kind, title, caption, objective))
+
+    def skip(self, what: str, why: str) -> None:
+        self.skipped.append((what, why))
+
+
+def _plan_optuna_figures(
+    plan: _Figures,
+    trials: Sequence[FrozenTrial],
+    directions: Sequence[StudyDirection],
+    objective_names: Sequence[str],
+) -> None:
+    """Optuna's plots of the complete trials: with several objectives, one per objective."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        plan.skip("Optuna's plots", "no trial has completed yet")
+        return
     multi = len(directions) > 1
     targets: list[int | None] = list(range(len(directions))) if multi else [None]
 
-    def named(title: str, objective: int | None) -> str:
-        return title if objective is None else f"{title}: {objective_names[objective]}"
+    def per_objective(kind: FigureKind, title: str, caption: str) -> None:
+        for objective in targets:
+            named = title if objective is None else f"{title}: {objective_names[objective]}"
+            plan.add(kind, named, caption, objective)
 
-    if not complete:
-        skipped.append(("Optuna's plots", "no trial has completed yet"))
+    per_objective(
+        "History", "Optimization history", "Each complete trial's value and the best so far."
+    )
+    if multi:
+        plan.add(
+            "ParetoFront",
+            "Pareto front",
+            "Complete trials that no other trial beats on every objective, and the rest.",
+        )
+    if len(complete) >= 2:
+        plan.add(
+            "Importances",
+            "Parameter importances",
+            "How much of the objective's variation each parameter explains (fANOVA).",
+        )
     else:
-        for objective in targets:
-            add(
-                "History",
-                named("Optimization history", objective),
-                "Each complete trial's value and the best so far.",
-                objective,
-            )
-        if multi:
-            add(
-                "ParetoFront",
-                "Pareto front",
-                "Complete trials that no other trial beats on every objective, and the rest.",
-            )
-        if len(complete) >= 2:
-            add(
-                "Importances",
-                "Parameter importances",
-                "How much of the objective's variation each parameter explains (fANOVA).",
-            )
-        else:
-            skipped.append(("Parameter importances", "they need at least two complete trials"))
-        for objective in targets:
-            add(
-                "ParallelCoordinate",
-                named("Parallel coordinates", objective),
-                "Every complete trial as a line through its parameters to its value.",
-                objective,
-            )
-        for objective in targets:
-            add(
-                "Slice",
-                named("Slice plots", objective),
-                "The value against each parameter on its own.",
-                objective,
-            )
+        plan.skip("Parameter importances", "they need at least two complete trials")
+    per_objective(
+        "ParallelCoordinate",
+        "Parallel coordinates",
+        "Every complete trial as a line through its parameters to its value.",
+    )
+    per_objective("Slice", "Slice plots", "The value against each parameter on its own.")
+
+
+def _plan_trial_figures(plan: _Figures, trials: Sequence[FrozenTrial]) -> None:
+    """Optuna's plots of every trial: what each reported, and when each ran."""
     if any(t.intermediate_values for t in trials):
-        add(
+        plan.add(
             "IntermediateValues",
             "Intermediate values",
             "What each trial reported to the pruner, step by step; pruned trials are dashed "
             "and end with a cross where the pruner stopped them.",
         )
     else:
-        skipped.append(("Intermediate values", "no trial reported any"))
+        plan.skip("Intermediate values", "no trial reported any")
     if trials:
-        add(
+        plan.add(
             "Timeline",
             "Timeline",
             "When each trial ran, by state: parallel runners overlap.",
         )
 
-    rows = telemetry_rows(trials)
+
+def _plan_telemetry_figures(plan: _Figures, rows: Sequence[TelemetryRow]) -> None:
+    """The figures of kubetune's telemetry, when any finished trial recorded it."""
     if not rows:
-        skipped.append(("Runner telemetry", "no finished trial recorded kubetune telemetry"))
-    else:
-        add(
-            "TrialTime",
-            "Time per trial",
-            "Each trial's wall time split into training steps, validation and overhead "
-            "(everything else: batches, model build, bookkeeping).",
-        )
-        add(
-            "Batches",
-            "Micro-batch and accumulation",
-            "The micro-batch each trial trained with and the accumulation steps that kept its "
-            "effective batch.",
-        )
-        add(
-            "Memory",
-            "Memory: estimated and measured peak",
-            "The planner's estimate of the training step's peak against the peak measured. On "
-            "GPUs both count the CUDA allocator's memory; on CPUs the measured peak is the "
-            "whole process's resident high-water mark (Python, torch, the data), far above the "
-            "step's own. Trials that needed no estimate (every configuration fits) have none.",
-        )
-        add(
-            "Packing",
-            "Trials per warm runner process",
-            "Finished trials each runner process ran: its data, loaders and caches were "
-            "loaded once for all of them.",
-        )
-        add(
-            "WarmUp",
-            "Overhead by trial of the process",
-            "Overhead of a process's 1st, 2nd, ... trial: the first pays for warming up.",
-        )
-        if any(row.gpu_utilization is not None for row in rows):
-            add("Gpu", "GPU utilisation", "Mean NVML utilisation during each trial.")
-    profiles = tuple(
-        ProfileLink(t.number, str(t.user_attrs[PROFILE_ATTR]))
-        for t in trials
-        if isinstance(t.user_attrs.get(PROFILE_ATTR), str)
+        plan.skip("Runner telemetry", "no finished trial recorded kubetune telemetry")
+        return
+    plan.add(
+        "TrialTime",
+        "Time per trial",
+        "Each trial's wall time split into training steps, validation and overhead "
+        "(everything else: batches, model build, bookkeeping).",
     )
-    return ReportPlan(tuple(figures), tuple(skipped), tuple(rows), profiles)
+    plan.add(
+        "Batches",
+        "Micro-batch and accumulation",
+        "The micro-batch each trial trained with and the accumulation steps that kept its "
+        "effective batch.",
+    )
+    plan.add(
+        "Memory",
+        "Memory: estimated and measured peak",
+        "The planner's estimate of the training step's peak against the peak measured. On "
+        "GPUs both count the CUDA allocator's memory; on CPUs the measured peak is the "
+        "whole process's resident high-water mark (Python, torch, the data), far above the "
+        "step's own. Trials that needed no estimate (every configuration fits) have none.",
+    )
+    plan.add(
+        "Packing",
+        "Trials per warm runner process",
+        "Finished trials each runner process ran: its data, loaders and caches were "
+        "loaded once for all of them.",
+    )
+    plan.add(
+        "WarmUp",
+        "Overhead by trial of the process",
+        "Overhead of a process's 1st, 2nd, ... trial: the first pays for warming up.",
+    )
+    if any(row.gpu_utilization is not None for row in rows):
+        plan.add("Gpu", "GPU utilisation", "Mean NVML utilisation during each trial.")

@@ -25,12 +25,13 @@ from kubetune_api.contract import (
     TELEMETRY_ATTR,
     WORKER_ATTR,
 )
-from kubetune_api.spec import HPOStudy, Objective
+from kubetune_api.spec import HPOStudy
 from kubetune_study.metrics import RunnerMetrics
-from kubetune_study.progress import BudgetState, Claim, StageSummary, StudyProgress, summarize
+from kubetune_study.progress import BudgetState, summarize
 from kubetune_study.storage import ensure_study, open_storage
 from tests.helpers import small_runner_study
-from trial_runner.runner import _best_params_before, configure_threads, run_runner, worker_id
+from trial_runner.process import worker_id
+from trial_runner.runner import configure_threads, run_runner
 from trial_runner.tasks.digits import DigitsMLP
 
 #: Set by :class:`StopsWhileTraining` the way SIGTERM sets the runner's stop event.
@@ -192,37 +193,6 @@ def test_threads_are_shared_among_local_runners(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("KUBETUNE_CPU_THREADS")
     monkeypatch.setenv("KUBETUNE_LOCAL_WORKERS", str(4 * len(os.sched_getaffinity(0))))
     assert configure_threads() == 1  # never below one thread
-
-
-def test_later_stages_start_from_the_best_of_the_earlier_ones() -> None:
-    def stage(index: int, value: float, params: dict[str, Any]) -> StageSummary:
-        return StageSummary(index, 2, 2, 0, 0, value, params, index)
-
-    stages = (stage(0, 0.9, {"lr": 1}), stage(1, 0.7, {"lr": 2}), stage(2, 0.1, {"lr": 3}))
-    progress = StudyProgress(0, 0, 0, 0, 0, 6, None, None, None, 2, stages, "Running", None)
-    maximize = Objective(metric="accuracy", direction="Maximize")
-    minimize = Objective(metric="loss", direction="Minimize")
-    assert _best_params_before(progress, Claim("Run", stage=2), maximize) == {"lr": 1}
-    assert _best_params_before(progress, Claim("Run", stage=2), minimize) == {"lr": 2}
-    assert _best_params_before(progress, Claim("Run", stage=0), maximize) is None
-
-
-def test_with_several_objectives_a_tie_on_the_first_goes_to_the_better_second() -> None:
-    def stage(index: int, values: tuple[float, float], params: dict[str, Any]) -> StageSummary:
-        return StageSummary(index, 2, 2, 0, 0, values[0], params, index, best_values=values)
-
-    current = stage(2, (0.99, 1.0), {"lr": 3})  # the claimed stage's own best is not looked at
-    stages = (stage(0, (0.9, 900.0), {"lr": 1}), stage(1, (0.9, 300.0), {"lr": 2}), current)
-    progress = StudyProgress(0, 0, 0, 0, 0, 6, None, None, None, 2, stages, "Running", None)
-    objectives = [
-        Objective(metric="accuracy", direction="Maximize"),
-        Objective(metric="parameters", direction="Minimize"),
-    ]
-    assert _best_params_before(progress, Claim("Run", stage=2), objectives) == {"lr": 2}
-    # The first objective decides before the second is looked at.
-    better_first = (stage(0, (0.95, 5000.0), {"lr": 1}), stages[1], current)
-    progress = StudyProgress(0, 0, 0, 0, 0, 6, None, None, None, 2, better_first, "Running", None)
-    assert _best_params_before(progress, Claim("Run", stage=2), objectives) == {"lr": 1}
 
 
 class DataMissing(DigitsMLP):

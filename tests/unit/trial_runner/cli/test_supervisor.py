@@ -12,7 +12,8 @@ import pytest
 
 from kubetune_api.contract import START_GATE_FD_ENV
 from trial_runner.cli._common import CliError
-from trial_runner.cli._run import _Supervisor, _wait_for_start_gate
+from trial_runner.cli._start_gate import wait_for_start_gate
+from trial_runner.cli._supervisor import Supervisor
 
 
 def test_a_runner_passes_the_gate_once_it_opens_and_stops_when_it_closes(
@@ -21,20 +22,20 @@ def test_a_runner_passes_the_gate_once_it_opens_and_stops_when_it_closes(
     read, write = os.pipe()
     os.write(write, b"g")
     monkeypatch.setenv(START_GATE_FD_ENV, str(read))
-    _wait_for_start_gate()  # returns: the gate is open
+    wait_for_start_gate()  # returns: the gate is open
     assert START_GATE_FD_ENV not in os.environ  # a runner it starts later is not gated
 
     read, closed = os.pipe()
     os.close(closed)  # kubetune run gave up before setting the study up
     monkeypatch.setenv(START_GATE_FD_ENV, str(read))
     with pytest.raises(CliError, match="stopped before the study was set up"):
-        _wait_for_start_gate()
+        wait_for_start_gate()
     os.close(write)
 
 
 @pytest.mark.timeout(120)
 def test_the_supervisor_wakes_when_a_runner_exits(tmp_path: Path) -> None:
-    supervisor = _Supervisor(["study.yaml"], 1, "s", tmp_path)
+    supervisor = Supervisor(["study.yaml"], 1, "s", tmp_path)
     quick = subprocess.Popen([sys.executable, "-c", "pass"])
     supervisor.procs[0] = quick
     # Without a wake-up this would wait the full timeout (the test's own timeout fails it).
@@ -47,7 +48,7 @@ def test_the_supervisor_wakes_when_a_runner_exits(tmp_path: Path) -> None:
 LOADS_THEN_CLAIMS = """
 import os, sys, time
 from pathlib import Path
-from trial_runner.cli._run import _wait_for_start_gate
+from trial_runner.cli._start_gate import wait_for_start_gate
 out = Path(sys.argv[1])
 n = 0
 while True:
@@ -60,14 +61,14 @@ if (out / f"dies-{n}").exists():
     sys.exit(0)
 time.sleep(n)
 ready = time.time()
-_wait_for_start_gate()
+wait_for_start_gate()
 (out / f"times-{n}").write_text(f"{ready} {time.time()}")
 """
 
 
 @pytest.mark.timeout(120)
 def test_the_gate_opens_once_every_runner_has_loaded_its_task(tmp_path: Path) -> None:
-    supervisor = _Supervisor([str(tmp_path)], 3, "s", tmp_path)
+    supervisor = Supervisor([str(tmp_path)], 3, "s", tmp_path)
     supervisor.command = [sys.executable, "-c", LOADS_THEN_CLAIMS]
     supervisor.start(gated=True)
     supervisor.open_gate()  # the study is set up at once; the slowest runner takes 2 s
@@ -82,7 +83,7 @@ def test_the_gate_opens_once_every_runner_has_loaded_its_task(tmp_path: Path) ->
 @pytest.mark.timeout(60)
 def test_a_runner_that_dies_loading_does_not_hold_the_others(tmp_path: Path) -> None:
     (tmp_path / "dies-1").touch()
-    supervisor = _Supervisor([str(tmp_path)], 3, "s", tmp_path)
+    supervisor = Supervisor([str(tmp_path)], 3, "s", tmp_path)
     supervisor.command = [sys.executable, "-c", LOADS_THEN_CLAIMS]
     supervisor.start(gated=True)
     supervisor.open_gate()

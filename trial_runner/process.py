@@ -1,0 +1,49 @@
+"""A runner process as such: its id in the study, its signals, and waiting for its study."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from kubetune_study.storage import STORAGE_PATIENCE, open_storage
+
+__all__ = ["install_sigterm", "wait_for_study", "worker_id"]
+
+log = logging.getLogger("kubetune.runner")
+
+
+def worker_id(pid: int | None = None) -> str:
+    """The id of a runner process (this one by default) in the trials it runs: ``host:pid``."""
+    return f"{socket.gethostname()}:{pid if pid is not None else os.getpid()}"
+
+
+def install_sigterm(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (from the main thread only: elsewhere, nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing the current step, then releasing the trial", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def wait_for_study(storage_url: str, study_name: str, timeout: float = 60.0) -> None:
+    """Block until the study exists (the operator may still be creating it)."""
+    storage = open_storage(storage_url, heartbeat=False, patience=STORAGE_PATIENCE)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            storage.get_study_id_from_name(study_name)
+            return
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
