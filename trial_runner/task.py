@@ -1,21 +1,23 @@
 """The task API: how a user plugs a model and its data into kubetune.
 
-A task class is named by ``spec.task.entrypoint`` (``module:attribute``). The runner creates
-it **once per process** with ``spec.task.config`` and calls :meth:`Task.load_data` once; then,
-for every trial, it calls :meth:`Task.build_model` (and optionally :meth:`Task.build_optimizer`)
-with that trial's parameters. Everything else (folds, batching, accumulation, mixed precision,
-pruning, early stopping, telemetry) is the runner's job.
+A task class is named by ``spec.task.entrypoint`` (``module:attribute``). The runner creates it
+**once per process** with ``spec.task.config`` and calls
+[`Task.load_data`][trial_runner.task.Task.load_data] once; then, for every trial, it calls
+[`Task.build_model`][trial_runner.task.Task.build_model] (and optionally
+[`Task.build_optimizer`][trial_runner.task.Task.build_optimizer]) with that trial's parameters.
+Everything else (folds, batching, accumulation, mixed precision, pruning, early stopping,
+telemetry) is the runner's job.
 
-Contract:
-    * ``load_data`` is called once; what it returns is reused by every trial in the process.
-      Return tensors when the data is small (they are moved to the device once); return any
-      ``torch.utils.data.Dataset`` otherwise (served by one persistent DataLoader).
-    * ``build_model`` must return a fresh, untrained module for the given parameters.
-    * ``score`` gets the concatenated outputs and targets of a whole validation split and
-      returns named metrics; ``model_metrics`` may add metrics of the trained model itself
-      (its size, its speed). ``spec.objective.metric`` (or each of ``spec.objectives``) must
-      be one of the names.
-    * A task is used by one thread at a time.
+The contract:
+
+- ``load_data`` is called once; what it returns is reused by every trial in the process.
+  Return tensors when the data is small (they are moved to the device once); return any
+  ``torch.utils.data.Dataset`` otherwise (served by one persistent DataLoader).
+- ``build_model`` must return a fresh, untrained module for the given parameters.
+- ``score`` gets the concatenated outputs and targets of a whole validation split and returns
+  named metrics; ``model_metrics`` may add metrics of the trained model itself (its size, its
+  speed). ``spec.objective.metric`` (or each of ``spec.objectives``) must be one of the names.
+- A task is used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -65,7 +67,11 @@ class TaskData:
 
 
 class Task:
-    """Base class for user tasks. Override :meth:`load_data` and :meth:`build_model`."""
+    """Base class for user tasks.
+
+    Override [`load_data`][trial_runner.task.Task.load_data] and
+    [`build_model`][trial_runner.task.Task.build_model].
+    """
 
     #: Metric names ``score`` and ``model_metrics`` return, for validating the objectives'
     #: metrics early.

@@ -21,7 +21,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from kubetune_api.contract import LOG_LEVEL_ENV, STORAGE_ENV, STUDY_ENV
+from kubetune_api.contract import (
+    ESTIMATE_COMMAND,
+    JSON_OPTION,
+    LOG_LEVEL_ENV,
+    PROCESSES_OPTION,
+    RUNNER_COMMAND,
+    STORAGE_ENV,
+    STUDY_ENV,
+    STUDY_NAME_OPTION,
+    TERMINATION_MESSAGE_OPTION,
+)
 from kubetune_api.spec import SpecError, load_study
 from kubetune_study.storage import DEFAULT_LOCAL_STORAGE, StorageError
 from trial_runner.cli._common import (
@@ -92,13 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="plain progress lines")
     run.set_defaults(func=cmd_run)
 
-    runner = sub.add_parser("runner", help="run trials of an existing study (a runner pod)")
+    # The pods' command lines (kubetune_api.contract) name these subcommands and options.
+    runner = sub.add_parser(RUNNER_COMMAND[1], help="run trials of an existing study (a runner pod)")
     runner.add_argument("study", nargs="?", help=f"HPOStudy YAML file (default ${STUDY_ENV})")
-    runner.add_argument("--study-name", help="Optuna study name (default metadata.name)")
+    runner.add_argument(STUDY_NAME_OPTION, help="Optuna study name (default metadata.name)")
     runner.add_argument("--storage", help=f"storage URL (default ${STORAGE_ENV})")
     runner.add_argument("--wait-for-study", type=float, default=120.0, help="seconds")
     runner.add_argument(
-        "--processes",
+        PROCESSES_OPTION,
         type=int,
         default=1,
         help="runner processes sharing this pod's device, each claiming trials (default 1)",
@@ -112,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"--processes, {OUT_OF_MEMORY_TRIALS})",
     )
     runner.add_argument(
-        "--termination-message-path", help="write why the runner stopped with an error here"
+        TERMINATION_MESSAGE_OPTION, help="write why the runner stopped with an error here"
     )
     runner.set_defaults(func=cmd_runner)
 
@@ -135,10 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("study", help="HPOStudy YAML file")
     validate.set_defaults(func=cmd_validate)
 
-    estimate = sub.add_parser("estimate", help="peak memory of the largest configuration")
+    estimate = sub.add_parser(ESTIMATE_COMMAND[1], help="peak memory of the largest configuration")
     estimate.add_argument("study", nargs="?", help=f"HPOStudy YAML file (default ${STUDY_ENV})")
-    estimate.add_argument("--json", action="store_true", help="print JSON")
-    estimate.add_argument("--termination-message-path", help="also write the JSON here")
+    estimate.add_argument(JSON_OPTION, action="store_true", help="print JSON")
+    estimate.add_argument(TERMINATION_MESSAGE_OPTION, help="also write the JSON here")
     estimate.set_defaults(func=cmd_estimate)
     return parser
 
