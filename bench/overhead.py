@@ -51,9 +51,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kubetune_api.spec import dump_yaml
-
 BENCH = Path(__file__).resolve()
+sys.path.append(str(BENCH.parent.parent))  # after the standard library (operator/)
+
+from kubetune_api.spec import dump_yaml  # noqa: E402
+from tests.harness import studies  # noqa: E402
+
 STUDY_NAME = "overhead"
 
 # --------------------------------------------------------------------------- the study
@@ -70,35 +73,18 @@ def study_document(
     pruner: dict[str, Any],
     sampler: dict[str, Any],
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "HPOStudy",
-        "metadata": {"name": name},
-        "spec": {
-            "objective": {"metric": "accuracy", "direction": "Maximize"},
-            "task": {
-                "entrypoint": "trial_runner.tasks.digits:DigitsMLP",
-                "config": {"repeat": repeat},
-            },
-            "searchSpace": [
-                {
-                    "name": "learning_rate",
-                    "type": "Float",
-                    "low": "1e-4",
-                    "high": "3e-2",
-                    "scale": "Log",
-                },
-                {"name": "batch_size", "type": "Categorical", "choices": [32, 64, 128]},
-                {"name": "hidden_size", "type": "Int", "low": 32, "high": 256, "step": 32},
-                {"name": "dropout", "type": "Float", "low": "0.0", "high": "0.4"},
-            ],
-            "budget": {"maxTrials": trials},
-            "sampler": sampler,
-            "pruner": pruner,
-            "training": {"epochs": epochs, "folds": folds, "dataLoaderWorkers": workers},
-            "resources": {"accelerator": "CPU"},
-        },
-    }
+    """The digits MLP on its data tiled ``repeat`` times, on a CPU, with no stages."""
+    return studies.study_document(
+        name,
+        task={"entrypoint": studies.DIGITS, "config": {"repeat": repeat}},
+        searchSpace=studies.mlp_search_space(batch_sizes=[32, 64, 128]),
+        stages=None,
+        budget={"maxTrials": trials},
+        sampler=sampler,
+        pruner=pruner,
+        training={"epochs": epochs, "folds": folds, "dataLoaderWorkers": workers},
+        resources={"accelerator": "CPU"},
+    )
 
 
 def fixed_params(doc: dict[str, Any], count: int, seed: int) -> list[dict[str, Any]]:

@@ -25,9 +25,11 @@ from hpo_operator.manifests import runner_pod
 from hpo_operator.sizing import Peak, SizingDecision
 
 from kubetune_api.spec import study_from_mapping
-from tests.e2e.controlplane import REPO_ROOT, ControlPlane
-from tests.e2e.operator_fixtures import StudyClient, run_operator, small_cpu_study, wait_until
-from tests.e2e.simulated_cluster import NodeGroup
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import REPO_ROOT, wait_until
+from tests.harness.operator_fixtures import StudyClient, run_operator
+from tests.harness.simulated_cluster import NodeGroup
+from tests.harness.studies import small_cpu_study
 
 pytestmark = pytest.mark.e2e
 

@@ -23,20 +23,19 @@ from hpo_operator.manifests import optuna_study_name
 from prometheus_client import REGISTRY
 
 from kubetune_api.spec import SpecError, dump_yaml, study_from_mapping
-from tests.conftest import RestartablePostgres
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.operator_fixtures import (
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import wait_until
+from tests.harness.operator_fixtures import (
     StudyClient,
     add_finished_trials,
     api_requests,
     delete_studies,
-    load_example,
     operator_env,
     run_operator,
-    small_cpu_study,
-    wait_until,
 )
-from tests.e2e.simulated_cluster import NodeGroup
+from tests.harness.postgres import RestartablePostgres
+from tests.harness.simulated_cluster import NodeGroup
+from tests.harness.studies import load_example, small_cpu_study
 
 pytestmark = pytest.mark.e2e
 

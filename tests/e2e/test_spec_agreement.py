@@ -48,9 +48,9 @@ from kubetune_api.spec import (
     validate_spec_mapping,
 )
 from kubetune_api.spec._errors import MAX_MESSAGE, MAX_PATH
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.operator_fixtures import install_crd
-from tests.helpers import study_document
+from tests.harness.controlplane import ControlPlane
+from tests.harness.operator_fixtures import install_crd
+from tests.harness.studies import study_document
 
 pytestmark = pytest.mark.e2e
 

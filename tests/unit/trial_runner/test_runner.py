@@ -29,7 +29,7 @@ from kubetune_api.spec import HPOStudy, Objective
 from kubetune_study.metrics import RunnerMetrics
 from kubetune_study.progress import BudgetState, Claim, StageSummary, StudyProgress, summarize
 from kubetune_study.storage import ensure_study, open_storage
-from tests.helpers import small_runner_study
+from tests.harness.studies import small_runner_study
 from trial_runner.runner import _best_params_before, configure_threads, run_runner, worker_id
 from trial_runner.tasks.digits import DigitsMLP
 

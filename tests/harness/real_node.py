@@ -12,7 +12,7 @@ Everything the node does stays inside what it creates:
   never writes the machine's own;
 * a **network namespace** with an interface of its own (the node's address and a gateway address,
   where the API server and PostgreSQL of this machine's loopback are exposed by
-  :class:`tests.e2e.netns.Relays`), the CNI bridge of the pods and kube-proxy's rules;
+  :class:`tests.harness.netns.Relays`), the CNI bridge of the pods and kube-proxy's rules;
 * a **cgroup subtree** ``/kubetune-node-<pid>`` in each v1 hierarchy (the kubelet's
   ``cgroupRoot``), removed on stop; containers get their memory limits there, so an
   over-limit container is OOMKilled by the kernel;
@@ -20,7 +20,7 @@ Everything the node does stays inside what it creates:
   on stop; leftovers of a run whose process died are removed by the next one.
 
 The API server reaches the kubelet (logs, exec) and pods (service proxy) through the control
-plane's :class:`tests.e2e.netns.EgressProxy`, which this node registers its subnets with.
+plane's :class:`tests.harness.netns.EgressProxy`, which this node registers its subnets with.
 
 Images are OCI archives imported into containerd at start (``hack/image/build.sh`` makes them).
 """
@@ -41,8 +41,8 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.controlplane import Component, ControlPlane, ControlPlaneError, log_tail
-from tests.e2e.netns import NODE_GATEWAY
+from tests.harness.controlplane import Component, ControlPlane, ControlPlaneError, log_tail
+from tests.harness.netns import NODE_GATEWAY
 
 __all__ = ["NODE_TAINT", "NodeNetwork", "RealNode"]
 

@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -39,7 +38,8 @@ from typing import IO, Any
 import kubernetes
 import yaml
 
-from tests.e2e.netns import NODE_GATEWAY, EgressProxy, Relays
+from tests.harness.helpers import REPO_ROOT, free_port
+from tests.harness.netns import NODE_GATEWAY, EgressProxy, Relays
 
 # The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
 k8s: Any = kubernetes
@@ -47,7 +47,6 @@ k8s: Any = kubernetes
 __all__ = [
     "AUDITED_USER",
     "BINARIES",
-    "REPO_ROOT",
     "CommandError",
     "Component",
     "ControlPlane",
@@ -56,7 +55,6 @@ __all__ = [
     "log_tail",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "control-plane" / "build.sh"
 BINARIES = (
     "etcd",
@@ -112,13 +110,6 @@ def find_bin_dir() -> Path | None:
 
 def missing_binaries(bin_dir: Path) -> list[str]:
     return [name for name in BINARIES if not os.access(bin_dir / name, os.X_OK)]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
