@@ -55,7 +55,13 @@ sys.path.append(str(REPO))
 
 import kubernetes  # noqa: E402
 
-from kubetune_api.contract import GROUP, PLURAL, VERSION  # noqa: E402
+from kubetune_api.contract import (  # noqa: E402
+    COMPONENT_LABEL,
+    COMPONENT_RUNNER,
+    GROUP,
+    PLURAL,
+    VERSION,
+)
 from tests.harness import studies  # noqa: E402
 from tests.harness.controlplane import ControlPlane, find_bin_dir  # noqa: E402
 from tests.harness.helpers import free_port, wait_until  # noqa: E402
@@ -227,7 +233,7 @@ def measure(
         plane.kubectl("apply", "-n", namespace, "-f", "-", input=listing, timeout=600)
         client = plane.api_client()
         core = k8s.client.CoreV1Api(client)
-        selector = "app.kubernetes.io/component=trial-runner"
+        selector = f"{COMPONENT_LABEL}={COMPONENT_RUNNER}"
 
         def bound() -> bool:
             pods = core.list_namespaced_pod(namespace, label_selector=selector).items

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from kubetune_api.contract import KIND
 from tests.harness.controlplane import ControlPlane
 from tests.harness.helpers import wait_until
 from tests.harness.node_fixtures import Operator, install_chart_operator, on_node
@@ -58,7 +59,7 @@ def _events(studies: StudyClient, name: str, reason: str) -> list[dict[str, Any]
     return [
         e
         for e in json.loads(listed.stdout)["items"]
-        if e["involvedObject"].get("kind") == "HPOStudy" and e["involvedObject"]["name"] == name
+        if e["involvedObject"].get("kind") == KIND and e["involvedObject"]["name"] == name
     ]
 
 

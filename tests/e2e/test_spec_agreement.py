@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
+from kubetune_api.contract import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubetune_api.spec import (
     MAX_SHOWN_ERRORS,
     MAX_TEMPLATE_ITEMS,
@@ -395,17 +396,17 @@ def local_verdict(spec: Any) -> SpecError | None:
 def server_verdict(api: Any, namespace: str, spec: Any) -> str | None:
     """``None`` when the API server accepts the study, else its message."""
     body = {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "HPOStudy",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": "agreement"},
         "spec": spec,
     }
     try:
         api.create_namespaced_custom_object(
-            "kubetune.dev",
-            "v1alpha1",
+            GROUP,
+            VERSION,
             namespace,
-            "hpostudies",
+            PLURAL,
             body,
             dry_run="All",
             field_validation="Strict",

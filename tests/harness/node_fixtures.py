@@ -23,6 +23,7 @@ import kubernetes
 import psycopg2
 import yaml
 
+from kubetune_api.contract import COMPONENT_LABEL, INSTANCE_LABEL, STUDY_LABEL
 from tests.harness.controlplane import ControlPlane
 from tests.harness.helpers import REPO_ROOT, wait_until
 from tests.harness.operator_fixtures import StudyClient, finished_trials
@@ -157,7 +158,7 @@ class Operator:
 
     def pods(self) -> list[dict[str, Any]]:
         """The operator pods not being deleted."""
-        selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator"
+        selector = f"{INSTANCE_LABEL}={self.release},{COMPONENT_LABEL}=operator"
         pods = json.loads(
             self.plane.kubectl(
                 "get", "pods", "-n", self.namespace, "-l", selector, "-o", "json"
@@ -268,7 +269,7 @@ class PodWatch:
         self._client = plane.api_client()
         self._stop = threading.Event()
         self._core = k8s.client.CoreV1Api(self._client)
-        self._selector = f"kubetune.dev/study={study}"
+        self._selector = f"{STUDY_LABEL}={study}"
         self._namespace = namespace
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

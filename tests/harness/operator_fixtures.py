@@ -24,11 +24,19 @@ import yaml
 from kopf.testing import KopfRunner
 from kubernetes.client.exceptions import ApiException
 
+from kubetune_api.contract import (
+    COMPONENT_LABEL,
+    COMPONENT_RUNNER,
+    GROUP,
+    PLURAL,
+    STUDY_LABEL,
+)
 from tests.harness.controlplane import ControlPlane
 from tests.harness.helpers import REPO_ROOT, wait_until
 
 __all__ = [
     "CRD_FILE",
+    "CRD_NAME",
     "StudyClient",
     "add_finished_trials",
     "api_requests",
@@ -45,13 +53,15 @@ __all__ = [
 
 # The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
 k8s: Any = kubernetes
+#: The CRD's name, ``<plural>.<group>``.
+CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE = REPO_ROOT / "crds" / "kubetune.dev_hpostudies.yaml"
 
 
 def install_crd(plane: ControlPlane) -> None:
     """The generated CRD, applied as a user would (server-side), and established."""
     plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    wait_established(plane, "hpostudies.kubetune.dev")
+    wait_established(plane, CRD_NAME)
 
 
 def wait_established(plane: ControlPlane, crd: str) -> None:
@@ -235,8 +245,8 @@ class StudyClient:
                 return dict(cond)
         return {}
 
-    def pods(self, name: str, component: str = "trial-runner") -> list[dict[str, Any]]:
-        selector = f"kubetune.dev/study={name},app.kubernetes.io/component={component}"
+    def pods(self, name: str, component: str = COMPONENT_RUNNER) -> list[dict[str, Any]]:
+        selector = f"{STUDY_LABEL}={name},{COMPONENT_LABEL}={component}"
         result = self.kubectl("get", "pods", "-l", selector, "-o", "json")
         return list(json.loads(result.stdout)["items"])
 
