@@ -53,6 +53,7 @@ __all__ = [
     "ControlPlaneError",
     "find_bin_dir",
     "log_tail",
+    "wait_for_component",
 ]
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "control-plane" / "build.sh"
@@ -269,9 +270,11 @@ class Component:
         self._log.close()
 
 
-def _wait_until(
+def wait_for_component(
     component: Component, what: str, probe: Any, timeout: float, interval: float = 0.2
 ) -> None:
+    """Poll ``probe`` until it is true (errors count as not yet); a component that exits first,
+    or is not ``what`` after ``timeout`` seconds, raises its failure with its log's tail."""
     deadline = time.monotonic() + timeout
     while True:
         if not component.running():
@@ -578,7 +581,9 @@ class ControlPlane:
             ],
         )
         self._etcd_url = client_url
-        _wait_until(etcd, "healthy", lambda: _http_ok(f"{client_url}/health"), self.start_timeout)
+        wait_for_component(
+            etcd, "healthy", lambda: _http_ok(f"{client_url}/health"), self.start_timeout
+        )
 
     def _start_apiserver(self) -> None:
         assert self._ca is not None
@@ -632,7 +637,7 @@ class ControlPlane:
         )
         context = ssl.create_default_context(cafile=str(self._ca.cert))
         context.load_cert_chain(str(self._admin.cert), str(self._admin.key))
-        _wait_until(
+        wait_for_component(
             apiserver,
             "ready (/readyz)",
             lambda: _http_ok(f"{self.server}/readyz", context),
@@ -689,7 +694,7 @@ class ControlPlane:
     def _wait_healthz(self, component: Component, port: int) -> None:
         # The component serves a self-signed certificate of its own; /healthz needs no auth.
         context = ssl._create_unverified_context()
-        _wait_until(
+        wait_for_component(
             component,
             "healthy (/healthz)",
             lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context),
@@ -774,7 +779,7 @@ class ControlPlane:
         )
         self._components.append(component)
         # kwok serves nothing here; it is ready when it has logged that it watches nodes.
-        _wait_until(
+        wait_for_component(
             component,
             "watching nodes",
             lambda: "Watch nodes" in component.log_path.read_text(errors="replace"),
@@ -795,6 +800,6 @@ class ControlPlane:
                 core.read_namespaced_service_account("default", "default")
                 return True
 
-            _wait_until(
+            wait_for_component(
                 manager, "creating service accounts", default_account_exists, self.start_timeout
             )

@@ -37,11 +37,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from tests.harness.controlplane import Component, ControlPlane, ControlPlaneError, log_tail
+from tests.harness.controlplane import (
+    Component,
+    ControlPlane,
+    ControlPlaneError,
+    log_tail,
+    wait_for_component,
+)
 from tests.harness.netns import NODE_GATEWAY
 
 __all__ = ["NODE_TAINT", "NodeNetwork", "RealNode"]
@@ -516,18 +521,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self._components.append(component)
         return component
 
-    def _wait(self, component: Component, what: str, probe: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if not component.running():
-                raise component.failure(f"exited before it was {what}")
-            with contextlib.suppress(Exception):
-                if probe():
-                    return
-            if time.monotonic() > deadline:
-                raise component.failure(f"was not {what} after {timeout:.0f}s")
-            time.sleep(0.2)
-
     def _ctr(self, *args: str, timeout: float = 600) -> str:
         result = subprocess.run(
             ["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args],
@@ -543,7 +536,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         containerd = self._spawn(
             "containerd", ["containerd", "--config", str(self.work_dir / "containerd.toml")]
         )
-        self._wait(
+        wait_for_component(
             containerd,
             "serving",
             lambda: self.containerd_socket.exists() and bool(self._ctr("version", timeout=5)),
@@ -602,7 +595,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             conditions = json.loads(result.stdout)["status"].get("conditions") or []
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-        self._wait(self._kubelet, "Ready", ready, self.start_timeout)
+        wait_for_component(self._kubelet, "Ready", ready, self.start_timeout)
 
     def _delete_node_object(self) -> None:
         self.plane.kubectl("delete", "node", self.name, "--ignore-not-found", "--wait=false")
