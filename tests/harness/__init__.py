@@ -15,6 +15,8 @@ benchmarks put the checkout on ``sys.path``).
   (a throwaway server outside pytest), ``RestartablePostgres``.
 - :mod:`~tests.harness.runners`: real runner processes (``kubetune``, ``start_runner``,
   ``runner_env``).
+- :mod:`~tests.harness.tcp_proxy`: a TCP proxy on loopback that can cut every connection at
+  once, and a port that never answers (storage outages).
 - :mod:`~tests.harness.browser`: headless Chromium (``Browser``, ``page_text``,
   ``publish_screenshot``).
 - :mod:`~tests.harness.controlplane`: ``ControlPlane``, a real etcd, kube-apiserver,

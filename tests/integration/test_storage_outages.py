@@ -29,7 +29,7 @@ from tests.harness.helpers import wait_until
 from tests.harness.postgres import RestartablePostgres
 from tests.harness.runners import start_runner
 from tests.harness.studies import digits_study, spec_model
-from tests.integration.tcp_proxy import Blackhole, DroppingProxy
+from tests.harness.tcp_proxy import Blackhole, DroppingProxy
 
 BUDGET = 6
 OUTAGE_SECONDS = 30
