@@ -1,6 +1,6 @@
-"""Helpers shared by every test layer and the benchmarks: the one wait, ``IN_CI``, what a missing
-prerequisite does, the one search for a leaked secret. (The one study builder is
-:mod:`tests.harness.studies`.)"""
+"""Helpers shared by every test layer and the benchmarks: the one wait, ``IN_CI``, the checkout's
+root, a free port, what a missing prerequisite does, a component started for a block, the one
+search for a leaked secret. (The one study builder is :mod:`tests.harness.studies`.)"""
 
 from __future__ import annotations
 
