@@ -51,9 +51,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kubetune_api.spec import dump_yaml
-
 BENCH = Path(__file__).resolve()
+sys.path.append(str(BENCH.parent.parent))  # after the standard library (operator/)
+
+from kubetune_api.spec import dump_yaml  # noqa: E402
+from tests.harness import studies  # noqa: E402
+
 STUDY_NAME = "overhead"
 
 # --------------------------------------------------------------------------- the study
@@ -70,35 +73,18 @@ def study_document(
     pruner: dict[str, Any],
     sampler: dict[str, Any],
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "HPOStudy",
-        "metadata": {"name": name},
-        "spec": {
-            "objective": {"metric": "accuracy", "direction": "Maximize"},
-            "task": {
-                "entrypoint": "trial_runner.tasks.digits:DigitsMLP",
-                "config": {"repeat": repeat},
-            },
-            "searchSpace": [
-                {
-                    "name": "learning_rate",
-                    "type": "Float",
-                    "low": "1e-4",
-                    "high": "3e-2",
-                    "scale": "Log",
-                },
-                {"name": "batch_size", "type": "Categorical", "choices": [32, 64, 128]},
-                {"name": "hidden_size", "type": "Int", "low": 32, "high": 256, "step": 32},
-                {"name": "dropout", "type": "Float", "low": "0.0", "high": "0.4"},
-            ],
-            "budget": {"maxTrials": trials},
-            "sampler": sampler,
-            "pruner": pruner,
-            "training": {"epochs": epochs, "folds": folds, "dataLoaderWorkers": workers},
-            "resources": {"accelerator": "CPU"},
-        },
-    }
+    """The digits MLP on its data tiled ``repeat`` times, on a CPU, with no stages."""
+    return studies.study_document(
+        name,
+        task={"entrypoint": studies.DIGITS, "config": {"repeat": repeat}},
+        searchSpace=studies.mlp_search_space(batch_sizes=[32, 64, 128]),
+        stages=None,
+        budget={"maxTrials": trials},
+        sampler=sampler,
+        pruner=pruner,
+        training={"epochs": epochs, "folds": folds, "dataLoaderWorkers": workers},
+        resources={"accelerator": "CPU"},
+    )
 
 
 def fixed_params(doc: dict[str, Any], count: int, seed: int) -> list[dict[str, Any]]:
@@ -245,6 +231,23 @@ def _row(
     }
 
 
+def _study_file(folder: Path, doc: dict[str, Any]) -> Path:
+    """``folder`` (made if missing) with the study written into it; returns the study file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_path = folder / "study.yaml"
+    study_path.write_text(dump_yaml(doc))
+    return study_path
+
+
+def _timing(wall: float, telemetry: dict[str, Any]) -> dict[str, float]:
+    """One trial's wall time, and its step and eval time from its telemetry."""
+    return {
+        "wall": wall,
+        "step": float(telemetry["bench_step_seconds"]),
+        "eval": float(telemetry["eval_seconds"]),
+    }
+
+
 def _p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
@@ -260,10 +263,8 @@ def run_warm(
     from kubetune_api.spec import study_from_mapping
     from kubetune_study.storage import ensure_study, open_storage
 
-    folder = workdir / way.replace(" ", "-").replace("+", "")
-    folder.mkdir(parents=True, exist_ok=True)
-    study_path = folder / "study.yaml"
-    study_path.write_text(dump_yaml(doc))
+    study_path = _study_file(workdir / way.replace(" ", "-").replace("+", ""), doc)
+    folder = study_path.parent
     url = f"journal:{folder / 'study.journal'}"
     spec = study_from_mapping(doc).spec
     study = ensure_study(open_storage(url, heartbeat=False), STUDY_NAME, spec)
@@ -285,14 +286,8 @@ def run_warm(
         assert t.datetime_start is not None and t.datetime_complete is not None
         begin = previous or t.datetime_start
         attrs = t.user_attrs[TELEMETRY_ATTR]
-        trials.append(
-            {
-                "wall": (t.datetime_complete - begin).total_seconds(),
-                "step": float(attrs["bench_step_seconds"]),
-                "eval": float(attrs["eval_seconds"]),
-                "epochs": float(attrs["epochs_run"]),
-            }
-        )
+        wall = (t.datetime_complete - begin).total_seconds()
+        trials.append({**_timing(wall, attrs), "epochs": float(attrs["epochs_run"])})
         previous = t.datetime_complete
     values = [t.value for t in finished if t.value is not None]
     row = _row(way, total, trials, values)
@@ -306,10 +301,8 @@ def run_warm(
 def run_process_per_trial(
     doc: dict[str, Any], params: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
-    folder = workdir / "process-per-trial"
-    folder.mkdir(parents=True, exist_ok=True)
-    study_path = folder / "study.yaml"
-    study_path.write_text(dump_yaml(doc))
+    study_path = _study_file(workdir / "process-per-trial", doc)
+    folder = study_path.parent
     trials, values = [], []
     started = time.perf_counter()
     for number, p in enumerate(params):
@@ -320,14 +313,7 @@ def run_process_per_trial(
         )
         wall = time.perf_counter() - trial_started
         result = _last_json(out)
-        telemetry = result["telemetry"]
-        trials.append(
-            {
-                "wall": wall,
-                "step": float(telemetry["bench_step_seconds"]),
-                "eval": float(telemetry["eval_seconds"]),
-            }
-        )
+        trials.append(_timing(wall, result["telemetry"]))
         values.append(float(result["value"]))
     return _row("process-per-trial", time.perf_counter() - started, trials, values)
 
@@ -335,10 +321,8 @@ def run_process_per_trial(
 def run_new_loader(
     doc: dict[str, Any], params: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
-    folder = workdir / "new-loader"
-    folder.mkdir(parents=True, exist_ok=True)
-    study_path = folder / "study.yaml"
-    study_path.write_text(dump_yaml(doc))
+    study_path = _study_file(workdir / "new-loader", doc)
+    folder = study_path.parent
     params_path = folder / "params.json"
     params_path.write_text(json.dumps(params))
     started = time.perf_counter()
@@ -347,14 +331,7 @@ def run_new_loader(
     )
     total = time.perf_counter() - started
     rows = _last_json(out)
-    trials = [
-        {
-            "wall": r["wall"],
-            "step": float(r["telemetry"]["bench_step_seconds"]),
-            "eval": float(r["telemetry"]["eval_seconds"]),
-        }
-        for r in rows
-    ]
+    trials = [_timing(r["wall"], r["telemetry"]) for r in rows]
     return _row("new DataLoader", total, trials, [float(r["value"]) for r in rows])
 
 

@@ -15,7 +15,7 @@ two ways, each a fresh Python process timed from outside, from start to exit:
   process, one runner process, the claim lock, progress reads, telemetry.
 
 Both ways use the same storage kind (a fresh journal file, or a fresh database on a throwaway
-PostgreSQL server, :mod:`bench.storage_postgres`). The ways alternate, ``--repeats`` times;
+PostgreSQL server, :mod:`tests.harness.postgres`). The ways alternate, ``--repeats`` times;
 medians are compared. The ratio is the number to read; the machine is shared and noisy.
 """
 
@@ -197,7 +197,7 @@ def main() -> None:
         parser.error(f"--trials: 1 to {MAX_WARM_START_POINTS} (spec.warmStart.points)")
 
     from bench.storage import machine
-    from bench.storage_postgres import postgres_server
+    from tests.harness.postgres import postgres_server
 
     print(f"# `kubetune run` against a plain Optuna loop ({machine()})\n")
     print(

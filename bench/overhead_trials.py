@@ -7,7 +7,7 @@ study grows (Ray Tune's published shape, 1,000+ trials of about 1 s, scaled to t
 
 ``--runners`` runner processes (2) run the real runner loop (``trial_runner.runner.run_runner``:
 claim lock, stale-trial sweep, progress, sampler, heartbeat, attributes, telemetry, final state)
-on a throwaway PostgreSQL server (:mod:`bench.storage_postgres`) until ``--trials`` more trials
+on a throwaway PostgreSQL server (:mod:`tests.harness.postgres`) until ``--trials`` more trials
 are done. Only the training is replaced: each trial sleeps ``--trial-seconds``
 (:class:`bench.storage.SleepEngine`), so what is left is the runner's own cost.
 
@@ -113,7 +113,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from bench.storage_postgres import postgres_server
+    from tests.harness.postgres import postgres_server
 
     print(f"# Per-trial overhead on PostgreSQL ({machine()})\n")
     print(

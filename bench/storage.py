@@ -3,7 +3,7 @@
     nice python bench/storage.py                       # scaled to this machine (minutes)
     nice python bench/storage.py --runners 8 32 64 --sizes 1000 5000 20000   # full size
 
-One run starts a throwaway PostgreSQL server (:mod:`bench.storage_postgres`, the test suite's
+One run starts a throwaway PostgreSQL server (:mod:`tests.harness.postgres`, the test suite's
 way), and for each study size fills a study with that many finished trials (bulk inserts into
 Optuna's own tables, the rows a runner writes: parameters, value, stage, runner, telemetry),
 then, for each sampler and each number of runners, starts that many runner processes at once.
@@ -42,34 +42,23 @@ from typing import Any
 BENCH = Path(__file__).resolve()
 sys.path.append(str(BENCH.parent.parent))  # after the standard library (operator/)
 
+from tests.harness import studies  # noqa: E402
+
 STUDY_NAME = "storage"
 
 
 def study_document(sampler: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "HPOStudy",
-        "metadata": {"name": STUDY_NAME},
-        "spec": {
-            "objective": {"metric": "accuracy", "direction": "Maximize"},
-            "task": {"entrypoint": "trial_runner.tasks.digits:DigitsMLP"},
-            "searchSpace": [
-                {
-                    "name": "learning_rate",
-                    "type": "Float",
-                    "low": "1e-4",
-                    "high": "3e-2",
-                    "scale": "Log",
-                },
-                {"name": "hidden_size", "type": "Int", "low": 32, "high": 256, "step": 32},
-                {"name": "dropout", "type": "Float", "low": "0.0", "high": "0.4"},
-            ],
-            "budget": {"maxTrials": 10},
-            "sampler": {"type": sampler, "seed": 0},
-            "training": {"epochs": 1},
-            "resources": {"accelerator": "CPU"},
-        },
-    }
+    """One-epoch digits trials on a CPU, no stages; the budget is set apart (:func:`set_budget`)."""
+    return studies.study_document(
+        STUDY_NAME,
+        task={"entrypoint": studies.DIGITS},
+        searchSpace=studies.mlp_search_space(),
+        stages=None,
+        budget={"maxTrials": 10},
+        sampler={"type": sampler, "seed": 0},
+        training={"epochs": 1},
+        resources={"accelerator": "CPU"},
+    )
 
 
 class SleepEngine:
@@ -309,7 +298,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the raw rows here")
     args = parser.parse_args()
 
-    from bench.storage_postgres import postgres_server
+    from tests.harness.postgres import postgres_server
 
     print(f"# Claim-and-finish latency on PostgreSQL ({machine()})\n")
     print(

@@ -1,4 +1,6 @@
-"""Shared fixtures: a real PostgreSQL server (pytest-postgresql) and study files."""
+"""Shared fixtures: a real PostgreSQL server (pytest-postgresql) and the CLI command.
+
+What they are built on is in :mod:`tests.harness` (:mod:`tests.harness.postgres`)."""
 
 from __future__ import annotations
 
@@ -12,27 +14,24 @@ from typing import Any
 import pytest
 from pytest_postgresql import factories
 
-from tests.helpers import IN_CI
-
-REPO = Path(__file__).resolve().parent.parent
-SUPPORT = Path(__file__).resolve().parent / "support"
-EXAMPLES = REPO / "examples"
+from tests.harness.helpers import IN_CI
+from tests.harness.postgres import PASSWORD, PG_CTL, RestartablePostgres
 
 postgresql_proc = factories.postgresql_proc(
-    executable=str(SUPPORT / "pg_ctl"),
+    executable=str(PG_CTL),
     host="127.0.0.1",
     port=None,  # a free port, so parallel runs do not collide
-    password="kubetune",
+    password=PASSWORD,
     dbname="kubetune_tests",
 )
 postgresql = factories.postgresql("postgresql_proc")
 #: A second server, only for tests that stop and start it (storage outages): stopping the
 #: suite's shared server would cut every other test's connections.
 restartable_postgresql_proc = factories.postgresql_proc(
-    executable=str(SUPPORT / "pg_ctl"),
+    executable=str(PG_CTL),
     host="127.0.0.1",
     port=None,
-    password="kubetune",
+    password=PASSWORD,
     dbname="kubetune_outages",
 )
 
@@ -60,27 +59,6 @@ def _postgres_present(request: pytest.FixtureRequest) -> None:
         _require_postgres()
 
 
-class RestartablePostgres:
-    """A fresh database on :data:`restartable_postgresql_proc`, whose server the test may stop
-    and start for real (``pg_ctl stop -m fast``: every connection is cut)."""
-
-    def __init__(self, server: Any, dbname: str) -> None:
-        self.server = server
-        self.host, self.port = str(server.host), int(server.port)
-        self.url = f"postgresql://{server.user}:kubetune@{self.host}:{self.port}/{dbname}"
-
-    def url_via(self, port: int) -> str:
-        """The same database through a proxy listening on ``127.0.0.1:port``."""
-        return self.url.replace(f"@{self.host}:{self.port}/", f"@127.0.0.1:{port}/")
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def start(self) -> None:
-        if not self.server.running():
-            self.server.start()
-
-
 @pytest.fixture
 def restartable_postgres(restartable_postgresql_proc: Any) -> Iterator[RestartablePostgres]:
     import psycopg2
@@ -91,7 +69,7 @@ def restartable_postgres(restartable_postgresql_proc: Any) -> Iterator[Restartab
     def admin() -> Any:
         connection = psycopg2.connect(
             host=server.host, port=server.port, user=server.user,
-            password="kubetune", dbname="postgres",
+            password=PASSWORD, dbname="postgres",
         )  # fmt: skip
         connection.autocommit = True
         return connection

@@ -25,24 +25,25 @@ from hpo_operator.pods import runner_pod
 from hpo_operator.sizing import Peak, SizingDecision
 
 from kubetune_api.spec import study_from_mapping
-from tests.e2e.controlplane import REPO_ROOT, ControlPlane
-from tests.e2e.operator_fixtures import StudyClient, run_operator, small_cpu_study, wait_until
-from tests.e2e.simulated_cluster import NodeGroup
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import REPO_ROOT, wait_until
+from tests.harness.operator_fixtures import CRD_NAME, StudyClient, run_operator
+from tests.harness.simulated_cluster import NodeGroup
+from tests.harness.studies import small_cpu_study
 
 pytestmark = pytest.mark.e2e
 
 CHART = REPO_ROOT / "charts" / "kubetune"
-CRD_NAME = "hpostudies.kubetune.dev"
 ALL_FEATURES = ("--set", "postgresql.enabled=true,dashboard.enabled=true")
 
 # (verb, resource, subresource) the operator needs in a watched namespace.
 NAMESPACED_NEEDS = [
-    ("get", "hpostudies.kubetune.dev", ""),
-    ("list", "hpostudies.kubetune.dev", ""),
-    ("watch", "hpostudies.kubetune.dev", ""),
-    ("patch", "hpostudies.kubetune.dev", ""),
-    ("patch", "hpostudies.kubetune.dev", "status"),
-    ("update", "hpostudies.kubetune.dev", "finalizers"),
+    ("get", CRD_NAME, ""),
+    ("list", CRD_NAME, ""),
+    ("watch", CRD_NAME, ""),
+    ("patch", CRD_NAME, ""),
+    ("patch", CRD_NAME, "status"),
+    ("update", CRD_NAME, "finalizers"),
     ("create", "pods", ""),
     ("delete", "pods", ""),
     ("list", "pods", ""),
@@ -64,7 +65,7 @@ NAMESPACED_FORBIDDEN = [
     ("delete", "secrets", ""),
     ("list", "secrets", ""),
     ("create", "secrets", ""),  # only with defaultStorage.lookup=ReleaseNamespace
-    ("delete", "hpostudies.kubetune.dev", ""),
+    ("delete", CRD_NAME, ""),
     ("create", "pods", "exec"),
     ("create", "serviceaccounts", "token"),
     ("create", "rolebindings.rbac.authorization.k8s.io", ""),
@@ -431,7 +432,7 @@ def test_install_in_restricted_namespace(
     _assert_rbac(control_plane, user, NAMESPACED_NEEDS, NAMESPACED_FORBIDDEN, namespace)
     _assert_rbac(control_plane, user, CLUSTER_NEEDS, CLUSTER_FORBIDDEN, None)
     # Watching all namespaces: the same rights elsewhere.
-    status = [("patch", "hpostudies.kubetune.dev", "status")]
+    status = [("patch", CRD_NAME, "status")]
     _assert_rbac(control_plane, user, status, [], "default")
     # Leader election: its own Lease in the release namespace, and nothing else.
     lease = f"leases.coordination.k8s.io/{fullname}-operator"
@@ -463,7 +464,7 @@ def test_namespaced_install_grants_only_the_watched_namespace(
     _assert_rbac(control_plane, user, CLUSTER_NEEDS, CLUSTER_FORBIDDEN, None)
     elsewhere = [
         ("create", "pods", ""),
-        ("patch", "hpostudies.kubetune.dev", "status"),
+        ("patch", CRD_NAME, "status"),
         ("get", "secrets", ""),
     ]
     _assert_rbac(control_plane, user, [], elsewhere, other)

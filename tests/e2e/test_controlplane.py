@@ -16,10 +16,10 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.operator_fixtures import wait_established
-from tests.e2e.simulated_cluster import NodeGroup
-from tests.helpers import wait_until
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import wait_until
+from tests.harness.operator_fixtures import wait_established
+from tests.harness.simulated_cluster import NodeGroup
 
 # The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
 k8s: Any = kubernetes

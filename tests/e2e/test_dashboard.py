@@ -25,10 +25,9 @@ import yaml
 
 from kubetune_api.spec import study_from_mapping
 from kubetune_study.storage import ensure_study, open_storage
-from tests.browser import Browser, page_text, publish_screenshot
-from tests.e2e.controlplane import REPO_ROOT, free_port
-from tests.helpers import IN_CI, wait_until
-from tests.integration.conftest import digits_study
+from tests.harness.browser import Browser, page_text, publish_screenshot
+from tests.harness.helpers import IN_CI, REPO_ROOT, free_port, wait_until
+from tests.harness.studies import digits_study
 from trial_runner.runner import run_runner
 
 pytestmark = pytest.mark.e2e

@@ -21,19 +21,21 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tests.e2e.conftest import BuiltImages, study_namespace
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.node_fixtures import (
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import wait_until
+from tests.harness.node_fixtures import (
     Database,
     Operator,
     PodWatch,
     assert_exact_budget,
     install_chart_operator,
     on_node,
+    study_namespace,
 )
-from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
-from tests.e2e.real_node import RealNode
-from tests.helpers import wait_until
+from tests.harness.operator_fixtures import StudyClient
+from tests.harness.prerequisites import BuiltImages
+from tests.harness.real_node import RealNode
+from tests.harness.studies import small_cpu_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

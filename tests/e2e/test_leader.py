@@ -13,8 +13,8 @@ import kubernetes
 import pytest
 from hpo_operator.leader import RETRY_SECONDS, Leadership, campaign
 
-from tests.e2e.controlplane import ControlPlane
-from tests.helpers import wait_until
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -15,10 +15,11 @@ import kubernetes
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import BuiltImages
-from tests.e2e.node_fixtures import Operator, on_node
-from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
-from tests.helpers import wait_until
+from tests.harness.helpers import wait_until
+from tests.harness.node_fixtures import Operator, on_node
+from tests.harness.operator_fixtures import StudyClient
+from tests.harness.prerequisites import BuiltImages
+from tests.harness.studies import small_cpu_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

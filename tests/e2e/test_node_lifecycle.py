@@ -16,10 +16,17 @@ from hpo_operator.sizing import format_bytes
 from kubernetes.utils import parse_quantity
 
 from kubetune_api.spec import SHARED_MEMORY_BASE
-from tests.e2e.conftest import BuiltImages
-from tests.e2e.node_fixtures import Database, Operator, assert_exact_budget, on_node, trial_counts
-from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
-from tests.helpers import wait_until
+from tests.harness.helpers import wait_until
+from tests.harness.node_fixtures import (
+    Database,
+    Operator,
+    assert_exact_budget,
+    on_node,
+    trial_counts,
+)
+from tests.harness.operator_fixtures import StudyClient
+from tests.harness.prerequisites import BuiltImages
+from tests.harness.studies import small_cpu_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

@@ -23,20 +23,19 @@ from hpo_operator.names import optuna_study_name
 from prometheus_client import REGISTRY
 
 from kubetune_api.spec import SpecError, dump_yaml, study_from_mapping
-from tests.conftest import RestartablePostgres
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.operator_fixtures import (
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import wait_until
+from tests.harness.operator_fixtures import (
     StudyClient,
     add_finished_trials,
     api_requests,
     delete_studies,
-    load_example,
     operator_env,
     run_operator,
-    small_cpu_study,
-    wait_until,
 )
-from tests.e2e.simulated_cluster import NodeGroup
+from tests.harness.postgres import RestartablePostgres
+from tests.harness.simulated_cluster import NodeGroup
+from tests.harness.studies import load_example, small_cpu_study
 
 pytestmark = pytest.mark.e2e
 
@@ -113,71 +112,40 @@ def _with(mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     return study
 
 
-def _param(spec: dict[str, Any], index: int) -> dict[str, Any]:
-    return spec["searchSpace"][index]  # type: ignore[no-any-return]
+def _part(spec: dict[str, Any], at: str) -> dict[str, Any]:
+    """The part of ``spec`` at ``at``: a section (``resources``) or a parameter
+    (``searchSpace[1]``)."""
+    name, _, index = at.rstrip("]").partition("[")
+    part = spec[name]
+    return part[int(index)] if index else part  # type: ignore[no-any-return]
+
+
+def _invalid(at: str, message: str, id: str, **change: Any) -> Any:
+    """A case that sets ``change`` on the spec's part at ``at``: the API server must reject it
+    at ``spec.<at>.<the first field changed>`` with ``message``."""
+
+    def mutate(spec: dict[str, Any]) -> None:
+        _part(spec, at).update(copy.deepcopy(change))
+
+    return pytest.param(mutate, f"spec.{at}.{next(iter(change))}", message, id=id)
 
 
 INVALID = [
-    pytest.param(
-        lambda s: _param(s, 0).update(low="0.5", high="0.1"),
-        "spec.searchSpace[0].low",
-        "below high",
-        id="low-above-high",
-    ),
-    pytest.param(
-        lambda s: _param(s, 0).update(low="0"),
-        "spec.searchSpace[0].low",
-        "above 0 with scale Log",
-        id="log-scale-zero",
-    ),
-    pytest.param(
-        lambda s: _param(s, 1).update(choices=[]),
-        "spec.searchSpace[1].choices",
-        "non-empty",
-        id="categorical-without-choices",
-    ),
-    pytest.param(
-        lambda s: _param(s, 0).update(choices=[1, 2]),
-        "spec.searchSpace[0].choices",
-        "not accepted",
-        id="float-with-choices",
-    ),
+    _invalid("searchSpace[0]", "below high", "low-above-high", low="0.5", high="0.1"),
+    _invalid("searchSpace[0]", "above 0 with scale Log", "log-scale-zero", low="0"),
+    _invalid("searchSpace[1]", "non-empty", "categorical-without-choices", choices=[]),
+    _invalid("searchSpace[0]", "not accepted", "float-with-choices", choices=[1, 2]),
     pytest.param(
         lambda s: s.update(stages=[{"groups": ["Nope"]}]),
         "spec.stages",
         "group",
         id="stage-unknown-group",
     ),
-    pytest.param(
-        lambda s: s["resources"].update(parallelism=0),
-        "spec.resources.parallelism",
-        "greater than or equal to 1",
-        id="parallelism-zero",
-    ),
-    pytest.param(
-        lambda s: s["budget"].update(maxTrials=0),
-        "spec.budget.maxTrials",
-        "greater than or equal to 1",
-        id="budget-zero",
-    ),
-    pytest.param(
-        lambda s: s["objective"].update(direction="Up"),
-        "spec.objective.direction",
-        "Unsupported value",
-        id="bad-enum",
-    ),
-    pytest.param(
-        lambda s: s["task"].update(entrypoint="no_colon"),
-        "spec.task.entrypoint",
-        "should match",
-        id="bad-entrypoint",
-    ),
-    pytest.param(
-        lambda s: s["budget"].update(maxTrails=5),
-        "spec.budget.maxTrails",
-        "unknown field",
-        id="unknown-field",
-    ),
+    _invalid("resources", "greater than or equal to 1", "parallelism-zero", parallelism=0),
+    _invalid("budget", "greater than or equal to 1", "budget-zero", maxTrials=0),
+    _invalid("objective", "Unsupported value", "bad-enum", direction="Up"),
+    _invalid("task", "should match", "bad-entrypoint", entrypoint="no_colon"),
+    _invalid("budget", "unknown field", "unknown-field", maxTrails=5),
     pytest.param(
         lambda s: s["searchSpace"].append(
             {"name": "weight_decay", "type": "Float", "low": "0", "high": "0.5", "default": "0.9"}
@@ -194,12 +162,7 @@ INVALID = [
         "must be a number for a Float",
         id="default-not-a-number",
     ),
-    pytest.param(
-        lambda s: s["resources"].update(memoryHeadroom="9"),
-        "spec.resources.memoryHeadroom",
-        "between 0 and 4",
-        id="headroom-too-large",
-    ),
+    _invalid("resources", "between 0 and 4", "headroom-too-large", memoryHeadroom="9"),
     pytest.param(
         lambda s: s["searchSpace"].append(dict(s["searchSpace"][0])),
         "spec.searchSpace[4]",
@@ -212,20 +175,10 @@ INVALID = [
         "required when type is Percentile",
         id="percentile-missing",
     ),
+    _invalid("searchSpace[1]", "Duplicate value", "repeated-choice", choices=[32, 64, 32]),
+    _invalid("searchSpace[2]", "integer for an Int parameter", "fractional-int-step", step="0.5"),
     pytest.param(
-        lambda s: _param(s, 1).update(choices=[32, 64, 32]),
-        "spec.searchSpace[1].choices",
-        "Duplicate value",
-        id="repeated-choice",
-    ),
-    pytest.param(
-        lambda s: _param(s, 2).update(step="0.5"),
-        "spec.searchSpace[2].step",
-        "integer for an Int parameter",
-        id="fractional-int-step",
-    ),
-    pytest.param(
-        lambda s: _param(s, 1).update(choices=["small", "large"]),
+        lambda s: _part(s, "searchSpace[1]").update(choices=["small", "large"]),
         "spec.searchSpace",
         "positive integers",
         id="batch-size-not-integer",
@@ -326,30 +279,16 @@ INVALID += [
         "required when mode is Reevaluate",
         id="reevaluate-without-top-k",
     ),
-    pytest.param(
-        lambda s: s["resources"].update(trialsPerDevice="Sometimes"),
-        "spec.resources.trialsPerDevice",
-        "should match '^Auto$'",
-        id="trials-per-device-word",
+    _invalid(
+        "resources", "should match '^Auto$'", "trials-per-device-word", trialsPerDevice="Sometimes"
     ),
-    pytest.param(
-        lambda s: s["resources"].update(trialsPerDevice=17),
-        "spec.resources.trialsPerDevice",
-        "less than or equal to 16",
-        id="trials-per-device-too-many",
+    _invalid(
+        "resources", "less than or equal to 16", "trials-per-device-too-many", trialsPerDevice=17
     ),
-    pytest.param(
-        lambda s: s["resources"].update(trialsPerDevice=0),
-        "spec.resources.trialsPerDevice",
-        "greater than or equal to 1",
-        id="trials-per-device-zero",
+    _invalid(
+        "resources", "greater than or equal to 1", "trials-per-device-zero", trialsPerDevice=0
     ),
-    pytest.param(
-        lambda s: s["resources"].update(queueName="Team_A"),
-        "spec.resources.queueName",
-        "should match",
-        id="queue-name-not-a-name",
-    ),
+    _invalid("resources", "should match", "queue-name-not-a-name", queueName="Team_A"),
 ]
 
 

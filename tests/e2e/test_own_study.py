@@ -31,9 +31,9 @@ from kubetune_api.contract import (
     TELEMETRY_ATTR,
     TRIAL_LIMIT_GRACE_ENV,
 )
-from tests.e2e.conftest import BuiltImages, _unavailable
-from tests.e2e.controlplane import REPO_ROOT, ControlPlane
-from tests.e2e.node_fixtures import (
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import REPO_ROOT, secret_leaks, unavailable, wait_until
+from tests.harness.node_fixtures import (
     Database,
     LogKeeper,
     Operator,
@@ -41,9 +41,10 @@ from tests.e2e.node_fixtures import (
     assert_exact_budget,
     on_node,
 )
-from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
-from tests.e2e.real_node import RealNode
-from tests.helpers import secret_leaks, wait_until
+from tests.harness.operator_fixtures import StudyClient
+from tests.harness.prerequisites import BuiltImages
+from tests.harness.real_node import RealNode
+from tests.harness.studies import small_cpu_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
@@ -64,7 +65,7 @@ def own_image(real_node: RealNode, test_images: BuiltImages) -> str:
         timeout=1800,
     )
     if build.returncode != 0:
-        _unavailable(f"the example's image did not build:\n{build.stderr[-3000:]}")
+        unavailable(f"the example's image did not build:\n{build.stderr[-3000:]}")
     image, archive = build.stdout.split()
     real_node.import_image(Path(archive))
     return image

@@ -17,9 +17,10 @@ import yaml
 from optuna.trial import TrialState
 
 from kubetune_api.contract import ORIGIN_ATTR, PRIOR_ATTR
-from tests.e2e.conftest import BuiltImages
-from tests.e2e.node_fixtures import Database, Operator, on_node
-from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
+from tests.harness.node_fixtures import Database, Operator, on_node
+from tests.harness.operator_fixtures import StudyClient
+from tests.harness.prerequisites import BuiltImages
+from tests.harness.studies import small_cpu_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

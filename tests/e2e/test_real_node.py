@@ -4,7 +4,7 @@ The Helm chart installs the operator as a container of the image built from this
 (``hack/image/build.sh``), logged in with its in-cluster ServiceAccount, in a namespace that
 enforces the ``restricted`` Pod Security Standard. Studies are applied with ``kubectl``; their
 estimate and runner pods are containers that containerd runs with runc on the node of
-:mod:`tests.e2e.real_node`, with real memory limits (cgroups), a read-only root filesystem, a
+:mod:`tests.harness.real_node`, with real memory limits (cgroups), a read-only root filesystem, a
 non-root uid, and SIGTERM then SIGKILL when a pod is deleted. They reach this machine's
 PostgreSQL through the node's gateway address.
 """
@@ -21,9 +21,9 @@ from typing import Any
 import optuna
 import pytest
 
-from tests.e2e.conftest import BuiltImages
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.node_fixtures import (
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import wait_until
+from tests.harness.node_fixtures import (
     GRACE_PERIOD,
     NODE_TOLERATION,
     Database,
@@ -35,9 +35,10 @@ from tests.e2e.node_fixtures import (
     restricted_namespace,
     trial_counts,
 )
-from tests.e2e.operator_fixtures import StudyClient, load_example, small_cpu_study
-from tests.e2e.real_node import RealNode
-from tests.helpers import wait_until
+from tests.harness.operator_fixtures import StudyClient
+from tests.harness.prerequisites import BuiltImages
+from tests.harness.real_node import RealNode
+from tests.harness.studies import load_example, small_cpu_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BuiltImages
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.node_fixtures import Operator, install_chart_operator, on_node
-from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
-from tests.e2e.real_node import RealNode
-from tests.helpers import wait_until
+from kubetune_api.contract import KIND
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import wait_until
+from tests.harness.node_fixtures import Operator, install_chart_operator, on_node
+from tests.harness.operator_fixtures import StudyClient
+from tests.harness.prerequisites import BuiltImages
+from tests.harness.real_node import RealNode
+from tests.harness.studies import small_cpu_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
@@ -57,7 +59,7 @@ def _events(studies: StudyClient, name: str, reason: str) -> list[dict[str, Any]
     return [
         e
         for e in json.loads(listed.stdout)["items"]
-        if e["involvedObject"].get("kind") == "HPOStudy" and e["involvedObject"]["name"] == name
+        if e["involvedObject"].get("kind") == KIND and e["involvedObject"]["name"] == name
     ]
 
 

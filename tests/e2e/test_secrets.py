@@ -9,7 +9,7 @@ written too. Then every pod (every version seen while the study ran, and what is
 workload, event, HPOStudy (status included) and ConfigMap of every namespace, and every
 container log the node wrote (kept as it was written: the kubelet deletes a pod's logs with
 the pod), are searched for the password as written, percent-encoded and
-JSON-escaped (``tests.helpers.secret_leaks``, whose unit test shows it finds a planted one).
+JSON-escaped (``tests.harness.helpers.secret_leaks``, whose unit test shows it finds a planted one).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BuiltImages
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.node_fixtures import (
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import secret_leaks, wait_until
+from tests.harness.node_fixtures import (
     Database,
     LogKeeper,
     Operator,
@@ -32,9 +32,10 @@ from tests.e2e.node_fixtures import (
     on_node,
     restricted_namespace,
 )
-from tests.e2e.operator_fixtures import StudyClient, small_cpu_study
-from tests.e2e.real_node import RealNode
-from tests.helpers import secret_leaks, wait_until
+from tests.harness.operator_fixtures import StudyClient
+from tests.harness.prerequisites import BuiltImages
+from tests.harness.real_node import RealNode
+from tests.harness.studies import small_cpu_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

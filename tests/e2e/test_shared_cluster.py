@@ -26,13 +26,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.e2e.conftest import BuiltImages
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.kueue import MANAGED_LABEL, Kueue, cluster_queue, queue_objects, queues
-from tests.e2e.node_fixtures import Database, Operator, assert_exact_budget, on_node
-from tests.e2e.operator_fixtures import StudyClient, small_cpu_study, wait_until
-from tests.e2e.simulated_cluster import NodeGroup
-from tests.helpers import IN_CI
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import started, unavailable, wait_until
+from tests.harness.kueue import MANAGED_LABEL, Kueue, cluster_queue, queue_objects, queues
+from tests.harness.node_fixtures import Database, Operator, assert_exact_budget, on_node
+from tests.harness.operator_fixtures import StudyClient
+from tests.harness.prerequisites import BuiltImages
+from tests.harness.simulated_cluster import NodeGroup
+from tests.harness.studies import small_cpu_study
 
 pytestmark = pytest.mark.e2e
 
@@ -48,18 +49,12 @@ def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     runner = Kueue(control_plane, tmp_path_factory.mktemp("kueue"))
     missing = runner.missing()
     if missing:
-        message = f"Kueue is not built: {missing}; build it with `bash hack/control-plane/build.sh`"
-        if IN_CI:
-            pytest.fail(f"{message} (CI=true: a missing Kueue is a failure)", pytrace=False)
-        pytest.skip(message)
-    try:
-        runner.start()
-    except Exception as error:
-        pytest.fail(f"Kueue did not start: {error}", pytrace=False)
-    try:
-        yield runner
-    finally:
-        runner.stop()
+        unavailable(
+            f"Kueue is not built: {missing}; build it with `bash hack/control-plane/build.sh`",
+            missing="Kueue",
+        )
+    with started(runner, "Kueue") as kueue:
+        yield kueue
 
 
 def manage(plane: ControlPlane, namespace: str) -> None:

@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
+from kubetune_api.contract import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubetune_api.spec import (
     MAX_SHOWN_ERRORS,
     MAX_TEMPLATE_ITEMS,
@@ -48,9 +49,9 @@ from kubetune_api.spec import (
     validate_spec_mapping,
 )
 from kubetune_api.spec._errors import MAX_MESSAGE, MAX_PATH
-from tests.e2e.controlplane import ControlPlane
-from tests.e2e.operator_fixtures import install_crd
-from tests.helpers import study_document
+from tests.harness.controlplane import ControlPlane
+from tests.harness.operator_fixtures import install_crd
+from tests.harness.studies import study_document
 
 pytestmark = pytest.mark.e2e
 
@@ -395,17 +396,17 @@ def local_verdict(spec: Any) -> SpecError | None:
 def server_verdict(api: Any, namespace: str, spec: Any) -> str | None:
     """``None`` when the API server accepts the study, else its message."""
     body = {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "HPOStudy",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": "agreement"},
         "spec": spec,
     }
     try:
         api.create_namespaced_custom_object(
-            "kubetune.dev",
-            "v1alpha1",
+            GROUP,
+            VERSION,
             namespace,
-            "hpostudies",
+            PLURAL,
             body,
             dry_run="All",
             field_validation="Strict",

@@ -16,8 +16,9 @@ import yaml
 from kubetune_api.contract import ORIGIN_ATTR, PRIOR_ATTR, WORKER_ATTR
 from kubetune_api.spec import dump_yaml
 from kubetune_study.storage import open_storage
-from tests.helpers import wait_until
-from tests.integration.conftest import digits_study, kubetune, runner_env
+from tests.harness.helpers import wait_until
+from tests.harness.runners import kubetune, runner_env
+from tests.harness.studies import digits_study
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 
 from kubetune_api.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, load_study
 from kubetune_study.storage import ensure_study, open_storage, read_progress
-from tests.integration.conftest import digits_study, kubetune, start_runner
+from tests.harness.runners import kubetune, start_runner
+from tests.harness.studies import digits_study
 
 BREAKER = "reaching budget.maxConsecutiveFailedTrials"
 #: The breaker's run, plus at most the trial the other runner had in flight.

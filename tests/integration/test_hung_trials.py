@@ -25,8 +25,9 @@ from optuna.trial import FrozenTrial, TrialState
 from kubetune_api.contract import FAILED_ATTR, PREEMPTED_ATTR, WORKER_ATTR
 from kubetune_api.spec import load_study
 from kubetune_study.storage import ensure_study, open_storage
-from tests.conftest import REPO
-from tests.integration.conftest import digits_study, kubetune, runner_env
+from tests.harness.helpers import REPO_ROOT
+from tests.harness.runners import kubetune, runner_env
+from tests.harness.studies import digits_study
 from tests.integration.test_failing_trials import failed_in_a_row
 
 HANGING = "tests.integration.hang_tasks:HangingMLP"
@@ -46,7 +47,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     import the task from (the repository itself on the path would hide the standard library's
     ``operator`` behind kubetune's ``operator/``)."""
     path = tmp_path_factory.mktemp("tasks")
-    (path / "tests").symlink_to(REPO / "tests")
+    (path / "tests").symlink_to(REPO_ROOT / "tests")
     return {**LIMITS, "PYTHONPATH": str(path)}
 
 

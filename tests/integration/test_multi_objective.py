@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 from kubetune_api.contract import TELEMETRY_ATTR, WORKER_ATTR
 from kubetune_api.spec import load_study
 from kubetune_study.storage import ensure_study, open_storage, read_progress
-from tests.integration.conftest import digits_study, kubetune, start_runner
+from tests.harness.runners import kubetune, start_runner
+from tests.harness.studies import digits_study
 from tests.integration.test_shared_study import finish
 
 OBJECTIVES = [

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from kubetune_api.spec import dump_yaml
-from tests.integration.conftest import runner_env
+from tests.harness.runners import runner_env
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "own-task"
 

@@ -25,8 +25,9 @@ from kubetune_api.spec import load_study
 from kubetune_study.preemption import retried_from
 from kubetune_study.progress import is_preempted, retried_numbers
 from kubetune_study.storage import ensure_study, open_storage
-from tests.helpers import wait_until
-from tests.integration.conftest import digits_study, kubetune, start_runner
+from tests.harness.helpers import wait_until
+from tests.harness.runners import kubetune, start_runner
+from tests.harness.studies import digits_study
 
 FOLDS, EPOCHS = 3, 60
 #: Heartbeats every second and stale after 4: a killed runner's trial is noticed in seconds.

@@ -13,8 +13,9 @@ import optuna
 import pytest
 
 from kubetune_api.contract import PROFILE_ATTR
-from tests.browser import Browser, page_text, publish_screenshot
-from tests.integration.conftest import digits_study, runner_env
+from tests.harness.browser import Browser, page_text, publish_screenshot
+from tests.harness.runners import runner_env
+from tests.harness.studies import digits_study
 
 pytestmark = pytest.mark.postgres
 

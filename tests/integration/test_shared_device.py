@@ -25,8 +25,9 @@ from optuna.trial import FrozenTrial, TrialState
 from kubetune_api.contract import TELEMETRY_ATTR, WORKER_ATTR
 from kubetune_api.spec import load_study
 from kubetune_study.storage import ensure_study, open_storage, read_progress
-from tests.helpers import wait_until
-from tests.integration.conftest import digits_study, runner_env, start_runner
+from tests.harness.helpers import wait_until
+from tests.harness.runners import runner_env, start_runner
+from tests.harness.studies import digits_study
 
 SHORT_OF_MEMORY = "tests.integration.oom_tasks:ShortOfMemoryMLP"
 

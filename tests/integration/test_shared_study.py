@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 from kubetune_api.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
 from kubetune_api.spec import load_study
 from kubetune_study.storage import ensure_study, open_storage
-from tests.integration.conftest import digits_study, runner_env, start_runner
+from tests.harness.runners import runner_env, start_runner
+from tests.harness.studies import digits_study
 
 
 def finish(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout: float = 600) -> None:

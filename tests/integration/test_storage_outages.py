@@ -25,10 +25,11 @@ from optuna.trial import TrialState
 from kubetune_api.contract import WORKER_ATTR
 from kubetune_api.spec import load_study
 from kubetune_study.storage import ClaimLock, StorageError, ensure_study, open_storage
-from tests.conftest import RestartablePostgres
-from tests.helpers import spec_model, wait_until
-from tests.integration.conftest import digits_study, start_runner
-from tests.integration.tcp_proxy import Blackhole, DroppingProxy
+from tests.harness.helpers import wait_until
+from tests.harness.postgres import RestartablePostgres
+from tests.harness.runners import start_runner
+from tests.harness.studies import digits_study, spec_model
+from tests.harness.tcp_proxy import Blackhole, DroppingProxy
 
 BUDGET = 6
 OUTAGE_SECONDS = 30

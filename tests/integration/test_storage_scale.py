@@ -25,7 +25,7 @@ from kubetune_api.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
 from kubetune_api.spec import HPOStudy
 from kubetune_study.progress import BudgetState
 from kubetune_study.storage import ensure_study, open_storage, write_budget
-from tests.helpers import small_runner_study
+from tests.harness.studies import small_runner_study
 from trial_runner.runner import run_runner
 
 #: Trials each runner runs per measurement; the last two are compared (the first fills caches).

@@ -14,7 +14,8 @@ from kubetune_api.contract import ORIGIN_ATTR
 from kubetune_api.spec import StudySpec, load_study
 from kubetune_study.storage import ensure_study, open_storage
 from kubetune_study.warmstart import WarmStartReport, apply_warm_start
-from tests.integration.conftest import digits_study, kubetune, start_runner
+from tests.harness.runners import kubetune, start_runner
+from tests.harness.studies import digits_study
 from tests.integration.test_shared_study import finish
 
 POINTS = [

@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     # The pods' command lines (kubetune_api.contract) name these subcommands and options.
-    runner = sub.add_parser(RUNNER_COMMAND[1], help="run trials of an existing study (a runner pod)")
+    runner = sub.add_parser(
+        RUNNER_COMMAND[1], help="run trials of an existing study (a runner pod)"
+    )
     runner.add_argument("study", nargs="?", help=f"HPOStudy YAML file (default ${STUDY_ENV})")
     runner.add_argument(STUDY_NAME_OPTION, help="Optuna study name (default metadata.name)")
     runner.add_argument("--storage", help=f"storage URL (default ${STORAGE_ENV})")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kubetune_api.spec import SpecError, study_from_mapping
-from tests.helpers import study_document
+from tests.harness.studies import study_document
 
 PREFIX = "spec.runner.template"
 

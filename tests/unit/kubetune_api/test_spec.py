@@ -18,7 +18,7 @@ from kubetune_api.spec import (
     parse_quantity,
     study_from_mapping,
 )
-from tests.helpers import spec_model, study_document
+from tests.harness.studies import spec_model, study_document
 
 
 def base() -> dict[str, Any]:

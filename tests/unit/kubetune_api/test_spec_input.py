@@ -32,7 +32,7 @@ from kubetune_api.spec import (
 )
 from kubetune_api.spec._errors import MAX_MESSAGE, MAX_PATH
 from kubetune_study.search import build_sampler
-from tests.helpers import study_document
+from tests.harness.studies import study_document
 from trial_runner.engine._data import make_folds
 
 

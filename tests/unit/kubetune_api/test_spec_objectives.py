@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kubetune_api.spec import SpecError, best_first_key, study_from_mapping
-from tests.helpers import spec_model, study_document
+from tests.harness.studies import spec_model, study_document
 
 TWO = [
     {"metric": "accuracy", "direction": "Maximize"},

@@ -7,7 +7,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kubetune_study.pareto import FrontTrial, front_document, pareto_front, spread
-from tests.helpers import spec_model
+from tests.harness.studies import spec_model
 
 DIRECTIONS = ("Maximize", "Minimize")  # accuracy up, parameters down
 

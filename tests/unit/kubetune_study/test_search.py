@@ -20,7 +20,7 @@ from kubetune_study.search import (
     point_params,
     suggest_all,
 )
-from tests.helpers import study_document as base
+from tests.harness.studies import study_document as base
 
 
 def spec_with(**changes: Any) -> StudySpec:

@@ -26,7 +26,7 @@ from kubetune_study.storage import (
     requeue_trials_of_worker,
     write_budget,
 )
-from tests.helpers import spec_model
+from tests.harness.studies import spec_model
 
 
 def test_redact_hides_only_the_password() -> None:

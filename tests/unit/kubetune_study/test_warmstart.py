@@ -28,7 +28,7 @@ from kubetune_study.warmstart import (
     recorded_report,
     source_study_name,
 )
-from tests.helpers import spec_model
+from tests.harness.studies import spec_model
 
 #: The search space of the studies here: a narrower learning rate than the sources', no
 #: dropout, hidden_size in steps of 16.

@@ -7,7 +7,7 @@ from typing import Any
 
 from kubetune_api.spec import StudySpec
 from kubetune_study.progress import StageSummary, StudyProgress
-from tests.helpers import spec_model
+from tests.harness.studies import spec_model
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 

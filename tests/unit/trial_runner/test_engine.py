@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kubetune_api.spec import StudySpec
-from tests.helpers import spec_model
+from tests.harness.studies import spec_model
 from trial_runner import step
 from trial_runner.engine import (
     Engine,

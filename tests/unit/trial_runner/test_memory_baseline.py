@@ -31,7 +31,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
 from kubetune_study.storage import ensure_study, open_storage
-from tests.helpers import study_model
+from tests.harness.studies import study_model
 from tests.unit.trial_runner.test_engine import PARAMS, Blobs, make_spec
 from trial_runner.engine import Engine
 from trial_runner.runner import run_runner

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kubetune_api.spec import Profile
-from tests.helpers import spec_model
+from tests.harness.studies import spec_model
 from trial_runner.profile import profile_directory, record_trace, should_profile, trace_path
 
 

@@ -29,7 +29,7 @@ from kubetune_api.spec import HPOStudy
 from kubetune_study.metrics import RunnerMetrics
 from kubetune_study.progress import BudgetState, summarize
 from kubetune_study.storage import ensure_study, open_storage
-from tests.helpers import small_runner_study
+from tests.harness.studies import small_runner_study
 from trial_runner.process import worker_id
 from trial_runner.runner import configure_threads, run_runner
 from trial_runner.tasks.digits import DigitsMLP

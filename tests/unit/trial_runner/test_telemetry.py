@@ -9,7 +9,7 @@ import pynvml
 import pytest
 import torch
 
-from tests.helpers import wait_until
+from tests.harness.helpers import wait_until
 from trial_runner import telemetry
 from trial_runner.telemetry import GpuMonitor
 

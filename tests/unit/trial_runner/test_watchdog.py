@@ -10,7 +10,7 @@ from typing import NoReturn
 import pytest
 
 from kubetune_api.spec import study_from_mapping
-from tests.helpers import study_document
+from tests.harness.studies import study_document
 from trial_runner.watchdog import (
     Exceeded,
     StepTimes,

@@ -8,7 +8,7 @@ import pytest
 
 from kubetune_api.spec import dump_yaml, load_study
 from kubetune_study.storage import ensure_study, open_storage
-from tests.helpers import study_document
+from tests.harness.studies import study_document
 from trial_runner.cli import main
 from trial_runner.cli._common import EXIT_INPUT, EXIT_OK
 

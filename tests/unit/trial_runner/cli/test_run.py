@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import spec_model
+from tests.harness.studies import spec_model
 from trial_runner.cli._run import default_workers
 
 

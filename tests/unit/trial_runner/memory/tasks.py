@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kubetune_api.spec import HPOStudy
-from tests.helpers import study_model
+from tests.harness.studies import study_model
 from trial_runner.memory import sample_batch
 from trial_runner.task import Task, TaskData
 from trial_runner.tasks.sequence import SequenceTransformer

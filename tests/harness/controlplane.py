@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -39,7 +38,8 @@ from typing import IO, Any
 import kubernetes
 import yaml
 
-from tests.e2e.netns import NODE_GATEWAY, EgressProxy, Relays
+from tests.harness.helpers import REPO_ROOT, free_port
+from tests.harness.netns import NODE_GATEWAY, EgressProxy, Relays
 
 # The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
 k8s: Any = kubernetes
@@ -47,16 +47,15 @@ k8s: Any = kubernetes
 __all__ = [
     "AUDITED_USER",
     "BINARIES",
-    "REPO_ROOT",
     "CommandError",
     "Component",
     "ControlPlane",
     "ControlPlaneError",
     "find_bin_dir",
     "log_tail",
+    "wait_for_component",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "control-plane" / "build.sh"
 BINARIES = (
     "etcd",
@@ -112,13 +111,6 @@ def find_bin_dir() -> Path | None:
 
 def missing_binaries(bin_dir: Path) -> list[str]:
     return [name for name in BINARIES if not os.access(bin_dir / name, os.X_OK)]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -278,9 +270,11 @@ class Component:
         self._log.close()
 
 
-def _wait_until(
+def wait_for_component(
     component: Component, what: str, probe: Any, timeout: float, interval: float = 0.2
 ) -> None:
+    """Poll ``probe`` until it is true (errors count as not yet); a component that exits first,
+    or is not ``what`` after ``timeout`` seconds, raises its failure with its log's tail."""
     deadline = time.monotonic() + timeout
     while True:
         if not component.running():
@@ -587,7 +581,9 @@ class ControlPlane:
             ],
         )
         self._etcd_url = client_url
-        _wait_until(etcd, "healthy", lambda: _http_ok(f"{client_url}/health"), self.start_timeout)
+        wait_for_component(
+            etcd, "healthy", lambda: _http_ok(f"{client_url}/health"), self.start_timeout
+        )
 
     def _start_apiserver(self) -> None:
         assert self._ca is not None
@@ -641,7 +637,7 @@ class ControlPlane:
         )
         context = ssl.create_default_context(cafile=str(self._ca.cert))
         context.load_cert_chain(str(self._admin.cert), str(self._admin.key))
-        _wait_until(
+        wait_for_component(
             apiserver,
             "ready (/readyz)",
             lambda: _http_ok(f"{self.server}/readyz", context),
@@ -698,7 +694,7 @@ class ControlPlane:
     def _wait_healthz(self, component: Component, port: int) -> None:
         # The component serves a self-signed certificate of its own; /healthz needs no auth.
         context = ssl._create_unverified_context()
-        _wait_until(
+        wait_for_component(
             component,
             "healthy (/healthz)",
             lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context),
@@ -783,7 +779,7 @@ class ControlPlane:
         )
         self._components.append(component)
         # kwok serves nothing here; it is ready when it has logged that it watches nodes.
-        _wait_until(
+        wait_for_component(
             component,
             "watching nodes",
             lambda: "Watch nodes" in component.log_path.read_text(errors="replace"),
@@ -804,6 +800,6 @@ class ControlPlane:
                 core.read_namespaced_service_account("default", "default")
                 return True
 
-            _wait_until(
+            wait_for_component(
                 manager, "creating service accounts", default_account_exists, self.start_timeout
             )

@@ -38,8 +38,8 @@ from typing import Any
 import kubernetes
 import yaml
 
-from tests.e2e.controlplane import Component, ControlPlane, free_port, log_tail
-from tests.helpers import wait_until
+from tests.harness.controlplane import Component, ControlPlane, log_tail
+from tests.harness.helpers import free_port, wait_until
 
 __all__ = ["MANAGED_LABEL", "Kueue", "kueue_config_dir"]
 

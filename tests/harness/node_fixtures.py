@@ -2,7 +2,7 @@
 a container, restricted namespaces, and a watch that keeps every version of a study's pods.
 
 The fixtures built on them (``node_database``, ``chart_operator``, ``node_studies``) are in
-``conftest.py``; tests that need an operator installed differently call
+``tests/e2e/conftest.py``; tests that need an operator installed differently call
 :func:`install_chart_operator` themselves.
 """
 
@@ -23,10 +23,11 @@ import kubernetes
 import psycopg2
 import yaml
 
-from tests.e2e.controlplane import REPO_ROOT, ControlPlane
-from tests.e2e.operator_fixtures import StudyClient, finished_trials
-from tests.e2e.real_node import NODE_TAINT, RealNode
-from tests.helpers import wait_until
+from kubetune_api.contract import COMPONENT_LABEL, INSTANCE_LABEL, STUDY_LABEL
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import REPO_ROOT, wait_until
+from tests.harness.operator_fixtures import StudyClient, finished_trials
+from tests.harness.real_node import NODE_TAINT, RealNode
 
 __all__ = [
     "CHART",
@@ -42,6 +43,7 @@ __all__ = [
     "install_chart_operator",
     "on_node",
     "restricted_namespace",
+    "study_namespace",
     "trial_counts",
 ]
 
@@ -112,6 +114,27 @@ def restricted_namespace(plane: ControlPlane, prefix: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def study_namespace(
+    control_plane: ControlPlane, database: Database, prefix: str
+) -> Iterator[StudyClient]:
+    """A restricted namespace for studies, with the chart's default storage Secret in it."""
+    namespace = restricted_namespace(control_plane, prefix)
+    control_plane.kubectl(
+        *("create", "secret", "generic", "kubetune-postgres", "-n", namespace),
+        f"--from-literal=url={database.pod_url}",
+    )
+    client = StudyClient(control_plane, namespace)
+    try:
+        yield client
+    finally:
+        # The operator removes its finalizers while it still runs.
+        client.kubectl(
+            "delete", "hpostudies", "--all", "--wait=true", "--timeout=120s", check=False
+        )
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
 def describe_namespace(plane: ControlPlane, namespace: str, node: RealNode) -> str:
     """Pods, events and the kubelet's last lines, for a failure message."""
     parts = [
@@ -135,7 +158,7 @@ class Operator:
 
     def pods(self) -> list[dict[str, Any]]:
         """The operator pods not being deleted."""
-        selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator"
+        selector = f"{INSTANCE_LABEL}={self.release},{COMPONENT_LABEL}=operator"
         pods = json.loads(
             self.plane.kubectl(
                 "get", "pods", "-n", self.namespace, "-l", selector, "-o", "json"
@@ -246,7 +269,7 @@ class PodWatch:
         self._client = plane.api_client()
         self._stop = threading.Event()
         self._core = k8s.client.CoreV1Api(self._client)
-        self._selector = f"kubetune.dev/study={study}"
+        self._selector = f"{STUDY_LABEL}={study}"
         self._namespace = namespace
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

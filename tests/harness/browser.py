@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import IN_CI
+from tests.harness.helpers import IN_CI
 
 __all__ = ["Browser", "page_text", "publish_screenshot"]
 

@@ -12,7 +12,7 @@ Everything the node does stays inside what it creates:
   never writes the machine's own;
 * a **network namespace** with an interface of its own (the node's address and a gateway address,
   where the API server and PostgreSQL of this machine's loopback are exposed by
-  :class:`tests.e2e.netns.Relays`), the CNI bridge of the pods and kube-proxy's rules;
+  :class:`tests.harness.netns.Relays`), the CNI bridge of the pods and kube-proxy's rules;
 * a **cgroup subtree** ``/kubetune-node-<pid>`` in each v1 hierarchy (the kubelet's
   ``cgroupRoot``), removed on stop; containers get their memory limits there, so an
   over-limit container is OOMKilled by the kernel;
@@ -20,7 +20,7 @@ Everything the node does stays inside what it creates:
   on stop; leftovers of a run whose process died are removed by the next one.
 
 The API server reaches the kubelet (logs, exec) and pods (service proxy) through the control
-plane's :class:`tests.e2e.netns.EgressProxy`, which this node registers its subnets with.
+plane's :class:`tests.harness.netns.EgressProxy`, which this node registers its subnets with.
 
 Images are OCI archives imported into containerd at start (``hack/image/build.sh`` makes them).
 """
@@ -37,12 +37,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from tests.e2e.controlplane import Component, ControlPlane, ControlPlaneError, log_tail
-from tests.e2e.netns import NODE_GATEWAY
+from tests.harness.controlplane import (
+    Component,
+    ControlPlane,
+    ControlPlaneError,
+    log_tail,
+    wait_for_component,
+)
+from tests.harness.netns import NODE_GATEWAY
 
 __all__ = ["NODE_TAINT", "NodeNetwork", "RealNode"]
 
@@ -516,18 +521,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self._components.append(component)
         return component
 
-    def _wait(self, component: Component, what: str, probe: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if not component.running():
-                raise component.failure(f"exited before it was {what}")
-            with contextlib.suppress(Exception):
-                if probe():
-                    return
-            if time.monotonic() > deadline:
-                raise component.failure(f"was not {what} after {timeout:.0f}s")
-            time.sleep(0.2)
-
     def _ctr(self, *args: str, timeout: float = 600) -> str:
         result = subprocess.run(
             ["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args],
@@ -543,7 +536,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         containerd = self._spawn(
             "containerd", ["containerd", "--config", str(self.work_dir / "containerd.toml")]
         )
-        self._wait(
+        wait_for_component(
             containerd,
             "serving",
             lambda: self.containerd_socket.exists() and bool(self._ctr("version", timeout=5)),
@@ -602,7 +595,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             conditions = json.loads(result.stdout)["status"].get("conditions") or []
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-        self._wait(self._kubelet, "Ready", ready, self.start_timeout)
+        wait_for_component(self._kubelet, "Ready", ready, self.start_timeout)
 
     def _delete_node_object(self) -> None:
         self.plane.kubectl("delete", "node", self.name, "--ignore-not-found", "--wait=false")

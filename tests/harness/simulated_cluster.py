@@ -26,7 +26,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.gpu_catalog import gpu_model, node_gpu_labels, node_gpu_resources
+from tests.harness.gpu_catalog import gpu_model, node_gpu_labels, node_gpu_resources
 
 # The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
 k8s: Any = kubernetes

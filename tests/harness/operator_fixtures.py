@@ -1,9 +1,9 @@
 """Helpers for the operator's end-to-end tests: run the operator, apply studies, wait.
 
 The operator runs in this process through ``kopf.testing.KopfRunner`` (kopf's own test tool,
-a real ``kopf run`` in a thread) against the control plane of ``conftest.py``; its pods land on
-kwok's simulated nodes. (On the real node the operator runs as a container of the built image:
-see ``node_fixtures.py``.)
+a real ``kopf run`` in a thread) against the control plane of ``tests/e2e/conftest.py``; its
+pods land on kwok's simulated nodes. (On the real node the operator runs as a container of the
+built image: see ``node_fixtures.py``.)
 """
 
 from __future__ import annotations
@@ -13,42 +13,55 @@ import datetime as dt
 import json
 import math
 import re
+import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import kubernetes
 import optuna
 import yaml
 from kopf.testing import KopfRunner
+from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.controlplane import ControlPlane
-from tests.helpers import wait_until
+from kubetune_api.contract import (
+    COMPONENT_LABEL,
+    COMPONENT_RUNNER,
+    GROUP,
+    PLURAL,
+    STUDY_LABEL,
+)
+from tests.harness.controlplane import ControlPlane
+from tests.harness.helpers import REPO_ROOT, wait_until
 
 __all__ = [
     "CRD_FILE",
-    "EXAMPLES",
+    "CRD_NAME",
     "StudyClient",
     "add_finished_trials",
     "api_requests",
     "delete_studies",
+    "exists",
     "finished_trials",
+    "fresh_namespace",
     "install_crd",
+    "namespace_name",
     "operator_env",
     "run_operator",
     "wait_established",
-    "wait_until",
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-CRD_FILE = REPO / "crds" / "kubetune.dev_hpostudies.yaml"
-EXAMPLES = REPO / "examples"
+# The client's type hints want V1* models; the tests pass plain dicts, which it accepts.
+k8s: Any = kubernetes
+#: The CRD's name, ``<plural>.<group>``.
+CRD_NAME = f"{PLURAL}.{GROUP}"
+CRD_FILE = REPO_ROOT / "crds" / "kubetune.dev_hpostudies.yaml"
 
 
 def install_crd(plane: ControlPlane) -> None:
     """The generated CRD, applied as a user would (server-side), and established."""
     plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    wait_established(plane, "hpostudies.kubetune.dev")
+    wait_established(plane, CRD_NAME)
 
 
 def wait_established(plane: ControlPlane, crd: str) -> None:
@@ -60,6 +73,49 @@ def wait_established(plane: ControlPlane, crd: str) -> None:
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     wait_until(established, 60, f"the CRD {crd} to be established", interval=0.2)
+
+
+def namespace_name(test_name: str) -> str:
+    """A new namespace's name: ``e2e-``, the test's name as a DNS label, a random suffix."""
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"e2e-{slug}-{uuid.uuid4().hex[:5]}"
+
+
+@contextlib.contextmanager
+def fresh_namespace(plane: ControlPlane, test_name: str) -> Iterator[str]:
+    """A new namespace for the test named ``test_name`` (pods can be created at once); deleted
+    afterwards."""
+    name = namespace_name(test_name)
+    with plane.api_client() as client:
+        core = k8s.client.CoreV1Api(client)
+        core.create_namespace({"metadata": {"name": name, "labels": {"kubetune.dev/e2e": "true"}}})
+        # The ServiceAccount admission plugin rejects pods until the controller manager has
+        # made the namespace's default service account.
+        wait_until(
+            lambda: exists(lambda: core.read_namespaced_service_account("default", name)),
+            30,
+            f"the default service account of {name}",
+            interval=0.1,
+        )
+        try:
+            yield name
+        finally:
+            try:
+                core.delete_namespace(name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+
+
+def exists(read: Callable[[], object]) -> bool:
+    """Whether ``read`` finds its object (a 404 says not yet; other errors are raised)."""
+    try:
+        read()
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        return False
+    return True
 
 
 def operator_env(
@@ -189,8 +245,8 @@ class StudyClient:
                 return dict(cond)
         return {}
 
-    def pods(self, name: str, component: str = "trial-runner") -> list[dict[str, Any]]:
-        selector = f"kubetune.dev/study={name},app.kubernetes.io/component={component}"
+    def pods(self, name: str, component: str = COMPONENT_RUNNER) -> list[dict[str, Any]]:
+        selector = f"{STUDY_LABEL}={name},{COMPONENT_LABEL}={component}"
         result = self.kubectl("get", "pods", "-l", selector, "-o", "json")
         return list(json.loads(result.stdout)["items"])
 
@@ -240,33 +296,6 @@ class StudyClient:
             result = self.kubectl(*args, check=False)
             parts.append(f"$ kubectl {' '.join(args)}\n{result.stdout[-6000:]}{result.stderr}")
         return "\n".join(parts)
-
-
-def load_example(name: str) -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
-    return document
-
-
-def small_cpu_study(
-    name: str, max_trials: int = 6, parallelism: int = 2, epochs: int = 3
-) -> dict[str, Any]:
-    """The digits example cut down to seconds: no stages, 1 fold, a few epochs.
-
-    Tests that act on a running study (delete a pod, suspend) give it more epochs so the
-    study is still running when they act: warm trials of 3 epochs take well under a second.
-    """
-    study = load_example("digits-cpu.yaml")
-    study["metadata"] = {"name": name}
-    spec = study["spec"]
-    spec["searchSpace"] = [
-        {k: v for k, v in p.items() if k not in ("group", "default")} for p in spec["searchSpace"]
-    ]
-    spec.pop("stages", None)
-    spec["budget"] = {"maxTrials": max_trials, "maxFailedTrials": 3}
-    spec["pruner"] = {"type": "Nop"}
-    spec["training"] = {"epochs": epochs, "folds": 1}
-    spec["resources"]["parallelism"] = parallelism
-    return study
 
 
 def delete_studies(studies: StudyClient) -> None:
