@@ -46,7 +46,7 @@ from kubetune_api.contract import (
     TrialTelemetry,
 )
 from kubetune_api.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, best_first_key
-from kubetune_study.pareto import FrontTrial, front_trials, ordered_front
+from kubetune_study.pareto import ParetoPoint, front_trials, ordered_front
 
 __all__ = [
     "FAILED_OUTCOMES",
@@ -134,7 +134,7 @@ class StudyProgress:
     elapsed_seconds: float | None
     stage_best_params: tuple[dict[str, Any], ...] = field(default=())
     #: Several objectives: the Pareto front (``best_*`` are then ``None``).
-    pareto_front: tuple[FrontTrial, ...] = ()
+    pareto_front: tuple[ParetoPoint, ...] = ()
     #: Failed trials since the last complete or pruned one (by the time they finished).
     failed_in_a_row: int = 0
     #: Why the study failed, in one sentence; ``None`` unless it did.

@@ -56,7 +56,7 @@ __all__ = [
     "Stage",
     "Storage",
     "StudySpec",
-    "Task",
+    "TaskSpec",
     "Training",
     "WarmStart",
     "WarmStartPoint",
@@ -155,7 +155,7 @@ class Objective(_Model):
         return best_first(self.direction, value)
 
 
-class Task(_Model):
+class TaskSpec(_Model):
     entrypoint: str = Field(
         pattern=ENTRYPOINT_PATTERN,
         description="module:attribute of the task class, importable inside the runner image.",
@@ -564,7 +564,7 @@ class StudySpec(_Model):
         max_length=MAX_OBJECTIVES,
         description="Several metrics to optimise at once (a Pareto front); instead of objective.",
     )
-    task: Task
+    task: TaskSpec
     search_space: list[Parameter] = Field(min_length=1, max_length=64)
     stages: list[Stage] | None = Field(
         default=None,
