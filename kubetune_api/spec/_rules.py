@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import re
 
+from kubetune_api.spec._base import MULTI_OBJECTIVE_SAMPLERS
 from kubetune_api.spec._errors import FieldError
-from kubetune_api.spec._models import MULTI_OBJECTIVE_SAMPLERS, Parameter, StudySpec
+from kubetune_api.spec._models import StudySpec
 from kubetune_api.spec._parse import parse_number
+from kubetune_api.spec._search import Parameter
 from kubetune_api.spec._template import template_errors
 
 __all__ = ["point_value_error", "semantic_errors"]
