@@ -46,7 +46,7 @@ from kubetune_api.contract import (
 from kubetune_api.spec import Parameter, StudySpec, best_first_key
 from kubetune_study.progress import StudyProgress
 from kubetune_study.search import distribution, in_distribution, point_params, searched_names
-from kubetune_study.storage import ClaimLock, read_progress
+from kubetune_study.storage import claim_lock, read_progress
 
 __all__ = [
     "Carried",
@@ -266,7 +266,7 @@ def apply_warm_start(
     recorded = _recorded(study, digest)
     if recorded is not None:
         return recorded
-    lock = ClaimLock(url, study.study_name)
+    lock = claim_lock(url, study.study_name)
     try:
         with lock:
             recorded = _recorded(study, digest)

@@ -61,13 +61,14 @@ from kubetune_study.preemption import (
 from kubetune_study.progress import Claim, StudyProgress, overclaimed, plan_claim
 from kubetune_study.search import build_pruner, build_sampler, fixed_params_for_stage, suggest_all
 from kubetune_study.storage import (
-    GRACE_PERIOD,
-    STORAGE_PATIENCE,
     ClaimLock,
     StorageError,
+    claim_lock,
+    grace_period,
     open_storage,
     read_progress,
     redact,
+    storage_patience,
 )
 from trial_runner.checkpoint import BestCheckpoint
 from trial_runner.engine import Engine, FoldRecord, Interrupted, folds_from_attr, folds_to_attr
@@ -156,7 +157,7 @@ def run_runner(
         ) from error
     if before_claims is not None:
         before_claims()
-    storage = open_storage(storage_url, patience=STORAGE_PATIENCE)
+    storage = open_storage(storage_url, patience=storage_patience())
     study = optuna.load_study(study_name=study_name, storage=storage)
     log.info(
         "runner %s: data loaded in %.2fs on %s; study %s",
@@ -170,7 +171,7 @@ def run_runner(
         spec,
         study,
         engine,
-        ClaimLock(storage_url, study_name, patience=STORAGE_PATIENCE),
+        claim_lock(storage_url, study_name, patience=storage_patience()),
         stop,
         BestCheckpoint(Path(spec.training.checkpoint.directory), spec.primary_objective)
         if spec.training.checkpoint
@@ -193,7 +194,7 @@ def run_runner(
             if is_connection_error(error):
                 raise StorageError(
                     f"storage {redact(storage_url)} unreachable for "
-                    f"{STORAGE_PATIENCE:.0f}s: {first_line(error)}"
+                    f"{storage_patience():.0f}s: {first_line(error)}"
                 ) from None
             raise
         if step.ran:
@@ -253,8 +254,8 @@ class _Runner:
         self.lock.acquire()
         try:
             now = time.monotonic()
-            orphans = now - self._orphans_swept >= GRACE_PERIOD / 2
-            release_stale_trials(study, GRACE_PERIOD, orphans=orphans)
+            orphans = now - self._orphans_swept >= grace_period() / 2
+            release_stale_trials(study, grace_period(), orphans=orphans)
             if orphans:
                 self._orphans_swept = now
             progress = read_progress(study, spec)
@@ -460,7 +461,7 @@ def _install_sigterm(stop: threading.Event) -> None:
 
 def wait_for_study(storage_url: str, study_name: str, timeout: float = 60.0) -> None:
     """Block until the study exists (the operator may still be creating it)."""
-    storage = open_storage(storage_url, heartbeat=False, patience=STORAGE_PATIENCE)
+    storage = open_storage(storage_url, heartbeat=False, patience=storage_patience())
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -15,9 +15,9 @@ from kubetune_api.contract import BUDGET_ATTR, STARTED_ATTR, WORKER_ATTR
 from kubetune_api.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, SpecError
 from kubetune_study.progress import BudgetState
 from kubetune_study.storage import (
-    ClaimLock,
     StorageError,
     budget_from_spec,
+    claim_lock,
     ensure_study,
     open_storage,
     read_budget,
@@ -87,14 +87,14 @@ def test_claim_lock_excludes_other_holders_and_releases_idempotently(tmp_path: P
             fcntl.flock(other, fcntl.LOCK_UN)
             return True
 
-    lock = ClaimLock(url, "study")
+    lock = claim_lock(url, "study")
     with lock:
         assert not free()
         lock.acquire()  # already held: no deadlock
     assert free()
     lock.release()  # releasing twice is fine (the runner does it in a finally)
     with pytest.raises(StorageError, match="no claim lock"):
-        ClaimLock("mysql://db/hpo", "study")
+        claim_lock("mysql://db/hpo", "study")
 
 
 def test_budget_round_trips_through_the_study(tmp_path: Path) -> None:
