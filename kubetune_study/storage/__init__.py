@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from kubetune_study.storage._budget import (
     budget_from_spec,
-    elapsed_seconds,
     read_budget,
     write_budget,
 )
@@ -54,7 +53,6 @@ __all__ = [
     "StorageError",
     "budget_from_spec",
     "claim_lock",
-    "elapsed_seconds",
     "ensure_study",
     "grace_period",
     "heartbeat_interval",

@@ -19,7 +19,6 @@ __all__ = [
     "budget_from_spec",
     "budget_of",
     "elapsed_of",
-    "elapsed_seconds",
     "read_budget",
     "write_budget",
 ]
@@ -67,10 +66,6 @@ def budget_of(user_attrs: dict[str, Any]) -> BudgetState | None:
         timeout_seconds=raw.get("timeoutSeconds"),
         stage_trials=tuple(raw.get("stageTrials") or ()),
     )
-
-
-def elapsed_seconds(study: optuna.Study) -> float | None:
-    return elapsed_of(study.user_attrs)
 
 
 def elapsed_of(user_attrs: dict[str, Any]) -> float | None:
