@@ -190,7 +190,7 @@ def main() -> None:
     if args.child_plain:
         plain_loop(*args.child_plain)
         return
-    from kubetune_api.spec._models import MAX_WARM_START_POINTS
+    from kubetune_api.spec import MAX_WARM_START_POINTS
 
     if not 1 <= args.trials <= MAX_WARM_START_POINTS:
         # The configurations travel as spec.warmStart.points, which holds at most this many.

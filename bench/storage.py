@@ -217,7 +217,7 @@ def runner_process(
     import optuna
 
     from kubetune_api.spec import study_from_mapping
-    from kubetune_study.storage import ClaimLock, open_storage
+    from kubetune_study.storage import claim_lock, open_storage
     from trial_runner.runner import _Runner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -226,7 +226,7 @@ def runner_process(
     engine = SleepEngine(seconds, seed=slot)
     profiles = Path(tempfile.gettempdir()) / "kubetune-bench-profiles"
     runner = _Runner(
-        spec, study, engine, ClaimLock(url, STUDY_NAME), threading.Event(), None, profiles
+        spec, study, engine, claim_lock(url, STUDY_NAME), threading.Event(), None, profiles
     )
     runner.read_study()  # what run_runner does before its first claim
     start.wait()

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kubetune_api.spec import Objective, best_first_key
 
 __all__ = [
-    "FrontTrial",
+    "ParetoPoint",
     "front_document",
     "front_trials",
     "ordered_front",
@@ -32,7 +32,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class FrontTrial:
+class ParetoPoint:
     """One trial of the front: its number, its value of each objective, its parameters."""
 
     number: int
@@ -42,7 +42,7 @@ class FrontTrial:
 
 def pareto_front(
     trials: Sequence[FrozenTrial], directions: Sequence[str]
-) -> tuple[FrontTrial, ...]:
+) -> tuple[ParetoPoint, ...]:
     """The complete trials no other complete trial dominates, in the module's order."""
     return ordered_front(front_trials(trials, directions), directions)
 
@@ -69,13 +69,13 @@ def front_trials(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> li
 
 def ordered_front(
     front: Sequence[FrozenTrial], directions: Sequence[str]
-) -> tuple[FrontTrial, ...]:
-    """``front`` in the module's order, as :class:`FrontTrial`."""
+) -> tuple[ParetoPoint, ...]:
+    """``front`` in the module's order, as :class:`ParetoPoint`."""
     ordered = sorted(front, key=lambda t: (best_first_key(directions, t.values), t.number))
-    return tuple(FrontTrial(t.number, tuple(t.values), dict(t.params)) for t in ordered)
+    return tuple(ParetoPoint(t.number, tuple(t.values), dict(t.params)) for t in ordered)
 
 
-def spread(front: Sequence[FrontTrial], limit: int) -> tuple[FrontTrial, ...]:
+def spread(front: Sequence[ParetoPoint], limit: int) -> tuple[ParetoPoint, ...]:
     """At most ``limit`` trials of ``front``, evenly spaced along its order, both ends kept.
 
     The ends are the best trial of the first objective and the best of the last in the order;
@@ -91,7 +91,7 @@ def spread(front: Sequence[FrontTrial], limit: int) -> tuple[FrontTrial, ...]:
 
 
 def front_document(
-    front: Sequence[FrontTrial], objectives: Sequence[Objective], limit: int | None = None
+    front: Sequence[ParetoPoint], objectives: Sequence[Objective], limit: int | None = None
 ) -> dict[str, Any]:
     """The front as plain data (for YAML): objectives, size, and each trial's values by
     metric and parameters; with ``limit``, at most that many trials (:func:`spread`)."""

@@ -26,9 +26,9 @@ from kubetune_study.outage import first_line, is_connection_error
 from kubetune_study.preemption import release_stale_trials
 from kubetune_study.progress import StudyProgress
 from kubetune_study.storage import (
-    GRACE_PERIOD,
     StorageError,
     ensure_study,
+    grace_period,
     open_storage,
     read_progress,
     redact,
@@ -222,7 +222,7 @@ class StudyStorage:
                     study = ensure_study(storage, study_name, spec)
                     self._warm_start = apply_warm_start(study, spec, url, warm_start_source)
                     self._study, self._key = study, (url, generation)
-                release_stale_trials(study, GRACE_PERIOD)
+                release_stale_trials(study, grace_period())
                 return read_progress(study, spec), self._warm_start
             except BaseException:
                 # Whatever went wrong (the study deleted under us, an outage), start over.

@@ -33,7 +33,7 @@ from kubetune_api.contract import (
     STUDY_LABEL,
 )
 from kubetune_api.spec import StudySpec, dump_yaml
-from kubetune_study.pareto import FrontTrial, front_document
+from kubetune_study.pareto import ParetoPoint, front_document
 
 __all__ = [
     "FRONT_CONFIGMAP_LIMIT",
@@ -146,7 +146,7 @@ FRONT_CONFIGMAP_LIMIT = 1000
 
 
 def front_configmap(
-    owner: Mapping[str, Any], spec: StudySpec, front: Sequence[FrontTrial]
+    owner: Mapping[str, Any], spec: StudySpec, front: Sequence[ParetoPoint]
 ) -> dict[str, Any]:
     """ConfigMap ``<study>-best`` of a study with several objectives: its Pareto front.
 

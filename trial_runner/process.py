@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from kubetune_study.storage import STORAGE_PATIENCE, open_storage
+from kubetune_study.storage import open_storage, storage_patience
 
 __all__ = ["install_sigterm", "wait_for_study", "worker_id"]
 
@@ -37,7 +37,7 @@ def install_sigterm(stop: threading.Event) -> None:
 
 def wait_for_study(storage_url: str, study_name: str, timeout: float = 60.0) -> None:
     """Block until the study exists (the operator may still be creating it)."""
-    storage = open_storage(storage_url, heartbeat=False, patience=STORAGE_PATIENCE)
+    storage = open_storage(storage_url, heartbeat=False, patience=storage_patience())
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -54,13 +54,14 @@ from kubetune_study.preemption import (
 from kubetune_study.progress import Claim, overclaimed, plan_claim
 from kubetune_study.search import build_pruner, suggest_all
 from kubetune_study.storage import (
-    GRACE_PERIOD,
-    STORAGE_PATIENCE,
     ClaimLock,
     StorageError,
+    claim_lock,
+    grace_period,
     open_storage,
     read_progress,
     redact,
+    storage_patience,
 )
 from trial_runner.checkpoint import BestCheckpoint
 from trial_runner.engine import Engine, Interrupted
@@ -170,7 +171,7 @@ def _open_runner(
     settings: RunnerSettings,
 ) -> _Runner:
     """The study, opened on the storage with its pruner, and the runner's claims on it."""
-    storage = open_storage(storage_url, patience=STORAGE_PATIENCE)
+    storage = open_storage(storage_url, patience=storage_patience())
     study = optuna.load_study(study_name=study_name, storage=storage)
     log.info(
         "runner %s: data loaded in %.2fs on %s; study %s",
@@ -185,7 +186,7 @@ def _open_runner(
         spec,
         study,
         engine,
-        ClaimLock(storage_url, study_name, patience=STORAGE_PATIENCE),
+        claim_lock(storage_url, study_name, patience=storage_patience()),
         stop,
         BestCheckpoint(Path(checkpoint.directory), spec.primary_objective) if checkpoint else None,
         profile_directory(spec.training, study_name),
@@ -215,7 +216,7 @@ def _claim_until_done(
             if is_connection_error(error):
                 raise StorageError(
                     f"storage {redact(storage_url)} unreachable for "
-                    f"{STORAGE_PATIENCE:.0f}s: {first_line(error)}"
+                    f"{storage_patience():.0f}s: {first_line(error)}"
                 ) from None
             raise
         if step.ran:
@@ -278,8 +279,8 @@ class _Runner:
         self.lock.acquire()
         try:
             now = time.monotonic()
-            orphans = now - self._orphans_swept >= GRACE_PERIOD / 2
-            release_stale_trials(study, GRACE_PERIOD, orphans=orphans)
+            orphans = now - self._orphans_swept >= grace_period() / 2
+            release_stale_trials(study, grace_period(), orphans=orphans)
             if orphans:
                 self._orphans_swept = now
             progress = read_progress(study, spec)

@@ -21,15 +21,16 @@ import sys
 from typing import Any
 
 from kubetune_api.contract import GROUP, KIND, PLURAL, VERSION
+from kubetune_api.crd._columns import printer_columns
 from kubetune_api.crd._rules import (
     CRD_ONLY_BOUNDS,
     NAME_RULES,
     PATH_EXTRAS,
     PATH_RULES,
-    TEMPLATE,
     number_kind_rules,
 )
 from kubetune_api.crd._schema import structural_schema
+from kubetune_api.crd._template_rules import TEMPLATE
 from kubetune_api.spec import StudySpec, dump_yaml, template_json_schema
 from kubetune_api.status import StudyStatus
 
@@ -86,64 +87,8 @@ def status_schema() -> dict[str, Any]:
     return structural_schema(StudyStatus.model_json_schema(by_alias=True), lambda node, _path: node)
 
 
-def _column(
-    name: str, path: str, type_: str = "string", priority: int = 0, description: str = ""
-) -> dict[str, Any]:
-    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path}
-    if priority:
-        column["priority"] = priority
-    if description:
-        column["description"] = description
-    return column
-
-
 def crd() -> dict[str, Any]:
     """The whole CustomResourceDefinition object."""
-    ready = '.status.conditions[?(@.type=="Ready")]'
-    columns = [
-        _column("Status", f"{ready}.reason", description="Reason of the Ready condition."),
-        _column("Trials", ".status.trialsSummary", description="Finished trials of the budget."),
-        _column("Pruned", ".status.trials.pruned", "integer"),
-        _column("Failed", ".status.trials.failed", "integer"),
-        _column("Best", ".status.best.value", description="Best objective value so far."),
-        _column(
-            "Front",
-            ".status.paretoFront.size",
-            "integer",
-            description="Trials on the Pareto front (studies with several objectives).",
-        ),
-        _column("Runners", ".status.runnersSummary", description="Ready of desired runners."),
-        _column("Age", ".metadata.creationTimestamp", "date"),
-        _column("Stage", ".status.stage.current", "integer", priority=1),
-        _column("Best-Trial", ".status.best.trial", "integer", priority=1),
-        _column("Resource", ".status.sizing.resource", priority=1),
-        _column(
-            "Overhead",
-            ".status.telemetry.overheadSeconds",
-            priority=1,
-            description="Mean seconds of a finished trial that were not training or validation.",
-        ),
-        _column(
-            "Packing",
-            ".status.telemetry.trialsPerProcess",
-            priority=1,
-            description="Finished trials per warm runner process.",
-        ),
-        _column(
-            "Per-Device",
-            ".status.sizing.trialsPerDevice",
-            "integer",
-            priority=1,
-            description="Runner processes (trials) each runner pod runs on its device.",
-        ),
-        _column(
-            "Device-Use",
-            ".status.sizing.packing",
-            priority=1,
-            description="Estimated peak memory x trials per device / the device's memory.",
-        ),
-        _column("Ready", f"{ready}.status", priority=1),
-    ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -168,7 +113,7 @@ def crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
+                    "additionalPrinterColumns": printer_columns(),
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",

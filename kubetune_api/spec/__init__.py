@@ -2,9 +2,10 @@
 
 The same YAML a user gives to ``kubectl apply`` is loaded here:
 
-* :mod:`._models`: the pydantic models (structure, enums, bounds; strict), each exposing its
-  numbers parsed once, :meth:`Objective.better` and :func:`best_first_key` (the order of
-  trials over several objectives);
+* :mod:`._models`: the pydantic models (structure, enums, bounds; strict), by topic in
+  :mod:`._base`, :mod:`._search`, :mod:`._training`, :mod:`._runner`, :mod:`._budget` and
+  :mod:`._warm_start`, each exposing its numbers parsed once, :meth:`Objective.better` and
+  :func:`best_first_key` (the order of trials over several objectives);
 * :mod:`._rules`: :func:`semantic_errors`, rules that span fields (``low < high``, stage groups,
   defaults inside their range, ...), each reported with its field path;
 * :mod:`._load`: loading a file, a text, a whole document or a bare spec, every problem at
@@ -20,16 +21,7 @@ mirror :func:`semantic_errors`, so a spec that validates locally validates at ap
 
 from __future__ import annotations
 
-from kubetune_api.spec._errors import MAX_SHOWN_ERRORS, FieldError, SpecError, format_path
-from kubetune_api.spec._load import (
-    MAX_DOCUMENT_BYTES,
-    as_api_server_stores,
-    load_study,
-    study_from_mapping,
-    study_from_text,
-    validate_spec_mapping,
-)
-from kubetune_api.spec._models import (
+from kubetune_api.spec._base import (
     DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
     FREE_FORM_FIELDS,
     MAX_OBJECTIVES,
@@ -43,37 +35,30 @@ from kubetune_api.spec._models import (
     NUMBER_PATTERN,
     QUANTITY_PATTERN,
     QUEUE_NAME_PATTERN,
-    SHARED_MEMORY_BASE,
-    SHARED_MEMORY_PER_WORKER,
-    Budget,
-    Checkpoint,
-    EarlyStopping,
-    EpochScheduleEntry,
-    FromStudy,
-    HPOStudy,
-    Objective,
-    ObjectMeta,
-    Parameter,
-    ParameterValue,
-    Profile,
-    Pruner,
-    Resources,
-    Runner,
-    Sampler,
-    SecretKeyRef,
-    Stage,
-    Storage,
-    StudySpec,
-    Task,
-    Training,
-    WarmStart,
-    WarmStartPoint,
     best_first,
     best_first_key,
     is_better,
 )
+from kubetune_api.spec._budget import Budget, SecretKeyRef, Storage
+from kubetune_api.spec._errors import MAX_SHOWN_ERRORS, FieldError, SpecError, format_path
+from kubetune_api.spec._load import (
+    MAX_DOCUMENT_BYTES,
+    as_api_server_stores,
+    load_study,
+    study_from_mapping,
+    study_from_text,
+    validate_spec_mapping,
+)
+from kubetune_api.spec._models import HPOStudy, ObjectMeta, StudySpec
 from kubetune_api.spec._parse import parse_duration, parse_number, parse_quantity
 from kubetune_api.spec._rules import point_value_error, semantic_errors
+from kubetune_api.spec._runner import (
+    SHARED_MEMORY_BASE,
+    SHARED_MEMORY_PER_WORKER,
+    Resources,
+    Runner,
+)
+from kubetune_api.spec._search import Objective, Parameter, Pruner, Sampler, Stage
 from kubetune_api.spec._template import (
     MAX_MOUNT_PATH,
     MAX_TEMPLATE_ITEMS,
@@ -83,6 +68,15 @@ from kubetune_api.spec._template import (
     is_owned,
     template_json_schema,
 )
+from kubetune_api.spec._training import (
+    Checkpoint,
+    EarlyStopping,
+    EpochScheduleEntry,
+    Profile,
+    TaskSpec,
+    Training,
+)
+from kubetune_api.spec._warm_start import FromStudy, ParameterValue, WarmStart, WarmStartPoint
 from kubetune_api.spec._yaml import dump_yaml, load_yaml_documents
 
 __all__ = [
@@ -129,7 +123,7 @@ __all__ = [
     "Stage",
     "Storage",
     "StudySpec",
-    "Task",
+    "TaskSpec",
     "Training",
     "WarmStart",
     "WarmStartPoint",

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_PATH",
     "MAX_SHOWN_ERRORS",
     "FieldError",
+    "Findings",
     "SpecError",
     "format_path",
     "model_at",
@@ -56,6 +57,18 @@ class FieldError:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class Findings:
+    """Problems found so far, each at a path below ``prefix`` (the spec's own path)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.errors: list[FieldError] = []
+
+    def add(self, path: str, message: str) -> None:
+        """A problem of the field at ``path`` below the spec."""
+        self.errors.append(FieldError(f"{self.prefix}.{path}", message))
 
 
 class SpecError(ValueError):

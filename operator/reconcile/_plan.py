@@ -21,7 +21,7 @@ from kubetune_api.status import (
     set_condition,
     timestamp,
 )
-from kubetune_study.pareto import FrontTrial
+from kubetune_study.pareto import ParetoPoint
 
 __all__ = [
     "Action",
@@ -78,7 +78,7 @@ class WriteBest:
 class WriteFront:
     """Write the Pareto front (every trial of it) to the ``<study>-best`` ConfigMap."""
 
-    front: tuple[FrontTrial, ...]
+    front: tuple[ParetoPoint, ...]
 
 
 Action = CreateRunner | CreateEstimatePod | DeletePod | WriteBest | WriteFront

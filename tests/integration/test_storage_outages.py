@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from kubetune_api.contract import WORKER_ATTR
 from kubetune_api.spec import load_study
-from kubetune_study.storage import ClaimLock, StorageError, ensure_study, open_storage
+from kubetune_study.storage import StorageError, claim_lock, ensure_study, open_storage
 from tests.harness.helpers import wait_until
 from tests.harness.postgres import RestartablePostgres
 from tests.harness.runners import start_runner
@@ -217,10 +217,10 @@ def test_a_claim_lock_whose_connection_is_cut_knows_it_lost_the_lock(
 ) -> None:
     db = restartable_postgres
     with DroppingProxy(db.host, db.port) as proxy:
-        lock = ClaimLock(db.url_via(proxy.port), "study", patience=30)
+        lock = claim_lock(db.url_via(proxy.port), "study", patience=30)
         lock.acquire()
         assert lock.held()
-        other = ClaimLock(db.url, "study")
+        other = claim_lock(db.url, "study")
         taken = threading.Event()
         waiter = threading.Thread(target=lambda: (other.acquire(), taken.set()), daemon=True)
         waiter.start()
@@ -237,4 +237,4 @@ def test_a_claim_lock_whose_connection_is_cut_knows_it_lost_the_lock(
         lock.close()
         other.close()
     with pytest.raises(StorageError, match="cannot take the claim lock"):
-        ClaimLock(f"postgresql://kt:pw@127.0.0.1:{proxy.port}/none", "study").acquire()
+        claim_lock(f"postgresql://kt:pw@127.0.0.1:{proxy.port}/none", "study").acquire()

@@ -108,7 +108,7 @@ def test_a_trial_costs_the_storage_the_same_in_a_small_and_a_large_study(
 ) -> None:
     # The sweep for orphaned claims runs by time (once per half grace period): with a long
     # grace period it runs at the first claim only, not at a trial that happens to cross it.
-    monkeypatch.setattr("trial_runner.runner.GRACE_PERIOD", 10**6)
+    monkeypatch.setattr("trial_runner.runner.grace_period", lambda: 10**6)
     doc = _study()
     study = ensure_study(open_storage(postgres_url), doc.name, doc.spec)
     _add_finished(study, 20)

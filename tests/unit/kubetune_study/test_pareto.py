@@ -6,7 +6,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from kubetune_study.pareto import FrontTrial, front_document, pareto_front, spread
+from kubetune_study.pareto import ParetoPoint, front_document, pareto_front, spread
 from tests.harness.studies import spec_model
 
 DIRECTIONS = ("Maximize", "Minimize")  # accuracy up, parameters down
@@ -35,7 +35,7 @@ def test_front_keeps_the_trials_no_other_beats_on_both() -> None:
     front = pareto_front(trials, DIRECTIONS)
     # Best accuracy first, then along the trade-off.
     assert [t.number for t in front] == [1, 0, 3]
-    assert front[0] == FrontTrial(1, (0.95, 5000.0), {"x": 1.0})
+    assert front[0] == ParetoPoint(1, (0.95, 5000.0), {"x": 1.0})
 
 
 def test_equal_trials_are_all_on_the_front_in_number_order() -> None:
@@ -44,7 +44,7 @@ def test_equal_trials_are_all_on_the_front_in_number_order() -> None:
 
 
 def test_spread_keeps_both_ends_and_is_evenly_spaced() -> None:
-    front = tuple(FrontTrial(i, (1.0 - i / 100, float(i))) for i in range(25))
+    front = tuple(ParetoPoint(i, (1.0 - i / 100, float(i))) for i in range(25))
     picked = spread(front, 10)
     assert len(picked) == 10
     assert picked[0].number == 0 and picked[-1].number == 24
@@ -61,7 +61,7 @@ def test_front_document_names_each_value_by_its_metric() -> None:
             {"metric": "parameters", "direction": "Minimize"},
         ],
     )
-    front = (FrontTrial(4, (0.97, 9546.0), {"hidden_size": 64}), FrontTrial(2, (0.9, 100.0)))
+    front = (ParetoPoint(4, (0.97, 9546.0), {"hidden_size": 64}), ParetoPoint(2, (0.9, 100.0)))
     document = front_document(front, spec.all_objectives, limit=1)
     assert document == {
         "objectives": [

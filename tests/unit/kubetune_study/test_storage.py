@@ -11,19 +11,31 @@ import pytest
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
-from kubetune_api.contract import BUDGET_ATTR, STARTED_ATTR, WORKER_ATTR
+from kubetune_api.contract import (
+    BUDGET_ATTR,
+    HEARTBEAT_GRACE_PERIOD_ENV,
+    HEARTBEAT_INTERVAL_ENV,
+    STARTED_ATTR,
+    STORAGE_PATIENCE_ENV,
+    WORKER_ATTR,
+)
 from kubetune_api.spec import DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS, SpecError
 from kubetune_study.progress import BudgetState
 from kubetune_study.storage import (
-    ClaimLock,
+    AdvisoryClaimLock,
+    FileClaimLock,
     StorageError,
     budget_from_spec,
+    claim_lock,
     ensure_study,
+    grace_period,
+    heartbeat_interval,
     open_storage,
     read_budget,
     read_progress,
     redact,
     requeue_trials_of_worker,
+    storage_patience,
     write_budget,
 )
 from tests.harness.studies import spec_model
@@ -87,14 +99,38 @@ def test_claim_lock_excludes_other_holders_and_releases_idempotently(tmp_path: P
             fcntl.flock(other, fcntl.LOCK_UN)
             return True
 
-    lock = ClaimLock(url, "study")
+    lock = claim_lock(url, "study")
     with lock:
         assert not free()
         lock.acquire()  # already held: no deadlock
     assert free()
     lock.release()  # releasing twice is fine (the runner does it in a finally)
     with pytest.raises(StorageError, match="no claim lock"):
-        ClaimLock("mysql://db/hpo", "study")
+        claim_lock("mysql://db/hpo", "study")
+
+
+def test_claim_lock_backend_follows_the_url(tmp_path: Path) -> None:
+    # Choosing the backend connects to nothing: the advisory lock connects when taken.
+    assert isinstance(claim_lock("postgresql://kt:pw@127.0.0.1:1/hpo", "s"), AdvisoryClaimLock)
+    assert isinstance(claim_lock("postgres://kt:pw@127.0.0.1:1/hpo", "s"), AdvisoryClaimLock)
+    assert isinstance(claim_lock(f"journal:{tmp_path}/s.journal", "s"), FileClaimLock)
+    sqlite = claim_lock(f"sqlite:///{tmp_path}/s.db", "s")
+    assert isinstance(sqlite, FileClaimLock)
+    with sqlite:
+        assert sqlite.held()
+    assert not sqlite.held()
+    assert (tmp_path / "s.db.claims.lock").exists()
+
+
+def test_timings_are_read_from_the_environment_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (HEARTBEAT_INTERVAL_ENV, HEARTBEAT_GRACE_PERIOD_ENV, STORAGE_PATIENCE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert (heartbeat_interval(), grace_period(), storage_patience()) == (10, 30, 300.0)
+    monkeypatch.setenv(HEARTBEAT_INTERVAL_ENV, "2")
+    assert (heartbeat_interval(), grace_period()) == (2, 6)
+    monkeypatch.setenv(HEARTBEAT_GRACE_PERIOD_ENV, "7")
+    monkeypatch.setenv(STORAGE_PATIENCE_ENV, "1.5")
+    assert (grace_period(), storage_patience()) == (7, 1.5)
 
 
 def test_budget_round_trips_through_the_study(tmp_path: Path) -> None:

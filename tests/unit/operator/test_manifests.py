@@ -14,7 +14,7 @@ from hpo_operator.pods import estimate_pod, runner_pod
 from hpo_operator.sizing import Peak, SizingDecision
 
 from kubetune_api.spec import study_from_mapping
-from kubetune_study.pareto import FrontTrial, front_document
+from kubetune_study.pareto import ParetoPoint, front_document
 from tests.unit.operator.data import OWNER, make_spec
 
 MIG = SizingDecision(
@@ -275,7 +275,7 @@ def test_front_configmap_holds_the_whole_front_as_yaml() -> None:
         ],
     )
     front = tuple(
-        FrontTrial(n, (0.99 - n / 100, 1000.0 - n), {"learning_rate": 0.003, "batch_size": 64})
+        ParetoPoint(n, (0.99 - n / 100, 1000.0 - n), {"learning_rate": 0.003, "batch_size": 64})
         for n in range(12)
     )
     cm = front_configmap(OWNER, spec, front)

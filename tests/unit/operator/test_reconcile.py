@@ -24,7 +24,7 @@ from hpo_operator.sizing import NoFit, Peak, PeakFailed, PeakPending, SizingDeci
 
 from kubetune_api.contract import TASK_LOAD_EXIT_CODE
 from kubetune_api.status import StartFailureReason, StudyStatus, set_condition
-from kubetune_study.pareto import FrontTrial
+from kubetune_study.pareto import ParetoPoint
 from kubetune_study.progress import TelemetrySummary
 from kubetune_study.warmstart import WarmStartReport
 from tests.unit.operator.data import NOW, make_progress, make_spec
@@ -601,7 +601,7 @@ def front_progress(numbers: list[int], complete: int | None = None) -> Any:
     """Progress of a two-objective study whose front is the trials ``numbers``, in this order
     (accuracy falling and size falling along it)."""
     front = tuple(
-        FrontTrial(n, (0.99 - i / 1000, 100.0 * (len(numbers) - i)), {"learning_rate": 0.01})
+        ParetoPoint(n, (0.99 - i / 1000, 100.0 * (len(numbers) - i)), {"learning_rate": 0.01})
         for i, n in enumerate(numbers)
     )
     return dataclasses.replace(

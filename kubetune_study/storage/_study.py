@@ -1,0 +1,92 @@
+"""The study in its storage: created (or loaded) with its objectives and live budget, and the
+trials of a dead local worker queued again."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from kubetune_api.contract import STARTED_ATTR, WORKER_ATTR
+from kubetune_api.spec import FieldError, SpecError, StudySpec
+from kubetune_study.preemption import preempt
+from kubetune_study.storage._budget import budget_from_spec, read_budget, write_budget
+
+__all__ = ["ensure_study", "requeue_trials_of_worker"]
+
+
+def ensure_study(storage: BaseStorage, name: str, spec: StudySpec) -> optuna.Study:
+    """Create the study (or load it) and store the spec's budget as the live budget.
+
+    The objectives of an existing study cannot change: its trials were scored against them.
+    """
+    directions = [d.lower() for d in spec.directions]
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=[StudyDirection[d.upper()] for d in directions],
+        load_if_exists=True,
+    )
+    existing = [d.name.lower() for d in study.directions]
+    if existing != directions and len(existing) == len(directions) == 1:
+        raise SpecError(
+            [
+                FieldError(
+                    "spec.objective.direction",
+                    f"study {name!r} already exists in the storage with direction "
+                    f"{existing[0].capitalize()}; the objective of a study cannot change "
+                    "(use a new metadata.name)",
+                )
+            ]
+        )
+    metrics = [o.metric for o in spec.all_objectives]
+    # Named objectives: optuna-dashboard and the report show the metric, not "Objective 0".
+    if study.metric_names is None and existing == directions:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metrics)
+    stored = study.metric_names
+    if existing != directions or (spec.multi_objective and stored != metrics):
+        field = "spec.objectives" if spec.multi_objective else "spec.objective"
+        raise SpecError(
+            [
+                FieldError(
+                    field,
+                    f"study {name!r} already exists in the storage with "
+                    f"{_describe_objectives(existing, stored)}; the objectives of a study "
+                    "cannot change (use a new metadata.name)",
+                )
+            ]
+        )
+    if STARTED_ATTR not in study.user_attrs:
+        study.set_user_attr(STARTED_ATTR, datetime.now(UTC).isoformat())
+    budget = budget_from_spec(spec)
+    if read_budget(study) != budget:
+        write_budget(study, budget)
+    return study
+
+
+def _describe_objectives(directions: list[str], metrics: list[str] | None) -> str:
+    if len(directions) == 1:
+        return f"one objective ({directions[0].capitalize()})"
+    names = metrics or ["?"] * len(directions)
+    listed = ", ".join(f"{m} ({d.capitalize()})" for m, d in zip(names, directions, strict=True))
+    return f"{len(directions)} objectives: {listed}"
+
+
+def requeue_trials_of_worker(study: optuna.Study, worker: str) -> list[int]:
+    """Preempt the RUNNING trials of a dead worker (each is failed and queued again).
+
+    The embedded journal storage has no heartbeats, so the local supervisor calls this when a
+    worker process exits abnormally. Same outcome as a heartbeat-stale trial on PostgreSQL.
+    """
+    return [
+        trial.number
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if trial.user_attrs.get(WORKER_ATTR) == worker
+        and preempt(study, trial._trial_id, "RunnerExited")
+    ]
