@@ -1,6 +1,6 @@
 """Sharing a cluster: several trials per GPU, and runner pods admitted by the real Kueue.
 
-Kueue v0.17 runs on loopback (``tests/e2e/kueue.py``) with its pod integration, so its
+Kueue v0.17 runs on loopback (``tests/harness/kueue.py``) with its pod integration, so its
 webhook gates each runner pod and its scheduler admits them against a ClusterQueue's quota.
 
 * On kwok's simulated H100 nodes (pods scheduled, never run): a small model gets several
