@@ -2,7 +2,7 @@
 
 Without Chromium the tests that need it are skipped, except under ``CI=true``, where they
 fail (``apt-get install chromium``). ``KUBETUNE_SCREENSHOTS=DIR`` also copies the screenshots
-tests take into DIR (the README's images come from ``docs/images``).
+tests take into DIR (the documentation site's images come from ``docs/images``).
 """
 
 from __future__ import annotations
