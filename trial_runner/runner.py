@@ -21,6 +21,7 @@ twice: its retry resumes it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -307,6 +308,12 @@ class _Runner:
         # This one trial, not the study's list (a finished trial is read from the cache).
         frozen = study._storage.get_trial(trial_ids[0])
         log_finished(frozen)
+        if frozen.state != TrialState.COMPLETE:
+            # Optuna keeps a pruned or failed trial's exception in a reference cycle (its
+            # traceback's frames hold the model, its optimizer state and activations) that only
+            # the cyclic collector frees; on a GPU that memory must be back before the next
+            # trial plans its batches. Complete trials leave no cycle: no collection for them.
+            gc.collect()
         if (
             frozen.state == TrialState.FAIL
             and frozen.user_attrs.get(PREEMPTED_ATTR) == "Terminated"
