@@ -163,10 +163,11 @@ class Engine:
         """
         wall_start = time.perf_counter()
         self._gpu.reset()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         effective = self.effective_batch(params)
         batches = self._trial_batches(params, effective, micro_batch)
+        if self.device.type == "cuda":
+            # After planning: the trial's peak is its training's, not the planner's probes'.
+            torch.cuda.reset_peak_memory_stats(self.device)
         epochs = epochs_for_trial(self.spec, trial_number)
         clock = Clock()
         wilcoxon = self.spec.pruner.type == "Wilcoxon"

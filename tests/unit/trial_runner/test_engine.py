@@ -397,3 +397,36 @@ def test_carried_folds_that_cannot_be_read_are_trained_again() -> None:
     assert folds_from_attr(None, folds=3) == ()
     nan = FoldRecord(0, float("nan"), {"accuracy": float("nan")}, 1, "Completed", ())
     assert math.isnan(folds_from_attr(json.loads(json.dumps(folds_to_attr([nan]))), 1)[0].score)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_peak_memory_counter_is_reset_after_the_trial_is_planned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a GPU the trial's ``peak_memory_bytes`` is ``max_memory_allocated`` since the reset:
+    planning (which may run real probe steps) comes before it. No GPU here: the engine is told
+    its device is CUDA once built, the CUDA call is a stand-in, and training is not reached."""
+    engine = Engine(Blobs({}), make_spec({"folds": 2, "epochs": 1}))
+    events: list[str] = []
+    plan = engine.plan_batches
+
+    def planned(params: Mapping[str, Any], effective: int) -> Any:
+        events.append("plan")
+        return plan(params, effective)
+
+    def train(*args: Any, **kwargs: Any) -> None:
+        events.append("train")
+        raise _Stop
+
+    monkeypatch.setattr(engine, "plan_batches", planned)
+    monkeypatch.setattr(engine, "_run_folds", train)
+    monkeypatch.setattr(
+        torch.cuda, "reset_peak_memory_stats", lambda d=None: events.append("reset")
+    )
+    engine.device = torch.device("cuda", 0)
+    with pytest.raises(_Stop):
+        engine.run_trial(PARAMS, trial_number=0)
+    assert events == ["plan", "reset", "train"]
