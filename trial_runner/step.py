@@ -90,13 +90,21 @@ class MicroBatchPlan:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """``Auto`` → BF16 on CUDA devices that support it, else FP32; others as requested."""
+    """``Auto`` → BF16 on CUDA devices with native bfloat16 (compute capability 8.0 and up),
+    else FP32; others as requested. ``BF16`` on a CUDA device without native bfloat16 is an
+    error: torch would emulate it, slower than FP32."""
     import torch
 
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if requested == "Auto":
-        return "BF16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "FP32"
+        return "BF16" if native_bf16 else "FP32"
     if requested not in _PRECISIONS:
         raise ValueError(f"unknown precision {requested!r} (Auto, BF16, FP16 or FP32)")
+    if requested == "BF16" and device.type == "cuda" and not native_bf16:
+        raise ValueError(
+            f"training.precision BF16: {torch.cuda.get_device_name(device)} has no native "
+            "bfloat16 (compute capability 8.0 or newer); use FP16, FP32 or Auto"
+        )
     return requested
 
 
