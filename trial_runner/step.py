@@ -36,6 +36,7 @@ __all__ = [
     "autocast",
     "eval_forward",
     "grad_scaler",
+    "is_out_of_memory",
     "optimizer_flags",
     "resolve_precision",
     "split_batch",
@@ -48,6 +49,26 @@ LossFunction = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 MicroBatch = tuple["torch.Tensor", "torch.Tensor"]
 
 _PRECISIONS = ("BF16", "FP16", "FP32")
+
+#: What torch's errors say when an allocation failed: the CUDA caching allocator and the CUDA
+#: runtime ("out of memory"), the CUDA libraries' handles and workspaces on a full device
+#: (``CUBLAS_STATUS_ALLOC_FAILED``, ``CUSOLVER_STATUS_ALLOC_FAILED``, ``CUFFT_ALLOC_FAILED``,
+#: ``CUDNN_STATUS_ALLOC_FAILED`` ...), and torch's CPU allocator.
+_ALLOCATION_FAILED = (
+    "out of memory",
+    "_ALLOC_FAILED",
+    "DefaultCPUAllocator: can't allocate memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed, on the GPU or the CPU: what the engine retries
+    at a smaller micro-batch and the estimators read as "does not fit"."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _ALLOCATION_FAILED)
 
 
 @dataclass(frozen=True)

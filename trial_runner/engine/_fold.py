@@ -28,7 +28,6 @@ __all__ = [
     "Interrupted",
     "OutOfMemory",
     "StopReason",
-    "is_out_of_memory",
 ]
 
 StopReason = Literal["Completed", "EarlyStopped", "Pruned", "OutOfMemory"]
@@ -40,15 +39,6 @@ class Interrupted(Exception):
 
 class OutOfMemory(Exception):
     """A fold ran out of memory (the original error is dropped with its tensors)."""
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA OOM, or a CPU allocation failure raised by torch."""
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in str(exc) or "DefaultCPUAllocator: can't allocate memory" in str(exc)
-    )
 
 
 @dataclass
@@ -209,7 +199,7 @@ class FoldTrainer:
         except Interrupted:
             raise
         except Exception as exc:
-            if is_out_of_memory(exc):
+            if step.is_out_of_memory(exc):
                 raise OutOfMemory from None
             raise
         finally:
@@ -220,7 +210,7 @@ class FoldTrainer:
         try:
             return self._build_model(params, seed)
         except Exception as exc:
-            if is_out_of_memory(exc):
+            if step.is_out_of_memory(exc):
                 raise OutOfMemory from None
             raise
 

@@ -42,7 +42,9 @@ def probe_cuda(workload: StepWorkload, guess: MemoryEstimate) -> MemoryEstimate:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - baseline + kept
         del model, optimizer, batches
-    except torch.OutOfMemoryError as exc:
+    except Exception as exc:  # an allocation failure by any name; anything else is raised
+        if not step.is_out_of_memory(exc):
+            raise
         out_of_memory = first_line(exc)
     # Free outside the except block: the traceback holds the step's tensors alive inside it.
     gc.collect()

@@ -64,6 +64,9 @@ class OomAbove(Blobs):
 
     def build_model(self, params: Mapping[str, Any]) -> nn.Module:
         limit = int(self.config["limit"])
+        error = self.config.get("error") or torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB"
+        )
         inner = super().build_model(params)
 
         class Guard(nn.Module):
@@ -73,7 +76,7 @@ class OomAbove(Blobs):
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 if self.training and x.shape[0] > limit:
-                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                    raise error
                 return self.inner(x)  # type: ignore[no-any-return]
 
         return Guard()
@@ -161,6 +164,18 @@ def test_out_of_memory_halves_the_micro_batch_and_goes_on() -> None:
     # The next trial with the same batch starts from the micro-batch that fitted.
     again = engine.run_trial({**PARAMS, "batch_size": 64}, trial_number=1)
     assert again.telemetry["oom_retries"] == 0
+
+
+def test_a_cuda_librarys_allocation_failure_halves_the_micro_batch_as_an_oom_does() -> None:
+    """On a full shared device cuBLAS fails to allocate its workspace with a RuntimeError, not
+    torch's OutOfMemoryError: the same retry at half the micro-batch."""
+    error = RuntimeError(
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+    )
+    engine = Engine(OomAbove({"limit": 16, "error": error}), make_spec({"folds": 2, "epochs": 1}))
+    result = engine.run_trial({**PARAMS, "batch_size": 64}, trial_number=0)
+    assert not result.pruned
+    assert (result.telemetry["micro_batch"], result.telemetry["oom_retries"]) == (16, 2)
 
 
 def test_out_of_memory_at_micro_batch_one_prunes_the_trial() -> None:

@@ -131,3 +131,31 @@ def test_bf16_asked_on_a_gpu_without_native_bf16_is_a_clear_error(
         step.resolve_precision("BF16", gpu)
     assert step.resolve_precision("FP16", gpu) == "FP16"
     assert step.resolve_precision("BF16", _gpu_with(monkeypatch, native_bf16=True)) == "BF16"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        MemoryError(),
+        RuntimeError("CUDA error: out of memory"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+        RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+        RuntimeError(
+            "cusolver error: CUSOLVER_STATUS_ALLOC_FAILED, when calling `cusolverDnCreate`"
+        ),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+        ),
+    ],
+)
+def test_every_allocation_failure_is_out_of_memory(error: BaseException) -> None:
+    assert step.is_out_of_memory(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("CUDA error: an illegal memory access was encountered"), ValueError("bad")],
+)
+def test_other_errors_are_not_out_of_memory(error: BaseException) -> None:
+    assert not step.is_out_of_memory(error)

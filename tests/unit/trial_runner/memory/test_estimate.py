@@ -194,3 +194,43 @@ def test_validation_counts_the_outputs_kept_for_scoring() -> None:
     alone = estimate_peak(_validation(task, {}, 16)).peak_bytes
     kept = estimate_peak(replace(_validation(task, {}, 16), kept_rows=1000)).peak_bytes
     assert kept - alone == 1000 * 10 * 4  # ten float32 scores per kept row
+
+
+CUBLAS_ALLOC_FAILED = "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+
+
+class _FullDevice(torch.nn.Module):
+    """The data-dependent model (no fake tensors) on a device too full for cuBLAS's handle."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inner(x)
+        raise RuntimeError(CUBLAS_ALLOC_FAILED)
+
+
+class DataDependentOnAFullDevice(DataDependentMLP):
+    def build_model(self, params: Mapping[str, Any]) -> torch.nn.Module:
+        return _FullDevice(super().build_model(params))
+
+
+def test_an_allocation_failure_in_the_analytic_steps_means_it_does_not_fit() -> None:
+    """The Analytic estimate runs real steps on tiny batches; on a full device they may fail
+    to allocate (as cuBLAS says it): the configuration does not fit, and planning goes on."""
+    from trial_runner.memory import available_memory
+
+    estimate = _estimate(DataDependentOnAFullDevice({}), {"hidden": 64}, 8)
+    assert estimate.method == "Analytic"
+    assert estimate.peak_bytes > available_memory(CPU)
+    assert "CUBLAS_STATUS_ALLOC_FAILED" in estimate.detail
+
+
+def test_an_error_that_is_not_an_allocation_failure_is_raised() -> None:
+    class Broken(DataDependentMLP):
+        def build_model(self, params: Mapping[str, Any]) -> torch.nn.Module:
+            raise ValueError("the task's own bug")
+
+    with pytest.raises(ValueError, match="own bug"):
+        _estimate(Broken({}), {"hidden": 64}, 8)
