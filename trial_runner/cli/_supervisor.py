@@ -24,7 +24,12 @@ from typing import Any
 from kubetune_api.contract import LOCAL_WORKERS_ENV, SUPERVISED_ENV, TRIAL_HUNG_EXIT_CODE
 from kubetune_study.outage import is_connection_error
 from kubetune_study.storage import requeue_trials_of_worker
-from trial_runner.cli._common import EXIT_INPUT, EXIT_OUT_OF_MEMORY, EXIT_TASK_LOAD
+from trial_runner.cli._common import (
+    EXIT_DEVICE_UNAVAILABLE,
+    EXIT_INPUT,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_TASK_LOAD,
+)
 from trial_runner.cli._start_gate import StartGate
 
 __all__ = ["Supervisor"]
@@ -33,7 +38,7 @@ log = logging.getLogger("kubetune")
 
 #: Exit codes of a runner process that stop them all: bad input, trials that kept running out
 #: of memory on a shared device, a task that does not load.
-FATAL_EXIT_CODES = (EXIT_INPUT, EXIT_OUT_OF_MEMORY, EXIT_TASK_LOAD)
+FATAL_EXIT_CODES = (EXIT_INPUT, EXIT_OUT_OF_MEMORY, EXIT_TASK_LOAD, EXIT_DEVICE_UNAVAILABLE)
 
 
 class Supervisor:

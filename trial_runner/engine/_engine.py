@@ -18,6 +18,7 @@ from torch import nn
 from kubetune_api.contract import TrialTelemetry
 from kubetune_api.spec import StudySpec
 from kubetune_study.search import max_pruning_steps
+from trial_runner.device import pick_device
 from trial_runner.engine._data import FoldedData
 from trial_runner.engine._fold import (
     Clock,
@@ -87,7 +88,7 @@ class Engine:
         self.task = task
         self.spec = spec
         self.training = spec.training
-        self.device = device or _pick_device(spec)
+        self.device = device or pick_device(spec)
         self.stop_requested = stop_requested or threading.Event()
         self.seed = seed
         self.precision = resolve_precision(spec.training.precision, self.device)
@@ -370,9 +371,3 @@ class Engine:
             return int(torch.cuda.max_memory_allocated(self.device))
         # CPU: the process's resident-set high-water mark (KiB on Linux).
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _pick_device(spec: StudySpec) -> torch.device:
-    if spec.resources.accelerator != "CPU" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")

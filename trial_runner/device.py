@@ -1,0 +1,70 @@
+"""The device a runner trains on, and a clear error when it was given a GPU that CUDA cannot use.
+
+A runner trains on a GPU when it was given one: ``spec.resources.accelerator: GPU`` or ``MIG``,
+or the operator's sizing (``KUBETUNE_DEVICE_KIND`` in the runner pod). When CUDA cannot use it
+(the image's torch needs a newer driver than the node has, the device plugin gave no device,
+the container toolkit mounted no driver) the runner stops with :class:`DeviceUnavailable` (exit
+code ``DEVICE_UNAVAILABLE_EXIT_CODE``), saying the driver's and torch's CUDA versions, instead
+of training for hours on the CPU of a GPU pod. With ``accelerator: Auto`` and no GPU given
+(a laptop, a CPU runner pod) it trains on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kubetune_api.contract import DEVICE_KIND_ENV
+from kubetune_api.spec import StudySpec
+
+__all__ = ["DeviceUnavailable", "cuda_report", "given_a_gpu", "pick_device"]
+
+_GPU_KINDS = frozenset({"GPU", "MIG"})
+
+
+class DeviceUnavailable(RuntimeError):
+    """The runner was given a GPU that CUDA cannot use."""
+
+
+def given_a_gpu(spec: StudySpec) -> bool:
+    """Whether this runner was given a GPU: by the spec, or by the operator's sizing."""
+    return (
+        spec.resources.accelerator in _GPU_KINDS
+        or os.environ.get(DEVICE_KIND_ENV, "") in _GPU_KINDS
+    )
+
+
+def pick_device(spec: StudySpec) -> torch.device:
+    """CUDA when it is usable and the spec allows it; the CPU when no GPU was given; else
+    :class:`DeviceUnavailable`."""
+    if spec.resources.accelerator != "CPU" and torch.cuda.is_available():
+        return torch.device("cuda")
+    if spec.resources.accelerator != "CPU" and given_a_gpu(spec):
+        raise DeviceUnavailable(
+            f"this runner was given a GPU that CUDA cannot use: {cuda_report()}"
+        )
+    return torch.device("cpu")
+
+
+def cuda_report() -> str:
+    """One line: torch's CUDA build, the NVIDIA driver and the CUDA version it supports (from
+    NVML), and the devices the container was given."""
+    parts = [f"torch {torch.__version__} built for CUDA {torch.version.cuda or 'none (CPU build)'}"]
+    parts.append(_driver())
+    for name in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
+        if name in os.environ:
+            parts.append(f"{name}={os.environ[name]}")
+    return "; ".join(parts)
+
+
+def _driver() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+    except Exception as exc:  # no driver mounted, or NVML itself fails
+        return f"no NVIDIA driver found ({exc})"
+    return f"NVIDIA driver {driver}, which supports CUDA up to {cuda // 1000}.{cuda % 1000 // 10}"
