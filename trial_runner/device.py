@@ -12,13 +12,25 @@ of training for hours on the CPU of a GPU pod. With ``accelerator: Auto`` and no
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from kubetune_api.contract import DEVICE_KIND_ENV
 from kubetune_api.spec import StudySpec
 
-__all__ = ["DeviceUnavailable", "cuda_report", "given_a_gpu", "pick_device"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "CUDA_DEVICES_ENV",
+    "DeviceUnavailable",
+    "cuda_report",
+    "given_a_gpu",
+    "pick_device",
+    "visible_gpus",
+]
+
+#: CUDA's list of the devices a process may use.
+CUDA_DEVICES_ENV = "CUDA_VISIBLE_DEVICES"
 
 _GPU_KINDS = frozenset({"GPU", "MIG"})
 
@@ -38,6 +50,8 @@ def given_a_gpu(spec: StudySpec) -> bool:
 def pick_device(spec: StudySpec) -> torch.device:
     """CUDA when it is usable and the spec allows it; the CPU when no GPU was given; else
     :class:`DeviceUnavailable`."""
+    import torch
+
     if spec.resources.accelerator != "CPU" and torch.cuda.is_available():
         return torch.device("cuda")
     if spec.resources.accelerator != "CPU" and given_a_gpu(spec):
@@ -50,6 +64,8 @@ def pick_device(spec: StudySpec) -> torch.device:
 def cuda_report() -> str:
     """One line: torch's CUDA build, the NVIDIA driver and the CUDA version it supports (from
     NVML), and the devices the container was given."""
+    import torch
+
     parts = [f"torch {torch.__version__} built for CUDA {torch.version.cuda or 'none (CPU build)'}"]
     parts.append(_driver())
     for name in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
@@ -68,3 +84,20 @@ def _driver() -> str:
     except Exception as exc:  # no driver mounted, or NVML itself fails
         return f"no NVIDIA driver found ({exc})"
     return f"NVIDIA driver {driver}, which supports CUDA up to {cuda // 1000}.{cuda % 1000 // 10}"
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries: that list when it
+    is set, else one index per GPU NVML counts (no CUDA context, no torch import); none
+    without a driver."""
+    listed = os.environ.get(CUDA_DEVICES_ENV)
+    if listed is not None:
+        return [entry.strip() for entry in listed.split(",") if entry.strip()]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = int(pynvml.nvmlDeviceGetCount())
+    except Exception:  # no driver: no GPU
+        return []
+    return [str(index) for index in range(count)]

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from trial_runner.cli._common import (
     EXIT_TASK_LOAD,
 )
 from trial_runner.cli._start_gate import StartGate
+from trial_runner.device import CUDA_DEVICES_ENV
 
 __all__ = ["Supervisor"]
 
@@ -67,8 +68,12 @@ class Supervisor:
         log_dir: Path | None,
         env: Mapping[str, str] | None = None,
         oom_kills: int = 0,
+        devices: Sequence[str] = (),
     ) -> None:
         self.runner_args, self.workers, self.name = runner_args, workers, name
+        #: The GPUs the processes are spread over, one each in turn (``CUDA_VISIBLE_DEVICES``);
+        #: with one or none, every process sees what this one sees.
+        self.devices = list(devices)
         self.log_dir = log_dir
         self.env = {
             **os.environ,
@@ -93,6 +98,8 @@ class Supervisor:
     def _spawn(self, slot: int, gate: StartGate | None = None) -> None:
         cmd = [*self.command, *self.runner_args]
         env: dict[str, str] = self.env
+        if len(self.devices) > 1:
+            env = {**env, CUDA_DEVICES_ENV: self.devices[slot % len(self.devices)]}
         fds: tuple[int, ...] = ()
         if gate is not None:
             env, fds = {**env, **gate.env()}, gate.child_fds
