@@ -445,3 +445,29 @@ def test_the_peak_memory_counter_is_reset_after_the_trial_is_planned(
     with pytest.raises(_Stop):
         engine.run_trial(PARAMS, trial_number=0)
     assert events == ["plan", "reset", "train"]
+
+
+def test_an_epochs_shuffled_batches_never_copy_the_whole_split_on_the_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Data kept on the device is gathered in chunks of whole batches of at most GATHER_BYTES,
+    in the same order as one gather of the whole split would give."""
+    from trial_runner.engine import _data
+
+    rows = 1000
+    gen = torch.Generator().manual_seed(1)
+    data = TaskData(inputs=torch.randn(rows, 8, generator=gen), targets=torch.arange(rows) % 3)
+    folded = _data.FoldedData(data, make_spec({"folds": 2}).training, torch.device("cpu"), 0)
+    assert folded.on_device
+    row_bytes = 8 * 4 + 8
+    monkeypatch.setattr(_data, "GATHER_BYTES", 64 * row_bytes)  # four batches of 16
+    indices = np.arange(rows)
+    batches = list(folded.batches(indices, 16, shuffle=True, seed=7))
+    order = torch.as_tensor(indices)[
+        torch.randperm(rows, generator=torch.Generator().manual_seed(7))
+    ]
+    assert torch.equal(torch.cat([x for x, _ in batches]), data.inputs[order])
+    assert torch.equal(torch.cat([y for _, y in batches]), data.targets[order])
+    assert [len(x) for x, _ in batches] == [16] * 62 + [8]
+    # Each batch is a view of its gather: no gather held more than four batches' rows.
+    assert max(x.untyped_storage().nbytes() for x, _ in batches) <= 64 * 8 * 4
