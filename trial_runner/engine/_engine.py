@@ -164,6 +164,7 @@ class Engine:
         """
         wall_start = time.perf_counter()
         self._gpu.reset()
+        self._trainer.validation_cap = None
         effective = self.effective_batch(params)
         batches = self._trial_batches(params, effective, micro_batch)
         if self.device.type == "cuda":
@@ -344,7 +345,9 @@ class Engine:
             "effective_batch": plan.effective_batch,
             "micro_batch": plan.micro_batch,
             "accumulation_steps": plan.accumulation_steps,
-            "validation_batch": batches.validation_batch,
+            "validation_batch": min(
+                batches.validation_batch, self._trainer.validation_cap or batches.validation_batch
+            ),
             "oom_retries": oom_retries,
             "precision": self.precision,
             "tf32": self.training.tf32 and cuda,

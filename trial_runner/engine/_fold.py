@@ -6,6 +6,8 @@ Training goes through :func:`trial_runner.step.train_step` and validation throug
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 StopReason = Literal["Completed", "EarlyStopped", "Pruned", "OutOfMemory"]
+
+log = logging.getLogger("kubetune.engine")
 
 
 class Interrupted(Exception):
@@ -97,6 +101,9 @@ class FoldTrainer:
         self.device = data.device
         self.precision = precision
         self.stop_requested = stop_requested
+        #: The validation batch that last ran after an out-of-memory error in validation: the
+        #: trial's later validations start there (the engine clears it for each trial).
+        self.validation_cap: int | None = None
 
     @property
     def fused(self) -> bool:
@@ -205,6 +212,21 @@ class FoldTrainer:
         finally:
             clock.train += time.perf_counter() - started
 
+    def _forward(
+        self, model: nn.Module, val_idx: np.ndarray, batch: int, on_step: Callable[[float], None]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The validation split's outputs and targets, ``batch`` rows per forward."""
+        outputs: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        for inputs, target in self.data.batches(val_idx, batch, False, 0):
+            step_started = time.perf_counter()
+            outputs.append(
+                step.eval_forward(model, inputs, precision=self.precision, device=self.device)
+            )
+            targets.append(target)
+            on_step(step_started)
+        return outputs, targets
+
     def _build(self, params: Mapping[str, Any], seed: int) -> tuple[nn.Module, Any]:
         """The fold's model and optimizer; raises :class:`OutOfMemory` if they do not fit."""
         try:
@@ -231,15 +253,25 @@ class FoldTrainer:
         on_step: Callable[[float], None],
     ) -> tuple[float, dict[str, float]]:
         model.eval()
-        outputs: list[torch.Tensor] = []
-        targets: list[torch.Tensor] = []
-        for inputs, target in self.data.batches(val_idx, batch, False, 0):
-            step_started = time.perf_counter()
-            outputs.append(
-                step.eval_forward(model, inputs, precision=self.precision, device=self.device)
-            )
-            targets.append(target)
-            on_step(step_started)
+        batch = min(batch, self.validation_cap or batch)
+        while True:
+            out_of_memory = False
+            try:
+                outputs, targets = self._forward(model, val_idx, batch, on_step)
+            except Exception as exc:
+                if not step.is_out_of_memory(exc):
+                    raise
+                out_of_memory = True
+            if not out_of_memory:
+                break
+            # Freed outside the except block: its traceback holds the batch's activations.
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch <= 1:
+                raise OutOfMemory
+            batch = self.validation_cap = batch // 2
+            log.warning("out of memory in validation: retrying with validation batch %d", batch)
         metrics = {
             **self.task.score(torch.cat(outputs), torch.cat(targets)),
             **self.task.model_metrics(model),
