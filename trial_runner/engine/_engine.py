@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import resource
 import threading
@@ -102,7 +103,9 @@ class Engine:
         self._trainer = FoldTrainer(
             task, spec, self.data, precision=self.precision, stop_requested=self.stop_requested
         )
-        self._micro_cap: dict[int, int] = {}  # effective batch -> largest micro-batch that ran
+        #: A configuration (its parameters and effective batch) -> the micro-batch that ran
+        #: after it ran out of memory at the planned one.
+        self._micro_cap: dict[tuple[int, str], int] = {}
         # Planned at start-up, so the one-off cost is the process's, not the first trial's.
         memory = MemoryPlanner.for_spec(
             spec, task, sample_batch(self.data.data), self.device, memory_capacity_bytes
@@ -129,9 +132,13 @@ class Engine:
 
     def plan_batches(self, params: Mapping[str, Any], effective: int) -> TrialBatches:
         """The trial's micro-batch and validation batch (see :class:`TrialPlanner`); after an
-        OOM the micro-batch that then ran caps later trials with the same effective batch."""
+        OOM the micro-batch that then ran caps later trials of the same configuration (a
+        retried trial, the same parameters again). Other configurations plan from their own
+        estimate: one that ran out of memory says nothing about a smaller model."""
         return self.planner.plan_trial(
-            params, effective, max_micro_batch=self._micro_cap.get(effective)
+            params,
+            effective,
+            max_micro_batch=self._micro_cap.get(_configuration(params, effective)),
         )
 
     def run_trial(
@@ -193,7 +200,9 @@ class Engine:
             clock=clock,
             on_step=on_step,
         )
-        self._micro_cap[effective] = run.micro
+        if run.oom_retries:
+            key = _configuration(params, effective)
+            self._micro_cap[key] = min(run.micro, self._micro_cap.get(key, run.micro))
         self.trials_run += 1
         return self._result(run, wall_start, clock, epochs, effective, batches, resumed=carried)
 
@@ -374,3 +383,8 @@ class Engine:
             return int(torch.cuda.max_memory_allocated(self.device))
         # CPU: the process's resident-set high-water mark (KiB on Linux).
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _configuration(params: Mapping[str, Any], effective: int) -> tuple[int, str]:
+    """A configuration's key: its effective batch and its parameters."""
+    return effective, json.dumps(dict(params), sort_keys=True, default=str)

@@ -508,3 +508,24 @@ def test_out_of_memory_in_validation_at_one_row_prunes_the_trial() -> None:
     engine = Engine(OomInValidationAbove({"limit": 0}), make_spec({"folds": 2, "epochs": 1}))
     result = engine.run_trial(PARAMS, trial_number=0)
     assert result.pruned and result.stop_reason == "OutOfMemory"
+
+
+class OomAboveWhenWide(OomAbove):
+    """Only its wide configurations run out of memory above ``limit`` samples."""
+
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        if params.get("wide"):
+            return super().build_model(params)
+        return Blobs.build_model(self, params)
+
+
+def test_an_out_of_memory_caps_its_own_configuration_not_every_one_with_its_batch() -> None:
+    engine = Engine(OomAboveWhenWide({"limit": 16}), make_spec({"folds": 2, "epochs": 1}))
+    wide = {**PARAMS, "batch_size": 64, "wide": True}
+    narrow = {**PARAMS, "batch_size": 64, "wide": False}
+    assert engine.run_trial(wide, trial_number=0).telemetry["micro_batch"] == 16
+    # A smaller model with the same effective batch plans its own micro-batch.
+    assert engine.run_trial(narrow, trial_number=1).telemetry["micro_batch"] == 64
+    # The wide one again starts where it fitted.
+    again = engine.run_trial(wide, trial_number=2).telemetry
+    assert (again["micro_batch"], again["oom_retries"]) == (16, 0)
