@@ -22,7 +22,9 @@ __all__ = [
     "COMPONENT_LABEL",
     "COMPONENT_RUNNER",
     "CPU_THREADS_ENV",
+    "CUDA_CONTEXT_BYTES",
     "DEVICE_KIND_ENV",
+    "DEVICE_SHARE_ENV",
     "DEVICE_UNAVAILABLE_EXIT_CODE",
     "ESTIMATE_COMMAND",
     "ESTIMATE_KEY_ANNOTATION",
@@ -126,6 +128,13 @@ POD_NAME_ENV = "KUBETUNE_POD_NAME"
 #: given a GPU that CUDA cannot use stops with :data:`DEVICE_UNAVAILABLE_EXIT_CODE` instead of
 #: training on the CPU.
 DEVICE_KIND_ENV = "KUBETUNE_DEVICE_KIND"
+#: How many runner processes share this process's GPU (set by the supervisor of a pod's or a
+#: laptop's processes): each plans for and is held to its share of the device.
+DEVICE_SHARE_ENV = "KUBETUNE_DEVICE_SHARE"
+#: Device memory a CUDA process takes besides its tensors (context, cuBLAS and cuDNN
+#: workspaces): the operator counts it for every process it puts on a GPU, and a runner
+#: process sharing a GPU leaves it out of its share.
+CUDA_CONTEXT_BYTES = 512 * 2**20
 #: Seconds between Optuna heartbeats of a running trial (default 10).
 HEARTBEAT_INTERVAL_ENV = "KUBETUNE_HEARTBEAT_INTERVAL"
 #: Seconds without a heartbeat after which a trial is stale (default 3x the interval).
@@ -200,6 +209,7 @@ OWNED_ENV = (
     STORAGE_ENV,
     POD_NAME_ENV,
     DEVICE_KIND_ENV,
+    DEVICE_SHARE_ENV,
     METRICS_PORT_ENV,
     START_GATE_FD_ENV,
     START_READY_FD_ENV,

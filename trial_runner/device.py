@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from kubetune_api.contract import DEVICE_KIND_ENV
+from kubetune_api.contract import CUDA_CONTEXT_BYTES, DEVICE_KIND_ENV, DEVICE_SHARE_ENV
 from kubetune_api.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CUDA_DEVICES_ENV",
     "DeviceUnavailable",
+    "claim_share",
     "cuda_report",
+    "device_share",
     "given_a_gpu",
     "pick_device",
     "visible_gpus",
@@ -101,3 +103,26 @@ def visible_gpus() -> list[str]:
     except Exception:  # no driver: no GPU
         return []
     return [str(index) for index in range(count)]
+
+
+def device_share() -> int:
+    """How many runner processes share this process's GPU (``KUBETUNE_DEVICE_SHARE``; 1)."""
+    try:
+        return max(1, int(os.environ.get(DEVICE_SHARE_ENV, "1")))
+    except ValueError:
+        return 1
+
+
+def claim_share(device: torch.device, share: int) -> int | None:
+    """With ``share`` processes on the GPU ``device``: this process's memory (the device's
+    memory ÷ ``share``, less its CUDA context), enforced by the caching allocator
+    (``set_per_process_memory_fraction``), so processes that plan at the same moment do not
+    each plan for the whole device. ``None`` (plan for what is free) on CPU or alone."""
+    import torch
+
+    if device.type != "cuda" or share <= 1:
+        return None
+    _free, total = torch.cuda.mem_get_info(device)
+    own = max(0, int(total) // share - CUDA_CONTEXT_BYTES)
+    torch.cuda.set_per_process_memory_fraction(own / int(total), device)
+    return own

@@ -65,7 +65,7 @@ from kubetune_study.storage import (
     storage_patience,
 )
 from trial_runner.checkpoint import BestCheckpoint
-from trial_runner.device import pick_device
+from trial_runner.device import claim_share, device_share, pick_device
 from trial_runner.engine import Engine, Interrupted
 from trial_runner.process import install_sigterm, worker_id
 from trial_runner.profile import profile_directory, trace_trial
@@ -156,9 +156,17 @@ def _load_engine(spec: StudySpec, stop: threading.Event) -> Engine:
     """The task, its data loaded: a :class:`TaskLoadError` if either fails; first the device,
     a :class:`~trial_runner.device.DeviceUnavailable` when it was given a GPU CUDA cannot use."""
     device = pick_device(spec)
+    capacity = claim_share(device, device_share())
     task = load_task(spec.task.entrypoint, spec.task.config)
     try:
-        return Engine(task, spec, device, stop_requested=stop, seed=spec.sampler.seed or 0)
+        return Engine(
+            task,
+            spec,
+            device,
+            stop_requested=stop,
+            seed=spec.sampler.seed or 0,
+            memory_capacity_bytes=capacity,
+        )
     except Exception as error:  # the task's load_data, or the data it returned
         log.exception("runner %s: the task's data could not be loaded", worker_id())
         raise TaskLoadError(

@@ -14,6 +14,8 @@ first process too: ``n`` processes fit when ``n × (need + context)`` does.
 
 from __future__ import annotations
 
+from kubetune_api.contract import CUDA_CONTEXT_BYTES
+
 __all__ = [
     "AUTO_MAX_TRIALS_PER_DEVICE",
     "CUDA_CONTEXT_BYTES",
@@ -25,9 +27,6 @@ __all__ = [
 #: The most runner processes ``Auto`` puts on one device: past a handful, processes wait on
 #: each other's kernels more than they gain, and each needs host CPU of its own.
 AUTO_MAX_TRIALS_PER_DEVICE = 8
-#: Device memory a CUDA process takes besides its tensors (context, cuBLAS and cuDNN
-#: workspaces), counted for every process when several share a device.
-CUDA_CONTEXT_BYTES = 512 * 2**20
 
 
 def _fits(processes: int, need_bytes: int, device_bytes: int, shared_cost: int) -> bool:

@@ -21,7 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubetune_api.contract import LOCAL_WORKERS_ENV, SUPERVISED_ENV, TRIAL_HUNG_EXIT_CODE
+from kubetune_api.contract import (
+    DEVICE_SHARE_ENV,
+    LOCAL_WORKERS_ENV,
+    SUPERVISED_ENV,
+    TRIAL_HUNG_EXIT_CODE,
+)
 from kubetune_study.outage import is_connection_error
 from kubetune_study.storage import requeue_trials_of_worker
 from trial_runner.cli._common import (
@@ -100,6 +105,9 @@ class Supervisor:
         env: dict[str, str] = self.env
         if len(self.devices) > 1:
             env = {**env, CUDA_DEVICES_ENV: self.devices[slot % len(self.devices)]}
+        # The processes on this one's device: each plans for its share of it.
+        sharing = -(-self.workers // max(1, len(self.devices)))
+        env = {**env, DEVICE_SHARE_ENV: str(sharing)}
         fds: tuple[int, ...] = ()
         if gate is not None:
             env, fds = {**env, **gate.env()}, gate.child_fds

@@ -63,3 +63,45 @@ def test_the_engine_does_not_train_a_gpu_study_on_the_cpu() -> None:
     )
     with pytest.raises(DeviceUnavailable):
         Engine(Blobs({}), spec)
+
+
+def test_a_process_sharing_a_gpu_plans_for_and_is_held_to_its_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stand-ins for the CUDA queries: an 80 GiB device shared by four runner processes."""
+    from kubetune_api.contract import CUDA_CONTEXT_BYTES
+    from trial_runner.device import claim_share
+
+    gib = 2**30
+    fractions: list[tuple[float, object]] = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (70 * gib, 80 * gib))
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: fractions.append((f, d))
+    )
+    gpu = torch.device("cuda", 0)
+    assert claim_share(gpu, 4) == 20 * gib - CUDA_CONTEXT_BYTES
+    assert fractions == [((20 * gib - CUDA_CONTEXT_BYTES) / (80 * gib), gpu)]
+    # Alone on its device, or on the CPU: it plans for what is free and is not held.
+    assert claim_share(gpu, 1) is None
+    assert claim_share(torch.device("cpu"), 4) is None
+    assert len(fractions) == 1
+
+
+def test_the_runner_gives_the_engine_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from kubetune_api.contract import DEVICE_SHARE_ENV
+    from trial_runner import runner
+
+    seen: dict[str, object] = {}
+
+    class Recorded:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            seen.update(kwargs)
+
+    monkeypatch.setenv(DEVICE_SHARE_ENV, "3")
+    monkeypatch.setattr(runner, "Engine", Recorded)
+    monkeypatch.setattr(runner, "claim_share", lambda device, share: share * 1000)
+    spec = make_spec({"folds": 2, "epochs": 1})
+    runner._load_engine(spec, threading.Event())
+    assert seen["memory_capacity_bytes"] == 3000

@@ -130,3 +130,22 @@ def test_the_visible_gpus_are_cudas_list_when_it_is_set(monkeypatch: pytest.Monk
     assert visible_gpus() == ["2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
+
+
+SAYS_ITS_SHARE = """
+import os, sys
+from pathlib import Path
+(Path(sys.argv[1]) / str(os.getpid())).write_text(os.environ["KUBETUNE_DEVICE_SHARE"])
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("devices", "share"), [([], "4"), (["0"], "4"), (["0", "1"], "2")])
+def test_each_process_is_told_how_many_share_its_device(
+    tmp_path: Path, devices: list[str], share: str
+) -> None:
+    supervisor = Supervisor([str(tmp_path)], 4, "s", None, devices=devices)
+    supervisor.command = [sys.executable, "-c", SAYS_ITS_SHARE]
+    supervisor.start()
+    assert [p.wait(timeout=60) for p in supervisor.procs.values()] == [0, 0, 0, 0]
+    assert sorted(f.read_text() for f in tmp_path.iterdir()) == [share] * 4
