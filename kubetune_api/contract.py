@@ -368,7 +368,11 @@ class TrialTelemetry(TypedDict, total=False):
     cudnn_benchmark: bool
     fused_optimizer: bool
     pin_memory: bool
+    #: The trial ran compiled (``training.compile``) with no frame left to eager: false once
+    #: Dynamo gave up recompiling (``recompile_limit``) and ran the model uncompiled.
     compile: bool
+    #: Graphs Dynamo compiled during this trial (a new width or mode recompiles).
+    compile_graphs: int
     device: str
     data_on_device: bool
     estimated_peak_bytes: int | None

@@ -289,6 +289,8 @@ class FoldTrainer:
 
 def _compiled(model: nn.Module) -> nn.Module:
     # Dynamo's in-process cache (keyed on code and guards) and inductor's on-disk cache are
-    # reused by every later trial of this process, so only the first trial pays for compiling.
+    # reused by later trials of this process with the same parameter shapes; a new width (or
+    # train/eval mode) compiles again, and past Dynamo's recompile limit the model runs eagerly.
+    # The engine records which (telemetry ``compile`` and ``compile_graphs``).
     compiled: nn.Module = torch.compile(model, dynamic=True)  # type: ignore[assignment]
     return compiled

@@ -529,3 +529,28 @@ def test_an_out_of_memory_caps_its_own_configuration_not_every_one_with_its_batc
     # The wide one again starts where it fitted.
     again = engine.run_trial(wide, trial_number=2).telemetry
     assert (again["micro_batch"], again["oom_retries"]) == (16, 0)
+
+
+class Widths(Blobs):
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        hidden = int(params["hidden"])
+        return nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+
+def test_a_trial_that_dynamo_left_uncompiled_is_recorded_as_such(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch.compile guards on parameter shapes: each new width compiles again, and past the
+    recompile limit (2 here: train and eval mode) Dynamo runs the model eagerly; the telemetry says so instead of
+    ``compile: true``. Dynamo's eager backend stands in for inductor (same guards, no C++)."""
+    import functools
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)  # train and eval
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    engine = Engine(Widths({}), make_spec({"folds": 2, "epochs": 1, "compile": True}))
+    first = engine.run_trial({**PARAMS, "hidden": 16}, trial_number=0).telemetry
+    assert first["compile"] and first["compile_graphs"] >= 1
+    wider = engine.run_trial({**PARAMS, "hidden": 32}, trial_number=1).telemetry
+    assert not wider["compile"]
+    torch._dynamo.reset()
