@@ -541,8 +541,9 @@ def test_a_trial_that_dynamo_left_uncompiled_is_recorded_as_such(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """torch.compile guards on parameter shapes: each new width compiles again, and past the
-    recompile limit (2 here: train and eval mode) Dynamo runs the model eagerly; the telemetry says so instead of
-    ``compile: true``. Dynamo's eager backend stands in for inductor (same guards, no C++)."""
+    recompile limit (2 here: train and eval mode) Dynamo runs the model eagerly; the telemetry
+    says so instead of ``compile: true``. Dynamo's eager backend stands in for inductor (same
+    guards, no C++)."""
     import functools
 
     torch._dynamo.reset()

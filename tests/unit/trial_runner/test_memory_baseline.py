@@ -32,9 +32,9 @@ import optuna
 import pytest
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor
 
 from kubetune_study.storage import ensure_study, open_storage
+from tests.harness.memory import live_tensor_bytes
 from tests.harness.studies import study_model
 from tests.unit.trial_runner.test_engine import PARAMS, Blobs, make_spec
 from trial_runner.engine import Engine
@@ -98,26 +98,12 @@ def _malloc_in_use() -> int:
     return int(info.uordblks + info.hblkhd)
 
 
-def _live_tensor_bytes() -> int:
-    """Bytes of the storages of every live tensor that holds memory (not the planner's fake
-    tensors, which hold none)."""
-    storages: dict[int, int] = {}
-    for obj in gc.get_objects():
-        if not isinstance(obj, torch.Tensor) or isinstance(obj, FakeTensor):
-            continue
-        if obj.device.type == "meta" or obj.layout != torch.strided:
-            continue
-        storage = obj.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
-
-
 def _measure(device: torch.device) -> tuple[int, int]:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return int(torch.cuda.memory_allocated(device)), 0
-    return _live_tensor_bytes(), _malloc_in_use()
+    return live_tensor_bytes(), _malloc_in_use()
 
 
 def _run(engine: Engine, params: Mapping[str, Any], number: int) -> dict[str, Any]:
@@ -202,7 +188,7 @@ def test_a_runner_keeps_no_tensor_of_a_finished_trial(tmp_path: Path) -> None:
 
     def measure(trial: optuna.trial.FrozenTrial) -> None:
         gc.collect()
-        after.append(_live_tensor_bytes())
+        after.append(live_tensor_bytes())
 
     threads = torch.get_num_threads()
     try:
@@ -254,7 +240,7 @@ def test_a_failed_trials_tensors_are_freed_without_waiting_for_the_cyclic_collec
 
     def measure(trial: optuna.trial.FrozenTrial) -> None:
         states.append(trial.state)
-        after.append(_live_tensor_bytes())
+        after.append(live_tensor_bytes())
 
     threads = torch.get_num_threads()
     # pytest's log capture keeps every record, and a record logged with the error keeps its
