@@ -22,6 +22,10 @@ __all__ = [
     "COMPONENT_LABEL",
     "COMPONENT_RUNNER",
     "CPU_THREADS_ENV",
+    "CUDA_CONTEXT_BYTES",
+    "DEVICE_KIND_ENV",
+    "DEVICE_SHARE_ENV",
+    "DEVICE_UNAVAILABLE_EXIT_CODE",
     "ESTIMATE_COMMAND",
     "ESTIMATE_KEY_ANNOTATION",
     "FAILED_ATTR",
@@ -120,6 +124,17 @@ STUDY_ENV = "KUBETUNE_STUDY"
 STORAGE_ENV = "KUBETUNE_STORAGE_URL"
 #: The pod's own name (downward API), for logs.
 POD_NAME_ENV = "KUBETUNE_POD_NAME"
+#: The kind of device the operator sized a runner pod for (``GPU``, ``MIG`` or ``CPU``): a runner
+#: given a GPU that CUDA cannot use stops with :data:`DEVICE_UNAVAILABLE_EXIT_CODE` instead of
+#: training on the CPU.
+DEVICE_KIND_ENV = "KUBETUNE_DEVICE_KIND"
+#: How many runner processes share this process's GPU (set by the supervisor of a pod's or a
+#: laptop's processes): each plans for and is held to its share of the device.
+DEVICE_SHARE_ENV = "KUBETUNE_DEVICE_SHARE"
+#: Device memory a CUDA process takes besides its tensors (context, cuBLAS and cuDNN
+#: workspaces): the operator counts it for every process it puts on a GPU, and a runner
+#: process sharing a GPU leaves it out of its share.
+CUDA_CONTEXT_BYTES = 512 * 2**20
 #: Seconds between Optuna heartbeats of a running trial (default 10).
 HEARTBEAT_INTERVAL_ENV = "KUBETUNE_HEARTBEAT_INTERVAL"
 #: Seconds without a heartbeat after which a trial is stale (default 3x the interval).
@@ -193,6 +208,8 @@ OWNED_ENV = (
     STUDY_ENV,
     STORAGE_ENV,
     POD_NAME_ENV,
+    DEVICE_KIND_ENV,
+    DEVICE_SHARE_ENV,
     METRICS_PORT_ENV,
     START_GATE_FD_ENV,
     START_READY_FD_ENV,
@@ -238,6 +255,11 @@ TRIAL_HUNG_EXIT_CODE = 5
 #: termination message (:data:`TERMINATION_LOG`) says why in one line. The operator shows it as
 #: the study's ``TaskLoadFailed`` reason.
 TASK_LOAD_EXIT_CODE = 6
+#: Exit code of a runner that was given a GPU (``spec.resources.accelerator: GPU`` or ``MIG``,
+#: or :data:`DEVICE_KIND_ENV` from the operator's sizing) that CUDA cannot use, e.g. a driver
+#: older than the image's CUDA needs; its termination message has the driver's and torch's CUDA
+#: versions. The operator shows it as the study's ``GpuUnavailable`` reason.
+DEVICE_UNAVAILABLE_EXIT_CODE = 7
 #: Annotation of an estimate pod: the digest of the spec it estimates.
 ESTIMATE_KEY_ANNOTATION = "kubetune.dev/estimate-key"
 #: Key of the study document in the ``<study>-spec`` ConfigMap.
@@ -346,7 +368,11 @@ class TrialTelemetry(TypedDict, total=False):
     cudnn_benchmark: bool
     fused_optimizer: bool
     pin_memory: bool
+    #: The trial ran compiled (``training.compile``) with no frame left to eager: false once
+    #: Dynamo gave up recompiling (``recompile_limit``) and ran the model uncompiled.
     compile: bool
+    #: Graphs Dynamo compiled during this trial (a new width or mode recompiles).
+    compile_graphs: int
     device: str
     data_on_device: bool
     estimated_peak_bytes: int | None

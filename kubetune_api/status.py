@@ -136,6 +136,10 @@ class StartFailureReason(StrEnum):
     #: The runner could not import the task or load its data (its exit code
     #: ``kubetune_api.contract.TASK_LOAD_EXIT_CODE`` and termination message).
     TASK_LOAD_FAILED = "TaskLoadFailed"
+    #: The runner was given a GPU that CUDA cannot use (its exit code
+    #: ``kubetune_api.contract.DEVICE_UNAVAILABLE_EXIT_CODE``; the termination message has the
+    #: driver's and torch's CUDA versions).
+    GPU_UNAVAILABLE = "GpuUnavailable"
     #: No node can take the pod now (the cluster may grow): shown, never counted as a failure.
     UNSCHEDULABLE = "Unschedulable"
 

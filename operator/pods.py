@@ -42,6 +42,7 @@ from kubetune_api.contract import (
     CACHE_HOME_ENV,
     COMPONENT_ESTIMATE,
     COMPONENT_RUNNER,
+    DEVICE_KIND_ENV,
     ESTIMATE_COMMAND,
     ESTIMATE_KEY_ANNOTATION,
     INDEX_LABEL,
@@ -294,12 +295,19 @@ def _container(
 
 
 def _runner_env(
-    owner: Mapping[str, Any], storage_secret_ref: tuple[str, str], config: OperatorConfig
+    owner: Mapping[str, Any],
+    storage_secret_ref: tuple[str, str],
+    sizing: SizingDecision,
+    config: OperatorConfig,
 ) -> list[dict[str, Any]]:
     """The runner's environment: the storage URL from its Secret first, the metrics port last."""
     secret_name, secret_key = storage_secret_ref
     secret = {"secretKeyRef": {"name": secret_name, "key": secret_key}}
-    env = [{"name": STORAGE_ENV, "valueFrom": secret}, *_env(owner, config)]
+    env = [
+        {"name": STORAGE_ENV, "valueFrom": secret},
+        *_env(owner, config),
+        {"name": DEVICE_KIND_ENV, "value": sizing.kind},
+    ]
     if config.runner_metrics_port is not None:
         env.append({"name": METRICS_PORT_ENV, "value": str(config.runner_metrics_port)})
     return env
@@ -347,7 +355,7 @@ def runner_pod(
         *_TERMINATION_MESSAGE,
         *([PROCESSES_OPTION, str(processes)] if processes > 1 else []),
     ]
-    env = _runner_env(owner, storage_secret_ref, config)
+    env = _runner_env(owner, storage_secret_ref, sizing, config)
     container = _container(RUNNER_CONTAINER, spec, config, command, env, _resources(spec, sizing))
     # Runners live for many trials, so Prometheus scrapes them (the annotations, or the
     # chart's PodMonitor on the named port) rather than waiting for pushes.

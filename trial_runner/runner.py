@@ -21,6 +21,7 @@ twice: its retry resumes it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -64,6 +65,7 @@ from kubetune_study.storage import (
     storage_patience,
 )
 from trial_runner.checkpoint import BestCheckpoint
+from trial_runner.device import claim_share, device_share, pick_device
 from trial_runner.engine import Engine, Interrupted
 from trial_runner.process import install_sigterm, worker_id
 from trial_runner.profile import profile_directory, trace_trial
@@ -151,10 +153,20 @@ def run_runner(
 
 
 def _load_engine(spec: StudySpec, stop: threading.Event) -> Engine:
-    """The task, its data loaded: a :class:`TaskLoadError` if either fails."""
+    """The task, its data loaded: a :class:`TaskLoadError` if either fails; first the device,
+    a :class:`~trial_runner.device.DeviceUnavailable` when it was given a GPU CUDA cannot use."""
+    device = pick_device(spec)
+    capacity = claim_share(device, device_share())
     task = load_task(spec.task.entrypoint, spec.task.config)
     try:
-        return Engine(task, spec, stop_requested=stop, seed=spec.sampler.seed or 0)
+        return Engine(
+            task,
+            spec,
+            device,
+            stop_requested=stop,
+            seed=spec.sampler.seed or 0,
+            memory_capacity_bytes=capacity,
+        )
     except Exception as error:  # the task's load_data, or the data it returned
         log.exception("runner %s: the task's data could not be loaded", worker_id())
         raise TaskLoadError(
@@ -307,6 +319,12 @@ class _Runner:
         # This one trial, not the study's list (a finished trial is read from the cache).
         frozen = study._storage.get_trial(trial_ids[0])
         log_finished(frozen)
+        if frozen.state != TrialState.COMPLETE:
+            # Optuna keeps a pruned or failed trial's exception in a reference cycle (its
+            # traceback's frames hold the model, its optimizer state and activations) that only
+            # the cyclic collector frees; on a GPU that memory must be back before the next
+            # trial plans its batches. Complete trials leave no cycle: no collection for them.
+            gc.collect()
         if (
             frozen.state == TrialState.FAIL
             and frozen.user_attrs.get(PREEMPTED_ATTR) == "Terminated"

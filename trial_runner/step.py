@@ -36,6 +36,7 @@ __all__ = [
     "autocast",
     "eval_forward",
     "grad_scaler",
+    "is_out_of_memory",
     "optimizer_flags",
     "resolve_precision",
     "split_batch",
@@ -48,6 +49,26 @@ LossFunction = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 MicroBatch = tuple["torch.Tensor", "torch.Tensor"]
 
 _PRECISIONS = ("BF16", "FP16", "FP32")
+
+#: What torch's errors say when an allocation failed: the CUDA caching allocator and the CUDA
+#: runtime ("out of memory"), the CUDA libraries' handles and workspaces on a full device
+#: (``CUBLAS_STATUS_ALLOC_FAILED``, ``CUSOLVER_STATUS_ALLOC_FAILED``, ``CUFFT_ALLOC_FAILED``,
+#: ``CUDNN_STATUS_ALLOC_FAILED`` ...), and torch's CPU allocator.
+_ALLOCATION_FAILED = (
+    "out of memory",
+    "_ALLOC_FAILED",
+    "DefaultCPUAllocator: can't allocate memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed, on the GPU or the CPU: what the engine retries
+    at a smaller micro-batch and the estimators read as "does not fit"."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _ALLOCATION_FAILED)
 
 
 @dataclass(frozen=True)
@@ -90,13 +111,21 @@ class MicroBatchPlan:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """``Auto`` → BF16 on CUDA devices that support it, else FP32; others as requested."""
+    """``Auto`` → BF16 on CUDA devices with native bfloat16 (compute capability 8.0 and up),
+    else FP32; others as requested. ``BF16`` on a CUDA device without native bfloat16 is an
+    error: torch would emulate it, slower than FP32."""
     import torch
 
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if requested == "Auto":
-        return "BF16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "FP32"
+        return "BF16" if native_bf16 else "FP32"
     if requested not in _PRECISIONS:
         raise ValueError(f"unknown precision {requested!r} (Auto, BF16, FP16 or FP32)")
+    if requested == "BF16" and device.type == "cuda" and not native_bf16:
+        raise ValueError(
+            f"training.precision BF16: {torch.cuda.get_device_name(device)} has no native "
+            "bfloat16 (compute capability 8.0 or newer); use FP16, FP32 or Auto"
+        )
     return requested
 
 

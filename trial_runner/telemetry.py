@@ -1,5 +1,10 @@
 """GPU telemetry through NVML (nvidia-ml-py, imported as ``pynvml``).
 
+The NVML device is found by the CUDA device's UUID, not its index: NVML numbers the host's GPUs
+and ignores ``CUDA_VISIBLE_DEVICES``, and inside a MIG container index 0 is the parent GPU,
+while the UUID names the MIG device itself. Memory is sampled always; utilisation where NVML
+reports it (not on MIG devices).
+
 Without NVML (no driver, no GPU) the runner is in CPU mode: that is logged once, not an error.
 """
 
@@ -11,7 +16,7 @@ from typing import Any, TypedDict
 
 import torch
 
-__all__ = ["GpuMonitor", "GpuSummary"]
+__all__ = ["GpuMonitor", "GpuSummary", "nvml_handle"]
 
 log = logging.getLogger("kubetune.telemetry")
 _warned = False
@@ -30,7 +35,7 @@ class GpuMonitor:
     def __init__(self, handle: Any, interval: float = 0.5) -> None:
         self._handle = handle
         self._interval = interval
-        self._samples: list[tuple[int, int]] = []
+        self._samples: list[tuple[int | None, int]] = []  # (utilisation %, memory used)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -43,8 +48,7 @@ class GpuMonitor:
             import pynvml
 
             pynvml.nvmlInit()
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            return cls(pynvml.nvmlDeviceGetHandleByIndex(index))
+            return cls(nvml_handle(device))
         except Exception as exc:  # NVML missing or unusable: CPU-mode telemetry
             if not _warned:
                 log.info("NVML unavailable (%s): GPU utilisation is not recorded", exc)
@@ -63,22 +67,44 @@ class GpuMonitor:
     def _run(self) -> None:
         import pynvml
 
+        utilisation = True
         while not self._stop.wait(self._interval):
             try:
-                util = pynvml.nvmlDeviceGetUtilizationRates(self._handle)
-                mem = pynvml.nvmlDeviceGetMemoryInfo(self._handle)
-                self._samples.append((int(util.gpu), int(mem.used)))
+                used = int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
             except Exception:
                 return
+            gpu: int | None = None
+            if utilisation:
+                try:
+                    gpu = int(pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+                except Exception:  # not supported on MIG devices: memory only from now on
+                    utilisation = False
+            self._samples.append((gpu, used))
 
     def summary(self) -> GpuSummary:
         self._stop.set()
-        if not self._samples:
-            return {"gpu_utilization_mean": None, "gpu_memory_used_max": None}
+        busy = [s[0] for s in self._samples if s[0] is not None]
         return {
-            "gpu_utilization_mean": round(sum(s[0] for s in self._samples) / len(self._samples), 1),
-            "gpu_memory_used_max": max(s[1] for s in self._samples),
+            "gpu_utilization_mean": round(sum(busy) / len(busy), 1) if busy else None,
+            "gpu_memory_used_max": max((s[1] for s in self._samples), default=None),
         }
+
+
+def nvml_handle(device: torch.device) -> Any:
+    """The NVML handle of the CUDA device ``device``, by its UUID: ``GPU-<uuid>`` for a whole
+    GPU, ``MIG-<uuid>`` for a MIG device (CUDA reports the bare UUID of either)."""
+    import pynvml
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = str(torch.cuda.get_device_properties(index).uuid)
+    error: Exception | None = None
+    for prefix in ("GPU-", "MIG-"):
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
+        except pynvml.NVMLError as exc:
+            error = exc
+    assert error is not None
+    raise error
 
 
 class _NoGpu(GpuMonitor):

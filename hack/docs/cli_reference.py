@@ -31,9 +31,10 @@ EXIT_CODES = """\
 | 3 | the storage cannot be reached |
 | 130 | interrupted |
 
-`kubetune runner` also exits 4 after `--exit-after-oom-trials` trials ran out of memory, and 6
+`kubetune runner` also exits 4 after `--exit-after-oom-trials` trials ran out of memory, 6
 when the task does not load (`spec.task.entrypoint` does not import, the task refused its
-config, or `load_data` raised).
+config, or `load_data` raised), and 7 when it was given a GPU (`accelerator: GPU` or `MIG`, or
+the operator sized its pod for one) that CUDA cannot use: it never trains on the CPU instead.
 """
 
 

@@ -22,6 +22,7 @@ from hpo_operator.names import runner_index
 
 from kubetune_api.contract import (
     COMPONENT_LABEL,
+    DEVICE_UNAVAILABLE_EXIT_CODE,
     ESTIMATE_KEY_ANNOTATION,
     KIND_ANNOTATION,
     KUEUE_ADMISSION_GATE,
@@ -153,8 +154,12 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
     memory = annotations.get(MEMORY_ANNOTATION)
     exit_code = terminated.get("exitCode")
     message = str(terminated.get("message") or "").strip()
-    if exit_code == TASK_LOAD_EXIT_CODE:
-        failure = StartFailure(StartFailureReason.TASK_LOAD_FAILED, last_line(message))
+    exited = {
+        TASK_LOAD_EXIT_CODE: StartFailureReason.TASK_LOAD_FAILED,
+        DEVICE_UNAVAILABLE_EXIT_CODE: StartFailureReason.GPU_UNAVAILABLE,
+    }
+    if exit_code in exited:
+        failure = StartFailure(exited[exit_code], last_line(message))
     oom = terminated.get("reason") == "OOMKilled" or status.get("reason") == "OOMKilled"
     return ObservedPod(
         name=name,

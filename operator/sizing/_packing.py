@@ -7,11 +7,14 @@ memory estimate lets fit, at most :data:`AUTO_MAX_TRIALS_PER_DEVICE`; a number a
 exactly that many. After a pod's processes kept running out of memory the operator lowers a
 limit, which both respect.
 
-Every process beside the first pays a CUDA context and library workspaces of its own
-(:data:`CUDA_CONTEXT_BYTES`), so ``n`` processes fit when ``n × (need + context)`` does.
+Every process on a GPU pays a CUDA context and library workspaces of its own
+(:data:`CUDA_CONTEXT_BYTES`), which the memory estimate (tensors only) does not count, the
+first process too: ``n`` processes fit when ``n × (need + context)`` does.
 """
 
 from __future__ import annotations
+
+from kubetune_api.contract import CUDA_CONTEXT_BYTES
 
 __all__ = [
     "AUTO_MAX_TRIALS_PER_DEVICE",
@@ -24,14 +27,9 @@ __all__ = [
 #: The most runner processes ``Auto`` puts on one device: past a handful, processes wait on
 #: each other's kernels more than they gain, and each needs host CPU of its own.
 AUTO_MAX_TRIALS_PER_DEVICE = 8
-#: Device memory a CUDA process takes besides its tensors (context, cuBLAS and cuDNN
-#: workspaces), counted for every process when several share a device.
-CUDA_CONTEXT_BYTES = 512 * 2**20
 
 
 def _fits(processes: int, need_bytes: int, device_bytes: int, shared_cost: int) -> bool:
-    if processes == 1:
-        return need_bytes <= device_bytes
     return processes * (need_bytes + shared_cost) <= device_bytes
 
 
@@ -50,7 +48,7 @@ def trials_per_device(
         need_bytes: What one process needs: peak plus headroom.
         wanted: ``resources.trialsPerDevice`` as a number, or ``None`` for ``Auto``.
         limit: The most per device after out-of-memory exits, if any.
-        shared_cost: Memory each process adds when several share the device.
+        shared_cost: Memory each process takes besides its tensors (a CUDA context; 0 on CPU).
 
     Returns:
         The number of processes, or 0 when the device cannot hold what is asked: not even
@@ -59,7 +57,7 @@ def trials_per_device(
     if wanted is not None:
         count = min(wanted, limit or wanted)
         return count if _fits(count, need_bytes, device_bytes, shared_cost) else 0
-    if need_bytes > device_bytes:
+    if need_bytes + shared_cost > device_bytes:
         return 0
     count = min(
         device_bytes // (need_bytes + shared_cost),

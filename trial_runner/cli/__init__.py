@@ -7,8 +7,10 @@
 
 Exit codes: 0 success; 1 the study failed (its trials kept failing); 2 invalid input (spec,
 task entrypoint, flags); 3 storage unreachable; 4 a runner's trials kept running out of memory
-on a device it shares with other runner processes; 5 (``runner``) the task could not be
-imported or could not load its data; 130 interrupted. With ``--termination-message-path``
+on a device it shares with other runner processes; 5 a runner process whose trial hung (its
+supervisor starts another); 6 (``runner``) the task could not be imported or could not load
+its data; 7 the runner was given a GPU (``accelerator: GPU`` or ``MIG``, or by the operator's
+sizing) that CUDA cannot use; 130 interrupted. With ``--termination-message-path``
 (``runner``, ``estimate``) an error is also written there in one line, where Kubernetes shows
 it as the container's termination message, unless something was written there already.
 """

@@ -9,6 +9,7 @@ import time
 from typing import Any, TextIO
 
 from kubetune_api.contract import (
+    DEVICE_UNAVAILABLE_EXIT_CODE,
     OUT_OF_MEMORY_EXIT_CODE,
     STORAGE_ENV,
     STUDY_ENV,
@@ -18,6 +19,7 @@ from kubetune_api.spec import HPOStudy, load_study, study_from_text
 from kubetune_study.storage import DEFAULT_LOCAL_STORAGE, open_storage, redact
 
 __all__ = [
+    "EXIT_DEVICE_UNAVAILABLE",
     "EXIT_INPUT",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -42,6 +44,8 @@ EXIT_OK, EXIT_STUDY_FAILED, EXIT_INPUT, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2
 EXIT_OUT_OF_MEMORY = OUT_OF_MEMORY_EXIT_CODE
 #: The task could not be imported or could not load its data.
 EXIT_TASK_LOAD = TASK_LOAD_EXIT_CODE
+#: The runner was given a GPU that CUDA cannot use.
+EXIT_DEVICE_UNAVAILABLE = DEVICE_UNAVAILABLE_EXIT_CODE
 #: Kubernetes keeps at most this many bytes of a container's termination message.
 TERMINATION_MESSAGE_LIMIT = 4096
 

@@ -37,6 +37,7 @@ from trial_runner.cli._common import (
 )
 from trial_runner.cli._progress_view import ProgressView, print_front
 from trial_runner.cli._supervisor import Supervisor
+from trial_runner.device import visible_gpus
 from trial_runner.entrypoints import check_entrypoint
 
 __all__ = ["cmd_run", "default_workers"]
@@ -50,7 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     runner_args = ["--study-name", name, "--storage", url, args.study]
-    supervisor = Supervisor(runner_args, workers, name, log_dir)
+    # Several GPUs on this machine: the workers take them in turn.
+    supervisor = Supervisor(runner_args, workers, name, log_dir, devices=visible_gpus())
     # The runners start now and load their task (an interpreter, torch, the data, the memory
     # estimate: most of a run's start-up) while this process sets the study up; they claim
     # nothing until the gate opens.

@@ -16,6 +16,7 @@ from kubetune_api.contract import METRICS_PORT_ENV, START_GATE_FD_ENV
 from kubetune_api.spec import HPOStudy
 from kubetune_study.storage import open_storage, redact
 from trial_runner.cli._common import (
+    EXIT_DEVICE_UNAVAILABLE,
     EXIT_OK,
     EXIT_OUT_OF_MEMORY,
     EXIT_STORAGE,
@@ -49,6 +50,7 @@ def cmd_runner(args: argparse.Namespace) -> int:
         raise CliError("--exit-after-oom-trials: must be 0 (never) or more")
     if args.processes > 1:
         return _run_processes(args)
+    from trial_runner.device import DeviceUnavailable
     from trial_runner.runner import run_runner
     from trial_runner.task import TaskLoadError
 
@@ -82,6 +84,8 @@ def cmd_runner(args: argparse.Namespace) -> int:
         )
     except TaskLoadError as exc:
         raise CliError(str(exc), EXIT_TASK_LOAD) from None
+    except DeviceUnavailable as exc:
+        raise CliError(str(exc), EXIT_DEVICE_UNAVAILABLE) from None
     log.info("runner done: %d trial(s), %s", summary.trials_run, summary.stop_reason)
     if guard.tripped:
         raise CliError(

@@ -17,15 +17,26 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubetune_api.contract import LOCAL_WORKERS_ENV, SUPERVISED_ENV, TRIAL_HUNG_EXIT_CODE
+from kubetune_api.contract import (
+    DEVICE_SHARE_ENV,
+    LOCAL_WORKERS_ENV,
+    SUPERVISED_ENV,
+    TRIAL_HUNG_EXIT_CODE,
+)
 from kubetune_study.outage import is_connection_error
 from kubetune_study.storage import requeue_trials_of_worker
-from trial_runner.cli._common import EXIT_INPUT, EXIT_OUT_OF_MEMORY, EXIT_TASK_LOAD
+from trial_runner.cli._common import (
+    EXIT_DEVICE_UNAVAILABLE,
+    EXIT_INPUT,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_TASK_LOAD,
+)
 from trial_runner.cli._start_gate import StartGate
+from trial_runner.device import CUDA_DEVICES_ENV
 
 __all__ = ["Supervisor"]
 
@@ -33,7 +44,7 @@ log = logging.getLogger("kubetune")
 
 #: Exit codes of a runner process that stop them all: bad input, trials that kept running out
 #: of memory on a shared device, a task that does not load.
-FATAL_EXIT_CODES = (EXIT_INPUT, EXIT_OUT_OF_MEMORY, EXIT_TASK_LOAD)
+FATAL_EXIT_CODES = (EXIT_INPUT, EXIT_OUT_OF_MEMORY, EXIT_TASK_LOAD, EXIT_DEVICE_UNAVAILABLE)
 
 
 class Supervisor:
@@ -62,8 +73,12 @@ class Supervisor:
         log_dir: Path | None,
         env: Mapping[str, str] | None = None,
         oom_kills: int = 0,
+        devices: Sequence[str] = (),
     ) -> None:
         self.runner_args, self.workers, self.name = runner_args, workers, name
+        #: The GPUs the processes are spread over, one each in turn (``CUDA_VISIBLE_DEVICES``);
+        #: with one or none, every process sees what this one sees.
+        self.devices = list(devices)
         self.log_dir = log_dir
         self.env = {
             **os.environ,
@@ -88,6 +103,11 @@ class Supervisor:
     def _spawn(self, slot: int, gate: StartGate | None = None) -> None:
         cmd = [*self.command, *self.runner_args]
         env: dict[str, str] = self.env
+        if len(self.devices) > 1:
+            env = {**env, CUDA_DEVICES_ENV: self.devices[slot % len(self.devices)]}
+        # The processes on this one's device: each plans for its share of it.
+        sharing = -(-self.workers // max(1, len(self.devices)))
+        env = {**env, DEVICE_SHARE_ENV: str(sharing)}
         fds: tuple[int, ...] = ()
         if gate is not None:
             env, fds = {**env, **gate.env()}, gate.child_fds

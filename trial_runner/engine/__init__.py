@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from trial_runner.engine._data import FoldedData, make_folds
 from trial_runner.engine._engine import Engine, TrialResult, epochs_for_trial
-from trial_runner.engine._fold import Interrupted, StopReason, is_out_of_memory
+from trial_runner.engine._fold import Interrupted, StopReason
 from trial_runner.engine._resume import FoldRecord, folds_from_attr, folds_to_attr
 from trial_runner.engine._trial import Reporter
+from trial_runner.step import is_out_of_memory
 
 __all__ = [
     "Engine",

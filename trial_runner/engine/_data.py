@@ -19,6 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from kubetune_api.spec import Training
 from trial_runner.task import TaskData
 
+#: The most bytes of training data one gather of an epoch's shuffled batches copies on the
+#: device (a whole batch when one is larger).
+GATHER_BYTES = 64 * 2**20
+
 __all__ = ["FoldedData", "make_folds"]
 
 
@@ -157,6 +161,11 @@ class FoldedData:
         self._loader = None
         gc.collect()
 
+    def _gather_rows(self, batch_size: int) -> int:
+        """Rows of one gather: whole batches, as many as fit :data:`GATHER_BYTES` (one at least)."""
+        row_bytes = sum(t[:1].numel() * t.element_size() for t in (self.inputs, self.targets))
+        return batch_size * max(1, GATHER_BYTES // max(1, row_bytes * batch_size))
+
     def batches(
         self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -166,12 +175,15 @@ class FoldedData:
             if shuffle:
                 gen = torch.Generator().manual_seed(seed)
                 order = order[torch.randperm(len(order), generator=gen).to(self.device)]
-            # One gather per epoch, then contiguous views made by one split call each (slicing
-            # in Python cost more than the data movement for small models).
-            inputs, targets = self.inputs[order], self.targets[order]
-            yield from zip(
-                torch.split(inputs, batch_size), torch.split(targets, batch_size), strict=True
-            )
+            # A few gathers per epoch, each of whole batches and at most GATHER_BYTES (or one
+            # batch), then contiguous views made by one split call each: slicing in Python cost
+            # more than the data movement for small models, and one gather of the whole split
+            # would be a second copy of it on the device, which no estimate counts.
+            for chunk in torch.split(order, self._gather_rows(batch_size)):
+                inputs, targets = self.inputs[chunk], self.targets[chunk]
+                yield from zip(
+                    torch.split(inputs, batch_size), torch.split(targets, batch_size), strict=True
+                )
             return
         assert self._loader is not None
         self._sampler.configure(indices, batch_size, shuffle, seed)

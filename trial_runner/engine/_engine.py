@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import resource
 import threading
@@ -18,6 +19,7 @@ from torch import nn
 from kubetune_api.contract import TrialTelemetry
 from kubetune_api.spec import StudySpec
 from kubetune_study.search import max_pruning_steps
+from trial_runner.device import pick_device
 from trial_runner.engine._data import FoldedData
 from trial_runner.engine._fold import (
     Clock,
@@ -87,7 +89,7 @@ class Engine:
         self.task = task
         self.spec = spec
         self.training = spec.training
-        self.device = device or _pick_device(spec)
+        self.device = device or pick_device(spec)
         self.stop_requested = stop_requested or threading.Event()
         self.seed = seed
         self.precision = resolve_precision(spec.training.precision, self.device)
@@ -101,13 +103,17 @@ class Engine:
         self._trainer = FoldTrainer(
             task, spec, self.data, precision=self.precision, stop_requested=self.stop_requested
         )
-        self._micro_cap: dict[int, int] = {}  # effective batch -> largest micro-batch that ran
+        #: A configuration (its parameters and effective batch) -> the micro-batch that ran
+        #: after it ran out of memory at the planned one.
+        self._micro_cap: dict[tuple[int, str], int] = {}
         # Planned at start-up, so the one-off cost is the process's, not the first trial's.
         memory = MemoryPlanner.for_spec(
             spec, task, sample_batch(self.data.data), self.device, memory_capacity_bytes
         )
         self.planner = TrialPlanner(spec, memory, validation_rows=self.data.validation_rows)
         self.trials_run = 0
+        #: (graphs compiled, frames left to eager) during the last trial.
+        self._compiled = (0, 0)
 
     def _configure_numerics(self) -> None:
         if self.device.type == "cuda":
@@ -128,9 +134,13 @@ class Engine:
 
     def plan_batches(self, params: Mapping[str, Any], effective: int) -> TrialBatches:
         """The trial's micro-batch and validation batch (see :class:`TrialPlanner`); after an
-        OOM the micro-batch that then ran caps later trials with the same effective batch."""
+        OOM the micro-batch that then ran caps later trials of the same configuration (a
+        retried trial, the same parameters again). Other configurations plan from their own
+        estimate: one that ran out of memory says nothing about a smaller model."""
         return self.planner.plan_trial(
-            params, effective, max_micro_batch=self._micro_cap.get(effective)
+            params,
+            effective,
+            max_micro_batch=self._micro_cap.get(_configuration(params, effective)),
         )
 
     def run_trial(
@@ -163,10 +173,13 @@ class Engine:
         """
         wall_start = time.perf_counter()
         self._gpu.reset()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self._trainer.validation_cap = None
+        compiled_before = _dynamo_frames()
         effective = self.effective_batch(params)
         batches = self._trial_batches(params, effective, micro_batch)
+        if self.device.type == "cuda":
+            # After planning: the trial's peak is its training's, not the planner's probes'.
+            torch.cuda.reset_peak_memory_stats(self.device)
         epochs = epochs_for_trial(self.spec, trial_number)
         clock = Clock()
         wilcoxon = self.spec.pruner.type == "Wilcoxon"
@@ -190,7 +203,10 @@ class Engine:
             clock=clock,
             on_step=on_step,
         )
-        self._micro_cap[effective] = run.micro
+        self._compiled = _compiled_since(compiled_before)
+        if run.oom_retries:
+            key = _configuration(params, effective)
+            self._micro_cap[key] = min(run.micro, self._micro_cap.get(key, run.micro))
         self.trials_run += 1
         return self._result(run, wall_start, clock, epochs, effective, batches, resumed=carried)
 
@@ -342,14 +358,17 @@ class Engine:
             "effective_batch": plan.effective_batch,
             "micro_batch": plan.micro_batch,
             "accumulation_steps": plan.accumulation_steps,
-            "validation_batch": batches.validation_batch,
+            "validation_batch": min(
+                batches.validation_batch, self._trainer.validation_cap or batches.validation_batch
+            ),
             "oom_retries": oom_retries,
             "precision": self.precision,
             "tf32": self.training.tf32 and cuda,
             "cudnn_benchmark": self.training.cudnn_benchmark and cuda,
             "fused_optimizer": self._trainer.fused,
             "pin_memory": self.data.pin_memory,
-            "compile": self.training.compile,
+            "compile": self.training.compile and self._compiled[1] == 0,
+            "compile_graphs": self._compiled[0],
             "device": str(self.device),
             "data_on_device": self.data.on_device,
             "estimated_peak_bytes": batches.estimated_peak_bytes,
@@ -371,7 +390,40 @@ class Engine:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _pick_device(spec: StudySpec) -> torch.device:
-    if spec.resources.accelerator != "CPU" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+def _configuration(params: Mapping[str, Any], effective: int) -> tuple[int, str]:
+    """A configuration's key: its effective batch and its parameters."""
+    return effective, json.dumps(dict(params), sort_keys=True, default=str)
+
+
+def _dynamo_frames() -> tuple[int, int, int]:
+    """Dynamo's counters so far: graphs compiled, frames seen, frames compiled."""
+    from torch._dynamo.utils import counters
+
+    return (
+        int(counters["stats"]["unique_graphs"]),
+        int(counters["frames"]["total"]),
+        int(counters["frames"]["ok"]),
+    )
+
+
+def _compiled_since(before: tuple[int, int, int]) -> tuple[int, int]:
+    """Graphs compiled and frames Dynamo left to eager since ``before``. torch.compile guards
+    on parameter shapes and train/eval mode, so each new width recompiles; past
+    ``torch._dynamo.config.recompile_limit`` it runs the model eagerly, which is logged once
+    and recorded in the trial's telemetry (``compile`` false)."""
+    global _warned_eager
+    after = _dynamo_frames()
+    graphs = after[0] - before[0]
+    eager = (after[1] - before[1]) - (after[2] - before[2])
+    if eager and not _warned_eager:
+        _warned_eager = True
+        log.warning(
+            "torch.compile left %d frame(s) of this trial uncompiled (recompile limit %d "
+            "reached: each new width or mode compiles again); later trials may run eager",
+            eager,
+            torch._dynamo.config.recompile_limit,
+        )
+    return graphs, eager
+
+
+_warned_eager = False

@@ -6,6 +6,8 @@ Training goes through :func:`trial_runner.step.train_step` and validation throug
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,10 +30,11 @@ __all__ = [
     "Interrupted",
     "OutOfMemory",
     "StopReason",
-    "is_out_of_memory",
 ]
 
 StopReason = Literal["Completed", "EarlyStopped", "Pruned", "OutOfMemory"]
+
+log = logging.getLogger("kubetune.engine")
 
 
 class Interrupted(Exception):
@@ -40,15 +43,6 @@ class Interrupted(Exception):
 
 class OutOfMemory(Exception):
     """A fold ran out of memory (the original error is dropped with its tensors)."""
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA OOM, or a CPU allocation failure raised by torch."""
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in str(exc) or "DefaultCPUAllocator: can't allocate memory" in str(exc)
-    )
 
 
 @dataclass
@@ -107,6 +101,9 @@ class FoldTrainer:
         self.device = data.device
         self.precision = precision
         self.stop_requested = stop_requested
+        #: The validation batch that last ran after an out-of-memory error in validation: the
+        #: trial's later validations start there (the engine clears it for each trial).
+        self.validation_cap: int | None = None
 
     @property
     def fused(self) -> bool:
@@ -209,18 +206,33 @@ class FoldTrainer:
         except Interrupted:
             raise
         except Exception as exc:
-            if is_out_of_memory(exc):
+            if step.is_out_of_memory(exc):
                 raise OutOfMemory from None
             raise
         finally:
             clock.train += time.perf_counter() - started
+
+    def _forward(
+        self, model: nn.Module, val_idx: np.ndarray, batch: int, on_step: Callable[[float], None]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The validation split's outputs and targets, ``batch`` rows per forward."""
+        outputs: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        for inputs, target in self.data.batches(val_idx, batch, False, 0):
+            step_started = time.perf_counter()
+            outputs.append(
+                step.eval_forward(model, inputs, precision=self.precision, device=self.device)
+            )
+            targets.append(target)
+            on_step(step_started)
+        return outputs, targets
 
     def _build(self, params: Mapping[str, Any], seed: int) -> tuple[nn.Module, Any]:
         """The fold's model and optimizer; raises :class:`OutOfMemory` if they do not fit."""
         try:
             return self._build_model(params, seed)
         except Exception as exc:
-            if is_out_of_memory(exc):
+            if step.is_out_of_memory(exc):
                 raise OutOfMemory from None
             raise
 
@@ -241,15 +253,25 @@ class FoldTrainer:
         on_step: Callable[[float], None],
     ) -> tuple[float, dict[str, float]]:
         model.eval()
-        outputs: list[torch.Tensor] = []
-        targets: list[torch.Tensor] = []
-        for inputs, target in self.data.batches(val_idx, batch, False, 0):
-            step_started = time.perf_counter()
-            outputs.append(
-                step.eval_forward(model, inputs, precision=self.precision, device=self.device)
-            )
-            targets.append(target)
-            on_step(step_started)
+        batch = min(batch, self.validation_cap or batch)
+        while True:
+            out_of_memory = False
+            try:
+                outputs, targets = self._forward(model, val_idx, batch, on_step)
+            except Exception as exc:
+                if not step.is_out_of_memory(exc):
+                    raise
+                out_of_memory = True
+            if not out_of_memory:
+                break
+            # Freed outside the except block: its traceback holds the batch's activations.
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch <= 1:
+                raise OutOfMemory
+            batch = self.validation_cap = batch // 2
+            log.warning("out of memory in validation: retrying with validation batch %d", batch)
         metrics = {
             **self.task.score(torch.cat(outputs), torch.cat(targets)),
             **self.task.model_metrics(model),
@@ -267,6 +289,8 @@ class FoldTrainer:
 
 def _compiled(model: nn.Module) -> nn.Module:
     # Dynamo's in-process cache (keyed on code and guards) and inductor's on-disk cache are
-    # reused by every later trial of this process, so only the first trial pays for compiling.
+    # reused by later trials of this process with the same parameter shapes; a new width (or
+    # train/eval mode) compiles again, and past Dynamo's recompile limit the model runs eagerly.
+    # The engine records which (telemetry ``compile`` and ``compile_graphs``).
     compiled: nn.Module = torch.compile(model, dynamic=True)  # type: ignore[assignment]
     return compiled

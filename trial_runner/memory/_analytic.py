@@ -46,9 +46,9 @@ def estimate_analytic(workload: StepWorkload, reason: str) -> MemoryEstimate:
     model = workload.task.build_model(workload.params).to(device)
     model.train()
     optimizer = workload.build_optimizer(model)
-    # A validation batch has no optimizer: its forwards are measured as training ones (the
-    # bytes they save for backward bound a forward without gradients from above), stepped by
-    # one that leaves the weights as they are.
+    # A validation batch's forwards are measured as training ones (the bytes they save for
+    # backward bound a forward without gradients from above); the steps also materialise the
+    # optimizer's state, which is on the device while the engine validates.
     stepping = optimizer or torch.optim.SGD(model.parameters(), lr=0.0)
     fixed, per_sample, output_bytes_per_row = _fit_activations(workload, model, stepping)
     small, large = TINY_BATCHES

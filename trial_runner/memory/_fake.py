@@ -56,6 +56,7 @@ def _fake_peak(workload: StepWorkload) -> MemoryEstimate:
         fake_mode.allow_non_fake_inputs = False  # a real tensor in the step is a bug: fall back
         model.train(workload.training)
         optimizer = workload.build_optimizer(model)
+        workload.prepare(model, optimizer)
         batches = workload.micro_batches(
             lambda sample, rows: torch.empty(
                 (rows, *sample.shape[1:]), dtype=sample.dtype, device=device

@@ -32,17 +32,22 @@ def probe_cuda(workload: StepWorkload, guess: MemoryEstimate) -> MemoryEstimate:
         torch.cuda.empty_cache()
         torch.cuda.synchronize(device)
         baseline = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
         model = workload.task.build_model(workload.params).to(device)
         model.train(workload.training)
         optimizer = workload.build_optimizer(model)
+        workload.prepare(model, optimizer)
+        # The peak from here: what is allocated now (the model, a validation's optimizer
+        # state) counts as resident; the step that made that state does not.
+        torch.cuda.reset_peak_memory_stats(device)
         batches = workload.micro_batches(lambda sample, rows: repeat_rows(sample, rows).to(device))
         scaler = step.grad_scaler(workload.precision, device)
         kept = workload.run(model, optimizer, batches, scaler=scaler)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - baseline + kept
         del model, optimizer, batches
-    except torch.OutOfMemoryError as exc:
+    except Exception as exc:  # an allocation failure by any name; anything else is raised
+        if not step.is_out_of_memory(exc):
+            raise
         out_of_memory = first_line(exc)
     # Free outside the except block: the traceback holds the step's tensors alive inside it.
     gc.collect()

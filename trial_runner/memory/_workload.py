@@ -56,8 +56,9 @@ class StepWorkload:
     micro-batches, so gradients are live during a forward.
 
     Validation (``training=False``) is one forward of ``micro_batch`` samples without
-    gradients; ``kept_rows`` are the other samples of the validation split, whose outputs the
-    engine keeps for scoring.
+    gradients, with the optimizer's state on the device (the engine validates between training
+    epochs, AdamW's two moments still allocated); ``kept_rows`` are the other samples of the
+    validation split, whose outputs the engine keeps for scoring.
     """
 
     task: Task
@@ -91,11 +92,17 @@ class StepWorkload:
         return "micro-batch" if self.training else "validation batch"
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer | None:
-        """The task's optimizer for ``model`` with the engine's flags; none for validation."""
-        if not self.training:
-            return None
+        """The task's optimizer for ``model`` with the engine's flags (validation too: its state
+        is on the device while the engine validates)."""
         fused, foreach = step.optimizer_flags(self.device, self.fused)
         return self.task.build_optimizer(model, self.params, fused=fused, foreach=foreach)
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        """Before the steps are measured. Validation: the optimizer's state as after a training
+        step, with no gradients left (what is on the device while the engine validates), so the
+        measurement counts it as resident and not the step that made it. Training: nothing."""
+        if not self.training and optimizer is not None:
+            _materialize_state(model, optimizer)
 
     def micro_batches(
         self, make: Callable[[torch.Tensor, int], torch.Tensor]
@@ -200,3 +207,15 @@ def first_line(exc: BaseException) -> str:
 
 def mib(value: int) -> str:
     return f"{value / 2**20:.2f} MiB"
+
+
+def _materialize_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer's state as after a training step, with no gradients left: what is on the
+    device while the engine validates (a step on zero gradients)."""
+    import torch
+
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

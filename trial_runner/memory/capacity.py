@@ -1,4 +1,5 @@
-"""How much memory training may use on a device: free GPU memory, or the CPU's and cgroup's."""
+"""How much memory training may use on a device: free GPU memory (with what this process's
+allocator keeps cached), or the CPU's and cgroup's."""
 
 from __future__ import annotations
 
@@ -19,13 +20,20 @@ _CGROUP_FILES = (
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes training may use on ``device``: free GPU memory, or on CPU the smaller of the
-    kernel's ``MemAvailable`` and what the container's cgroup limit leaves."""
+    """Bytes training may use on ``device``.
+
+    On a GPU: the device's free memory plus what this process's caching allocator has reserved
+    but not handed out. ``torch.cuda.mem_get_info`` counts that cache as used, and the cache is
+    emptied only after an out-of-memory error, so without it each trial would plan against less
+    than the one before. On CPU: the smaller of the kernel's ``MemAvailable`` and what the
+    container's cgroup limit leaves.
+    """
     import torch
 
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(0, int(cached))
     candidates: list[int] = []
     with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
         for line in f:

@@ -12,13 +12,16 @@ Every one of them runs :func:`trial_runner.step.train_step` or
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from trial_runner import step
 from trial_runner.memory._analytic import estimate_analytic
 from trial_runner.memory._fake import estimate_fake
 from trial_runner.memory._probe import probe_cuda
 from trial_runner.memory._workload import MemoryEstimate, StepWorkload, first_line
+from trial_runner.memory.capacity import available_memory
 
 if TYPE_CHECKING:
     import torch
@@ -34,10 +37,33 @@ def estimate_peak(workload: StepWorkload) -> MemoryEstimate:
     try:
         guess = estimate_fake(workload)
     except Exception as exc:  # any failure to trace under fake tensors: measure instead
-        guess = estimate_analytic(workload, f"{type(exc).__name__}: {first_line(exc)}")
+        guess = _analytic(workload, f"{type(exc).__name__}: {first_line(exc)}")
     if workload.device.type != "cuda":
         return guess
     return probe_cuda(workload, guess)
+
+
+def _analytic(workload: StepWorkload, reason: str) -> MemoryEstimate:
+    """The Analytic estimate, whose real steps on tiny batches may themselves run out of memory
+    on a full device: then more than the device has free, so nothing plans on it."""
+    import torch
+
+    try:
+        return estimate_analytic(workload, reason)
+    except Exception as exc:
+        if not step.is_out_of_memory(exc):
+            raise
+        error = first_line(exc)
+    # Outside the except block: the traceback holds the steps' tensors alive inside it.
+    gc.collect()
+    if workload.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return MemoryEstimate(
+        available_memory(workload.device) + 1,
+        "Analytic",
+        f"fake tensors failed ({reason}); the real steps that measure activations ran out of "
+        f"memory at {workload.kind} {workload.micro_batch} ({error})",
+    )
 
 
 def estimate_training_peak(

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import gc
 
-from trial_runner.memory._workload import StepWorkload, repeat_rows, storage_bytes
+from trial_runner.memory._workload import (
+    StepWorkload,
+    optimizer_tensors,
+    repeat_rows,
+    storage_bytes,
+)
 
 __all__ = ["measure_peak"]
 
@@ -28,9 +33,15 @@ def measure_peak(workload: StepWorkload) -> int:
     model = workload.task.build_model(workload.params)
     model.train(workload.training)
     optimizer = workload.build_optimizer(model)
+    workload.prepare(model, optimizer)
     batches = workload.micro_batches(repeat_rows)
     before = storage_bytes(
-        [*model.parameters(), *model.buffers(), *[t for pair in batches for t in pair]]
+        [
+            *model.parameters(),
+            *model.buffers(),
+            *optimizer_tensors(optimizer),
+            *[t for pair in batches for t in pair],
+        ]
     )
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         kept = workload.run(model, optimizer, batches)

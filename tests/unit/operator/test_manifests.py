@@ -290,3 +290,10 @@ def test_front_configmap_holds_the_whole_front_as_yaml() -> None:
         "values": {"accuracy": 0.99, "parameters": 1000.0},
         "params": {"learning_rate": 0.003, "batch_size": 64},
     }
+
+
+def test_a_runner_pod_says_the_kind_of_device_it_was_sized_for() -> None:
+    """So that a runner given a GPU it cannot use stops instead of training on the CPU."""
+    for sizing, kind in ((MIG, "MIG"), (CPU, "CPU")):
+        env = {e["name"]: e.get("value") for e in _runner(sizing)["spec"]["containers"][0]["env"]}
+        assert env["KUBETUNE_DEVICE_KIND"] == kind

@@ -22,7 +22,7 @@ from hpo_operator.reconcile import (
 )
 from hpo_operator.sizing import NoFit, Peak, PeakFailed, PeakPending, SizingDecision
 
-from kubetune_api.contract import TASK_LOAD_EXIT_CODE
+from kubetune_api.contract import DEVICE_UNAVAILABLE_EXIT_CODE, TASK_LOAD_EXIT_CODE
 from kubetune_api.status import StartFailureReason, StudyStatus, set_condition
 from kubetune_study.pareto import ParetoPoint
 from kubetune_study.progress import TelemetrySummary
@@ -773,6 +773,18 @@ def test_observe_pod_reads_a_missing_claim_from_the_scheduler_and_keeps_unschedu
     assert 'persistentvolumeclaim "data" not found' in claim.start_failure.message
     full = scheduled("0/3 nodes are available: 3 Insufficient memory.")
     assert full.start_failure is None and full.unschedulable is not None
+
+
+def test_observe_pod_reads_a_runner_given_a_gpu_cuda_cannot_use() -> None:
+    message = (
+        "this runner was given a GPU that CUDA cannot use: torch 2.15.0 built for CUDA 13.2; "
+        "NVIDIA driver 535.104.05, which supports CUDA up to 12.2"
+    )
+    terminated = {"exitCode": DEVICE_UNAVAILABLE_EXIT_CODE, "message": message}
+    status = {"phase": "Failed", "containerStatuses": [{"state": {"terminated": terminated}}]}
+    assert observe_pod(_pod(status)).start_failure == StartFailure(
+        StartFailureReason.GPU_UNAVAILABLE, message
+    )
 
 
 def test_observe_pod_reads_a_task_that_does_not_load_and_the_pods_age() -> None:

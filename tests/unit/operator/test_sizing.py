@@ -255,7 +255,11 @@ def test_trials_per_device_counts_processes_with_their_contexts() -> None:
     gib = GIB
     assert trials_per_device(80 * gib, 10 * gib, None) == 7  # 80 // 10.5
     assert trials_per_device(80 * gib, 81 * gib, None) == 0
-    assert trials_per_device(10 * gib, 10 * gib, None) == 1  # one fits without a second context
+    # One process pays its CUDA context too (the estimate counts tensors only).
+    assert trials_per_device(10 * gib, 10 * gib, None) == 0
+    assert trials_per_device(10 * gib, 10 * gib, 1) == 0
+    assert trials_per_device(10 * gib, 9 * gib, None) == 1
+    assert trials_per_device(10 * gib, 10 * gib, None, shared_cost=0) == 1  # CPU: no context
     assert trials_per_device(80 * gib, 10 * gib, 8) == 0  # 8 x 10.5 > 80
     assert trials_per_device(80 * gib, 10 * gib, 7) == 7
     assert trials_per_device(80 * gib, 10 * gib, 7, limit=2) == 2

@@ -64,6 +64,9 @@ class OomAbove(Blobs):
 
     def build_model(self, params: Mapping[str, Any]) -> nn.Module:
         limit = int(self.config["limit"])
+        error = self.config.get("error") or torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB"
+        )
         inner = super().build_model(params)
 
         class Guard(nn.Module):
@@ -73,7 +76,7 @@ class OomAbove(Blobs):
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 if self.training and x.shape[0] > limit:
-                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                    raise error
                 return self.inner(x)  # type: ignore[no-any-return]
 
         return Guard()
@@ -161,6 +164,18 @@ def test_out_of_memory_halves_the_micro_batch_and_goes_on() -> None:
     # The next trial with the same batch starts from the micro-batch that fitted.
     again = engine.run_trial({**PARAMS, "batch_size": 64}, trial_number=1)
     assert again.telemetry["oom_retries"] == 0
+
+
+def test_a_cuda_librarys_allocation_failure_halves_the_micro_batch_as_an_oom_does() -> None:
+    """On a full shared device cuBLAS fails to allocate its workspace with a RuntimeError, not
+    torch's OutOfMemoryError: the same retry at half the micro-batch."""
+    error = RuntimeError(
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+    )
+    engine = Engine(OomAbove({"limit": 16, "error": error}), make_spec({"folds": 2, "epochs": 1}))
+    result = engine.run_trial({**PARAMS, "batch_size": 64}, trial_number=0)
+    assert not result.pruned
+    assert (result.telemetry["micro_batch"], result.telemetry["oom_retries"]) == (16, 2)
 
 
 def test_out_of_memory_at_micro_batch_one_prunes_the_trial() -> None:
@@ -397,3 +412,146 @@ def test_carried_folds_that_cannot_be_read_are_trained_again() -> None:
     assert folds_from_attr(None, folds=3) == ()
     nan = FoldRecord(0, float("nan"), {"accuracy": float("nan")}, 1, "Completed", ())
     assert math.isnan(folds_from_attr(json.loads(json.dumps(folds_to_attr([nan]))), 1)[0].score)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_peak_memory_counter_is_reset_after_the_trial_is_planned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a GPU the trial's ``peak_memory_bytes`` is ``max_memory_allocated`` since the reset:
+    planning (which may run real probe steps) comes before it. No GPU here: the engine is told
+    its device is CUDA once built, the CUDA call is a stand-in, and training is not reached."""
+    engine = Engine(Blobs({}), make_spec({"folds": 2, "epochs": 1}))
+    events: list[str] = []
+    plan = engine.plan_batches
+
+    def planned(params: Mapping[str, Any], effective: int) -> Any:
+        events.append("plan")
+        return plan(params, effective)
+
+    def train(*args: Any, **kwargs: Any) -> None:
+        events.append("train")
+        raise _Stop
+
+    monkeypatch.setattr(engine, "plan_batches", planned)
+    monkeypatch.setattr(engine, "_run_folds", train)
+    monkeypatch.setattr(
+        torch.cuda, "reset_peak_memory_stats", lambda d=None: events.append("reset")
+    )
+    engine.device = torch.device("cuda", 0)
+    with pytest.raises(_Stop):
+        engine.run_trial(PARAMS, trial_number=0)
+    assert events == ["plan", "reset", "train"]
+
+
+def test_an_epochs_shuffled_batches_never_copy_the_whole_split_on_the_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Data kept on the device is gathered in chunks of whole batches of at most GATHER_BYTES,
+    in the same order as one gather of the whole split would give."""
+    from trial_runner.engine import _data
+
+    rows = 1000
+    gen = torch.Generator().manual_seed(1)
+    data = TaskData(inputs=torch.randn(rows, 8, generator=gen), targets=torch.arange(rows) % 3)
+    folded = _data.FoldedData(data, make_spec({"folds": 2}).training, torch.device("cpu"), 0)
+    assert folded.on_device
+    row_bytes = 8 * 4 + 8
+    monkeypatch.setattr(_data, "GATHER_BYTES", 64 * row_bytes)  # four batches of 16
+    indices = np.arange(rows)
+    batches = list(folded.batches(indices, 16, shuffle=True, seed=7))
+    order = torch.as_tensor(indices)[
+        torch.randperm(rows, generator=torch.Generator().manual_seed(7))
+    ]
+    assert torch.equal(torch.cat([x for x, _ in batches]), data.inputs[order])
+    assert torch.equal(torch.cat([y for _, y in batches]), data.targets[order])
+    assert [len(x) for x, _ in batches] == [16] * 62 + [8]
+    # Each batch is a view of its gather: no gather held more than four batches' rows.
+    assert max(x.untyped_storage().nbytes() for x, _ in batches) <= 64 * 8 * 4
+
+
+class OomInValidationAbove(Blobs):
+    """Runs out of memory in validation forwards of more than ``limit`` rows (training fits)."""
+
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        limit = int(self.config["limit"])
+        inner = super().build_model(params)
+
+        class Guard(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if not self.training and x.shape[0] > limit:
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+                return self.inner(x)  # type: ignore[no-any-return]
+
+        return Guard()
+
+
+def test_out_of_memory_in_validation_halves_the_validation_batch_and_goes_on() -> None:
+    spec = make_spec({"folds": 2, "epochs": 2})
+    engine = Engine(OomInValidationAbove({"limit": 20}), spec)
+    result = engine.run_trial(PARAMS, trial_number=0)
+    t = result.telemetry
+    assert not result.pruned and result.stop_reason == "Completed"
+    assert t["oom_retries"] == 0  # training's micro-batch is not the one that did not fit
+    assert t["validation_batch"] <= 20
+    assert result.value > 0.8
+
+
+def test_out_of_memory_in_validation_at_one_row_prunes_the_trial() -> None:
+    engine = Engine(OomInValidationAbove({"limit": 0}), make_spec({"folds": 2, "epochs": 1}))
+    result = engine.run_trial(PARAMS, trial_number=0)
+    assert result.pruned and result.stop_reason == "OutOfMemory"
+
+
+class OomAboveWhenWide(OomAbove):
+    """Only its wide configurations run out of memory above ``limit`` samples."""
+
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        if params.get("wide"):
+            return super().build_model(params)
+        return Blobs.build_model(self, params)
+
+
+def test_an_out_of_memory_caps_its_own_configuration_not_every_one_with_its_batch() -> None:
+    engine = Engine(OomAboveWhenWide({"limit": 16}), make_spec({"folds": 2, "epochs": 1}))
+    wide = {**PARAMS, "batch_size": 64, "wide": True}
+    narrow = {**PARAMS, "batch_size": 64, "wide": False}
+    assert engine.run_trial(wide, trial_number=0).telemetry["micro_batch"] == 16
+    # A smaller model with the same effective batch plans its own micro-batch.
+    assert engine.run_trial(narrow, trial_number=1).telemetry["micro_batch"] == 64
+    # The wide one again starts where it fitted.
+    again = engine.run_trial(wide, trial_number=2).telemetry
+    assert (again["micro_batch"], again["oom_retries"]) == (16, 0)
+
+
+class Widths(Blobs):
+    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
+        hidden = int(params["hidden"])
+        return nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+
+def test_a_trial_that_dynamo_left_uncompiled_is_recorded_as_such(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch.compile guards on parameter shapes: each new width compiles again, and past the
+    recompile limit (2 here: train and eval mode) Dynamo runs the model eagerly; the telemetry
+    says so instead of ``compile: true``. Dynamo's eager backend stands in for inductor (same
+    guards, no C++)."""
+    import functools
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)  # train and eval
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    engine = Engine(Widths({}), make_spec({"folds": 2, "epochs": 1, "compile": True}))
+    first = engine.run_trial({**PARAMS, "hidden": 16}, trial_number=0).telemetry
+    assert first["compile"] and first["compile_graphs"] >= 1
+    wider = engine.run_trial({**PARAMS, "hidden": 32}, trial_number=1).telemetry
+    assert not wider["compile"]
+    torch._dynamo.reset()

@@ -252,3 +252,38 @@ def test_a_runner_whose_task_does_not_load_exits_with_its_code_and_says_why_in_o
     assert code == TASK_LOAD_EXIT_CODE
     message = termination.read_text()
     assert said in message and "\n" not in message, message
+
+
+def test_a_runner_given_a_gpu_that_cuda_cannot_use_exits_with_its_code_and_the_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator sized this runner pod for a GPU (``KUBETUNE_DEVICE_KIND``) and CUDA cannot
+    use it (stand-in: ``is_available`` is False): no trial trains on the CPU, the runner says
+    the CUDA versions in its termination message and exits with the code the operator reads."""
+    import signal
+
+    from kubetune_api.contract import DEVICE_KIND_ENV, DEVICE_UNAVAILABLE_EXIT_CODE
+    from kubetune_api.spec import dump_yaml
+    from trial_runner.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(DEVICE_KIND_ENV, "GPU")
+    study, url = _study(tmp_path, "gpu", "trial_runner.tasks.digits:DigitsMLP", max_trials=1)
+    path = tmp_path / "study.yaml"
+    path.write_text(dump_yaml(study.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(
+            ["runner", str(path), "--storage", url, "--wait-for-study", "0",
+             "--termination-message-path", str(termination)]
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert code == DEVICE_UNAVAILABLE_EXIT_CODE
+    message = termination.read_text()
+    assert message.startswith("this runner was given a GPU that CUDA cannot use: torch ")
+    assert "\n" not in message
+    storage = open_storage(url)
+    assert optuna.load_study(study_name="gpu", storage=storage).trials == []

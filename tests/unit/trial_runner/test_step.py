@@ -102,3 +102,60 @@ def test_eval_forward_keeps_no_graph_and_returns_float32() -> None:
     model = nn.Linear(4, 2)
     outputs = step.eval_forward(model, torch.randn(5, 4), precision="BF16", device=CPU)
     assert outputs.dtype == torch.float32 and not outputs.requires_grad
+
+
+def _gpu_with(monkeypatch: pytest.MonkeyPatch, *, native_bf16: bool) -> torch.device:
+    """A stand-in CUDA device (no GPU here): bfloat16 native or only emulated, as
+    ``torch.cuda.is_bf16_supported`` reports it for a T4 (emulated) or an A100 (native)."""
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return native_bf16 or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla T4")
+    return torch.device("cuda", 0)
+
+
+def test_auto_precision_takes_bf16_only_where_the_gpu_has_it_natively(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert step.resolve_precision("Auto", _gpu_with(monkeypatch, native_bf16=True)) == "BF16"
+    assert step.resolve_precision("Auto", _gpu_with(monkeypatch, native_bf16=False)) == "FP32"
+
+
+def test_bf16_asked_on_a_gpu_without_native_bf16_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gpu = _gpu_with(monkeypatch, native_bf16=False)
+    with pytest.raises(ValueError, match=r"precision BF16: Tesla T4 has no native bfloat16"):
+        step.resolve_precision("BF16", gpu)
+    assert step.resolve_precision("FP16", gpu) == "FP16"
+    assert step.resolve_precision("BF16", _gpu_with(monkeypatch, native_bf16=True)) == "BF16"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        MemoryError(),
+        RuntimeError("CUDA error: out of memory"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+        RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+        RuntimeError(
+            "cusolver error: CUSOLVER_STATUS_ALLOC_FAILED, when calling `cusolverDnCreate`"
+        ),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+        ),
+    ],
+)
+def test_every_allocation_failure_is_out_of_memory(error: BaseException) -> None:
+    assert step.is_out_of_memory(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("CUDA error: an illegal memory access was encountered"), ValueError("bad")],
+)
+def test_other_errors_are_not_out_of_memory(error: BaseException) -> None:
+    assert not step.is_out_of_memory(error)

@@ -54,3 +54,51 @@ def test_samples_are_summarised_per_trial(monkeypatch: pytest.MonkeyPatch) -> No
     monitor.reset()
     wait_until(lambda: len(monitor._samples) >= 1, 10, "a sample of the next trial")
     assert monitor.summary() == {"gpu_utilization_mean": 20.0, "gpu_memory_used_max": 7}
+
+
+class _Host:
+    """A stand-in NVML of a host whose GPU 0 is split into MIG devices; this container's CUDA
+    device 0 is one of them (no GPU here)."""
+
+    MIG = "3b9d2a3e-0000-5c7e-9d3b-8e2f6a1b4c5d"
+
+    def __init__(self) -> None:
+        self.handles = {
+            "GPU-0a0a0a0a-1111-2222-3333-444444444444": "parent",
+            f"MIG-{self.MIG}": "mig",
+        }
+
+    def by_uuid(self, uuid: str) -> str:
+        if uuid not in self.handles:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return self.handles[uuid]
+
+    @staticmethod
+    def utilisation(handle: str) -> SimpleNamespace:
+        if handle == "mig":
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return SimpleNamespace(gpu=90)
+
+    @staticmethod
+    def memory(handle: str) -> SimpleNamespace:
+        return SimpleNamespace(used={"mig": 5 * 2**30, "parent": 70 * 2**30}[handle])
+
+
+def test_a_mig_device_is_found_by_its_uuid_and_sampled_without_utilisation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = _Host()
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda index: "parent")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByUUID", host.by_uuid)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", host.utilisation)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", host.memory)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid=host.MIG)
+    )
+    monitor = GpuMonitor.create(torch.device("cuda", 0))
+    assert monitor._handle == "mig"
+    monitor._interval = 0.01
+    monitor.reset()
+    wait_until(lambda: len(monitor._samples) >= 3, 10, "three NVML samples")
+    assert monitor.summary() == {"gpu_utilization_mean": None, "gpu_memory_used_max": 5 * 2**30}

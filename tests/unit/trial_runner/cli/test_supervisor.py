@@ -91,3 +91,61 @@ def test_a_runner_that_dies_loading_does_not_hold_the_others(tmp_path: Path) -> 
     supervisor.supervise(None, lambda: False)
     claimed = sorted(p.name for p in tmp_path.glob("times-*"))
     assert claimed == ["times-0", "times-2"], claimed
+
+
+#: A stand-in runner that writes the GPUs it was given into a file of its own.
+SAYS_ITS_GPUS = """
+import os, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+(out / str(os.getpid())).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "all"))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("devices", "seen"),
+    [
+        (["0", "1"], ["0", "0", "1"]),
+        (["GPU-aaaa", "GPU-bbbb", "GPU-cccc"], ["GPU-aaaa", "GPU-bbbb", "GPU-cccc"]),
+        (["0"], ["all", "all", "all"]),
+        ([], ["all", "all", "all"]),
+    ],
+)
+def test_local_workers_take_the_machines_gpus_in_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, devices: list[str], seen: list[str]
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    supervisor = Supervisor([str(tmp_path)], 3, "s", None, devices=devices)
+    supervisor.command = [sys.executable, "-c", SAYS_ITS_GPUS]
+    supervisor.start()
+    assert [p.wait(timeout=60) for p in supervisor.procs.values()] == [0, 0, 0]
+    assert sorted(f.read_text() for f in tmp_path.iterdir()) == seen
+
+
+def test_the_visible_gpus_are_cudas_list_when_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trial_runner.device import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3,")
+    assert visible_gpus() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+
+
+SAYS_ITS_SHARE = """
+import os, sys
+from pathlib import Path
+(Path(sys.argv[1]) / str(os.getpid())).write_text(os.environ["KUBETUNE_DEVICE_SHARE"])
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("devices", "share"), [([], "4"), (["0"], "4"), (["0", "1"], "2")])
+def test_each_process_is_told_how_many_share_its_device(
+    tmp_path: Path, devices: list[str], share: str
+) -> None:
+    supervisor = Supervisor([str(tmp_path)], 4, "s", None, devices=devices)
+    supervisor.command = [sys.executable, "-c", SAYS_ITS_SHARE]
+    supervisor.start()
+    assert [p.wait(timeout=60) for p in supervisor.procs.values()] == [0, 0, 0, 0]
+    assert sorted(f.read_text() for f in tmp_path.iterdir()) == [share] * 4
