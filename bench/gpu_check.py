@@ -147,24 +147,6 @@ class Hog(DigitsMLP):
         return Hungry()
 
 
-class FailsAfterForward(DigitsMLP):
-    """Every trial fails in its first step, after its forward allocated activations."""
-
-    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
-        inner = super().build_model(params)
-
-        class Failing(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                self.inner(x)
-                raise ValueError("this trial fails")
-
-        return Failing()
-
-
 def _free(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
@@ -259,7 +241,7 @@ def check_baseline(device: torch.device, workdir: Path) -> list[Row]:
 
     study = study_model(
         "baseline",
-        task={"entrypoint": f"{__name__}:FailsAfterForward"},
+        task={"entrypoint": "tests.harness.memory:FailsAfterForward"},
         searchSpace=[{"name": "learning_rate", "type": "Float", "low": "1e-3", "high": "3e-2"}],
         stages=None,
         budget={"maxTrials": 4, "maxConsecutiveFailedTrials": 4},

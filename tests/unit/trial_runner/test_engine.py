@@ -60,10 +60,12 @@ class Blobs(Task):
 
 
 class OomAbove(Blobs):
-    """Raises the CUDA out-of-memory error for micro-batches above ``limit`` samples."""
+    """Raises the CUDA out-of-memory error (or ``error``) for training micro-batches above
+    ``limit`` samples, or with ``in: validation`` for validation batches above it."""
 
     def build_model(self, params: Mapping[str, Any]) -> nn.Module:
         limit = int(self.config["limit"])
+        in_training = self.config.get("in", "training") == "training"
         error = self.config.get("error") or torch.OutOfMemoryError(
             "CUDA out of memory. Tried to allocate 2.00 GiB"
         )
@@ -75,7 +77,7 @@ class OomAbove(Blobs):
                 self.inner = inner
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                if self.training and x.shape[0] > limit:
+                if self.training == in_training and x.shape[0] > limit:
                     raise error
                 return self.inner(x)  # type: ignore[no-any-return]
 
@@ -473,29 +475,9 @@ def test_an_epochs_shuffled_batches_never_copy_the_whole_split_on_the_device(
     assert max(x.untyped_storage().nbytes() for x, _ in batches) <= 64 * 8 * 4
 
 
-class OomInValidationAbove(Blobs):
-    """Runs out of memory in validation forwards of more than ``limit`` rows (training fits)."""
-
-    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
-        limit = int(self.config["limit"])
-        inner = super().build_model(params)
-
-        class Guard(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                if not self.training and x.shape[0] > limit:
-                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-                return self.inner(x)  # type: ignore[no-any-return]
-
-        return Guard()
-
-
 def test_out_of_memory_in_validation_halves_the_validation_batch_and_goes_on() -> None:
     spec = make_spec({"folds": 2, "epochs": 2})
-    engine = Engine(OomInValidationAbove({"limit": 20}), spec)
+    engine = Engine(OomAbove({"limit": 20, "in": "validation"}), spec)
     result = engine.run_trial(PARAMS, trial_number=0)
     t = result.telemetry
     assert not result.pruned and result.stop_reason == "Completed"
@@ -505,7 +487,9 @@ def test_out_of_memory_in_validation_halves_the_validation_batch_and_goes_on() -
 
 
 def test_out_of_memory_in_validation_at_one_row_prunes_the_trial() -> None:
-    engine = Engine(OomInValidationAbove({"limit": 0}), make_spec({"folds": 2, "epochs": 1}))
+    engine = Engine(
+        OomAbove({"limit": 0, "in": "validation"}), make_spec({"folds": 2, "epochs": 1})
+    )
     result = engine.run_trial(PARAMS, trial_number=0)
     assert result.pruned and result.stop_reason == "OutOfMemory"
 

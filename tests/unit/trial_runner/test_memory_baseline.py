@@ -199,25 +199,6 @@ def test_a_runner_keeps_no_tensor_of_a_finished_trial(tmp_path: Path) -> None:
     assert after == [after[0]] * 12, after
 
 
-class FailsAfterForward(WideBlobs):
-    """Every trial fails in its first step, after the forward pass allocated activations: the
-    error's traceback (which Optuna keeps in a reference cycle) holds the model and them."""
-
-    def build_model(self, params: Mapping[str, Any]) -> nn.Module:
-        inner = super().build_model(params)
-
-        class Failing(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                self.inner(x)
-                raise ValueError("this trial fails")
-
-        return Failing()
-
-
 def test_a_failed_trials_tensors_are_freed_without_waiting_for_the_cyclic_collector(
     tmp_path: Path,
 ) -> None:
@@ -227,7 +208,7 @@ def test_a_failed_trials_tensors_are_freed_without_waiting_for_the_cyclic_collec
     also lists what only a cycle keeps alive."""
     study = study_model(
         "failing",
-        task={"entrypoint": f"{FailsAfterForward.__module__}:FailsAfterForward"},
+        task={"entrypoint": "tests.harness.memory:FailsAfterForward"},
         searchSpace=[{"name": "learning_rate", "type": "Float", "low": "1e-3", "high": "3e-2"}],
         stages=None,
         budget={"maxTrials": 4, "maxConsecutiveFailedTrials": 4},

@@ -209,6 +209,29 @@ class BadConfig(DigitsMLP):
         raise ValueError("config.repeat must be positive\nsecond line")
 
 
+def _runner_pod_command(tmp_path: Path, study: HPOStudy, url: str) -> tuple[int, str]:
+    """``kubetune runner`` as a runner pod runs it (the kubelet's empty termination-message
+    file, no wait for the study): its exit code and termination message."""
+    import signal
+
+    from kubetune_api.spec import dump_yaml
+    from trial_runner.cli import main
+
+    path = tmp_path / "study.yaml"
+    path.write_text(dump_yaml(study.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(
+            ["runner", str(path), "--storage", url, "--wait-for-study", "0",
+             "--termination-message-path", str(termination)]
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    return code, termination.read_text()
+
+
 @pytest.mark.parametrize(
     ("entrypoint", "said"),
     [
@@ -231,26 +254,9 @@ class BadConfig(DigitsMLP):
 def test_a_runner_whose_task_does_not_load_exits_with_its_code_and_says_why_in_one_line(
     tmp_path: Path, entrypoint: str, said: str
 ) -> None:
-    import signal
-
-    from kubetune_api.spec import dump_yaml
-    from trial_runner.cli import main
-
     study, url = _study(tmp_path, "broken", entrypoint, max_trials=1)
-    path = tmp_path / "study.yaml"
-    path.write_text(dump_yaml(study.model_dump(mode="json", by_alias=True, exclude_none=True)))
-    termination = tmp_path / "termination-log"
-    termination.touch()  # the kubelet's empty file
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        code = main(
-            ["runner", str(path), "--storage", url, "--wait-for-study", "0",
-             "--termination-message-path", str(termination)]
-        )  # fmt: skip
-    finally:
-        signal.signal(signal.SIGTERM, handler)
+    code, message = _runner_pod_command(tmp_path, study, url)
     assert code == TASK_LOAD_EXIT_CODE
-    message = termination.read_text()
     assert said in message and "\n" not in message, message
 
 
@@ -260,29 +266,13 @@ def test_a_runner_given_a_gpu_that_cuda_cannot_use_exits_with_its_code_and_the_v
     """The operator sized this runner pod for a GPU (``KUBETUNE_DEVICE_KIND``) and CUDA cannot
     use it (stand-in: ``is_available`` is False): no trial trains on the CPU, the runner says
     the CUDA versions in its termination message and exits with the code the operator reads."""
-    import signal
-
     from kubetune_api.contract import DEVICE_KIND_ENV, DEVICE_UNAVAILABLE_EXIT_CODE
-    from kubetune_api.spec import dump_yaml
-    from trial_runner.cli import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv(DEVICE_KIND_ENV, "GPU")
     study, url = _study(tmp_path, "gpu", "trial_runner.tasks.digits:DigitsMLP", max_trials=1)
-    path = tmp_path / "study.yaml"
-    path.write_text(dump_yaml(study.model_dump(mode="json", by_alias=True, exclude_none=True)))
-    termination = tmp_path / "termination-log"
-    termination.touch()
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        code = main(
-            ["runner", str(path), "--storage", url, "--wait-for-study", "0",
-             "--termination-message-path", str(termination)]
-        )  # fmt: skip
-    finally:
-        signal.signal(signal.SIGTERM, handler)
+    code, message = _runner_pod_command(tmp_path, study, url)
     assert code == DEVICE_UNAVAILABLE_EXIT_CODE
-    message = termination.read_text()
     assert message.startswith("this runner was given a GPU that CUDA cannot use: torch ")
     assert "\n" not in message
     storage = open_storage(url)
