@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
@@ -31,6 +31,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kubetune_api.contract import PREEMPTED_ATTR, TELEMETRY_ATTR, WORKER_ATTR
 from kubetune_study.outage import PatientRDBStorage
+
+if TYPE_CHECKING:  # the storage package imports this module
+    from kubetune_study.storage import ClaimLock
 
 __all__ = [
     "MAX_RETRY",
@@ -74,15 +77,21 @@ def retried_from(trial: FrozenTrial) -> int | None:
     return int(number) if isinstance(number, int) else None
 
 
-def preempt(study: optuna.Study, trial_id: int, reason: PreemptionReason) -> bool:
-    """Mark a running trial preempted, fail it and queue its retry.
+def preempt(study: optuna.Study, trial_id: int, reason: PreemptionReason, lock: ClaimLock) -> bool:
+    """Mark a running trial preempted, fail it and queue its retry, under the study's claim
+    lock (taken here unless the caller holds it).
+
+    The budget counts the trial while it runs and its retry once queued, but neither in
+    between: a runner claiming between the two writes would see one trial fewer than there
+    are and start one past the budget.
 
     Returns False when the trial had already finished (another process got there first).
     """
     storage = study._storage
-    if not mark_failed(storage, trial_id, PREEMPTED_ATTR, reason):
-        return False
-    ResumingRetry()(study, storage.get_trial(trial_id))
+    with lock.holding():
+        if not mark_failed(storage, trial_id, PREEMPTED_ATTR, reason):
+            return False
+        ResumingRetry()(study, storage.get_trial(trial_id))
     return True
 
 
@@ -98,9 +107,10 @@ def mark_failed(storage: BaseStorage, trial_id: int, key: str, reason: str) -> b
 
 
 def release_stale_trials(
-    study: optuna.Study, grace_seconds: float, *, orphans: bool = True
+    study: optuna.Study, grace_seconds: float, lock: ClaimLock, *, orphans: bool = True
 ) -> list[int]:
-    """Preempt the trials no runner is running any more; returns their numbers.
+    """Preempt the trials no runner is running any more (under ``lock``, the study's claim
+    lock, taken only when there are some); returns their numbers.
 
     * ``HeartbeatLost``: running trials whose heartbeats stopped (RDB storages with heartbeats;
       :class:`~kubetune_study.outage.PatientRDBStorage` decides what is stale, outages included).
@@ -124,7 +134,7 @@ def release_stale_trials(
                 stale.append((trial._trial_id, "ClaimInterrupted"))
     released: list[int] = []
     for trial_id, reason in dict(stale).items():
-        if preempt(study, trial_id, reason):
+        if preempt(study, trial_id, reason, lock):
             number = storage.get_trial(trial_id).number
             log.info("trial %d preempted (%s): queued again", number, reason)
             released.append(number)

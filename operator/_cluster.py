@@ -27,6 +27,7 @@ from kubetune_study.preemption import release_stale_trials
 from kubetune_study.progress import StudyProgress
 from kubetune_study.storage import (
     StorageError,
+    claim_lock,
     ensure_study,
     grace_period,
     open_storage,
@@ -222,7 +223,9 @@ class StudyStorage:
                     study = ensure_study(storage, study_name, spec)
                     self._warm_start = apply_warm_start(study, spec, url, warm_start_source)
                     self._study, self._key = study, (url, generation)
-                release_stale_trials(study, grace_period())
+                # The lock connects only when there are stale trials to queue again.
+                with contextlib.closing(claim_lock(url, study_name)) as lock:
+                    release_stale_trials(study, grace_period(), lock)
                 return read_progress(study, spec), self._warm_start
             except BaseException:
                 # Whatever went wrong (the study deleted under us, an outage), start over.

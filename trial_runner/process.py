@@ -39,6 +39,7 @@ def wait_for_study(storage_url: str, study_name: str, timeout: float = 60.0) -> 
     """Block until the study exists (the operator may still be creating it)."""
     storage = open_storage(storage_url, heartbeat=False, patience=storage_patience())
     deadline = time.monotonic() + timeout
+    said = False
     while True:
         try:
             storage.get_study_id_from_name(study_name)
@@ -46,4 +47,7 @@ def wait_for_study(storage_url: str, study_name: str, timeout: float = 60.0) -> 
         except KeyError:
             if time.monotonic() > deadline:
                 raise
+            if not said:
+                log.info("waiting up to %gs for study %s to exist", timeout, study_name)
+                said = True
             time.sleep(1)

@@ -292,7 +292,7 @@ class _Runner:
         try:
             now = time.monotonic()
             orphans = now - self._orphans_swept >= grace_period() / 2
-            release_stale_trials(study, grace_period(), orphans=orphans)
+            release_stale_trials(study, grace_period(), self.lock, orphans=orphans)
             if orphans:
                 self._orphans_swept = now
             progress = read_progress(study, spec)
@@ -312,12 +312,20 @@ class _Runner:
                 return self._objective(trial, claim)
 
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            if not trial_ids:
+                return _Step(ran=True)
+            # This one trial, not the study's list (a finished trial is read from the cache).
+            frozen = study._storage.get_trial(trial_ids[0])
+            terminated = (
+                frozen.state == TrialState.FAIL
+                and frozen.user_attrs.get(PREEMPTED_ATTR) == "Terminated"
+            )
+            if terminated:
+                # Failed under the claim lock (taken back by _preempted), and queued again
+                # before it is released: no claim sees the budget without this trial.
+                ResumingRetry()(study, frozen)
         finally:
             self.lock.release()
-        if not trial_ids:
-            return _Step(ran=True)
-        # This one trial, not the study's list (a finished trial is read from the cache).
-        frozen = study._storage.get_trial(trial_ids[0])
         log_finished(frozen)
         if frozen.state != TrialState.COMPLETE:
             # Optuna keeps a pruned or failed trial's exception in a reference cycle (its
@@ -325,11 +333,7 @@ class _Runner:
             # the cyclic collector frees; on a GPU that memory must be back before the next
             # trial plans its batches. Complete trials leave no cycle: no collection for them.
             gc.collect()
-        if (
-            frozen.state == TrialState.FAIL
-            and frozen.user_attrs.get(PREEMPTED_ATTR) == "Terminated"
-        ):
-            ResumingRetry()(study, frozen)
+        if terminated:
             log.info("runner %s interrupted: trial %d re-queued", self.me, frozen.number)
             return _Step(ran=True, stop="Interrupted")
         return _Step(ran=True, trial=frozen)
@@ -405,6 +409,12 @@ class _Runner:
             self._preempted(trial, "ClaimInterrupted")
 
     def _preempted(self, trial: optuna.Trial, reason: PreemptionReason) -> NoReturn:
+        """Give the trial up as preempted (Optuna fails it as the exception leaves the
+        objective). A ``Terminated`` trial is queued again: the claim lock is taken back first,
+        so that its failure and its retry land under it (see
+        :func:`~kubetune_study.preemption.preempt`)."""
         trial.set_user_attr(PREEMPTED_ATTR, reason)
         self._quiet.numbers.add(trial.number)
+        if reason == "Terminated":
+            self.lock.acquire()
         raise Preempted(reason)

@@ -11,7 +11,9 @@ backends behind :class:`ClaimLock`, chosen by :func:`claim_lock` from the storag
 * :class:`FileClaimLock` (journal and SQLite files): ``flock`` on a file beside the storage.
 
 ``release`` is idempotent, so the runner can release as soon as its trial exists and again
-in a ``finally``; ``acquire`` of a held lock does nothing.
+in a ``finally``; ``acquire`` of a held lock does nothing. Whatever changes what the budget
+counts in two writes (a preempted trial failed, then its retry queued) happens under the lock
+too, through :meth:`ClaimLock.holding`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import fcntl
 import hashlib
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -51,6 +54,10 @@ class ClaimLock(Protocol):
 
     def close(self) -> None:
         """Release, and close what the lock keeps open."""
+
+    def holding(self) -> contextlib.AbstractContextManager[None]:
+        """The lock held for a block: taken and released around it, unless already held (then
+        the caller keeps it)."""
 
     def __enter__(self) -> ClaimLock: ...
 
@@ -99,6 +106,17 @@ class _HeldOnce(ABC):
 
     def close(self) -> None:
         self.release()
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        if self.held():
+            yield
+            return
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
     def __enter__(self) -> ClaimLock:
         self.acquire()

@@ -15,6 +15,7 @@ from kubetune_api.contract import STARTED_ATTR, WORKER_ATTR
 from kubetune_api.spec import FieldError, SpecError, StudySpec
 from kubetune_study.preemption import preempt
 from kubetune_study.storage._budget import budget_from_spec, read_budget, write_budget
+from kubetune_study.storage._claim import ClaimLock
 
 __all__ = ["ensure_study", "requeue_trials_of_worker"]
 
@@ -78,8 +79,9 @@ def _describe_objectives(directions: list[str], metrics: list[str] | None) -> st
     return f"{len(directions)} objectives: {listed}"
 
 
-def requeue_trials_of_worker(study: optuna.Study, worker: str) -> list[int]:
-    """Preempt the RUNNING trials of a dead worker (each is failed and queued again).
+def requeue_trials_of_worker(study: optuna.Study, worker: str, lock: ClaimLock) -> list[int]:
+    """Preempt the RUNNING trials of a dead worker (each is failed and queued again, under
+    ``lock``, the study's claim lock).
 
     The embedded journal storage has no heartbeats, so the local supervisor calls this when a
     worker process exits abnormally. Same outcome as a heartbeat-stale trial on PostgreSQL.
@@ -88,5 +90,5 @@ def requeue_trials_of_worker(study: optuna.Study, worker: str) -> list[int]:
         trial.number
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if trial.user_attrs.get(WORKER_ATTR) == worker
-        and preempt(study, trial._trial_id, "RunnerExited")
+        and preempt(study, trial._trial_id, "RunnerExited", lock)
     ]

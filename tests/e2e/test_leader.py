@@ -75,9 +75,19 @@ def test_a_leader_that_cannot_renew_its_lease_stops(
         assert leader.won.wait(30)
         # Someone else holds the Lease now (as after a partition, when it expired unrenewed).
         api = k8s.client.CoordinationV1Api(client)
-        lease = api.read_namespaced_lease(LEASE, namespace)
-        lease.spec.holder_identity = "another-replica"
-        api.replace_namespaced_lease(LEASE, namespace, lease)
+
+        def taken_over() -> bool:
+            lease = api.read_namespaced_lease(LEASE, namespace)
+            lease.spec.holder_identity = "another-replica"
+            try:
+                api.replace_namespaced_lease(LEASE, namespace, lease)
+            except k8s.client.exceptions.ApiException as error:
+                if error.status == 409:  # the leader renewed since the read: read it again
+                    return False
+                raise
+            return True
+
+        wait_until(taken_over, 10, "the Lease replaced")
         # Within the renew deadline, before the Lease could pass to anyone else.
         assert leader.lost.wait(LEASE_SECONDS + RETRY_SECONDS), "the leader did not stop"
         wait_until(lambda: _holder(client, namespace) == "another-replica", 5, "the new holder")

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from kubetune_api.contract import TELEMETRY_ATTR, WORKER_ATTR
 from kubetune_api.spec import load_study
 from kubetune_study.storage import ensure_study, open_storage, read_progress
-from tests.harness.runners import kubetune, start_runner
+from tests.harness.runners import kubetune, start_runners_together
 from tests.harness.studies import digits_study
 from tests.integration.test_shared_study import finish
 
@@ -43,9 +43,15 @@ def test_two_runners_finish_exactly_the_budget_of_a_two_objective_study(
     )
     path = write_study(doc)
     spec = load_study(path).spec
-    study = ensure_study(open_storage(postgres_url), "pareto", spec)
     logs = [tmp_path / f"runner-{i}.log" for i in range(2)]
-    finish([start_runner(path, postgres_url, "pareto", log) for log in logs], logs)
+    procs, study = start_runners_together(
+        path,
+        postgres_url,
+        "pareto",
+        logs,
+        lambda: ensure_study(open_storage(postgres_url), "pareto", spec),
+    )
+    finish(procs, logs)
 
     trials = study.get_trials()
     assert len(trials) == 8, [t.state for t in trials]

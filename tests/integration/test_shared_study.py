@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from kubetune_api.contract import STAGE_ATTR, TELEMETRY_ATTR, WORKER_ATTR
 from kubetune_api.spec import load_study
 from kubetune_study.storage import ensure_study, open_storage
-from tests.harness.runners import runner_env, start_runner
+from tests.harness.runners import runner_env, start_runner, start_runners_together
 from tests.harness.studies import digits_study
 
 
@@ -30,9 +30,14 @@ def test_two_runners_finish_exactly_the_budget_without_duplicates(
 ) -> None:
     path = write_study(digits_study("shared", budget={"maxTrials": 8}))
     spec = load_study(path).spec
-    study = ensure_study(open_storage(postgres_url), "shared", spec)
     logs = [tmp_path / f"runner-{i}.log" for i in range(2)]
-    procs = [start_runner(path, postgres_url, "shared", log) for log in logs]
+    procs, study = start_runners_together(
+        path,
+        postgres_url,
+        "shared",
+        logs,
+        lambda: ensure_study(open_storage(postgres_url), "shared", spec),
+    )
     finish(procs, logs)
 
     trials = study.get_trials()

@@ -10,6 +10,7 @@ while this process sets the study up (:func:`_set_up`); then it shows the study'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -19,11 +20,14 @@ from kubetune_api.spec import Runner, StudySpec, load_study
 from kubetune_study.outage import first_line
 from kubetune_study.progress import StudyProgress
 from kubetune_study.storage import (
+    ClaimLock,
     budget_from_spec,
+    claim_lock,
     ensure_study,
     open_storage,
     read_progress,
     redact,
+    storage_patience,
     write_budget,
 )
 from kubetune_study.warmstart import WarmStartReport, apply_warm_start, source_study_name
@@ -66,7 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if warm_start is not None:
         print(warm_start.summary(), flush=True)
     view = ProgressView(enabled=not args.no_progress, multi_objective=spec.multi_objective)
-    interrupted = _supervise(spec, study, supervisor, view)
+    # Taken only when a dead runner's trials are queued again.
+    with contextlib.closing(claim_lock(url, name, patience=storage_patience())) as lock:
+        interrupted = _supervise(spec, study, lock, supervisor, view)
     progress = read_progress(study, spec)
     view.final(progress)
     return _print_outcome(progress, spec, interrupted, log_dir)
@@ -90,7 +96,9 @@ def _check_run_args(args: argparse.Namespace, spec: StudySpec) -> int:
     return workers
 
 
-def _supervise(spec: StudySpec, study: Any, supervisor: Supervisor, view: ProgressView) -> bool:
+def _supervise(
+    spec: StudySpec, study: Any, lock: ClaimLock, supervisor: Supervisor, view: ProgressView
+) -> bool:
     """Supervise the runners, showing the study's progress; returns whether a signal
     interrupted the run."""
     interrupted = False
@@ -104,6 +112,7 @@ def _supervise(spec: StudySpec, study: Any, supervisor: Supervisor, view: Progre
     try:
         supervisor.supervise(
             study,
+            lock,
             lambda: interrupted,
             lambda: view.update(read_progress(study, spec)),
             # The runners wait an outage out and keep their trials; so does this view.

@@ -5,6 +5,7 @@ spent; one process, or ``--processes N`` of them on the pod's one device under a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from kubetune_api.contract import METRICS_PORT_ENV, START_GATE_FD_ENV
 from kubetune_api.spec import HPOStudy
-from kubetune_study.storage import open_storage, redact
+from kubetune_study.storage import claim_lock, open_storage, redact, storage_patience
 from trial_runner.cli._common import (
     EXIT_DEVICE_UNAVAILABLE,
     EXIT_OK,
@@ -148,7 +149,9 @@ def _run_processes(args: argparse.Namespace) -> int:
     try:
         supervisor.start(gated=True)
         supervisor.open_gate()  # the study exists: open once every process has loaded its task
-        supervisor.supervise(study, stopping.is_set)
+        # Taken only when a dead process's trials are queued again.
+        with contextlib.closing(claim_lock(url, name, patience=storage_patience())) as lock:
+            supervisor.supervise(study, lock, stopping.is_set)
     finally:
         if directory is not None:  # the processes' metric files, outside a pod too
             shutil.rmtree(directory, ignore_errors=True)

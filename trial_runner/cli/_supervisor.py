@@ -28,7 +28,7 @@ from kubetune_api.contract import (
     TRIAL_HUNG_EXIT_CODE,
 )
 from kubetune_study.outage import is_connection_error
-from kubetune_study.storage import requeue_trials_of_worker
+from kubetune_study.storage import ClaimLock, requeue_trials_of_worker
 from trial_runner.cli._common import (
     EXIT_DEVICE_UNAVAILABLE,
     EXIT_INPUT,
@@ -160,11 +160,14 @@ class Supervisor:
     def supervise(
         self,
         study: Any,
+        lock: ClaimLock,
         stop_requested: Callable[[], bool],
         each_pass: Callable[[], None] = lambda: None,
         on_outage: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
         """Run the processes until all are done, one fails for good, or a stop is asked.
+        The trials of a process that died are queued again under ``lock``, the study's claim
+        lock.
 
         An unreachable storage does not end it: ``on_outage`` hears of it, and the next pass
         tries again (the runners wait the outage out too). Starts the processes unless
@@ -176,7 +179,7 @@ class Supervisor:
                 try:
                     # Exits are handled before asking whether anything still runs, so a runner
                     # that died is re-queued and replaced even when it was the last one running.
-                    self.check(study)
+                    self.check(study, lock)
                     if self._gate is not None:
                         self._gate.poll()
                     if self.error is not None or not self.running():
@@ -193,7 +196,7 @@ class Supervisor:
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs.values())
 
-    def check(self, study: Any) -> None:
+    def check(self, study: Any, lock: ClaimLock) -> None:
         """Handle the processes that exited: done, failed for good, or started again."""
         from trial_runner.process import worker_id
 
@@ -204,7 +207,7 @@ class Supervisor:
             if code in FATAL_EXIT_CODES:
                 self._stop(self._last_error(slot, code), code)
                 return
-            requeued = requeue_trials_of_worker(study, worker_id(proc.pid))
+            requeued = requeue_trials_of_worker(study, worker_id(proc.pid), lock)
             if code == TRIAL_HUNG_EXIT_CODE:
                 # Its trial is failed already (a failure of the task, counted as such): the
                 # process is not failing, so this restart does not count toward the limit.

@@ -204,19 +204,20 @@ def test_a_study_of_several_objectives_keeps_them(tmp_path: Path) -> None:
 
 
 def test_requeue_fails_and_retries_only_the_dead_workers_trials(tmp_path: Path) -> None:
-    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path}/s.journal"))
+    url = f"journal:{tmp_path}/s.journal"
+    study, lock = optuna.create_study(storage=open_storage(url)), claim_lock(url, "s")
     dead, alive = study.ask(), study.ask()
     dead.suggest_float("x", 0, 1)
     dead.set_user_attr(WORKER_ATTR, "host:1")
     alive.set_user_attr(WORKER_ATTR, "host:2")
-    assert requeue_trials_of_worker(study, "host:1") == [dead.number]
+    assert requeue_trials_of_worker(study, "host:1", lock) == [dead.number]
     trials = study.get_trials()
     assert trials[dead.number].state == TrialState.FAIL
     assert trials[alive.number].state == TrialState.RUNNING
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING
     assert retry[0].params == trials[dead.number].params
-    assert requeue_trials_of_worker(study, "host:1") == []  # nothing left running
+    assert requeue_trials_of_worker(study, "host:1", lock) == []  # nothing left running
 
 
 def test_a_journal_trial_is_synced_to_disk_when_created_and_finished_only(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kubetune_api.contract import START_GATE_FD_ENV
+from kubetune_study.storage import claim_lock
 from trial_runner.cli._common import CliError
 from trial_runner.cli._start_gate import wait_for_start_gate
 from trial_runner.cli._supervisor import Supervisor
@@ -72,7 +73,7 @@ def test_the_gate_opens_once_every_runner_has_loaded_its_task(tmp_path: Path) ->
     supervisor.command = [sys.executable, "-c", LOADS_THEN_CLAIMS]
     supervisor.start(gated=True)
     supervisor.open_gate()  # the study is set up at once; the slowest runner takes 2 s
-    supervisor.supervise(None, lambda: False)
+    supervisor.supervise(None, claim_lock(f"journal:{tmp_path}/s.journal", "s"), lambda: False)
     assert supervisor.error is None
     times = [[float(x) for x in (tmp_path / f"times-{n}").read_text().split()] for n in range(3)]
     slowest_ready = max(ready for ready, _ in times)
@@ -88,7 +89,7 @@ def test_a_runner_that_dies_loading_does_not_hold_the_others(tmp_path: Path) -> 
     supervisor.start(gated=True)
     supervisor.open_gate()
     # (the barrier's own limit is 120 s: waiting for the dead one fails the test's timeout)
-    supervisor.supervise(None, lambda: False)
+    supervisor.supervise(None, claim_lock(f"journal:{tmp_path}/s.journal", "s"), lambda: False)
     claimed = sorted(p.name for p in tmp_path.glob("times-*"))
     assert claimed == ["times-0", "times-2"], claimed
 
