@@ -307,8 +307,9 @@ class SizingStatus(_Status):
     estimate_key: str | None = Field(
         default=None, description="Digest of the spec the estimate was made for."
     )
+    pods: int | None = _int("Runner pods that run spec.resources.parallelism trials at once.")
     trials_per_device: int | None = _int(
-        "Runner processes each runner pod runs on its device, each claiming trials."
+        "The most runner processes (trials) one runner pod runs on its device."
     )
     packing: str | None = Field(
         default=None,

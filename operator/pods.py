@@ -14,8 +14,9 @@ to kubetune's part and never replaces it. The storage URL reaches the container
 only through a ``secretKeyRef``; the study document through a ``configMapKeyRef`` (the runner
 reads ``KUBETUNE_STUDY``, the same way ``kubetune runner`` reads it on a laptop).
 
-A runner pod runs ``trialsPerDevice`` runner processes on its one device
-(``kubetune runner --processes N``) and asks for CPU and memory for each of them. With
+A runner pod runs its share of the study's ``parallelism`` runner processes on its one device
+(``kubetune runner --processes N``, at most ``trialsPerDevice``) and asks for CPU and memory for
+each of them. With
 ``spec.resources.queueName`` (or the HPOStudy's own ``kueue.x-k8s.io/queue-name`` label, or
 the operator's ``KUBETUNE_RUNNER_QUEUE_NAME``) it carries the labels of Kueue's pod
 integration, and Kueue admits each runner pod on its own.
@@ -341,11 +342,13 @@ def runner_pod(
     Args:
         owner: The HPOStudy body (apiVersion, kind, metadata with name, namespace, uid).
         spec: The validated study spec.
-        index: The runner's index, ``0 <= index < parallelism``.
-        sizing: The resource it requests.
+        index: The runner's index, ``0 <= index < sizing.pods``.
+        sizing: The resource it requests, and its runner processes
+            (:meth:`~hpo_operator.sizing.SizingDecision.processes`).
         storage_secret_ref: ``(secret name, key)`` holding the storage URL.
         config: The operator's settings.
     """
+    sizing = sizing.for_pod(index)
     meta = owner["metadata"]
     processes = sizing.trials_per_device
     command = [

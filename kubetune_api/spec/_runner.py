@@ -19,7 +19,14 @@ from kubetune_api.spec._parse import parse_number, parse_quantity
 
 class Resources(SpecModel):
     accelerator: Literal["Auto", "GPU", "MIG", "CPU"] = "Auto"
-    parallelism: int = Field(default=1, ge=1, le=1000)
+    parallelism: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Trials that run at once (runner processes). The operator lays them onto "
+        "runner pods: several processes in one pod when they fit its device "
+        "(trialsPerDevice), else more pods.",
+    )
     memory_headroom: Number = Field(default="0.1", description="Fraction added to the estimate.")
     peak_memory: str | None = Field(
         default=None,
@@ -29,21 +36,22 @@ class Resources(SpecModel):
     cpu: str | None = Field(
         default=None,
         pattern=r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$",
-        description="CPU request of each runner process (a pod asks trialsPerDevice times it).",
+        description="CPU request of each runner process (a pod asks it once per process).",
     )
     memory: str | None = Field(
         default=None,
         pattern=QUANTITY_PATTERN,
-        description="Memory of each runner process (a pod asks trialsPerDevice times it).",
+        description="Memory of each runner process (a pod asks it once per process).",
     )
     trials_per_device: (
         Annotated[int, Field(ge=1, le=MAX_TRIALS_PER_DEVICE)]
         | Annotated[str, Field(pattern=r"^Auto$")]
     ) = Field(
         default="Auto",
-        description="Runner processes each runner pod runs on its one device (a GPU, a MIG "
-        "slice or a CPU runner's memory), each claiming trials: Auto (as many as the memory "
-        "estimate lets share a GPU or MIG slice, at most 8; 1 on CPU) or a number.",
+        description="The most runner processes (trials) one runner pod runs on its one device "
+        "(a GPU, a MIG slice or a CPU runner's memory): Auto (as many as the memory estimate "
+        "lets share a GPU or MIG slice, at most 8; 1 on CPU) or a number. Never more than "
+        "parallelism: it lays the trials out, it does not add to them.",
     )
     queue_name: str | None = Field(
         default=None,

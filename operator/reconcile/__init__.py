@@ -30,8 +30,9 @@ The steps (:mod:`._decide`, over :mod:`._record`, :mod:`._start`, :mod:`._runner
     * ``spec.suspend``: every runner deleted (their trials are released and retried later);
     * sizing: an estimate pod runs when the peak memory is unknown; nothing fits →
       ``Ready=False NoFittingResource`` and no new runners;
-    * runners: indexes ``0..parallelism-1``; extra indexes are deleted; missing runners are
-      created only while the study still has trials to claim;
+    * runners: indexes ``0..pods-1`` of the sizing, which lays ``parallelism`` trials at once
+      onto pods; extra indexes, and pods whose processes are no longer their share, are
+      deleted; missing runners are created only while the study still has trials to claim;
     * ``Ready``: why runners are not (all) ready (a start failure's reason, ``Unschedulable``,
       ``RunnersStarting`` ...), or that they are.
 """

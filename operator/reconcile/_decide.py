@@ -103,7 +103,7 @@ def _storage_unavailable(b: PlanBuilder, error: str | None) -> Plan:
         value = getattr(b.old, name)
         if value is not None:
             setattr(b.status, name, value)
-    b.count_runners(b.parallelism)
+    b.count_runners(b.runner_pods)
     message = f"cannot read the study's storage: {error or 'unknown error'}"
     b.condition(ConditionType.READY, False, ConditionReason.STORAGE_UNAVAILABLE, message)
     if b.entered(ConditionType.READY, ConditionReason.STORAGE_UNAVAILABLE):

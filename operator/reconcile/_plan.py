@@ -164,7 +164,13 @@ class PlanBuilder:
 
     @property
     def parallelism(self) -> int:
+        """Trials that run at once (``spec.resources.parallelism``)."""
         return self.spec.resources.parallelism
+
+    @property
+    def runner_pods(self) -> int:
+        """Runner pods as last decided (``status.sizing.pods``), else one per trial at once."""
+        return self.old_sizing.pods or self.parallelism
 
     def floor_raised(self) -> bool:
         """Whether an OOMKilled runner raised the floor in this pass (the sizing this pass was

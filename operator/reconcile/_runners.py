@@ -34,7 +34,7 @@ from kubetune_study.progress import StudyProgress
 __all__ = ["create_runners", "record_sizing", "remove_ended_runners", "usable"]
 
 #: The fields of ``status.sizing`` a :class:`SizingDecision` has under the same name.
-_DECISION_FIELDS = ("resource", "quantity", "memory_bytes", "trials_per_device", "packing")
+_DECISION_FIELDS = ("resource", "quantity", "memory_bytes", "pods", "trials_per_device", "packing")
 
 
 def remove_ended_runners(b: PlanBuilder) -> list[ObservedPod]:
@@ -119,6 +119,15 @@ def record_sizing(b: PlanBuilder, sizing: SizingInput) -> None:
             b.event("Normal", EventReason.SIZED, sizing.reason)
 
 
+def _processes_text(counts: list[int]) -> str:
+    """The runner processes of the pods created, for their event."""
+    if max(counts) == 1:
+        return ""
+    if len(set(counts)) == 1:
+        return f", {counts[0]} runner processes each"
+    return f", {' + '.join(str(n) for n in counts)} runner processes"
+
+
 def _sizing_status(
     sizing: SizingInput, old: SizingStatus, floor: int, trials_limit: int | None
 ) -> SizingStatus:
@@ -157,32 +166,36 @@ def usable(b: PlanBuilder, sizing: SizingInput) -> bool:
 def create_runners(
     b: PlanBuilder, progress: StudyProgress, sizing: SizingInput, alive: list[ObservedPod]
 ) -> list[int]:
-    """Runners ``0..parallelism-1``: extra ones deleted, missing ones created while trials
-    remain to be claimed. Returns the indexes created."""
+    """Runners ``0..pods-1`` of the sizing decision, running ``parallelism`` trials at once:
+    extra ones deleted, and those whose number of processes is no longer their share (the
+    parallelism or the layout changed); missing ones created while trials remain to be
+    claimed. Returns the indexes created."""
     claimable = progress.outcome == "Running"
+    decided = sizing if isinstance(sizing, SizingDecision) and usable(b, sizing) else None
+    pods = decided.pods if decided is not None else b.runner_pods
     # Once every trial is claimed the study wants only the runners still finishing one.
-    finishing = sum(not p.deleting and (p.index or 0) < b.parallelism for p in alive)
+    finishing = sum(not p.deleting and (p.index or 0) < pods for p in alive)
     # A pod deleted in this pass still holds its name: it is replaced on a later pass.
     present = {p.index for p in b.runners if p.index is not None}
     for pod in alive:
-        if not pod.deleting and (pod.index is None or pod.index >= b.parallelism):
+        if pod.deleting:
+            continue
+        if pod.index is None or pod.index >= pods:
             b.actions.append(DeletePod(pod.name, "parallelism lowered"))
+        elif decided is not None and pod.trials_per_device != decided.processes(pod.index):
+            # Its trials are preempted and retried (from their last fold) by the replacement.
+            b.actions.append(DeletePod(pod.name, "parallelism or layout changed"))
     created: list[int] = []
-    can_create = isinstance(sizing, SizingDecision) and usable(b, sizing) and not b.backing_off
-    if claimable and isinstance(sizing, SizingDecision) and can_create:
-        created = [i for i in range(b.parallelism) if i not in present]
-        b.actions.extend(CreateRunner(index, sizing) for index in created)
+    if claimable and decided is not None and not b.backing_off:
+        created = [i for i in range(decided.pods) if i not in present]
+        b.actions.extend(CreateRunner(index, decided) for index in created)
         if created:
             b.event(
                 "Normal",
                 EventReason.RUNNERS_CREATED,
                 f"created runner(s) {', '.join(str(i) for i in created)} with "
-                f"{sizing.resource}={sizing.quantity}"
-                + (
-                    f", {sizing.trials_per_device} runner processes each"
-                    if sizing.trials_per_device > 1
-                    else ""
-                ),
+                f"{decided.resource}={decided.quantity}"
+                + _processes_text([decided.processes(i) for i in created]),
             )
-    b.count_runners(b.parallelism if claimable else finishing)
+    b.count_runners(pods if claimable else finishing)
     return created

@@ -1,6 +1,6 @@
-"""Which resource a runner pod requests, and how many runner processes share it: the least
-memory per trial among what the nodes advertise (the smallest that fits, with one trial per
-device).
+"""Which resource runner pods request, how many pods, and how many runner processes share each
+pod's device: ``spec.resources.parallelism`` trials at once laid onto what the nodes advertise
+with the least device memory reserved (one trial: the smallest resource that fits).
 
 Pure functions over plain inputs (node inventory, a peak-memory figure, ``spec.resources``).
 ``accelerator: Auto`` chooses among GPUs and MIG slices when the cluster advertises any, and
@@ -22,6 +22,7 @@ from kubetune_api.spec import StudySpec
 
 __all__ = [
     "RUNNER_PROCESS_BYTES",
+    "Layout",
     "NoFit",
     "Sizing",
     "SizingDecision",
@@ -60,8 +61,12 @@ class SizingDecision:
         required_bytes: Peak estimate plus headroom (and the OOM floor), per process.
         peak: The peak estimate the decision started from.
         reason: One line for status and events.
-        trials_per_device: Runner processes the pod runs on the device.
+        trials_per_device: The most runner processes one pod runs on its device (pods'
+            counts differ by at most one: :meth:`processes`).
         packing: Estimated peak × trials per device ÷ device memory, as text (GPU and MIG).
+        pods: Runner pods.
+        trials: Trials that run at once over all pods (``spec.resources.parallelism``);
+            ``None``: ``pods`` × ``trials_per_device``.
     """
 
     kind: Kind
@@ -73,6 +78,20 @@ class SizingDecision:
     reason: str
     trials_per_device: int = 1
     packing: str | None = None
+    pods: int = 1
+    trials: int | None = None
+
+    def processes(self, index: int) -> int:
+        """Runner processes of runner pod ``index``: the trials spread evenly over the pods,
+        the first ones taking the remainder."""
+        if self.trials is None:
+            return self.trials_per_device
+        base, extra = divmod(self.trials, self.pods)
+        return base + (1 if index < extra else 0)
+
+    def for_pod(self, index: int) -> SizingDecision:
+        """The decision as runner pod ``index`` takes it: its own number of processes."""
+        return replace(self, trials_per_device=self.processes(index))
 
 
 @dataclass(frozen=True)
@@ -117,13 +136,17 @@ def choose_resource(
     floor_bytes: int = 0,
     trials_limit: int | None = None,
 ) -> Sizing:
-    """The resource with the least memory per trial that fits ``peak`` plus headroom,
-    honouring ``accelerator`` and ``trialsPerDevice``.
+    """The resource and runner pods for ``spec.resources.parallelism`` trials at once, each
+    needing ``peak`` plus headroom, honouring ``accelerator`` and ``trialsPerDevice``.
 
-    With one trial per device that is the smallest resource that fits. With several
-    (:mod:`._packing`), a whole GPU shared by ``n`` runner processes is compared with MIG
-    slices (and larger slices shared too) by device memory per trial; on a tie the resource
-    with fewer processes wins (a slice isolates its trial), then MIG, then the smaller one.
+    ``parallelism`` is how many trials run; the layout only decides where. A device holds as
+    many processes as fit it (:mod:`._packing`; ``trialsPerDevice`` at most, never more than
+    ``parallelism``), and the trials take as few pods of that resource as they can, spread
+    evenly. Among the resources, the one whose pods reserve the least device memory in all
+    wins (:meth:`Layout.cost`): one trial gets the smallest resource that fits, eight small
+    ones share a GPU rather than take eight. A resource the cluster has too few of for the
+    pods comes last; on a tie, fewer processes per device (a slice isolates its trial), then
+    MIG, then the smaller resource.
 
     Args:
         nodes: The cluster's nodes.
@@ -163,31 +186,35 @@ def _choose(
     headroom = resources.headroom_fraction
     need = required_bytes(peak.bytes, headroom, floor_bytes)
     cpu_need = max(need + RUNNER_PROCESS_BYTES, floor_bytes)
+    trials = resources.parallelism
     wanted = resources.trials_per_device_count
+    # Never more processes on a device than trials run at once.
+    wanted_here = min(wanted, trials) if wanted is not None else None
+    limit = min(trials_limit or trials, trials)
 
     def processes(c: Candidate) -> int:
         if c.kind == "CPU":
             # A CPU runner has no device to share: Auto runs one process per pod there.
             return trials_per_device(
-                c.memory_bytes, cpu_need, wanted or 1, trials_limit, shared_cost=0
+                c.memory_bytes, cpu_need, wanted_here or 1, limit, shared_cost=0
             )
-        return trials_per_device(c.memory_bytes, need, wanted, trials_limit)
+        return trials_per_device(c.memory_bytes, need, wanted_here, limit)
 
-    fitting = [(c, n) for c in pool if (n := processes(c))]
+    fitting = [Layout(c, n, trials) for c in pool if (n := processes(c))]
     cpu_only = {c.kind for c in pool} == {"CPU"}
     need_text = _need_text(
         peak, headroom, cpu_need if cpu_only else need, floor_bytes, cpu=cpu_only
     )
     if not fitting:
-        asked = _times((wanted or 1) if cpu_only else wanted, trials_limit)
+        asked = _times((wanted_here or 1) if cpu_only else wanted_here, trials_limit)
         return NoFit(
             cpu_need if cpu_only else need, peak, _no_fit_text(need_text + asked, pool, accelerator)
         )
-    best, count = min(fitting, key=_least_memory_per_trial)
-    if best.kind == "CPU":
+    best = min(fitting, key=Layout.cost)
+    if best.candidate.kind == "CPU":
         quantity, memory = _rounded_up(cpu_need)
         text = _need_text(peak, headroom, cpu_need, floor_bytes, cpu=True)
-        where = f"{len(best.nodes)} node(s) with at least that much memory"
+        where = f"{len(best.candidate.nodes)} node(s) with at least that much memory"
         return SizingDecision(
             "CPU",
             CPU_MEMORY,
@@ -195,46 +222,86 @@ def _choose(
             memory,
             cpu_need,
             peak,
-            f"{text} -> CPU, {where}{_processes_text(count)}",
-            trials_per_device=count,
+            f"{text} -> CPU, {where}; {best.text()}",
+            trials_per_device=best.per_pod,
+            pods=best.pods,
+            trials=trials,
         )
-    return _device_decision(best, count, len(fitting), need, peak, need_text)
+    return _device_decision(best, len(fitting), need, peak, need_text)
 
 
 _KIND_ORDER = {"MIG": 0, "GPU": 1, "CPU": 2}
 
 
-def _least_memory_per_trial(fit: tuple[Candidate, int]) -> tuple[float, int, int, int, str]:
-    """Device memory per trial; then fewer processes (a slice isolates its trial), MIG, the
-    smaller resource."""
-    candidate, count = fit
-    return (
-        candidate.memory_bytes / count,
-        count,
-        _KIND_ORDER[candidate.kind],
-        candidate.memory_bytes,
-        candidate.resource,
-    )
+@dataclass(frozen=True)
+class Layout:
+    """``trials`` runner processes laid onto devices of one candidate that each hold at most
+    ``fit``: as few pods as that allows, the processes spread evenly over them."""
+
+    candidate: Candidate
+    fit: int
+    trials: int
+
+    @property
+    def pods(self) -> int:
+        return math.ceil(self.trials / self.fit)
+
+    @property
+    def per_pod(self) -> int:
+        """The most processes one pod runs (pods' counts differ by at most one)."""
+        return math.ceil(self.trials / self.pods)
+
+    def cost(self) -> tuple[bool, int, int, int, int, str]:
+        """What the choice minimises: first a layout the cluster has enough of that resource
+        for; then the device memory all the pods reserve; then fewer processes per device
+        (a slice isolates its trial), MIG, the smaller resource."""
+        c = self.candidate
+        return (
+            self.pods > c.available,
+            self.pods * c.memory_bytes,
+            self.per_pod,
+            _KIND_ORDER[c.kind],
+            c.memory_bytes,
+            c.resource,
+        )
+
+    def text(self) -> str:
+        pods = f"{self.pods} runner pod{'s' if self.pods > 1 else ''}"
+        if self.per_pod == 1:
+            return f"{pods} for {self.trials} trial{'s' if self.trials > 1 else ''} at once"
+        uneven = "up to " if self.trials % self.pods else ""
+        return f"{pods} of {uneven}{self.per_pod} runner processes for {self.trials} trials at once"
 
 
 def _device_decision(
-    best: Candidate, count: int, fitting: int, need: int, peak: Peak, need_text: str
+    best: Layout, fitting: int, need: int, peak: Peak, need_text: str
 ) -> SizingDecision:
-    """A GPU or MIG slice, shared by ``count`` runner processes."""
-    packing = packing_text(peak.bytes, count, best.memory_bytes)
+    """A GPU or MIG slice per pod, shared by its runner processes."""
+    c, count = best.candidate, best.per_pod
+    packing = packing_text(peak.bytes, count, c.memory_bytes)
     shared = (
-        f"; {count} trials per device, packing {packing} (peak x trials / device memory)"
+        f", {count} trials per device, packing {packing} (peak x trials / device memory)"
         if count > 1
         else ""
     )
     reason = (
-        f"{need_text} -> {best.resource} ({format_bytes(best.memory_bytes)}; "
-        f"{best.available} on {len(best.nodes)} node(s)"
-        + (f"; least memory per trial of {fitting} that fit" if fitting > 1 else "")
-        + f"){shared}"
+        f"{need_text} -> {c.resource} ({format_bytes(c.memory_bytes)}; "
+        f"{c.available} on {len(c.nodes)} node(s)"
+        + (f"; least device memory of {fitting} that fit" if fitting > 1 else "")
+        + f"); {best.text()}{shared}"
     )
     return SizingDecision(
-        best.kind, best.resource, "1", best.memory_bytes, need, peak, reason, count, packing
+        c.kind,
+        c.resource,
+        "1",
+        c.memory_bytes,
+        need,
+        peak,
+        reason,
+        count,
+        packing,
+        pods=best.pods,
+        trials=best.trials,
     )
 
 
@@ -246,15 +313,18 @@ def _stated_cpu_memory(
     resources = spec.resources
     stated = resources.memory_bytes
     assert stated is not None and resources.memory is not None
-    wanted = resources.trials_per_device_count or 1
-    counts = [
-        n
+    trials = resources.parallelism
+    wanted = min(resources.trials_per_device_count or 1, trials)
+    limit = min(trials_limit or trials, trials)
+    layouts = [
+        Layout(c, n, trials)
         for c in pool
-        if (n := trials_per_device(c.memory_bytes, stated, wanted, trials_limit, shared_cost=0))
+        if (n := trials_per_device(c.memory_bytes, stated, wanted, limit, shared_cost=0))
     ]
-    if not counts:
+    if not layouts:
         what = f"spec.resources.memory {resources.memory}{_times(wanted, trials_limit)}"
         return NoFit(stated, peak, _no_fit_text(what, pool, "CPU"))
+    best = layouts[0]
     return SizingDecision(
         kind="CPU",
         resource=CPU_MEMORY,
@@ -262,9 +332,10 @@ def _stated_cpu_memory(
         memory_bytes=stated,
         required_bytes=stated,
         peak=peak,
-        reason=f"CPU runner with spec.resources.memory {resources.memory}"
-        + _processes_text(counts[0]),
-        trials_per_device=counts[0],
+        reason=f"CPU runner with spec.resources.memory {resources.memory}; {best.text()}",
+        trials_per_device=best.per_pod,
+        pods=best.pods,
+        trials=trials,
     )
 
 
@@ -277,10 +348,6 @@ def _times(wanted: int | None, limit: int | None) -> str:
         return ""
     lowered = f", lowered to {limit} after out-of-memory exits" if limit and limit < wanted else ""
     return f" x {count} trials per device (spec.resources.trialsPerDevice{lowered})"
-
-
-def _processes_text(count: int) -> str:
-    return f"; {count} runner processes per pod" if count > 1 else ""
 
 
 def _need_text(

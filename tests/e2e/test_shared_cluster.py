@@ -3,15 +3,15 @@
 Kueue v0.17 runs on loopback (``tests/harness/kueue.py``) with its pod integration, so its
 webhook gates each runner pod and its scheduler admits them against a ClusterQueue's quota.
 
-* On kwok's simulated H100 nodes (pods scheduled, never run): a small model gets several
-  runner processes per GPU with the packing in its status; a GPU quota of 2 admits 2 runner
-  pods of a study that wants 3, the study says it waits, and a second study in the same queue
+* On kwok's simulated H100 nodes (pods scheduled, never run): a small model's 15 trials at once
+  take 3 runner pods of 5 runner processes per GPU, with the packing in its status; a GPU quota
+  of 2 admits 2 of those pods, the study says it waits, and a second study in the same queue
   gets the quota when the first is gone.
 * On the real node (marker ``node``): a CPU quota for one runner at a time, two studies in one
   queue, the second of a higher WorkloadPriorityClass. Kueue preempts the first study's
   running runner; its trial is released and retried, not failed; both studies finish exactly.
-  The second study's runner pod runs 2 runner processes (``trialsPerDevice: 2``) on its CPU
-  and memory, as several trials share a GPU.
+  The second study's 2 trials at once run as 2 runner processes of one runner pod
+  (``trialsPerDevice: 2``) on its CPU and memory, as several trials share a GPU.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def studies(studies: StudyClient, kueue: Kueue) -> StudyClient:
 
 
 def gpu_study(name: str, parallelism: int) -> dict[str, Any]:
-    """A small model on whole GPUs, queued in the LocalQueue ``team``: 14 GiB at its peak."""
+    """A small model on whole GPUs, queued in the LocalQueue ``team``: 14 GiB at its peak, so
+    5 share an H100 and ``parallelism`` trials at once take ``parallelism`` / 5 runner pods."""
     study = small_cpu_study(name, max_trials=20, parallelism=parallelism)
     study["spec"]["resources"] = {
         "accelerator": "GPU",
@@ -124,7 +125,7 @@ def test_a_gpu_quota_admits_that_many_runner_pods_of_several_trials_each_and_is_
         return live, [p for p in pods if gated(p)]
 
     with queues(control_plane, objects), scheduling_operator():
-        studies.apply(gpu_study("first", parallelism=3))
+        studies.apply(gpu_study("first", parallelism=15))
 
         def two_admitted_one_waiting() -> list[dict[str, Any]] | None:
             live, waiting = count_admitted()
@@ -135,8 +136,8 @@ def test_a_gpu_quota_admits_that_many_runner_pods_of_several_trials_each_and_is_
             two_admitted_one_waiting, 90, "2 runner pods admitted, 1 gated",
             diagnose=studies.diagnose,
         )  # fmt: skip
-        # 14 GiB + 10 % + a CUDA context fits 5 times in an H100's 79.6 GiB: one runner pod per
-        # GPU runs 5 runner processes, asking for CPU for each.
+        # 14 GiB + 10 % + a CUDA context fits 5 times in an H100's 79.6 GiB: the 15 trials take
+        # three runner pods, one GPU each, of 5 runner processes, asking for CPU for each.
         for pod in live:
             (container,) = pod["spec"]["containers"]
             assert container["command"][-2:] == ["--processes", "5"]
@@ -148,12 +149,13 @@ def test_a_gpu_quota_admits_that_many_runner_pods_of_several_trials_each_and_is_
                                "1 wait for admission by Kueue (team)")  # fmt: skip
         status = (studies.study("first") or {})["status"]
         assert status["runners"]["waitingForAdmission"] == 1
-        assert (status["sizing"]["trialsPerDevice"], status["sizing"]["packing"]) == (5, "88%")
+        sizing = status["sizing"]
+        assert (sizing["pods"], sizing["trialsPerDevice"], sizing["packing"]) == (3, 5, "88%")
         wide = studies.kubectl("get", "hpostudies", "-o", "wide").stdout
         assert "WaitingForAdmission" in wide and "88%" in wide, wide
 
         # A second study in the same queue waits for the quota the first holds ...
-        studies.apply(gpu_study("second", parallelism=2))
+        studies.apply(gpu_study("second", parallelism=10))
         studies.wait_condition("second", "Ready", "False", 60, "WaitingForAdmission",
                                "0/2 runners ready; 2 wait for admission")  # fmt: skip
         time.sleep(3)  # Kueue had time to admit more, had the quota allowed it
@@ -259,7 +261,7 @@ def test_a_cpu_quota_runs_one_runner_at_a_time_preempts_for_priority_and_loses_n
     low["spec"]["training"].pop("epochs", None)
     high = on_node(small_cpu_study("high", max_trials=2, parallelism=1), test_images.image)
     # Two runner processes in one pod, each with 250m CPU and 1536Mi: the pod asks for 500m.
-    high["spec"]["resources"].update(cpu="250m", memory="1536Mi", trialsPerDevice=2)
+    high["spec"]["resources"].update(cpu="250m", memory="1536Mi", trialsPerDevice=2, parallelism=2)
     # Queued as Kueue's users queue their jobs: by the study's own labels.
     high["metadata"]["labels"] = {
         "kueue.x-k8s.io/queue-name": "team",

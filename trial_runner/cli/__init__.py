@@ -95,8 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers",
         type=int,
-        help="runner processes (default: spec.resources.parallelism, times trialsPerDevice "
-        "when it is a number)",
+        help="runner processes, the trials that run at once (default: spec.resources.parallelism)",
     )
     run.add_argument("--trials", type=int, help="override spec.budget.maxTrials")
     run.add_argument("--study-name", help="Optuna study name (default metadata.name)")

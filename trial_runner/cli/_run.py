@@ -1,5 +1,5 @@
 """``kubetune run``: a study on this machine, with ``--workers`` runner processes (default
-``resources.parallelism`` times a stated ``trialsPerDevice``) under a
+``resources.parallelism``, the trials that run at once) under a
 :class:`~._supervisor.Supervisor`.
 
 The runners start at once and load their task behind the start gate (:mod:`._start_gate`)
@@ -162,9 +162,9 @@ def _set_up(
 
 
 def default_workers(spec: StudySpec) -> int:
-    """``kubetune run``'s runner processes without ``--workers``: the runner pods the study
-    asks for, times the processes each runs when ``trialsPerDevice`` is a number."""
-    return spec.resources.parallelism * (spec.resources.trials_per_device_count or 1)
+    """``kubetune run``'s runner processes without ``--workers``: the trials the study runs at
+    once (``resources.parallelism``), as on a cluster."""
+    return spec.resources.parallelism
 
 
 def _scaled_stages(stages: tuple[int | None, ...], trials: int) -> tuple[int | None, ...]:

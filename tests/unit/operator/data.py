@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
+
+from hpo_operator.sizing import SizingDecision
 
 from kubetune_api.spec import StudySpec
 from kubetune_study.progress import StageSummary, StudyProgress
@@ -66,3 +69,12 @@ def make_progress(
         elapsed_seconds=1.0,
         failure=failure,
     )
+
+
+def laid_out(sizing: Any, spec: StudySpec) -> Any:
+    """A fixed sizing decision as the one for ``spec``: a runner pod per trial at once, each
+    running the decision's ``trials_per_device`` (for tests not about the layout, which
+    :func:`~hpo_operator.sizing.choose_resource` decides)."""
+    if not isinstance(sizing, SizingDecision) or sizing.trials is not None:
+        return sizing
+    return dataclasses.replace(sizing, pods=spec.resources.parallelism)

@@ -118,6 +118,21 @@ def test_a_shared_gpu_runs_several_processes_with_cpu_and_memory_for_each() -> N
     assert whole["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "2"}
 
 
+def test_each_runner_pod_runs_its_share_of_the_trials_at_once() -> None:
+    # Three trials at once on two pods of a device that holds two: 2 + 1.
+    uneven = dataclasses.replace(MIG, trials_per_device=2, pods=2, trials=3)
+    spec = make_spec(resources={"accelerator": "MIG", "cpu": "1", "parallelism": 3})
+    first, second = (
+        runner_pod(OWNER, spec, i, uneven, ("pg", "url"), OperatorConfig()) for i in range(2)
+    )
+    assert first["spec"]["containers"][0]["command"][-2:] == ["--processes", "2"]
+    assert first["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"
+    assert first["metadata"]["annotations"]["kubetune.dev/trials-per-device"] == "2"
+    assert "--processes" not in second["spec"]["containers"][0]["command"]
+    assert second["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "1"
+    assert second["metadata"]["annotations"]["kubetune.dev/trials-per-device"] == "1"
+
+
 def test_cpu_runner_processes_each_get_the_sized_memory() -> None:
     three = dataclasses.replace(CPU, quantity="1536Mi", trials_per_device=3)
     pod = _runner(three, resources={"accelerator": "CPU", "cpu": "1", "trialsPerDevice": 3})

@@ -12,7 +12,7 @@ from hpo_operator.sizing import Peak, SizingDecision
 from prometheus_client import CollectorRegistry
 
 from kubetune_api.status import StudyStatus
-from tests.unit.operator.data import NOW, make_progress, make_spec
+from tests.unit.operator.data import NOW, laid_out, make_progress, make_spec
 
 CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "r")
 STUDY = {"namespace": "team-a", "study": "digits"}
@@ -20,7 +20,8 @@ STUDY = {"namespace": "team-a", "study": "digits"}
 
 def _status(**progress: Any) -> StudyStatus:
     """The status decide() writes for a study with these trial counts (no pods yet)."""
-    plan = decide(make_spec(), StudyStatus(), 1, [], make_progress(**progress), CPU, NOW)
+    spec = make_spec()
+    plan = decide(spec, StudyStatus(), 1, [], make_progress(**progress), laid_out(CPU, spec), NOW)
     return plan.status
 
 
@@ -88,8 +89,15 @@ def test_runners_waiting_for_kueue_and_trials_per_device_follow_the_status() -> 
     )
     gated = ObservedPod("digits-runner-1", "trial-runner", index=1, waiting_for_admission=True)
     running = ObservedPod("digits-runner-0", "trial-runner", index=0, phase="Running", ready=True)
+    spec = make_spec()
     plan = decide(
-        make_spec(), StudyStatus(), 1, [running, gated], make_progress(running=1), shared, NOW
+        spec,
+        StudyStatus(),
+        1,
+        [running, gated],
+        make_progress(running=1),
+        laid_out(shared, spec),
+        NOW,
     )
     metrics.observe("team-a", "digits", plan.status)
     assert _value(registry, "kubetune_study_runners_waiting_for_admission") == 1

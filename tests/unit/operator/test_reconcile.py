@@ -27,7 +27,7 @@ from kubetune_api.status import StartFailureReason, StudyStatus, set_condition
 from kubetune_study.pareto import ParetoPoint
 from kubetune_study.progress import TelemetrySummary
 from kubetune_study.warmstart import WarmStartReport
-from tests.unit.operator.data import NOW, make_progress, make_spec
+from tests.unit.operator.data import NOW, laid_out, make_progress, make_spec
 
 CPU = SizingDecision("CPU", "memory", "1Gi", 2**30, 2**30, Peak(2**30, "Memory"), "cpu 1Gi")
 MIG1 = SizingDecision(
@@ -78,13 +78,14 @@ def run(
 ) -> Plan:
     # A status from an earlier plan goes through its JSON, as the API server stores it.
     written = status.to_api() if isinstance(status, StudyStatus) else status
+    study = make_spec(**spec)
     return decide(
-        make_spec(**spec),
+        study,
         StudyStatus.from_api(written),
         generation,
         children or [],
         make_progress() if progress is None else progress,
-        sizing,
+        laid_out(sizing, study),
         now,
         start_policy=policy,
     )
@@ -93,7 +94,9 @@ def run(
 def test_new_study_creates_parallelism_runners() -> None:
     plan = run()
     assert creates(plan) == [0, 1]
-    assert all(a.sizing == CPU for a in plan.actions if isinstance(a, CreateRunner))
+    assert all(
+        a.sizing == laid_out(CPU, make_spec()) for a in plan.actions if isinstance(a, CreateRunner)
+    )
     assert condition(plan, "Ready")["status"] == "False"
     assert condition(plan, "Ready")["reason"] == "RunnersStarting"
     assert status(plan)["observedGeneration"] == 1
@@ -240,6 +243,8 @@ def test_processes_that_keep_running_out_of_memory_lower_the_trials_per_device()
     assert [
         (a.index, a.sizing.trials_per_device) for a in again.actions if isinstance(a, CreateRunner)
     ] == [(0, 2)]
+    # The other pod of 3 goes too: no pod runs more than the limit.
+    assert deletes(again) == ["digits-runner-1"]
     assert status(again)["sizing"]["trialsPerDeviceLimit"] == 2
     # A second pod of 3 that gives up later does not lower the limit below 2.
     late = runner(1, phase="Failed", exit_code=4, trials_per_device=3, **gpu)
@@ -248,6 +253,21 @@ def test_processes_that_keep_running_out_of_memory_lower_the_trials_per_device()
     )
     assert status(later)["sizing"]["trialsPerDeviceLimit"] == 2
     assert creates(later) == []  # the pod is still there (being deleted) in this pass
+
+
+def test_a_pod_whose_processes_are_no_longer_its_share_is_replaced() -> None:
+    # parallelism 4 on two pods of 2 became 3: the pods now run 2 + 1.
+    three = dataclasses.replace(GPU2, pods=2, trials=3)
+    resources = {"accelerator": "GPU", "parallelism": 3}
+    pods = [runner(0, trials_per_device=2), runner(1, trials_per_device=2)]
+    plan = run(pods, make_progress(running=4), sizing=three, resources=resources)
+    assert deletes(plan) == ["digits-runner-1"]
+    assert creates(plan) == []  # its name is still taken in this pass
+    assert status(plan)["sizing"]["pods"] == 2
+    again = run([pods[0]], make_progress(running=2), plan.status, sizing=three, resources=resources)
+    created = [a for a in again.actions if isinstance(a, CreateRunner)]
+    assert [(a.index, a.sizing.processes(a.index)) for a in created] == [(1, 1)]
+    assert status(again)["runners"]["desired"] == 2
 
 
 def test_a_single_process_runner_exiting_4_is_an_ordinary_failure() -> None:

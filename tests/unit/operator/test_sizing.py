@@ -54,12 +54,15 @@ def cpu_node(name: str, memory: str = "64Gi") -> NodeInfo:
 
 
 def gpu_spec(
-    accelerator: str = "Auto", headroom: str = "0.1", trials: int | str = "Auto"
+    accelerator: str = "Auto",
+    headroom: str = "0.1",
+    trials: int | str = "Auto",
+    parallelism: int = 8,
 ) -> object:
     return make_spec(
         resources={
             "accelerator": accelerator,
-            "parallelism": 2,
+            "parallelism": parallelism,
             "memoryHeadroom": headroom,
             "trialsPerDevice": trials,
         }
@@ -73,8 +76,10 @@ def decide(
     floor: int = 0,
     trials: int | str = "Auto",
     limit: int | None = None,
+    parallelism: int = 8,
 ):
-    spec = gpu_spec(accelerator, trials=trials)
+    """The sizing of ``parallelism`` trials at once (8 by default: enough to fill a GPU)."""
+    spec = gpu_spec(accelerator, trials=trials, parallelism=parallelism)
     peak = Peak(int(peak_gib * GIB), "FakeTensor")
     return choose_resource(nodes, spec, peak, floor, limit)  # type: ignore[arg-type]
 
@@ -98,14 +103,14 @@ MIXED = [
     ],
 )
 def test_mig_mixed_cluster_gets_smallest_slice_that_fits(peak_gib: float, expected: str) -> None:
-    # One trial per device: the smallest resource that fits.
-    decision = decide(MIXED, peak_gib, trials=1)
+    # One trial at once: the smallest resource that fits.
+    decision = decide(MIXED, peak_gib, parallelism=1)
     assert isinstance(decision, SizingDecision)
     assert decision.resource == expected
     assert decision.quantity == "1"
     assert decision.memory_bytes >= decision.required_bytes
     assert expected in decision.reason
-    assert decision.trials_per_device == 1
+    assert (decision.trials_per_device, decision.pods) == (1, 1)
 
 
 def test_mig_memory_label_is_preferred_over_the_profile_name() -> None:
@@ -131,67 +136,115 @@ H100 = 81559  # MiB, as GPU Feature Discovery labels an H100 80GB
 
 
 @pytest.mark.parametrize(
-    ("peak_gib", "trials", "packing"),
+    ("peak_gib", "trials", "pods", "packing"),
     [
-        # 6 GiB + 10 % + a CUDA context fits 11 times; Auto stops at 8: 60 % of the memory.
-        (6, 8, "60%"),
-        # 14 GiB + 10 % + context = 15.9 GiB: 5 fit, 88 % of the memory.
-        (14, 5, "88%"),
-        # 40 GiB + 10 % fits once; no room for a second.
-        (40, 1, "50%"),
+        # 6 GiB + 10 % + a CUDA context fits 11 times: the 8 trials share one GPU (60 %).
+        (6, 8, 1, "60%"),
+        # 14 GiB + 10 % + context = 15.9 GiB: 5 fit a GPU, so 8 take two, 4 on each (70 %).
+        (14, 4, 2, "70%"),
+        # 40 GiB + 10 % fits once; no room for a second: a GPU per trial.
+        (40, 1, 8, "50%"),
     ],
 )
-def test_small_models_share_a_large_gpu(peak_gib: float, trials: int, packing: str) -> None:
+def test_small_models_share_a_large_gpu(
+    peak_gib: float, trials: int, pods: int, packing: str
+) -> None:
     decision = decide([gpu_node("h100", H100)], peak_gib)
     assert isinstance(decision, SizingDecision)
     assert (decision.resource, decision.quantity) == ("nvidia.com/gpu", "1")
-    assert (decision.trials_per_device, decision.packing) == (trials, packing)
+    assert (decision.trials_per_device, decision.pods, decision.packing) == (trials, pods, packing)
+    # Exactly the parallelism runs, spread evenly over the pods.
+    assert sum(decision.processes(i) for i in range(pods)) == 8
+    assert {decision.processes(i) for i in range(pods)} == {trials}
     # Each process's need and its CUDA context fit in the GPU together.
     assert trials == 1 or trials * (decision.required_bytes + CUDA_CONTEXT_BYTES) <= (
         decision.memory_bytes
     )
     if trials > 1:
         assert f"{trials} trials per device, packing {packing}" in decision.reason
+    assert "for 8 trials at once" in decision.reason
+
+
+def test_parallelism_is_the_trials_that_run_not_a_multiple_of_them() -> None:
+    # 9 GiB on a MIG cluster with free 2g.20gb slices: one trial at once takes one 2g.20gb
+    # slice, not a 7g.80gb slice (a whole GPU) running 7.
+    nodes = [
+        mig_node("h100-mig-0", {"2g.20gb": 3}, mib={"2g.20gb": 20480}),
+        mig_node("h100-mig-1", {"7g.80gb": 1}, mib={"7g.80gb": 81920}),
+    ]
+    one = decide(nodes, 9, parallelism=1)
+    assert isinstance(one, SizingDecision)
+    assert (one.resource, one.pods, one.trials_per_device) == ("nvidia.com/mig-2g.20gb", 1, 1)
+    assert one.processes(0) == 1
+    # Three at once: the three slices (60 GiB), not the whole GPU (80 GiB).
+    three = decide(nodes, 9, parallelism=3)
+    assert (three.resource, three.pods) == ("nvidia.com/mig-2g.20gb", 3)  # type: ignore[union-attr]
+    # Five: more than the slices there are; one 7g.80gb holds all five (9.9 + 0.5 GiB each).
+    five = decide(nodes, 9, parallelism=5)
+    assert isinstance(five, SizingDecision)
+    assert (five.resource, five.pods, five.trials_per_device) == ("nvidia.com/mig-7g.80gb", 1, 5)
+
+
+def test_an_uneven_parallelism_is_spread_evenly_over_the_pods() -> None:
+    # 14 GiB: 5 fit an H100; 7 at once take two, 4 and 3.
+    decision = decide([gpu_node("h100", H100)], 14, parallelism=7)
+    assert isinstance(decision, SizingDecision)
+    assert (decision.pods, decision.trials_per_device) == (2, 4)
+    assert [decision.processes(i) for i in range(2)] == [4, 3]
+    assert decision.for_pod(1).trials_per_device == 3
+    assert "2 runner pods of up to 4 runner processes for 7 trials at once" in decision.reason
 
 
 def test_auto_never_packs_more_than_its_maximum() -> None:
-    decision = decide([gpu_node("h100", H100)], 0.1)
+    decision = decide([gpu_node("h100", H100)], 0.1, parallelism=16)
     assert isinstance(decision, SizingDecision)
-    assert decision.trials_per_device == AUTO_MAX_TRIALS_PER_DEVICE
+    assert (decision.trials_per_device, decision.pods) == (AUTO_MAX_TRIALS_PER_DEVICE, 2)
+    twenty = decide([gpu_node("h100", H100)], 0.1, parallelism=20)
+    assert isinstance(twenty, SizingDecision)
+    assert [twenty.processes(i) for i in range(twenty.pods)] == [7, 7, 6]
 
 
-def test_a_mig_slice_that_serves_a_trial_as_well_is_preferred_to_sharing_a_gpu() -> None:
-    # 14.5 GiB + 10 % = 16 GiB: a whole 80 GiB GPU holds 4 (20 GiB per trial), the same as a
-    # 2g.20gb slice labelled 20480 MiB: the slice wins the tie (it isolates its trial).
+def test_a_mig_slice_per_trial_wins_a_tie_with_a_shared_gpu() -> None:
+    # 14.5 GiB + 10 % = 16 GiB: a whole 80 GiB GPU holds 4, a 2g.20gb slice (20480 MiB) one.
+    # Four at once: one GPU or four slices, 80 GiB either way: the slices win the tie (each
+    # isolates its trial).
     gpu = NodeInfo("h100", {"nvidia.com/gpu": "8"}, {"nvidia.com/gpu.memory": "81920"})
-    slices = mig_node("h100-mig", {"2g.20gb": 3}, mib={"2g.20gb": 20480})
-    decision = decide([gpu, slices], 16 / 1.1)
+    slices = [mig_node(f"h100-mig-{i}", {"2g.20gb": 3}, mib={"2g.20gb": 20480}) for i in range(2)]
+    decision = decide([gpu, *slices], 16 / 1.1, parallelism=4)
     assert isinstance(decision, SizingDecision)
     assert (decision.resource, decision.trials_per_device) == ("nvidia.com/mig-2g.20gb", 1)
-    # 12 GiB + 10 % = 13.2 GiB: the GPU holds 5 (16 GiB each), better than the slice (20 GiB).
-    larger = decide([gpu, slices], 12)
+    # 12 GiB + 10 % = 13.2 GiB, five at once: the GPU holds all five (80 GiB), five slices
+    # reserve 100 GiB.
+    larger = decide([gpu, *slices], 12, parallelism=5)
     assert isinstance(larger, SizingDecision)
-    assert (larger.resource, larger.trials_per_device) == ("nvidia.com/gpu", 5)
+    assert (larger.resource, larger.trials_per_device, larger.pods) == ("nvidia.com/gpu", 5, 1)
 
 
 @pytest.mark.parametrize(
-    ("peak_gib", "resource", "trials"),
+    ("peak_gib", "parallelism", "resource", "trials", "pods"),
     [
-        # 5.5 GiB: the 1g.10gb slice alone (9.3 GiB) loses to 3 on a 2g.20gb (6.2 GiB each).
-        (5, "nvidia.com/mig-2g.20gb", 3),
-        # 13.2 GiB: 5 on the whole H100 (15.9 GiB each) beat a 2g.20gb slice (18.6 GiB).
-        (12, "nvidia.com/gpu", 5),
-        # 33 GiB: one 3g.40gb slice (37 GiB) beats 2 on the H100 (39.8 GiB each).
-        (30, "nvidia.com/mig-3g.40gb", 1),
-        (60, "nvidia.com/gpu", 1),
+        # 5.5 GiB, 8 at once: three 2g.20gb slices (3 + 3 + 2: 56 GiB) reserve less than two
+        # 3g.40gb (75 GiB) or an H100 (80 GiB); the seven 1g.10gb slices are too few.
+        (5, 8, "nvidia.com/mig-2g.20gb", 3, 3),
+        # 13.2 GiB: 5 on an H100, so two H100s (4 + 4); the slices are too few.
+        (12, 8, "nvidia.com/gpu", 4, 2),
+        # 33 GiB, one at once: a 3g.40gb slice (37 GiB) beats the H100.
+        (30, 1, "nvidia.com/mig-3g.40gb", 1, 1),
+        # 8 at once: two 3g.40gb slices are too few; four H100s of 2.
+        (30, 8, "nvidia.com/gpu", 2, 4),
+        (60, 8, "nvidia.com/gpu", 1, 8),
     ],
 )
-def test_mixed_cluster_gives_each_trial_the_least_device_memory(
-    peak_gib: float, resource: str, trials: int
+def test_mixed_cluster_reserves_the_least_device_memory(
+    peak_gib: float, parallelism: int, resource: str, trials: int, pods: int
 ) -> None:
-    decision = decide(MIXED, peak_gib)
+    decision = decide(MIXED, peak_gib, parallelism=parallelism)
     assert isinstance(decision, SizingDecision)
-    assert (decision.resource, decision.trials_per_device) == (resource, trials)
+    assert (decision.resource, decision.trials_per_device, decision.pods) == (
+        resource,
+        trials,
+        pods,
+    )
 
 
 def test_a_smaller_gpu_shared_beats_a_larger_one_shared() -> None:
@@ -222,8 +275,8 @@ def test_a_stated_number_that_fits_no_device_says_so() -> None:
 def test_the_limit_after_out_of_memory_exits_caps_auto_and_a_stated_number() -> None:
     assert decide([gpu_node("h100", H100)], 6, limit=3).trials_per_device == 3  # type: ignore[union-attr]
     assert decide([gpu_node("h100", H100)], 6, trials=6, limit=2).trials_per_device == 2  # type: ignore[union-attr]
-    # A limit higher than what fits changes nothing.
-    assert decide([gpu_node("h100", H100)], 14, limit=7).trials_per_device == 5  # type: ignore[union-attr]
+    # A limit higher than what fits changes nothing: 5 fit, 8 at once run 4 + 4.
+    assert decide([gpu_node("h100", H100)], 14, limit=7).trials_per_device == 4  # type: ignore[union-attr]
 
 
 def test_cpu_runners_run_one_process_unless_told_more() -> None:
@@ -234,15 +287,17 @@ def test_cpu_runners_run_one_process_unless_told_more() -> None:
     three = decide(nodes, 2, "CPU", trials=3)
     assert isinstance(three, SizingDecision)
     # Each process gets the same memory; the pod asks for three times it.
-    assert (three.trials_per_device, three.quantity) == (3, "3277Mi")
-    assert "3 runner processes per pod" in three.reason
+    assert (three.trials_per_device, three.quantity, three.pods) == (3, "3277Mi", 3)
+    assert "3 runner pods of up to 3 runner processes for 8 trials at once" in three.reason
     too_many = decide(nodes, 2, "CPU", trials=5)  # 5 x 3.2 GiB > 16 GiB
     assert isinstance(too_many, NoFit)
     assert "x 5 trials per device" in too_many.reason
 
 
 def test_stated_cpu_memory_is_per_process() -> None:
-    spec = make_spec(resources={"accelerator": "CPU", "memory": "2Gi", "trialsPerDevice": 3})
+    spec = make_spec(
+        resources={"accelerator": "CPU", "memory": "2Gi", "trialsPerDevice": 3, "parallelism": 3}
+    )
     decision = choose_resource([cpu_node("c", "8Gi")], spec, Peak(GIB, "Memory"))
     assert isinstance(decision, SizingDecision)
     assert (decision.quantity, decision.trials_per_device) == ("2Gi", 3)
@@ -335,13 +390,13 @@ def test_unschedulable_nodes_are_ignored() -> None:
 
 
 def test_next_larger_resource_after_oom() -> None:
-    first = decide(MIXED, 5, trials=1)
+    first = decide(MIXED, 5, parallelism=1)
     assert isinstance(first, SizingDecision)
-    second = decide(MIXED, 5, floor=next_floor(first.kind, first.memory_bytes), trials=1)
+    second = decide(MIXED, 5, floor=next_floor(first.kind, first.memory_bytes), parallelism=1)
     assert isinstance(second, SizingDecision)
     assert second.resource == "nvidia.com/mig-2g.20gb"
     assert "after OOMKilled" in second.reason
-    third = decide(MIXED, 5, floor=next_floor(second.kind, second.memory_bytes), trials=1)
+    third = decide(MIXED, 5, floor=next_floor(second.kind, second.memory_bytes), parallelism=1)
     assert third.resource == "nvidia.com/mig-3g.40gb"  # type: ignore[union-attr]
 
 

@@ -13,12 +13,12 @@ from trial_runner.cli._run import default_workers
     [
         ({}, 1),
         ({"parallelism": 3}, 3),
-        ({"parallelism": 2, "trialsPerDevice": 3}, 6),
-        # Auto needs a device's memory to decide; on this machine it is one per runner.
+        # trialsPerDevice lays the trials out on a cluster; it does not add to them.
+        ({"parallelism": 2, "trialsPerDevice": 3}, 2),
         ({"parallelism": 2, "trialsPerDevice": "Auto"}, 2),
     ],
 )
-def test_workers_default_to_the_runner_processes_the_spec_asks_for(
+def test_workers_default_to_the_trials_the_spec_runs_at_once(
     resources: dict[str, object], workers: int
 ) -> None:
     assert default_workers(spec_model(resources=resources)) == workers
