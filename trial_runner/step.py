@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kubetune_api.spec import device_precision
+
 if TYPE_CHECKING:
     import torch
 
@@ -118,7 +120,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
     native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if requested == "Auto":
-        return "BF16" if native_bf16 else "FP32"
+        return device_precision(requested, native_bf16)
     if requested not in _PRECISIONS:
         raise ValueError(f"unknown precision {requested!r} (Auto, BF16, FP16 or FP32)")
     if requested == "BF16" and device.type == "cuda" and not native_bf16:

@@ -75,6 +75,7 @@ from kubetune_api.spec._training import (
     Profile,
     TaskSpec,
     Training,
+    device_precision,
 )
 from kubetune_api.spec._warm_start import FromStudy, ParameterValue, WarmStart, WarmStartPoint
 from kubetune_api.spec._yaml import dump_yaml, load_yaml_documents
@@ -130,6 +131,7 @@ __all__ = [
     "as_api_server_stores",
     "best_first",
     "best_first_key",
+    "device_precision",
     "dump_yaml",
     "format_path",
     "is_better",

@@ -108,3 +108,13 @@ class Training(SpecModel):
     profile: Profile | None = Field(
         default=None, description="Write torch.profiler traces of some trials."
     )
+
+
+def device_precision(requested: str, native_bf16: bool) -> str:
+    """The precision a device trains at for ``training.precision`` ``requested``: ``Auto`` is
+    BF16 where the device computes bfloat16 natively (a CUDA GPU of compute capability 8.0 or
+    newer), else FP32; the others as stated. The runner resolves it on its device, the operator
+    for the GPUs it sizes."""
+    if requested == "Auto":
+        return "BF16" if native_bf16 else "FP32"
+    return requested

@@ -27,6 +27,7 @@ from hpo_operator.sizing import (
 from kubetune_api.contract import OUT_OF_MEMORY_EXIT_CODE
 from kubetune_api.status import (
     ConditionReason,
+    GpuPeakStatus,
     SizingStatus,
 )
 from kubetune_study.progress import StudyProgress
@@ -34,7 +35,15 @@ from kubetune_study.progress import StudyProgress
 __all__ = ["create_runners", "record_sizing", "remove_ended_runners", "usable"]
 
 #: The fields of ``status.sizing`` a :class:`SizingDecision` has under the same name.
-_DECISION_FIELDS = ("resource", "quantity", "memory_bytes", "pods", "trials_per_device", "packing")
+_DECISION_FIELDS = (
+    "resource",
+    "quantity",
+    "memory_bytes",
+    "pods",
+    "trials_per_device",
+    "packing",
+    "precision",
+)
 
 
 def remove_ended_runners(b: PlanBuilder) -> list[ObservedPod]:
@@ -144,6 +153,15 @@ def _sizing_status(
             method=sizing.peak.method,
             reason=sizing.reason,
         )
+        if sizing.peak.gpu:
+            fields["gpu_peaks"] = [
+                GpuPeakStatus(
+                    precision=g.precision,
+                    full_batch_peak_bytes=g.full_batch_bytes,
+                    micro_batch_peak_bytes=g.micro_batch_bytes,
+                )
+                for g in sizing.peak.gpu
+            ]
         if sizing.peak.method not in ("Spec", "Memory") and old.estimate_key:
             fields["estimate_key"] = old.estimate_key
     elif isinstance(sizing, PeakFailed):

@@ -1,24 +1,23 @@
-"""Sizing: which resource a runner pod requests, from what the cluster's nodes advertise, and
-how many runner processes share it.
+"""Sizing: which resource runner pods request, from what the cluster's nodes advertise, how
+many pods, and how many runner processes share each pod's device.
 
 Pure functions over plain inputs: the node inventory (:mod:`._nodes`), the peak memory of the
 largest configuration and where it came from (:mod:`._peak`), how many processes a device of
-some memory holds (:mod:`._packing`), and the choice of the resource with the least memory per
-trial that fits it plus headroom (:mod:`._choose`).
+some memory holds (:mod:`._packing`), what one process needs on each resource and how a study's
+trials are laid onto it (:mod:`._layout`), and the choice of the layout that reserves the least
+device memory (:mod:`._choose`).
 """
 
 from __future__ import annotations
 
 from hpo_operator.sizing._choose import (
-    RUNNER_PROCESS_BYTES,
     NoFit,
     Sizing,
     SizingDecision,
     choose_resource,
-    format_bytes,
     next_floor,
-    required_bytes,
 )
+from hpo_operator.sizing._layout import RUNNER_PROCESS_BYTES, format_bytes, required_bytes
 from hpo_operator.sizing._nodes import (
     CPU_MEMORY,
     GPU,
@@ -37,6 +36,7 @@ from hpo_operator.sizing._packing import (
     trials_per_device,
 )
 from hpo_operator.sizing._peak import (
+    GpuPeak,
     Peak,
     PeakFailed,
     PeakPending,
@@ -53,6 +53,7 @@ __all__ = [
     "GPU_MEMORY_LABEL",
     "RUNNER_PROCESS_BYTES",
     "Candidate",
+    "GpuPeak",
     "NoFit",
     "NodeInfo",
     "Peak",

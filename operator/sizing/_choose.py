@@ -14,6 +14,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from hpo_operator.sizing._layout import (
+    Layout,
+    Need,
+    Needs,
+    format_bytes,
+    rounded_up,
+)
 from hpo_operator.sizing._nodes import CPU_MEMORY, Candidate, Kind, NodeInfo, candidates
 from hpo_operator.sizing._packing import packing_text, trials_per_device
 from hpo_operator.sizing._peak import Peak
@@ -21,30 +28,12 @@ from hpo_operator.sizing._peak import Peak
 from kubetune_api.spec import StudySpec
 
 __all__ = [
-    "RUNNER_PROCESS_BYTES",
-    "Layout",
     "NoFit",
     "Sizing",
     "SizingDecision",
     "choose_resource",
-    "format_bytes",
     "next_floor",
-    "required_bytes",
 ]
-
-
-def format_bytes(value: int) -> str:
-    """``13958643712`` → ``"13Gi"``; Mi precision below 10Gi. Rounds up."""
-    return _rounded_up(value)[0]
-
-
-def _rounded_up(value: int) -> tuple[str, int]:
-    """The quantity :func:`format_bytes` writes for ``value``, and the bytes it stands for."""
-    if value / 2**30 >= 10 or value % 2**30 == 0:
-        gib = math.ceil(value / 2**30)
-        return f"{gib}Gi", gib * 2**30
-    mib = math.ceil(value / 2**20)
-    return f"{mib}Mi", mib * 2**20
 
 
 @dataclass(frozen=True)
@@ -67,6 +56,8 @@ class SizingDecision:
         pods: Runner pods.
         trials: Trials that run at once over all pods (``spec.resources.parallelism``);
             ``None``: ``pods`` × ``trials_per_device``.
+        precision: The precision the GPU was sized at, when the estimate had figures per
+            precision (:class:`~._peak.GpuPeak`).
     """
 
     kind: Kind
@@ -80,6 +71,7 @@ class SizingDecision:
     packing: str | None = None
     pods: int = 1
     trials: int | None = None
+    precision: str | None = None
 
     def processes(self, index: int) -> int:
         """Runner processes of runner pod ``index``: the trials spread evenly over the pods,
@@ -104,18 +96,6 @@ class NoFit:
 
 
 Sizing = SizingDecision | NoFit
-
-
-#: What a CPU runner needs besides its training step: the Python process with torch imported
-#: (about 640 MiB resident), the task's data and the allocator's cached memory (10-40% above the
-#: live tensors on CPU, see docs/benchmarks.md). GPU runners keep these in host memory, which
-#: the device-memory sizing does not cover.
-RUNNER_PROCESS_BYTES = 2**30
-
-
-def required_bytes(peak_bytes: int, headroom: float, floor_bytes: int = 0) -> int:
-    """Peak plus the fractional headroom, at least ``floor_bytes`` (raised after an OOM)."""
-    return max(math.ceil(peak_bytes * (1 + headroom)), floor_bytes)
 
 
 def next_floor(kind: str, memory_bytes: int) -> int:
@@ -183,109 +163,68 @@ def _choose(
     if accelerator == "CPU" and resources.memory is not None and floor_bytes == 0:
         return _stated_cpu_memory(pool, spec, peak, trials_limit)
 
-    headroom = resources.headroom_fraction
-    need = required_bytes(peak.bytes, headroom, floor_bytes)
-    cpu_need = max(need + RUNNER_PROCESS_BYTES, floor_bytes)
+    needs = Needs(spec, peak, floor_bytes)
     trials = resources.parallelism
     wanted = resources.trials_per_device_count
     # Never more processes on a device than trials run at once.
     wanted_here = min(wanted, trials) if wanted is not None else None
     limit = min(trials_limit or trials, trials)
 
-    def processes(c: Candidate) -> int:
-        if c.kind == "CPU":
-            # A CPU runner has no device to share: Auto runs one process per pod there.
-            return trials_per_device(
-                c.memory_bytes, cpu_need, wanted_here or 1, limit, shared_cost=0
-            )
-        return trials_per_device(c.memory_bytes, need, wanted_here, limit)
+    def layouts(micro_batched: bool) -> list[Layout]:
+        found_layouts: list[Layout] = []
+        for c in pool:
+            need = needs.of(c, micro_batched)
+            if c.kind == "CPU":
+                # A CPU runner has no device to share: Auto runs one process per pod there.
+                n = trials_per_device(
+                    c.memory_bytes, need.bytes, wanted_here or 1, limit, shared_cost=0
+                )
+            else:
+                n = trials_per_device(c.memory_bytes, need.bytes, wanted_here, limit)
+            if n:
+                found_layouts.append(Layout(c, n, trials, need))
+        return found_layouts
 
-    fitting = [Layout(c, n, trials) for c in pool if (n := processes(c))]
-    cpu_only = {c.kind for c in pool} == {"CPU"}
-    need_text = _need_text(
-        peak, headroom, cpu_need if cpu_only else need, floor_bytes, cpu=cpu_only
-    )
+    fitting = layouts(micro_batched=False)
+    if not fitting and peak.gpu:
+        # The full batch fits no GPU: runners micro-batch on the one that holds the most.
+        fitting = layouts(micro_batched=True)
     if not fitting:
-        asked = _times((wanted_here or 1) if cpu_only else wanted_here, trials_limit)
-        return NoFit(
-            cpu_need if cpu_only else need, peak, _no_fit_text(need_text + asked, pool, accelerator)
-        )
+        largest = max(pool, key=lambda c: c.memory_bytes, default=None)
+        need = needs.of(largest, micro_batched=bool(peak.gpu)) if largest else needs.cpu()
+        asked = _times((wanted_here or 1) if need.cpu else wanted_here, trials_limit)
+        return NoFit(need.bytes, peak, _no_fit_text(need.text + asked, pool, accelerator))
     best = min(fitting, key=Layout.cost)
+    need = best.need
     if best.candidate.kind == "CPU":
-        quantity, memory = _rounded_up(cpu_need)
-        text = _need_text(peak, headroom, cpu_need, floor_bytes, cpu=True)
+        quantity, memory = rounded_up(need.bytes)
         where = f"{len(best.candidate.nodes)} node(s) with at least that much memory"
         return SizingDecision(
             "CPU",
             CPU_MEMORY,
             quantity,
             memory,
-            cpu_need,
+            need.bytes,
             peak,
-            f"{text} -> CPU, {where}; {best.text()}",
+            f"{need.text} -> CPU, {where}; {best.text()}",
             trials_per_device=best.per_pod,
             pods=best.pods,
             trials=trials,
         )
-    return _device_decision(best, len(fitting), need, peak, need_text)
+    return _device_decision(best, len(fitting), peak)
 
 
-_KIND_ORDER = {"MIG": 0, "GPU": 1, "CPU": 2}
-
-
-@dataclass(frozen=True)
-class Layout:
-    """``trials`` runner processes laid onto devices of one candidate that each hold at most
-    ``fit``: as few pods as that allows, the processes spread evenly over them."""
-
-    candidate: Candidate
-    fit: int
-    trials: int
-
-    @property
-    def pods(self) -> int:
-        return math.ceil(self.trials / self.fit)
-
-    @property
-    def per_pod(self) -> int:
-        """The most processes one pod runs (pods' counts differ by at most one)."""
-        return math.ceil(self.trials / self.pods)
-
-    def cost(self) -> tuple[bool, int, int, int, int, str]:
-        """What the choice minimises: first a layout the cluster has enough of that resource
-        for; then the device memory all the pods reserve; then fewer processes per device
-        (a slice isolates its trial), MIG, the smaller resource."""
-        c = self.candidate
-        return (
-            self.pods > c.available,
-            self.pods * c.memory_bytes,
-            self.per_pod,
-            _KIND_ORDER[c.kind],
-            c.memory_bytes,
-            c.resource,
-        )
-
-    def text(self) -> str:
-        pods = f"{self.pods} runner pod{'s' if self.pods > 1 else ''}"
-        if self.per_pod == 1:
-            return f"{pods} for {self.trials} trial{'s' if self.trials > 1 else ''} at once"
-        uneven = "up to " if self.trials % self.pods else ""
-        return f"{pods} of {uneven}{self.per_pod} runner processes for {self.trials} trials at once"
-
-
-def _device_decision(
-    best: Layout, fitting: int, need: int, peak: Peak, need_text: str
-) -> SizingDecision:
+def _device_decision(best: Layout, fitting: int, peak: Peak) -> SizingDecision:
     """A GPU or MIG slice per pod, shared by its runner processes."""
-    c, count = best.candidate, best.per_pod
-    packing = packing_text(peak.bytes, count, c.memory_bytes)
+    c, count, need = best.candidate, best.per_pod, best.need
+    packing = packing_text(need.peak_bytes, count, c.memory_bytes)
     shared = (
         f", {count} trials per device, packing {packing} (peak x trials / device memory)"
         if count > 1
         else ""
     )
     reason = (
-        f"{need_text} -> {c.resource} ({format_bytes(c.memory_bytes)}; "
+        f"{need.text} -> {c.resource} ({format_bytes(c.memory_bytes)}; "
         f"{c.available} on {len(c.nodes)} node(s)"
         + (f"; least device memory of {fitting} that fit" if fitting > 1 else "")
         + f"); {best.text()}{shared}"
@@ -295,13 +234,14 @@ def _device_decision(
         c.resource,
         "1",
         c.memory_bytes,
-        need,
+        need.bytes,
         peak,
         reason,
         count,
         packing,
         pods=best.pods,
         trials=best.trials,
+        precision=need.precision,
     )
 
 
@@ -316,8 +256,9 @@ def _stated_cpu_memory(
     trials = resources.parallelism
     wanted = min(resources.trials_per_device_count or 1, trials)
     limit = min(trials_limit or trials, trials)
+    need = Need(stated, stated, f"spec.resources.memory {resources.memory}", cpu=True)
     layouts = [
-        Layout(c, n, trials)
+        Layout(c, n, trials, need)
         for c in pool
         if (n := trials_per_device(c.memory_bytes, stated, wanted, limit, shared_cost=0))
     ]
@@ -348,20 +289,6 @@ def _times(wanted: int | None, limit: int | None) -> str:
         return ""
     lowered = f", lowered to {limit} after out-of-memory exits" if limit and limit < wanted else ""
     return f" x {count} trials per device (spec.resources.trialsPerDevice{lowered})"
-
-
-def _need_text(
-    peak: Peak, headroom: float, need: int, floor_bytes: int, *, cpu: bool = False
-) -> str:
-    text = (
-        f"needs {format_bytes(need)} (peak {format_bytes(peak.bytes)} by {peak.method} "
-        f"+ {headroom:.0%} headroom"
-    )
-    if cpu:
-        text += f" + {format_bytes(RUNNER_PROCESS_BYTES)} runner process"
-    if floor_bytes and floor_bytes >= need:
-        text += f", at least {format_bytes(floor_bytes)} after OOMKilled"
-    return text + ")"
 
 
 def _no_fit_text(need_text: str, pool: list[Candidate], accelerator: str) -> str:

@@ -11,6 +11,11 @@ memory.
   and is skipped.
 * CPU: the node's allocatable ``memory``. A node whose memory is not a quantity is skipped, and
   :func:`candidates` says so (the note reaches the sizing reason in the study's status).
+
+Whether a GPU computes bfloat16 natively (compute capability 8.0 or newer, which decides the
+precision ``training.precision: Auto`` trains at) comes from GPU Feature Discovery's
+``nvidia.com/gpu.compute.major`` label; MIG slices always do (MIG needs Ampere or newer). A GPU
+without the label is taken not to (it is sized at FP32, the larger figure).
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ __all__ = [
 CPU_MEMORY = "memory"
 GPU = "nvidia.com/gpu"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+COMPUTE_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
+#: The first compute capability with native bfloat16 (Ampere).
+BF16_COMPUTE_MAJOR = 8
 _MIG = re.compile(r"^nvidia\.com/mig-(\d+)g\.(\d+)gb(\+me)?$")
 
 Kind = Literal["MIG", "GPU", "CPU"]
@@ -88,16 +96,19 @@ class Candidate:
     memory_bytes: int
     nodes: tuple[str, ...]
     available: int  # allocatable units summed over nodes (CPU: number of nodes)
+    native_bf16: bool = False  # GPUs and MIG slices that compute bfloat16 natively
 
 
 def candidates(nodes: Iterable[NodeInfo]) -> tuple[list[Candidate], list[str]]:
     """The resources schedulable nodes advertise, and a note for each node skipped because a
     quantity it advertises cannot be read."""
-    found: dict[tuple[str, int], tuple[Kind, list[str], int]] = {}
+    found: dict[tuple[str, int, bool], tuple[Kind, list[str], int]] = {}
     skipped: list[str] = []
 
-    def add(kind: Kind, resource: str, memory: int, node: str, units: int) -> None:
-        key = (resource, memory)
+    def add(
+        kind: Kind, resource: str, memory: int, node: str, units: int, bf16: bool = False
+    ) -> None:
+        key = (resource, memory, bf16)
         _, names, total = found.get(key, (kind, [], 0))
         found[key] = (kind, [*names, node], total + units)
 
@@ -111,11 +122,13 @@ def candidates(nodes: Iterable[NodeInfo]) -> tuple[list[Candidate], list[str]]:
             if memory is not None and mig_label.isdigit():
                 memory = int(mig_label) * 2**20
             if memory is not None and units > 0:
-                add("MIG", resource, memory, node.name, units)
+                add("MIG", resource, memory, node.name, units, bf16=True)
         gpus = _count(node.allocatable.get(GPU, "0"))
         label = node.labels.get(GPU_MEMORY_LABEL)
         if gpus > 0 and label and label.isdigit():
-            add("GPU", GPU, int(label) * 2**20, node.name, gpus)
+            major = node.labels.get(COMPUTE_MAJOR_LABEL, "")
+            bf16 = major.isdigit() and int(major) >= BF16_COMPUTE_MAJOR
+            add("GPU", GPU, int(label) * 2**20, node.name, gpus, bf16)
         memory_text = node.allocatable.get(CPU_MEMORY)
         if memory_text:
             try:
@@ -127,7 +140,7 @@ def candidates(nodes: Iterable[NodeInfo]) -> tuple[list[Candidate], list[str]]:
                     "a quantity"
                 )
     found_candidates = [
-        Candidate(kind, resource, memory, tuple(sorted(names)), total)
-        for (resource, memory), (kind, names, total) in found.items()
+        Candidate(kind, resource, memory, tuple(sorted(names)), total, bf16)
+        for (resource, memory, bf16), (kind, names, total) in found.items()
     ]
     return found_candidates, skipped

@@ -28,11 +28,14 @@ from trial_runner.memory._workload import first_line, mib
 if TYPE_CHECKING:
     import torch
 
+    from trial_runner.task import Task
+
 __all__ = [
     "TERMINATION_MESSAGE_LIMIT",
     "cmd_estimate",
     "estimate_for_study",
     "format_estimate",
+    "gpu_peaks",
     "run_estimate",
     "termination_message",
 ]
@@ -59,7 +62,8 @@ def estimate_for_study(
     ``training.maxMicroBatch``: what a device sized by the operator needs to train unsplit),
     ``fitsDevice`` (false when not even one sample fits here; ``peakBytes`` is then the
     one-sample peak), ``dataBytes`` (the task's tensors as loaded; they stay resident in the
-    runner), ``device`` and ``precision`` (as resolved on this device).
+    runner), ``device`` and ``precision`` (as resolved on this device), and ``gpuPeaks``
+    (:func:`gpu_peaks`: what a GPU needs, whatever this device is).
     """
     import torch
 
@@ -70,8 +74,9 @@ def estimate_for_study(
     say(f"loading the task {spec.task.entrypoint} and its data")
     task = load_task_class(spec.task.entrypoint)(spec.task.config)
     data = task.load_data()
+    sample = sample_batch(data)
     planner = MemoryPlanner.for_spec(
-        spec, task, sample_batch(data), device, capacity_bytes=available_memory(device)
+        spec, task, sample, device, capacity_bytes=available_memory(device)
     )
     config = largest_configuration(spec)
     effective = effective_batch_size(spec, config)
@@ -97,6 +102,7 @@ def estimate_for_study(
         if isinstance(value, torch.Tensor):
             data_bytes += value.untyped_storage().nbytes()
     headroom = spec.resources.headroom_fraction
+    peaks = gpu_peaks(study, task, sample, device, say)
     say(f"done: {mib(estimate.peak_bytes)} peak ({estimate.method})")
     return {
         "peakBytes": estimate.peak_bytes,
@@ -111,8 +117,57 @@ def estimate_for_study(
         "dataBytes": data_bytes,
         "device": str(device),
         "precision": planner.precision,
+        "gpuPeaks": peaks,
         "detail": estimate.detail,
     }
+
+
+def gpu_peaks(
+    study: HPOStudy,
+    task: Task,
+    sample: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """The largest configuration's peaks at each precision a GPU may train it at (``Auto``:
+    BF16 on GPUs with native bfloat16, FP32 on older ones; else the one stated), estimated here
+    whatever this device's memory: ``fullBatchPeakBytes`` (the batch unsplit, as far as
+    ``training.maxMicroBatch`` allows) and ``microBatchPeakBytes`` (micro-batches of one
+    sample, the least a runner can train it with). The operator sizes GPUs from them; an
+    estimate that fails at one precision is left out (the operator then uses ``peakBytes``)."""
+    spec = study.spec
+    precisions = (
+        ["BF16", "FP32"] if spec.training.precision == "Auto" else [spec.training.precision]
+    )
+    config = largest_configuration(spec)
+    effective = effective_batch_size(spec, config)
+    upper = min(effective, spec.training.max_micro_batch or effective)
+    steps = MicroBatchPlan.for_sizes(effective, upper).accumulation_steps
+    peaks: list[dict[str, Any]] = []
+    for precision in precisions:
+        planner = MemoryPlanner(
+            task,
+            sample,
+            precision=precision,
+            device=device,
+            headroom=spec.resources.headroom_fraction,
+        )
+        say(f"estimating it for a GPU at {precision}")
+        try:
+            full = planner.estimate(config, upper, accumulation_steps=steps)
+            least = planner.estimate(config, 1, accumulation_steps=effective)
+        except Exception as error:  # advisory: the operator falls back to peakBytes
+            say(f"no estimate at {precision}: {first_line(error)}")
+            continue
+        peaks.append(
+            {
+                "precision": precision,
+                "fullBatchPeakBytes": full.peak_bytes,
+                "microBatchPeakBytes": least.peak_bytes,
+                "method": full.method,
+            }
+        )
+    return peaks
 
 
 def termination_message(result: Mapping[str, Any]) -> str:
@@ -162,6 +217,14 @@ def format_estimate(study: HPOStudy, result: Mapping[str, Any]) -> str:
             "Peak, batch unsplit",
             f"{mib(int(result.get('fullBatchPeakBytes', 0)))}"
             + ("" if result.get("fitsDevice", True) else " (does not fit this device)"),
+        ),
+        *(
+            (
+                f"GPU at {p['precision']}",
+                f"{mib(int(p['fullBatchPeakBytes']))} batch unsplit, "
+                f"{mib(int(p['microBatchPeakBytes']))} in one-sample micro-batches",
+            )
+            for p in result.get("gpuPeaks", [])
         ),
         ("Data held in memory", mib(int(result.get("dataBytes", 0)))),
         ("Detail", str(result.get("detail", ""))),

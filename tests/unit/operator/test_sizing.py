@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hpo_operator.sizing import (
     AUTO_MAX_TRIALS_PER_DEVICE,
     CUDA_CONTEXT_BYTES,
+    GpuPeak,
     NodeInfo,
     NoFit,
     Peak,
@@ -24,7 +26,7 @@ from hpo_operator.sizing import (
     trials_per_device,
 )
 
-from kubetune_api.status import SizingStatus
+from kubetune_api.status import GpuPeakStatus, SizingStatus
 from tests.unit.operator.data import make_spec
 
 GIB = 2**30
@@ -460,3 +462,92 @@ def test_bad_estimate_message_is_a_failure_with_the_reason() -> None:
     assert "not JSON" in failed.message
     failed = resolve_peak(spec, None, estimate_failed="exit code 1: ImportError")
     assert isinstance(failed, PeakFailed) and "ImportError" in failed.message
+
+
+# --------------------------------------------------------------------------- GPU peaks
+
+#: The estimate pod's figures: 2 GiB is what fit its own 4Gi (a micro-batch); a GPU needs 20
+#: GiB for the full batch at BF16, 36 at FP32, and 3 or 4 in micro-batches of one sample.
+GPU_PEAKS = Peak(
+    2 * GIB, "FakeTensor", (GpuPeak("BF16", 20 * GIB, 3 * GIB), GpuPeak("FP32", 36 * GIB, 4 * GIB))
+)
+
+
+def gpu_with_compute(name: str, memory_mib: int, major: int | None) -> NodeInfo:
+    labels = {"nvidia.com/gpu.memory": str(memory_mib)}
+    if major is not None:
+        labels["nvidia.com/gpu.compute.major"] = str(major)
+    return NodeInfo(name, {"nvidia.com/gpu": "1"}, labels)
+
+
+A100_40 = gpu_with_compute("a100", 40960, 8)  # native bfloat16
+V100_32 = gpu_with_compute("v100", 32768, 7)  # none: Auto trains at FP32 there
+
+
+def test_gpus_are_sized_from_the_full_batch_at_the_precision_each_trains_at() -> None:
+    decision = choose_resource([A100_40, V100_32], gpu_spec(parallelism=1), GPU_PEAKS)
+    assert isinstance(decision, SizingDecision)
+    # Not the estimate pod's 2 GiB: 20 GiB + 10 % at BF16 on the A100; the V100 would train at
+    # FP32 (36 GiB + 10 %), more than its 32 GiB.
+    assert (decision.memory_bytes, decision.precision) == (40960 * 2**20, "BF16")
+    assert decision.required_bytes == math.ceil(20 * GIB * 1.1)
+    assert "peak 20Gi by FakeTensor at BF16" in decision.reason
+    assert decision.packing == "50%"
+
+
+def test_micro_batches_only_when_no_gpu_holds_the_full_batch() -> None:
+    fp32 = make_spec(
+        resources={"accelerator": "GPU", "parallelism": 1}, training={"precision": "FP32"}
+    )
+    # 36 GiB + 10 % fits neither unsplit: runners micro-batch on the smallest that holds a
+    # one-sample micro-batch (4 GiB + 10 %).
+    decision = choose_resource([A100_40, V100_32], fp32, GPU_PEAKS)
+    assert isinstance(decision, SizingDecision)
+    assert (decision.memory_bytes, decision.precision) == (32768 * 2**20, "FP32")
+    assert "micro-batches of one sample" in decision.reason
+    # A GPU without GPU Feature Discovery's compute label is taken to train Auto at FP32.
+    unlabelled = gpu_with_compute("gpu", 40960, None)
+    auto = choose_resource([unlabelled], gpu_spec(parallelism=1), GPU_PEAKS)
+    assert (auto.precision, "micro-batches" in auto.reason) == ("FP32", True)  # type: ignore[union-attr]
+    # Nothing holds even that: the need is said at its least.
+    nothing = choose_resource([gpu_with_compute("t4", 2048, 7)], fp32, GPU_PEAKS)
+    assert isinstance(nothing, NoFit)
+    assert "peak 4Gi by FakeTensor at FP32, micro-batches of one sample" in nothing.reason
+
+
+def test_gpu_peaks_come_from_the_estimate_pod_and_are_kept_in_the_status() -> None:
+    spec = make_spec(resources={"accelerator": "Auto"})
+    message = json.dumps(
+        {
+            "peakBytes": 2 * GIB,
+            "method": "FakeTensor",
+            "gpuPeaks": [
+                {
+                    "precision": "BF16",
+                    "fullBatchPeakBytes": 20 * GIB,
+                    "microBatchPeakBytes": 3 * GIB,
+                },
+                {
+                    "precision": "FP32",
+                    "fullBatchPeakBytes": 36 * GIB,
+                    "microBatchPeakBytes": 4 * GIB,
+                },
+                {"precision": "FP16", "fullBatchPeakBytes": "lots"},  # not well formed: left out
+            ],
+        }
+    )
+    assert resolve_peak(spec, None, estimate_message=message) == GPU_PEAKS
+    recorded = SizingStatus(
+        estimate_key=estimate_key(spec),
+        peak_bytes=2 * GIB,
+        method="FakeTensor",
+        gpu_peaks=[
+            GpuPeakStatus(precision=g.precision, full_batch_peak_bytes=g.full_batch_bytes,
+                          micro_batch_peak_bytes=g.micro_batch_bytes)
+            for g in GPU_PEAKS.gpu
+        ],
+    )  # fmt: skip
+    # As the API server gives it back.
+    stored = SizingStatus.model_validate(json.loads(recorded.model_dump_json(by_alias=True)))
+    assert stored.gpu_peaks is not None and stored.gpu_peaks[0].full_batch_peak_bytes == 20 * GIB
+    assert resolve_peak(spec, stored) == GPU_PEAKS

@@ -62,6 +62,7 @@ def test_run_estimate_writes_a_small_termination_message(
     assert run_estimate(sequence_study(), as_json=False, termination_message_path=None) == 0
     table = capsys.readouterr().out
     assert "FakeTensor" in table and "d_model=48" in table
+    assert "GPU at BF16" in table and "one-sample micro-batches" in table
 
 
 def test_run_estimate_reports_a_broken_task(tmp_path: Path) -> None:
@@ -108,3 +109,24 @@ def test_estimate_for_a_model_larger_than_this_machine_reports_instead_of_failin
     assert result["microBatch"] == 1 and result["accumulationSteps"] == 16
     assert result["peakBytes"] >= 16 * width * width
     assert result["fullBatchPeakBytes"] >= result["peakBytes"]
+    # What a GPU needs is estimated whatever this machine holds: the full batch too.
+    peaks = {p["precision"]: p for p in result["gpuPeaks"]}
+    assert set(peaks) == {"BF16", "FP32"}
+    for peak in peaks.values():
+        assert peak["fullBatchPeakBytes"] > available_memory(CPU)
+        assert peak["microBatchPeakBytes"] >= 16 * width * width
+
+
+def test_gpu_peaks_are_estimated_at_each_precision_a_gpu_may_train_at() -> None:
+    study = sequence_study()
+    result = estimate_for_study(study, CPU)
+    peaks = {p["precision"]: p for p in result["gpuPeaks"]}
+    # Auto: BF16 on GPUs with native bfloat16, FP32 on older ones. This CPU resolves Auto to
+    # FP32, so that figure is the one it plans with.
+    assert set(peaks) == {"BF16", "FP32"}
+    assert peaks["FP32"]["fullBatchPeakBytes"] == result["fullBatchPeakBytes"]
+    # Activations under BF16 autocast take half the bytes: the BF16 peak is not the FP32 one.
+    assert peaks["BF16"]["fullBatchPeakBytes"] != peaks["FP32"]["fullBatchPeakBytes"]
+    assert all(p["method"] == "FakeTensor" for p in peaks.values())
+    stated = estimate_for_study(sequence_study(training={"precision": "FP32"}), CPU)
+    assert [p["precision"] for p in stated["gpuPeaks"]] == ["FP32"]
