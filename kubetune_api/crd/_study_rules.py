@@ -10,6 +10,14 @@ __all__ = ["OBJECTIVE_RULES", "PARAMETER_RULES", "STUDY_RULES", "WARM_START_RULE
 # NUMBER_PATTERN without backslashes, so it can sit in a CEL string literal.
 _CEL_NUMBER = "^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$"
 
+
+def _int_like(field: str) -> str:
+    """CEL: parameter field ``field`` is an integer of at most 18 digits, or a string of one
+    (``int()`` reads it, and differences of two cannot overflow). Longer ones are not checked,
+    here or by ``kubetune validate`` (:data:`~kubetune_api.spec._parameter_rules.GRID_INTEGER`)."""
+    return f"string(self.{field}).matches('^[-+]?[0-9]{{1,18}}$')"
+
+
 # CEL helpers: int-or-string numbers compare as doubles.
 PARAMETER_RULES: list[dict[str, str]] = [
     {
@@ -72,6 +80,24 @@ PARAMETER_RULES: list[dict[str, str]] = [
         "rule": "!has(self.step) || double(self.step) > 0.0",
         "message": "must be above 0",
         "fieldPath": ".step",
+    },
+    {
+        "rule": f"self.type != 'Int' || !has(self.step) || !has(self.low) || !has(self.high) "
+        f"|| !({_int_like('step')} && {_int_like('low')} && {_int_like('high')}) "
+        "|| int(self.step) <= 0 || int(self.low) >= int(self.high) "
+        "|| (int(self.high) - int(self.low)) % int(self.step) == 0",
+        "message": "must divide high - low: Optuna would narrow the range to the last point "
+        "of the grid",
+        "fieldPath": ".step",
+    },
+    {
+        "rule": f"self.type != 'Int' || !has(self.step) || !has(self.low) "
+        f"|| !has(self.default) "
+        f"|| !({_int_like('step')} && {_int_like('low')} && {_int_like('default')}) "
+        "|| int(self.step) <= 0 || int(self.default) < int(self.low) "
+        "|| (int(self.default) - int(self.low)) % int(self.step) == 0",
+        "message": "must be low plus a multiple of step",
+        "fieldPath": ".default",
     },
     {
         "rule": "!has(self.step) || !has(self.scale) || self.scale != 'Log'",

@@ -42,6 +42,7 @@ from kubetune_api.spec._base import (
 from kubetune_api.spec._budget import Budget, SecretKeyRef, Storage
 from kubetune_api.spec._errors import MAX_SHOWN_ERRORS, FieldError, SpecError, format_path
 from kubetune_api.spec._load import (
+    CLIENT_SIDE_APPLY_BYTES,
     MAX_DOCUMENT_BYTES,
     as_api_server_stores,
     load_study,
@@ -49,7 +50,8 @@ from kubetune_api.spec._load import (
     study_from_text,
     validate_spec_mapping,
 )
-from kubetune_api.spec._models import HPOStudy, ObjectMeta, StudySpec
+from kubetune_api.spec._metadata import ObjectMeta
+from kubetune_api.spec._models import HPOStudy, StudySpec
 from kubetune_api.spec._parse import parse_duration, parse_number, parse_quantity
 from kubetune_api.spec._rules import point_value_error, semantic_errors
 from kubetune_api.spec._runner import (
@@ -81,6 +83,7 @@ from kubetune_api.spec._warm_start import FromStudy, ParameterValue, WarmStart, 
 from kubetune_api.spec._yaml import dump_yaml, load_yaml_documents
 
 __all__ = [
+    "CLIENT_SIDE_APPLY_BYTES",
     "DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS",
     "FREE_FORM_FIELDS",
     "MAX_DOCUMENT_BYTES",

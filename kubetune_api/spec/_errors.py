@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel
 
+from kubetune_api.redaction import redact
 from kubetune_api.spec._models import HPOStudy
 
 __all__ = [
@@ -52,8 +54,10 @@ class FieldError:
     message: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", _clip(self.path, MAX_PATH))
-        object.__setattr__(self, "message", _clip(self.message, MAX_MESSAGE))
+        # A password in a URL pasted into the spec is never repeated (redacted before clipping,
+        # which could cut the URL before the "@" that gives it away).
+        object.__setattr__(self, "path", _clip(redact(self.path), MAX_PATH))
+        object.__setattr__(self, "message", _clip(redact(self.message), MAX_MESSAGE))
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -111,7 +115,18 @@ def shown(value: Any) -> str:
         return f"a list of {len(value)} item(s)"
     if isinstance(value, dict):
         return f"a mapping of {len(value)} key(s)"
-    return _clip(repr(value), MAX_SHOWN_VALUE)
+    return _clip(redact(repr(value)), MAX_SHOWN_VALUE)
+
+
+def _unknown_field(owner: type[BaseModel] | None, key: str | int) -> str:
+    """The message for an unknown field: what is accepted, and the API's spelling of a field
+    written in Python's (``max_trials`` for ``maxTrials``), which the API server does not know."""
+    if owner is None:
+        return "unknown field"
+    spelled = {f.alias or n for n, f in owner.model_fields.items()}
+    if isinstance(key, str) and key not in spelled and to_camel(key) in spelled:
+        return f"unknown field: the API spells it {to_camel(key)}"
+    return f"unknown field (accepted: {_accepted_fields(owner)})"
 
 
 def _accepted_fields(model: type[BaseModel]) -> str:
@@ -180,8 +195,7 @@ def pydantic_errors(
         value = err.get("input")
         if kind == "extra_forbidden":
             owner = model_at(loc[:-1], root)
-            accepted = f" (accepted: {_accepted_fields(owner)})" if owner else ""
-            message = f"unknown field{accepted}"
+            message = _unknown_field(owner, loc[-1] if loc else "")
         elif kind == "missing":
             message = "required field is missing"
         elif kind == "literal_error":

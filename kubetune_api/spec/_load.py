@@ -25,11 +25,13 @@ from kubetune_api.spec._errors import (
     model_at,
     pydantic_errors,
 )
+from kubetune_api.spec._metadata import metadata_errors
 from kubetune_api.spec._models import HPOStudy, StudySpec
 from kubetune_api.spec._rules import semantic_errors
 from kubetune_api.spec._yaml import load_yaml_documents
 
 __all__ = [
+    "CLIENT_SIDE_APPLY_BYTES",
     "MAX_DOCUMENT_BYTES",
     "as_api_server_stores",
     "load_study",
@@ -38,9 +40,15 @@ __all__ = [
     "validate_spec_mapping",
 ]
 
-#: The largest study file read: the API server refuses a request body above 3 MiB.
-MAX_DOCUMENT_BYTES = 3 * 2**20
-#: Values a spec may hold once aliases are expanded (more than 3 MiB of text can write out).
+#: The largest study file read: etcd refuses a request above 1.5 MiB (its default
+#: ``--max-request-bytes``), so a larger object never reaches the cluster, whatever the API
+#: server's own 3 MiB limit on a request body.
+MAX_DOCUMENT_BYTES = 3 * 2**19
+#: The most a client-side ``kubectl apply`` can record of an object: it keeps the whole object
+#: in the ``kubectl.kubernetes.io/last-applied-configuration`` annotation, and an object's
+#: annotations take at most 256 KiB. A larger study is applied with ``--server-side``.
+CLIENT_SIDE_APPLY_BYTES = 2**18
+#: Values a document may hold once aliases are expanded (more than its text can write out).
 MAX_VALUES = 4 * 2**20
 
 _INT64_MIN, _INT64_END = -(2**63), 2**63
@@ -93,6 +101,25 @@ def _stored(value: Any, path: tuple[str | int, ...], counter: list[int]) -> Any:
     return value
 
 
+def _guard_values(document: dict[Any, Any]) -> None:
+    """Refuse a document part (all but the spec, which :func:`as_api_server_stores` walks) of
+    more than :data:`MAX_VALUES` values once aliases are expanded: an alias bomb in
+    ``metadata`` or ``status`` is refused like one in the spec, before anything reads it."""
+    counted = 0
+    for key, value in document.items():
+        stack = [value]
+        while stack:
+            counted += 1
+            if counted > MAX_VALUES:
+                raise SpecError([FieldError(str(key), f"more than {MAX_VALUES} values: too large")])
+            node = stack.pop()
+            if isinstance(node, dict):
+                stack.extend(node.keys())
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+
+
 def _as_float(value: int, path: tuple[str | int, ...]) -> float:
     try:
         return float(value)
@@ -104,7 +131,7 @@ def validate_spec_mapping(raw: Any, prefix: str = "spec") -> StudySpec:
     """Validate a bare ``spec`` mapping (as the operator reads it from the API server)."""
     stored = as_api_server_stores(raw, prefix)
     try:
-        spec = StudySpec.model_validate(stored)
+        spec = StudySpec.model_validate(stored, by_alias=True, by_name=False)
     except ValidationError as exc:
         errors = pydantic_errors(exc, stored)
         raise SpecError(
@@ -123,20 +150,24 @@ def _prefixed(prefix: str, path: str) -> str:
 
 
 def study_from_mapping(raw: Any, source: str | None = None) -> HPOStudy:
-    """Validate a whole HPOStudy document (apiVersion, kind, metadata, spec)."""
+    """Validate a whole HPOStudy document (apiVersion, kind, metadata, spec; a ``status``, as
+    ``kubectl get -o yaml`` saves one, is accepted and ignored, as the API server ignores it).
+
+    Fields are read by the names the API server knows (``maxTrials``, never ``max_trials``)."""
     if not isinstance(raw, dict):
         raise SpecError(
             [FieldError("", f"expected an HPOStudy mapping, got {type(raw).__name__}")], source
         )
     try:
+        _guard_values({k: v for k, v in raw.items() if k != "spec"})
         document = {**raw, "spec": as_api_server_stores(raw["spec"])} if "spec" in raw else raw
     except SpecError as error:
         raise SpecError(error.errors, source) from None
     try:
-        study = HPOStudy.model_validate(document)
+        study = HPOStudy.model_validate(document, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise SpecError(pydantic_errors(exc, document), source) from None
-    problems = semantic_errors(study.spec)
+    problems = metadata_errors(study.metadata) + semantic_errors(study.spec)
     if problems:
         raise SpecError(problems, source)
     return study
@@ -185,8 +216,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def _too_large(size: int) -> str:
     return (
-        f"{size} bytes is more than the {MAX_DOCUMENT_BYTES} bytes (3 MiB) the API server "
-        "accepts for a study"
+        f"{size} bytes is more than the {MAX_DOCUMENT_BYTES} bytes (1.5 MiB) a cluster stores "
+        "of one object (etcd's request limit)"
     )
 
 

@@ -14,19 +14,18 @@ this module assembles them into :class:`StudySpec` and :class:`HPOStudy`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kubetune_api.contract import ApiVersion
 from kubetune_api.spec._base import (
     MAX_OBJECTIVES,
     MAX_STAGES,
-    MAX_STUDY_NAME,
-    NAME_PATTERN,
     SpecModel,
 )
 from kubetune_api.spec._budget import Budget, Storage
+from kubetune_api.spec._metadata import ObjectMeta
 from kubetune_api.spec._runner import Resources, Runner
 from kubetune_api.spec._search import Objective, Parameter, Pruner, Sampler, Stage
 from kubetune_api.spec._training import TaskSpec, Training
@@ -87,20 +86,14 @@ class StudySpec(SpecModel):
         return bool(self.objectives)
 
 
-class ObjectMeta(BaseModel):
-    """The part of Kubernetes ObjectMeta a study file carries; the API server checks the rest."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_STUDY_NAME)
-    namespace: str | None = None
-
-
 class HPOStudy(SpecModel):
     api_version: ApiVersion
     kind: Literal["HPOStudy"]
     metadata: ObjectMeta
     spec: StudySpec
+    #: What ``kubectl get -o yaml`` saves with the study: accepted and ignored, as the API
+    #: server ignores a status sent with the spec.
+    status: Any = Field(default=None, exclude=True)
 
     @property
     def name(self) -> str:

@@ -89,6 +89,20 @@ def parameter_errors(p: Parameter, at: str, found: Findings) -> None:
             err("step", "not accepted with scale Log")
         elif p.type == "Int" and not _is_integral(p.step):
             err("step", f"must be an integer for an Int parameter (got {p.step!r})")
+        elif (
+            p.type == "Int"
+            and p.high is not None
+            and low < high
+            and _off_grid(p.high, p.low, p.step)
+        ):
+            # Optuna would narrow the range to the last point of the grid, unasked.
+            span, step = int(high) - int(low), int(p.step_value)
+            last = int(low) + span // step * step
+            err(
+                "step",
+                f"must divide high - low ({span}): the grid from {p.low} by {p.step} ends at "
+                f"{last}, not at high; use high {last} or {last + step}",
+            )
     if p.default is not None:
         default = parse_number(p.default) if _is_number(p.default) else None
         if default is None:
@@ -97,6 +111,28 @@ def parameter_errors(p: Parameter, at: str, found: Findings) -> None:
             err("default", f"must lie within [low, high] (got {p.default})")
         elif p.type == "Int" and not _is_integral(p.default):
             err("default", f"must be an integer for an Int parameter (got {p.default!r})")
+        elif (
+            p.type == "Int"
+            and p.step is not None
+            and low <= default
+            and _off_grid(p.default, p.low, p.step)
+        ):
+            err("default", f"must be low plus a multiple of step {p.step} (got {p.default})")
+
+
+#: Integers the step grid is checked for (the CRD's CEL rules read them with ``int()``): at most
+#: 18 digits, so that no difference of two overflows 64 bits.
+GRID_INTEGER = re.compile(r"[-+]?[0-9]{1,18}")
+
+
+def _off_grid(value: int | str, low: int | str | None, step: int | str) -> bool:
+    """Whether ``value`` is not ``low`` plus a multiple of ``step`` (positive), all integers the
+    grid is checked for (:data:`GRID_INTEGER`); False when one is not."""
+    numbers = (value, low, step)
+    if not all(n is not None and GRID_INTEGER.fullmatch(str(n)) for n in numbers):
+        return False
+    stride = int(step)
+    return stride > 0 and (int(value) - int(low or 0)) % stride != 0
 
 
 def _is_number(value: int | str) -> bool:

@@ -3,8 +3,9 @@ kept out of every message (:func:`redact`)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from kubetune_api.redaction import redact
 
 __all__ = [
     "StorageError",
@@ -18,18 +19,6 @@ __all__ = [
 
 class StorageError(RuntimeError):
     """The storage URL is unusable; the message never contains the password."""
-
-
-#: ``user:password@`` of a URL, with its scheme if it has one, in a URL or in a message that
-#: quotes one; the password runs to the last ``@`` before a space or quote, so a password with
-#: an unencoded ``@`` or ``/`` (a URL nothing can parse) is hidden whole.
-_CREDENTIALS = re.compile(r"(?P<keep>(?:[A-Za-z][A-Za-z0-9+.-]*:/*)?[^\s:/@'\"]*):[^\s'\"]*@")
-
-
-def redact(text: str) -> str:
-    """``text`` (a storage URL, or a message quoting one) with every password replaced, safe for
-    logs, errors and statuses, whether or not the URL is well formed."""
-    return _CREDENTIALS.sub(lambda m: f"{m['keep']}:***@", text)
 
 
 def is_postgres(url: str) -> bool:

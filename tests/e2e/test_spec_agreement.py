@@ -46,6 +46,7 @@ from kubetune_api.spec import (
     SpecError,
     as_api_server_stores,
     load_yaml_documents,
+    study_from_mapping,
     validate_spec_mapping,
 )
 from kubetune_api.spec._errors import MAX_MESSAGE, MAX_PATH
@@ -334,7 +335,7 @@ def mutated_specs(draw: st.DrawFn) -> dict[str, Any]:
         parent, key = _parent(spec, path), path[-1]
         kind = draw(
             st.sampled_from(
-                ("swap", "swap", "set", "set", "delete", "unknown", "size", "text", "enum", "kind")
+                words("swap swap set set delete unknown size text enum kind snake grid")
             )
         )
         if kind == "swap" and _shape(path) in VALID_VALUES:
@@ -366,9 +367,25 @@ def mutated_specs(draw: st.DrawFn) -> dict[str, Any]:
                 parent[key] = int(node)
         elif kind == "text":
             parent[key] = draw(st.text(min_size=1, max_size=70))
+        elif kind == "snake":
+            # A field spelt as Python spells it (maxTrials as max_trials).
+            if isinstance(key, str) and isinstance(parent, dict) and key != _snake(key):
+                parent[_snake(key)] = parent.pop(key)
+        elif kind == "grid":
+            # An Int parameter's step against its range and default: on the grid or off it.
+            ints = [p for p in spec.get("searchSpace", []) if isinstance(p, dict)]
+            ints = [p for p in ints if p.get("type") == "Int"]
+            if ints:
+                param = draw(st.sampled_from(ints))
+                field = draw(st.sampled_from(("step", "high", "default")))
+                param[field] = draw(st.sampled_from((2, 3, 8, 16, 24, 50, 63, 64, 256, "16", "20")))
         else:
             parent[key] = draw(st.sampled_from(ENUM_VALUES))
     return spec
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -447,6 +464,81 @@ def assert_one_verdict(api: Any, namespace: str, spec: Any) -> bool:
     return local is None
 
 
+# --------------------------------------------------------------------------- whole documents
+
+_LABEL_KEYS = (
+    "team", "kubetune.dev/team", "a" * 63, "a" * 64, "bad key", "-x", "x/", "/x", "Example.com/x",
+    "example.com/" + "a" * 63, "a" * 254 + "/x", "app.kubernetes.io/name",
+)  # fmt: skip
+_LABEL_VALUES = ("", "a", "a b", "-a", "a-", "a" * 63, "a" * 64, "v1.2_3", "ü")
+
+
+@st.composite
+def mutated_documents(draw: st.DrawFn, namespace: str) -> dict[str, Any]:
+    """A valid HPOStudy document with what users carry around it: ``kubectl get -o yaml``'s
+    metadata and status, fields spelt as Python spells them, unknown metadata fields, namespace,
+    label and annotation keys and values as the API server checks them."""
+    document: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": "agreement"},
+        "spec": copy.deepcopy(draw(st.sampled_from(VALID_SPECS))),
+    }
+    meta = document["metadata"]
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        kind = draw(
+            st.sampled_from(
+                ("saved", "status", "snake", "unknown", "namespace", "label", "annotation")
+            )
+        )
+        if kind == "saved":
+            meta.update(
+                uid="0b5e-uid", resourceVersion="12", generation=3,
+                creationTimestamp="2026-01-02T03:04:05Z",
+                managedFields=[{"manager": "kubectl", "operation": "Update"}],
+            )  # fmt: skip
+        elif kind == "status":
+            document["status"] = {"trials": {"complete": 3}, "conditions": []}
+        elif kind == "snake":
+            key = draw(st.sampled_from(("apiVersion", "metadata.resourceVersion")))
+            if key == "apiVersion":
+                document["api_version"] = document.pop("apiVersion")
+            else:
+                meta["resource_version"] = "12"
+        elif kind == "unknown":
+            meta[draw(st.sampled_from(("team", "owner", "labelz", "Name")))] = "x"
+        elif kind == "namespace":
+            meta["namespace"] = draw(st.sampled_from((namespace, "Team_A", "a" * 64, "-x")))
+        elif kind == "label":
+            labels = meta.setdefault("labels", {})
+            labels[draw(st.sampled_from(_LABEL_KEYS))] = draw(st.sampled_from(_LABEL_VALUES))
+        else:
+            annotations = meta.setdefault("annotations", {})
+            size = draw(st.sampled_from((1, 1000, 262_100, 262_200)))
+            annotations[draw(st.sampled_from(_LABEL_KEYS))] = "x" * size
+    return document
+
+
+def local_document_verdict(document: dict[str, Any]) -> SpecError | None:
+    try:
+        study_from_mapping(document)
+    except SpecError as error:
+        return error
+    return None
+
+
+def server_document_verdict(api: Any, namespace: str, document: dict[str, Any]) -> str | None:
+    try:
+        api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, document, dry_run="All", field_validation="Strict"
+        )
+    except ApiException as error:
+        if error.status is None or not 400 <= error.status < 500:
+            raise
+        return str(error.body)[:2000]
+    return None
+
+
 @pytest.fixture
 def study_api(control_plane: ControlPlane, namespace: str) -> Iterator[Any]:
     install_crd(control_plane)
@@ -480,6 +572,35 @@ def test_local_validation_and_the_api_server_agree(study_api: Any, namespace: st
     assert accepted >= len(verdicts) // 10 and len(verdicts) - accepted >= len(verdicts) // 10
 
 
+def test_whole_documents_get_one_verdict(study_api: Any, namespace: str) -> None:
+    @settings(
+        max_examples=EXAMPLES // 4,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(mutated_documents(namespace))
+    def agree(document: dict[str, Any]) -> None:
+        local = local_document_verdict(document)
+        server = server_document_verdict(study_api, namespace, document)
+        shown = json.dumps(document, default=str)[:1500]
+        assert (local is None) == (server is None), (
+            f"only the API server rejects:\n{server}\n{shown}"
+            if local is None
+            else f"only kubetune rejects:\n{local.render()}\n{shown}"
+        )
+        if local is not None:
+            assert all("\n" not in str(e) for e in local.errors)
+        verdicts.append(local is None)
+
+    verdicts: list[bool] = []
+    agree()
+    accepted = sum(verdicts)
+    print(f"{len(verdicts)} documents: {accepted} accepted, {len(verdicts) - accepted} rejected")
+    assert accepted >= len(verdicts) // 10 and len(verdicts) - accepted >= len(verdicts) // 10
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -489,8 +610,21 @@ def test_local_validation_and_the_api_server_agree(study_api: Any, namespace: st
         (lambda s: s["budget"].update(timeout="0s"), "spec.budget.timeout"),
         (lambda s: s["searchSpace"][0].update(low=1e-4), "spec.searchSpace[0].low"),
         (lambda s: s["budget"].update(maxConsecutiveFailedTrials=0), "spec.budget"),
+        (lambda s: s["budget"].update(max_trials=s["budget"].pop("maxTrials")), "spec.budget"),
+        (lambda s: s["searchSpace"][3].update(step=16, high=60), "spec.searchSpace[3].step"),
+        (lambda s: s["searchSpace"][3].update(step=16, default=20), "spec.searchSpace[3].default"),
     ],
-    ids=["negative-seed", "huge-seed", "empty-timeout", "zero-timeout", "float-low", "breaker-0"],
+    ids=[
+        "negative-seed",
+        "huge-seed",
+        "empty-timeout",
+        "zero-timeout",
+        "float-low",
+        "breaker-0",
+        "snake-case",
+        "step-off-grid",
+        "default-off-grid",
+    ],
 )
 def test_the_reported_cases_are_rejected_by_both(
     study_api: Any, namespace: str, change: Any, field: str

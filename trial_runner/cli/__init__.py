@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from kubetune_api.contract import (
     ESTIMATE_COMMAND,
@@ -34,7 +35,7 @@ from kubetune_api.contract import (
     STUDY_NAME_OPTION,
     TERMINATION_MESSAGE_OPTION,
 )
-from kubetune_api.spec import SpecError, load_study
+from kubetune_api.spec import CLIENT_SIDE_APPLY_BYTES, SpecError, load_study
 from kubetune_study.storage import DEFAULT_LOCAL_STORAGE, StorageError
 from trial_runner.cli._common import (
     EXIT_INPUT,
@@ -78,6 +79,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if template:
         fields = sorted({*template.get("metadata", {}), *template.get("spec", {})})
         print(f"  runner pod template (on a cluster): {', '.join(fields)}")
+    size = Path(args.study).stat().st_size
+    if size > CLIENT_SIDE_APPLY_BYTES:
+        print(
+            f"  note: {size} bytes is more than a client-side `kubectl apply` can record "
+            f"({CLIENT_SIDE_APPLY_BYTES // 1024} KiB of annotations): apply it with "
+            "`kubectl apply --server-side` or `kubectl create`"
+        )
     return EXIT_OK
 
 
