@@ -45,6 +45,16 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _redacted(text: str) -> str:
+    """``text`` with its URLs' passwords replaced, looking no further than is ever shown plus a
+    URL's length (a quoted value may be a megabyte long)."""
+    return redact(text[:_REDACTION_WINDOW])
+
+
+#: Characters of a text searched for passwords before it is clipped.
+_REDACTION_WINDOW = 4096
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One problem: the field's path (``spec.searchSpace[0].low``) and what is wrong, both
@@ -56,8 +66,8 @@ class FieldError:
     def __post_init__(self) -> None:
         # A password in a URL pasted into the spec is never repeated (redacted before clipping,
         # which could cut the URL before the "@" that gives it away).
-        object.__setattr__(self, "path", _clip(redact(self.path), MAX_PATH))
-        object.__setattr__(self, "message", _clip(redact(self.message), MAX_MESSAGE))
+        object.__setattr__(self, "path", _clip(_redacted(self.path), MAX_PATH))
+        object.__setattr__(self, "message", _clip(_redacted(self.message), MAX_MESSAGE))
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -115,7 +125,7 @@ def shown(value: Any) -> str:
         return f"a list of {len(value)} item(s)"
     if isinstance(value, dict):
         return f"a mapping of {len(value)} key(s)"
-    return _clip(redact(repr(value)), MAX_SHOWN_VALUE)
+    return _clip(_redacted(repr(value)), MAX_SHOWN_VALUE)
 
 
 def _unknown_field(owner: type[BaseModel] | None, key: str | int) -> str:
