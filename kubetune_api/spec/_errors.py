@@ -8,12 +8,13 @@ rendered :class:`SpecError` lists at most :data:`MAX_SHOWN_ERRORS` errors.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
 
 from kubetune_api.redaction import redact
 from kubetune_api.spec._models import HPOStudy
@@ -133,14 +134,41 @@ def _unknown_field(owner: type[BaseModel] | None, key: str | int) -> str:
     written in Python's (``max_trials`` for ``maxTrials``), which the API server does not know."""
     if owner is None:
         return "unknown field"
-    spelled = {f.alias or n for n, f in owner.model_fields.items()}
+    spelled = {api_name(n, f) for n, f in owner.model_fields.items()}
     if isinstance(key, str) and key not in spelled and to_camel(key) in spelled:
         return f"unknown field: the API spells it {to_camel(key)}"
     return f"unknown field (accepted: {_accepted_fields(owner)})"
 
 
 def _accepted_fields(model: type[BaseModel]) -> str:
-    return ", ".join(sorted((f.alias or n) for n, f in model.model_fields.items()))
+    return ", ".join(sorted(api_name(n, f) for n, f in model.model_fields.items()))
+
+
+def api_name(name: str, field: FieldInfo) -> str:
+    """The name the API gives a model's field: its alias (the Kubernetes client's models keep
+    it as the serialization alias, and accept the Python name too), else its name."""
+    return field.alias or field.serialization_alias or name
+
+
+def python_spellings(
+    node: Any, model: Any, path: tuple[str | int, ...]
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """The fields of ``node`` (validated as ``model``) spelt as Python spells them
+    (``max_skew``), with the API's spelling: the Kubernetes client's models accept both, the
+    API server only its own."""
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from python_spellings(item, model, (*path, index))
+        return
+    if not (isinstance(node, dict) and isinstance(model, type) and issubclass(model, BaseModel)):
+        return
+    fields = model.model_fields
+    by_api = {api_name(n, f): f for n, f in fields.items()}
+    for key, value in node.items():
+        if key in by_api:
+            yield from python_spellings(value, _unwrap_model(by_api[key].annotation), (*path, key))
+        elif key in fields and api_name(key, fields[key]) != key:
+            yield (*path, key), api_name(key, fields[key])
 
 
 def model_at(loc: Iterable[str | int], root: type[BaseModel] = HPOStudy) -> type[BaseModel] | None:
@@ -153,7 +181,7 @@ def model_at(loc: Iterable[str | int], root: type[BaseModel] = HPOStudy) -> type
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         field = next(
-            (f for n, f in model.model_fields.items() if (f.alias or n) == part),
+            (f for n, f in model.model_fields.items() if api_name(n, f) == part),
             None,
         )
         if field is None:

@@ -81,7 +81,8 @@ def metadata_errors(meta: ObjectMeta) -> list[FieldError]:
     annotations = meta.annotations or {}
     for key in annotations:
         path = format_path(("metadata", "annotations", key))
-        errors.extend(FieldError(path, problem) for problem in _key_problems(key))
+        # The API server checks annotation keys lowercased (label keys as they are).
+        errors.extend(FieldError(path, problem) for problem in _key_problems(key.lower()))
     size = _size(annotations)
     if size > MAX_ANNOTATIONS_BYTES:
         errors.append(

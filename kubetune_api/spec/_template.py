@@ -39,7 +39,7 @@ from kubetune_api.contract import (
     TMP_PATH,
     TMP_VOLUME,
 )
-from kubetune_api.spec._errors import FieldError, format_path, pydantic_errors
+from kubetune_api.spec._errors import FieldError, format_path, pydantic_errors, python_spellings
 
 __all__ = [
     "MAX_MOUNT_PATH",
@@ -168,13 +168,17 @@ def template_errors(template: Mapping[str, Any], prefix: str) -> list[FieldError
     """Every problem of ``template`` (at ``prefix``): its shape, then what kubetune owns."""
     model = template_model()
     try:
-        model.model_validate(dict(template))
+        model.model_validate(dict(template), by_alias=True, by_name=False)
     except ValidationError as exc:
         return [
             FieldError(_joined(prefix, e.path), _owned_field_message(e))
             for e in pydantic_errors(exc, dict(template), root=model)
         ]
-    return ownership_errors(template, prefix)
+    misspelt = [
+        FieldError(_joined(prefix, format_path(path)), f"unknown field: the API spells it {name}")
+        for path, name in python_spellings(dict(template), model, ())
+    ]
+    return misspelt or ownership_errors(template, prefix)
 
 
 #: Fields of a pod and its runner container that kubetune sets: the template's shape lacks them,

@@ -501,9 +501,9 @@ def mutated_documents(draw: st.DrawFn, namespace: str) -> dict[str, Any]:
             document["status"] = {"trials": {"complete": 3}, "conditions": []}
         elif kind == "snake":
             key = draw(st.sampled_from(("apiVersion", "metadata.resourceVersion")))
-            if key == "apiVersion":
+            if key == "apiVersion" and "apiVersion" in document:
                 document["api_version"] = document.pop("apiVersion")
-            else:
+            elif key != "apiVersion":
                 meta["resource_version"] = "12"
         elif kind == "unknown":
             meta[draw(st.sampled_from(("team", "owner", "labelz", "Name")))] = "x"

@@ -74,7 +74,9 @@ def test_a_typo_anywhere_in_the_template_is_an_unknown_field() -> None:
         {"spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"clamName": "x"}}]}}
     ) == [
         f"{PREFIX}.spec.volumes[0].persistentVolumeClaim.claimName: required field is missing",
-        f"{PREFIX}.spec.volumes[0].persistentVolumeClaim.clamName: unknown field",
+        # The Kubernetes API's objects name what they accept too, in the API's spelling.
+        f"{PREFIX}.spec.volumes[0].persistentVolumeClaim.clamName: unknown field (accepted: "
+        "claimName, readOnly)",
     ]
     (error,) = _errors({"spec": {"nodeSelectr": {"a": "b"}}})
     assert error.startswith(f"{PREFIX}.spec.nodeSelectr: unknown field (accepted: affinity")

@@ -359,6 +359,24 @@ def test_a_field_spelt_as_python_spells_it_is_unknown_as_for_the_api_server(
     assert error in errors_of(document)
 
 
+def test_the_pod_template_takes_the_api_s_spelling_only() -> None:
+    # The Kubernetes client's models accept max_skew as well as maxSkew; the API server does not.
+    document = study_document()
+    document["spec"]["runner"] = {
+        "template": {
+            "spec": {
+                "topologySpreadConstraints": [
+                    {"topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway", "max_skew": 1}
+                ]
+            }
+        }
+    }
+    assert errors_of(document) == [
+        "spec.runner.template.spec.topologySpreadConstraints[0].max_skew: unknown field: the API "
+        "spells it maxSkew"
+    ]
+
+
 def test_metadata_takes_objectmeta_fields_only_and_a_saved_study_is_accepted() -> None:
     document = study_document()
     document["metadata"]["team"] = "vision"
@@ -392,6 +410,7 @@ def test_metadata_takes_objectmeta_fields_only_and_a_saved_study_is_accepted() -
         ({"labels": {"bad key": "x"}}, "metadata.labels['bad key']", "key name 'bad key'"),
         ({"labels": {"Example.com/x": "y"}}, "metadata.labels", "must be a DNS subdomain"),
         ({"annotations": {"x/": "y"}}, "metadata.annotations", "key name ''"),
+        ({"annotations": {"Example.com/x": "y", "a/": "b"}}, "metadata.annotations['a/']", "''"),
         ({"annotations": {"big": "x" * 262_144}}, "metadata.annotations", "at most 262144"),
     ],
 )
