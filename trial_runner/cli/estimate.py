@@ -63,7 +63,8 @@ def estimate_for_study(
     ``fitsDevice`` (false when not even one sample fits here; ``peakBytes`` is then the
     one-sample peak), ``dataBytes`` (the task's tensors as loaded; they stay resident in the
     runner), ``device`` and ``precision`` (as resolved on this device), and ``gpuPeaks``
-    (:func:`gpu_peaks`: what a GPU needs, whatever this device is).
+    (:func:`gpu_peaks`: what a GPU needs, whatever this device is; none for
+    ``accelerator: CPU``).
     """
     import torch
 
@@ -102,7 +103,10 @@ def estimate_for_study(
         if isinstance(value, torch.Tensor):
             data_bytes += value.untyped_storage().nbytes()
     headroom = spec.resources.headroom_fraction
-    peaks = gpu_peaks(study, task, sample, device, say)
+    # A study that runs on CPU only has no GPU to size.
+    peaks = (
+        [] if spec.resources.accelerator == "CPU" else gpu_peaks(study, task, sample, device, say)
+    )
     say(f"done: {mib(estimate.peak_bytes)} peak ({estimate.method})")
     return {
         "peakBytes": estimate.peak_bytes,

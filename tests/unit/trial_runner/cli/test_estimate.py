@@ -130,3 +130,6 @@ def test_gpu_peaks_are_estimated_at_each_precision_a_gpu_may_train_at() -> None:
     assert all(p["method"] == "FakeTensor" for p in peaks.values())
     stated = estimate_for_study(sequence_study(training={"precision": "FP32"}), CPU)
     assert [p["precision"] for p in stated["gpuPeaks"]] == ["FP32"]
+    # A study that runs on CPU only has no GPU to size.
+    cpu_only = estimate_for_study(sequence_study(resources={"accelerator": "CPU"}), CPU)
+    assert cpu_only["gpuPeaks"] == []
