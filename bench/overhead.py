@@ -149,7 +149,7 @@ def child_one_trial(study_path: str, params_json: str, number: int) -> None:
     _instrument_engine()
     from kubetune_api.spec import load_study
     from trial_runner.engine import Engine
-    from trial_runner.runner import configure_threads
+    from trial_runner.process import configure_threads
     from trial_runner.task import load_task_class
 
     spec = load_study(study_path).spec
@@ -170,7 +170,7 @@ def child_new_loader(study_path: str, params_path: str) -> None:
     _instrument_engine()
     from kubetune_api.spec import load_study
     from trial_runner.engine import Engine
-    from trial_runner.runner import configure_threads
+    from trial_runner.process import configure_threads
     from trial_runner.task import load_task_class
 
     spec = load_study(study_path).spec

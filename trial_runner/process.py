@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+from kubetune_api.contract import CPU_THREADS_ENV, LOCAL_WORKERS_ENV
 from kubetune_study.storage import open_storage, storage_patience
 
 __all__ = ["install_sigterm", "wait_for_study", "worker_id"]
@@ -51,3 +52,22 @@ def wait_for_study(storage_url: str, study_name: str, timeout: float = 60.0) -> 
                 log.info("waiting up to %gs for study %s to exist", timeout, study_name)
                 said = True
             time.sleep(1)
+
+
+def configure_threads() -> int:
+    """Intra-op threads: the CPUs this process may use divided among local runners.
+
+    Small models gain nothing from many intra-op threads, and oversubscribed OpenMP threads
+    spin; several runner processes share the machine instead.
+    """
+    import torch
+
+    explicit = os.environ.get(CPU_THREADS_ENV)
+    if explicit:
+        threads = max(1, int(explicit))
+    else:
+        usable = len(os.sched_getaffinity(0))
+        local = max(1, int(os.environ.get(LOCAL_WORKERS_ENV, "1")))
+        threads = max(1, usable // local)
+    torch.set_num_threads(threads)
+    return threads

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 import warnings
@@ -36,9 +35,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kubetune_api.contract import (
-    CPU_THREADS_ENV,
     FAILED_ATTR,
-    LOCAL_WORKERS_ENV,
     PREEMPTED_ATTR,
     STAGE_ATTR,
     TELEMETRY_ATTR,
@@ -67,7 +64,7 @@ from kubetune_study.storage import (
 from trial_runner.checkpoint import BestCheckpoint
 from trial_runner.device import claim_share, device_share, pick_device
 from trial_runner.engine import Engine, Interrupted
-from trial_runner.process import install_sigterm, worker_id
+from trial_runner.process import configure_threads, install_sigterm, worker_id
 from trial_runner.profile import profile_directory, trace_trial
 from trial_runner.resume import TrialFolds
 from trial_runner.settings import RunnerSettings
@@ -82,7 +79,7 @@ from trial_runner.watchdog import (
     fail_and_replace,
 )
 
-__all__ = ["RunnerSummary", "configure_threads", "run_runner"]
+__all__ = ["RunnerSummary", "run_runner"]
 
 log = logging.getLogger("kubetune.runner")
 
@@ -95,25 +92,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 class RunnerSummary:
     trials_run: int
     stop_reason: str
-
-
-def configure_threads() -> int:
-    """Intra-op threads: the CPUs this process may use divided among local runners.
-
-    Small models gain nothing from many intra-op threads, and oversubscribed OpenMP threads
-    spin; several runner processes share the machine instead.
-    """
-    import torch
-
-    explicit = os.environ.get(CPU_THREADS_ENV)
-    if explicit:
-        threads = max(1, int(explicit))
-    else:
-        usable = len(os.sched_getaffinity(0))
-        local = max(1, int(os.environ.get(LOCAL_WORKERS_ENV, "1")))
-        threads = max(1, usable // local)
-    torch.set_num_threads(threads)
-    return threads
 
 
 def run_runner(

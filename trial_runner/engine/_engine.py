@@ -20,6 +20,7 @@ from kubetune_api.contract import TrialTelemetry
 from kubetune_api.spec import StudySpec
 from kubetune_study.search import max_pruning_steps
 from trial_runner.device import pick_device
+from trial_runner.engine._compile import compiled_since, dynamo_frames
 from trial_runner.engine._data import FoldedData
 from trial_runner.engine._fold import (
     Clock,
@@ -174,7 +175,7 @@ class Engine:
         wall_start = time.perf_counter()
         self._gpu.reset()
         self._trainer.validation_cap = None
-        compiled_before = _dynamo_frames()
+        compiled_before = dynamo_frames()
         effective = self.effective_batch(params)
         batches = self._trial_batches(params, effective, micro_batch)
         if self.device.type == "cuda":
@@ -203,7 +204,7 @@ class Engine:
             clock=clock,
             on_step=on_step,
         )
-        self._compiled = _compiled_since(compiled_before)
+        self._compiled = compiled_since(compiled_before)
         if run.oom_retries:
             key = _configuration(params, effective)
             self._micro_cap[key] = min(run.micro, self._micro_cap.get(key, run.micro))
@@ -393,37 +394,3 @@ class Engine:
 def _configuration(params: Mapping[str, Any], effective: int) -> tuple[int, str]:
     """A configuration's key: its effective batch and its parameters."""
     return effective, json.dumps(dict(params), sort_keys=True, default=str)
-
-
-def _dynamo_frames() -> tuple[int, int, int]:
-    """Dynamo's counters so far: graphs compiled, frames seen, frames compiled."""
-    from torch._dynamo.utils import counters
-
-    return (
-        int(counters["stats"]["unique_graphs"]),
-        int(counters["frames"]["total"]),
-        int(counters["frames"]["ok"]),
-    )
-
-
-def _compiled_since(before: tuple[int, int, int]) -> tuple[int, int]:
-    """Graphs compiled and frames Dynamo left to eager since ``before``. torch.compile guards
-    on parameter shapes and train/eval mode, so each new width recompiles; past
-    ``torch._dynamo.config.recompile_limit`` it runs the model eagerly, which is logged once
-    and recorded in the trial's telemetry (``compile`` false)."""
-    global _warned_eager
-    after = _dynamo_frames()
-    graphs = after[0] - before[0]
-    eager = (after[1] - before[1]) - (after[2] - before[2])
-    if eager and not _warned_eager:
-        _warned_eager = True
-        log.warning(
-            "torch.compile left %d frame(s) of this trial uncompiled (recompile limit %d "
-            "reached: each new width or mode compiles again); later trials may run eager",
-            eager,
-            torch._dynamo.config.recompile_limit,
-        )
-    return graphs, eager
-
-
-_warned_eager = False

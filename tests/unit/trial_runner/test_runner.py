@@ -30,8 +30,8 @@ from kubetune_study.metrics import RunnerMetrics
 from kubetune_study.progress import BudgetState, summarize
 from kubetune_study.storage import ensure_study, open_storage
 from tests.harness.studies import small_runner_study
-from trial_runner.process import worker_id
-from trial_runner.runner import configure_threads, run_runner
+from trial_runner.process import configure_threads, worker_id
+from trial_runner.runner import run_runner
 from trial_runner.tasks.digits import DigitsMLP
 
 #: Set by :class:`StopsWhileTraining` the way SIGTERM sets the runner's stop event.
