@@ -28,7 +28,6 @@ from trial_runner.memory._workload import first_line, mib
 if TYPE_CHECKING:
     import torch
 
-    from trial_runner.task import Task
 
 __all__ = [
     "TERMINATION_MESSAGE_LIMIT",
@@ -104,9 +103,7 @@ def estimate_for_study(
             data_bytes += value.untyped_storage().nbytes()
     headroom = spec.resources.headroom_fraction
     # A study that runs on CPU only has no GPU to size.
-    peaks = (
-        [] if spec.resources.accelerator == "CPU" else gpu_peaks(study, task, sample, device, say)
-    )
+    peaks = [] if spec.resources.accelerator == "CPU" else gpu_peaks(study, planner, say)
     say(f"done: {mib(estimate.peak_bytes)} peak ({estimate.method})")
     return {
         "peakBytes": estimate.peak_bytes,
@@ -127,18 +124,16 @@ def estimate_for_study(
 
 
 def gpu_peaks(
-    study: HPOStudy,
-    task: Task,
-    sample: tuple[torch.Tensor, torch.Tensor],
-    device: torch.device,
-    say: Callable[[str], None],
+    study: HPOStudy, planner: MemoryPlanner, say: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """The largest configuration's peaks at each precision a GPU may train it at (``Auto``:
     BF16 on GPUs with native bfloat16, FP32 on older ones; else the one stated), estimated here
     whatever this device's memory: ``fullBatchPeakBytes`` (the batch unsplit, as far as
     ``training.maxMicroBatch`` allows) and ``microBatchPeakBytes`` (micro-batches of one
     sample, the least a runner can train it with). The operator sizes GPUs from them; an
-    estimate that fails at one precision is left out (the operator then uses ``peakBytes``)."""
+    estimate that fails at one precision is left out (the operator then uses ``peakBytes``).
+    ``planner`` is the study's planner on this device: at its own precision its cached
+    estimates are reused."""
     spec = study.spec
     precisions = (
         ["BF16", "FP32"] if spec.training.precision == "Auto" else [spec.training.precision]
@@ -149,17 +144,20 @@ def gpu_peaks(
     steps = MicroBatchPlan.for_sizes(effective, upper).accumulation_steps
     peaks: list[dict[str, Any]] = []
     for precision in precisions:
-        planner = MemoryPlanner(
-            task,
-            sample,
-            precision=precision,
-            device=device,
-            headroom=spec.resources.headroom_fraction,
-        )
+        at = planner
+        if precision != planner.precision:
+            at = MemoryPlanner(
+                planner.task,
+                planner.sample,
+                precision=precision,
+                device=planner.device,
+                headroom=planner.headroom,
+                fused=planner.fused,
+            )
         say(f"estimating it for a GPU at {precision}")
         try:
-            full = planner.estimate(config, upper, accumulation_steps=steps)
-            least = planner.estimate(config, 1, accumulation_steps=effective)
+            full = at.estimate(config, upper, accumulation_steps=steps)
+            least = at.estimate(config, 1, accumulation_steps=effective)
         except Exception as error:  # advisory: the operator falls back to peakBytes
             say(f"no estimate at {precision}: {first_line(error)}")
             continue
