@@ -44,9 +44,8 @@ from optuna.samplers import (
     TPESampler,
 )
 
-from kubetune_api.spec import Parameter, StudySpec, WarmStartPoint
+from kubetune_api.spec import Parameter, StudySpec, WarmStartPoint, choose_sampler
 from kubetune_api.spec import Pruner as PrunerSpec
-from kubetune_api.spec import Sampler as SamplerSpec
 
 __all__ = [
     "build_pruner",
@@ -55,6 +54,7 @@ __all__ = [
     "distribution",
     "fixed_params_for_stage",
     "in_distribution",
+    "is_conditional",
     "max_pruning_steps",
     "point_params",
     "searched_names",
@@ -111,8 +111,20 @@ def default_value(p: Parameter) -> Any:
 
 
 def suggest_all(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
-    """Ask the trial for every parameter; a PartialFixedSampler answers the fixed ones."""
-    return {p.name: trial._suggest(p.name, distribution(p)) for p in spec.search_space}
+    """Ask the trial for every active parameter, in the order of the search space (define by
+    run: a conditional parameter is asked only when its condition holds, so an inactive one
+    is absent from the trial); a PartialFixedSampler answers the fixed ones."""
+    by_name = {p.name: p for p in spec.search_space}
+    params: dict[str, Any] = {}
+    for p in spec.search_space:
+        if p.active(params, by_name):
+            params[p.name] = trial._suggest(p.name, distribution(p))
+    return params
+
+
+def is_conditional(spec: StudySpec) -> bool:
+    """Whether some parameter of the search space is conditional (``when``)."""
+    return any(p.when is not None for p in spec.search_space)
 
 
 def searched_names(spec: StudySpec, stage: int) -> set[str]:
@@ -148,43 +160,45 @@ def fixed_params_for_stage(
 
 
 def build_sampler(
-    sampler: SamplerSpec, *, seed_offset: int = 0, fixed: Mapping[str, Any] | None = None
+    spec: StudySpec, *, seed_offset: int = 0, fixed: Mapping[str, Any] | None = None
 ) -> BaseSampler:
-    """The spec's sampler; ``seed_offset`` (the next trial number) keeps parallel runners apart.
+    """The study's sampler (``Auto`` resolved by :func:`kubetune_api.spec.choose_sampler`);
+    ``seed_offset`` (the next trial number) keeps parallel runners apart.
 
     Runners build a sampler per trial under the study's claim lock. Offsetting the seed by the
     trial number makes runs reproducible with one runner and keeps several runners from
     drawing the same values. QMC keeps one seed: its sequence index is the trial number.
     NSGA-II and NSGA-III keep their generations in the study's trials, so a sampler built per
-    trial continues them.
+    trial continues them. TPE groups the parameters that appear together when the space is
+    conditional (``group``, with ``multivariate``), Optuna's way of modelling a conditional
+    space. Constraints reach TPE, GP and NSGA through each trial's constraint values
+    (``Trial.set_constraint``), which the runner records.
     """
+    sampler = spec.sampler
+    kind = choose_sampler(spec).type
     seed = None if sampler.seed is None else (sampler.seed + 7919 * seed_offset) % 2**31
+    startup: dict[str, Any] = {}
+    if sampler.n_startup_trials is not None:
+        startup["n_startup_trials"] = sampler.n_startup_trials
     base: BaseSampler
-    if sampler.type == "TPE":
-        kwargs: dict[str, Any] = {}
-        if sampler.n_startup_trials is not None:
-            kwargs["n_startup_trials"] = sampler.n_startup_trials
+    if kind == "TPE":
+        multivariate = sampler.multivariate
         base = TPESampler(
             seed=seed,
             constant_liar=sampler.constant_liar,
-            multivariate=sampler.multivariate,
-            **kwargs,
+            multivariate=multivariate,
+            group=multivariate and is_conditional(spec),
+            **startup,
         )
-    elif sampler.type == "Random":
+    elif kind == "Random":
         base = RandomSampler(seed=seed)
-    elif sampler.type == "CMAES":
-        kwargs = {}
-        if sampler.n_startup_trials is not None:
-            kwargs["n_startup_trials"] = sampler.n_startup_trials
-        base = CmaEsSampler(seed=seed, warn_independent_sampling=False, **kwargs)
-    elif sampler.type == "GP":
-        kwargs = {}
-        if sampler.n_startup_trials is not None:
-            kwargs["n_startup_trials"] = sampler.n_startup_trials
-        base = GPSampler(seed=seed, **kwargs)
-    elif sampler.type in ("NSGAII", "NSGAIII"):
-        genetic = NSGAIISampler if sampler.type == "NSGAII" else NSGAIIISampler
-        kwargs = {}
+    elif kind == "CMAES":
+        base = CmaEsSampler(seed=seed, warn_independent_sampling=False, **startup)
+    elif kind == "GP":
+        base = GPSampler(seed=seed, **startup)
+    elif kind in ("NSGAII", "NSGAIII"):
+        genetic = NSGAIISampler if kind == "NSGAII" else NSGAIIISampler
+        kwargs: dict[str, Any] = {}
         if sampler.population_size is not None:
             kwargs["population_size"] = sampler.population_size
         base = genetic(seed=seed, **kwargs)

@@ -369,7 +369,13 @@ class _Runner:
         trial.set_user_attr(TELEMETRY_ATTR, {**result.telemetry, "metrics": result.metrics})
         if result.pruned:
             raise optuna.TrialPruned(result.stop_reason)
-        if self.checkpoint is not None and result.model is not None:
+        feasible = True
+        for constraint in spec.constraints or ():
+            # Optuna's constraint values (<= 0: feasible): the samplers and best_trial read them.
+            violation = constraint.violation(result.metrics[constraint.metric])
+            trial.set_constraint(constraint.metric, violation)
+            feasible = feasible and violation <= 0.0
+        if self.checkpoint is not None and result.model is not None and feasible:
             self.checkpoint.offer(trial.number, result.value, result.model, params)
         if spec.multi_objective:
             return [result.metrics[o.metric] for o in spec.all_objectives]

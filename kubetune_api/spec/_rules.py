@@ -7,13 +7,15 @@ profile, pruner, objectives, warm start, runner), each adding what it finds to a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from kubetune_api.spec._base import MULTI_OBJECTIVE_SAMPLERS
+from kubetune_api.spec._base import CONSTRAINED_SAMPLERS, MULTI_OBJECTIVE_SAMPLERS
+from kubetune_api.spec._condition_rules import condition_errors
 from kubetune_api.spec._errors import FieldError, Findings
 from kubetune_api.spec._models import StudySpec
 from kubetune_api.spec._parameter_rules import parameter_errors, point_value_error
 from kubetune_api.spec._template import template_errors
+from kubetune_api.spec._warm_start import ParameterValue
 
 __all__ = ["point_value_error", "semantic_errors"]
 
@@ -212,6 +214,31 @@ def _objectives(spec: StudySpec, found: Findings) -> None:
         found.add("pruner.patience", "not accepted with several objectives (nothing is pruned)")
 
 
+def _constraints(spec: StudySpec, found: Findings) -> None:
+    """Each constraint bounds its metric (once), and the sampler takes constraints."""
+    if not spec.constraints:
+        return
+    seen: dict[str, int] = {}
+    for i, c in enumerate(spec.constraints):
+        at = f"constraints[{i}]"
+        if c.metric in seen:
+            found.add(
+                f"{at}.metric",
+                f"duplicate metric {c.metric!r} (also constraints[{seen[c.metric]}])",
+            )
+        seen.setdefault(c.metric, i)
+        if c.max is None and c.min is None:
+            found.add(at, "set max, min or both: a constraint bounds its metric")
+        elif c.max_value is not None and c.min_value is not None and c.min_value > c.max_value:
+            found.add(f"{at}.min", f"must not be above max (got min={c.min}, max={c.max})")
+    if spec.sampler.type not in CONSTRAINED_SAMPLERS:
+        found.add(
+            "sampler.type",
+            f"{spec.sampler.type} takes no constraints (spec.constraints); use one of "
+            f"{', '.join(CONSTRAINED_SAMPLERS)}",
+        )
+
+
 def _warm_start_points(spec: StudySpec, found: Findings) -> None:
     """Warm-start points name parameters of this search space with values they accept, and
     fit in the first stage."""
@@ -243,6 +270,30 @@ def _warm_start_points(spec: StudySpec, found: Findings) -> None:
                     f"searches {', '.join(sorted(first_groups))}): points are the first "
                     "stage's first trials",
                 )
+        _inactive_in_point(spec, i, point.params, found)
+
+
+def _inactive_in_point(
+    spec: StudySpec, index: int, given: Sequence[ParameterValue], found: Findings
+) -> None:
+    """A point must not set a parameter its own values make inactive (it would be dropped)."""
+    by_name = {p.name: p for p in spec.search_space}
+    values = {
+        v.name: by_name[v.name].typed(v.value)
+        for v in given
+        if v.name in by_name and point_value_error(by_name[v.name], v.value) is None
+    }
+    for j, v in enumerate(given):
+        p = by_name.get(v.name)
+        if p is None or p.when is None or p.when.parameter not in values:
+            continue
+        if not p.active(values, by_name):
+            found.add(
+                f"warmStart.points[{index}].params[{j}].name",
+                f"{p.name!r} is inactive in this point: it is active only when "
+                f"{p.when.parameter} is one of {list(p.when.values)} "
+                f"(the point sets {values[p.when.parameter]!r})",
+            )
 
 
 def _warm_start(spec: StudySpec, found: Findings) -> None:
@@ -290,6 +341,7 @@ def _runner(spec: StudySpec, found: Findings) -> None:
 #: The checkers :func:`semantic_errors` runs, in the order their problems are listed.
 _CHECKS: tuple[Callable[[StudySpec, Findings], None], ...] = (
     _search_space,
+    condition_errors,
     _stages,
     _batch_size,
     _epoch_schedule,
@@ -298,6 +350,7 @@ _CHECKS: tuple[Callable[[StudySpec, Findings], None], ...] = (
     _profile,
     _pruner,
     _objectives,
+    _constraints,
     _warm_start,
     _runner,
 )

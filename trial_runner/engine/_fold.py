@@ -284,6 +284,12 @@ class FoldTrainer:
                     f"spec.{field}.metric: the task returned no metric {objective.metric!r} "
                     f"(it returned: {', '.join(sorted(metrics))})"
                 )
+        for i, constraint in enumerate(spec.constraints or ()):
+            if constraint.metric not in metrics:
+                raise KeyError(
+                    f"spec.constraints[{i}].metric: the task returned no metric "
+                    f"{constraint.metric!r} (it returned: {', '.join(sorted(metrics))})"
+                )
         return float(metrics[spec.primary_objective.metric]), metrics
 
 

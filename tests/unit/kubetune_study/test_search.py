@@ -61,17 +61,17 @@ def test_defaults_are_declared_or_central() -> None:
 )
 def test_samplers_are_optunas_own(sampler: dict[str, Any], cls: type) -> None:
     spec = spec_with(sampler=sampler)
-    assert isinstance(build_sampler(spec.sampler), cls)
+    assert isinstance(build_sampler(spec), cls)
 
 
 def test_tpe_uses_constant_liar_and_seed_offsets_differ() -> None:
     spec = spec_with(sampler={"type": "TPE", "seed": 3})
-    sampler = build_sampler(spec.sampler)
+    sampler = build_sampler(spec)
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._constant_liar is True
 
     def first_value(offset: int) -> float:
-        study = optuna.create_study(sampler=build_sampler(spec.sampler, seed_offset=offset))
+        study = optuna.create_study(sampler=build_sampler(spec, seed_offset=offset))
         trial = study.ask()
         return trial.suggest_float("x", 0, 1)
 
@@ -153,7 +153,7 @@ def test_later_stages_fix_earlier_best_and_defaults() -> None:
 
 def test_partial_fixed_sampler_answers_fixed_parameters() -> None:
     spec = spec_with()
-    sampler = build_sampler(spec.sampler, fixed=fixed_params_for_stage(spec, 0, None))
+    sampler = build_sampler(spec, fixed=fixed_params_for_stage(spec, 0, None))
     study = optuna.create_study(sampler=sampler)
     for _ in range(3):
         trial = study.ask()
@@ -183,7 +183,7 @@ def test_every_accepted_sampler_optimises_two_objectives_in_optuna(kind: str) ->
     )
     study = optuna.create_study(directions=["maximize", "minimize"])
     for number in range(6):
-        study.sampler = build_sampler(spec.sampler, seed_offset=number)
+        study.sampler = build_sampler(spec, seed_offset=number)
         trial = study.ask()
         params = suggest_all(trial, spec)
         study.tell(trial, [params["learning_rate"], float(params["hidden_size"])])
@@ -194,7 +194,7 @@ def test_every_accepted_sampler_optimises_two_objectives_in_optuna(kind: str) ->
 def test_cmaes_cannot_take_two_objectives_which_is_why_the_spec_refuses_it() -> None:
     study = optuna.create_study(
         directions=["maximize", "minimize"],
-        sampler=build_sampler(spec_with(sampler={"type": "CMAES"}).sampler),
+        sampler=build_sampler(spec_with(sampler={"type": "CMAES"})),
     )
     with pytest.raises(ValueError, match="multi-objective"):
         study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=1)
@@ -205,7 +205,7 @@ def test_nsga_samplers_take_the_population_size() -> None:
         ("NSGAII", optuna.samplers.NSGAIISampler),
         ("NSGAIII", optuna.samplers.NSGAIIISampler),
     ):
-        sampler = build_sampler(spec_with(sampler={"type": kind, "populationSize": 6}).sampler)
+        sampler = build_sampler(spec_with(sampler={"type": kind, "populationSize": 6}))
         assert isinstance(sampler, cls) and sampler._population_size == 6
 
 
