@@ -36,18 +36,21 @@ def _first_index_by_name(spec: StudySpec) -> dict[str, int]:
     return names
 
 
+def _unique(keys: Sequence[str], at: str, what: str, found: Findings) -> None:
+    """Each of ``keys`` (of the list at ``at``, by the field ``what.split()[-1]``) once."""
+    field = what.split()[-1]
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in first:
+            found.add(f"{at}[{i}].{field}", f"duplicate {what} {key!r} (also {at}[{first[key]}])")
+        first.setdefault(key, i)
+
+
 def _search_space(spec: StudySpec, found: Findings) -> None:
     """Unique parameter names, and each parameter's own rules."""
-    names: dict[str, int] = {}
+    _unique([p.name for p in spec.search_space], "searchSpace", "parameter name", found)
     for i, p in enumerate(spec.search_space):
-        at = f"searchSpace[{i}]"
-        if p.name in names:
-            found.add(
-                f"{at}.name",
-                f"duplicate parameter name {p.name!r} (also searchSpace[{names[p.name]}])",
-            )
-        names.setdefault(p.name, i)
-        parameter_errors(p, at, found)
+        parameter_errors(p, f"searchSpace[{i}]", found)
 
 
 def _stages(spec: StudySpec, found: Findings) -> None:
@@ -189,15 +192,7 @@ def _objectives(spec: StudySpec, found: Findings) -> None:
         found.add("sampler.populationSize", "only used by the NSGAII and NSGAIII samplers")
     if not spec.objectives:
         return
-    seen: dict[str, int] = {}
-    for i, objective in enumerate(spec.objectives):
-        if objective.metric in seen:
-            found.add(
-                f"objectives[{i}].metric",
-                f"duplicate metric {objective.metric!r} "
-                f"(also objectives[{seen[objective.metric]}])",
-            )
-        seen.setdefault(objective.metric, i)
+    _unique([o.metric for o in spec.objectives], "objectives", "metric", found)
     if spec.sampler.type not in MULTI_OBJECTIVE_SAMPLERS:
         found.add(
             "sampler.type",
@@ -218,15 +213,9 @@ def _constraints(spec: StudySpec, found: Findings) -> None:
     """Each constraint bounds its metric (once), and the sampler takes constraints."""
     if not spec.constraints:
         return
-    seen: dict[str, int] = {}
+    _unique([c.metric for c in spec.constraints], "constraints", "metric", found)
     for i, c in enumerate(spec.constraints):
         at = f"constraints[{i}]"
-        if c.metric in seen:
-            found.add(
-                f"{at}.metric",
-                f"duplicate metric {c.metric!r} (also constraints[{seen[c.metric]}])",
-            )
-        seen.setdefault(c.metric, i)
         if c.max is None and c.min is None:
             found.add(at, "set max, min or both: a constraint bounds its metric")
         elif c.max_value is not None and c.min_value is not None and c.min_value > c.max_value:

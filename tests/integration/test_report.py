@@ -109,22 +109,6 @@ def test_report_of_a_run_study_renders_every_plot_in_a_headless_browser(
     publish_screenshot(shot)
 
 
-#: The figures of the conditional example: no profile (so no trace links).
-CONDITIONAL_FIGURES = [
-    "History",
-    "Importances",
-    "ParallelCoordinate",
-    "Slice",
-    "IntermediateValues",
-    "Timeline",
-    "TrialTime",
-    "Batches",
-    "Memory",
-    "Packing",
-    "WarmUp",
-]
-
-
 def test_conditional_example_leaves_inactive_parameters_out_of_every_output(
     postgres_url: str, tmp_path: Path, kubetune_cmd: list[str]
 ) -> None:
@@ -168,7 +152,7 @@ def test_conditional_example_leaves_inactive_parameters_out_of_every_output(
     assert made.returncode == 0, made.stderr
     dom = Browser(tmp_path).dom(report.as_uri(), width=1280, height=900)
     sections = _sections(dom)
-    assert [kind for kind, _ in sections] == CONDITIONAL_FIGURES
+    assert [kind for kind, _ in sections] == EXPECTED_FIGURES
     for kind, section in sections:
         assert 'class="main-svg"' in section, f"{kind}: plotly drew nothing"
         assert DRAWN.search(section), f"{kind}: a plot without traces"

@@ -21,8 +21,8 @@ class DigitsMLP(Task):
     Conditional spaces (examples/digits-conditional.yaml): ``width_1``, ``width_2``, ... set
     each layer's width (``hidden_size`` where absent); ``optimizer`` ("AdamW" | "SGD" |
     "Adam") with its own parameters: ``momentum_kind`` ("none" | "classic" | "nesterov") and
-    ``momentum`` for SGD, ``beta1`` for Adam and AdamW, ``weight_decay`` for AdamW and SGD. A parameter absent from the trial (inactive)
-    takes the optimizer's default.
+    ``momentum`` for SGD, ``beta1`` for Adam and AdamW, ``weight_decay`` for AdamW and SGD.
+    A parameter absent from the trial (inactive) takes the optimizer's default.
     Config: ``repeat`` (1) tiles the data set to make epochs longer for benchmarks.
     Metrics: ``accuracy``, ``f1_macro`` and ``parameters`` (the model's parameter count, to
     trade accuracy against size with several objectives).
