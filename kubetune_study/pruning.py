@@ -12,8 +12,8 @@ docs/spec.md ("Pruning defaults") and measured by ``bench/pruning.py``:
 * Hyperband and SuccessiveHalving without ``reductionFactor`` halve by
   :data:`REDUCTION_FACTOR` (3, the Hyperband paper's and Optuna's); without ``minResource``
   the first rung comes after about a ``1/reductionFactor²`` share of a trial's steps (at
-  least one step), so the most aggressive Hyperband bracket decides at about 1/9 and 1/3 of
-  a trial and Hyperband keeps at most three brackets whatever the schedule's length (Optuna's
+  least one step), so the most aggressive bracket's rungs are at about 1/9, 1/3 and nearly
+  all of a trial and Hyperband keeps at most three brackets whatever the schedule's length (Optuna's
   Hyperband samples each bracket from its own trials only: more brackets would starve the
   sampler of a small budget).
 """
