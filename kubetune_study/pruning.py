@@ -27,6 +27,7 @@ from kubetune_api.spec import StudySpec
 __all__ = [
     "FEW_FOLDS",
     "REDUCTION_FACTOR",
+    "describe",
     "halving_resources",
     "max_epochs",
     "report_every",
@@ -66,3 +67,19 @@ def halving_resources(
     if min_resource is None:
         min_resource = max(1, steps // eta**2)
     return min_resource, eta
+
+
+def describe(spec: StudySpec, steps: int) -> str:
+    """One line `kubetune run` prints: the pruner, its resources and the steps it sees."""
+    p = spec.pruner
+    cadence = report_every(spec)
+    unit = "fold" if cadence == "Fold" or p.type == "Wilcoxon" else "epoch"
+    line = f"pruner {p.type} over {steps} {unit} steps a trial"
+    if p.type in ("Hyperband", "SuccessiveHalving"):
+        min_resource, eta = halving_resources(steps, p.min_resource, p.reduction_factor)
+        line += f", minResource {min_resource}, reductionFactor {eta}"
+        if p.type == "Hyperband":
+            line += f", maxResource {p.max_resource or max(steps, 2)}"
+    if spec.training.report_every == "Auto":
+        line += f" (reportEvery Auto: {cadence})"
+    return line

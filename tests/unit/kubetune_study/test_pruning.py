@@ -12,6 +12,7 @@ from kubetune_api.spec import StudySpec, study_from_mapping
 from kubetune_study.pruning import (
     FEW_FOLDS,
     REDUCTION_FACTOR,
+    describe,
     halving_resources,
     max_epochs,
     report_every,
@@ -119,3 +120,19 @@ def test_successive_halving_without_resources_is_built_from_the_schedule() -> No
     over_folds = build_pruner(spec({"type": "SuccessiveHalving"}, folds=10, epochs=20))
     assert isinstance(over_folds, optuna.pruners.SuccessiveHalvingPruner)
     assert over_folds._min_resource == 1
+
+
+def test_the_runner_says_which_schedule_it_chose() -> None:
+    hb = spec({"type": "Hyperband"}, folds=3, epochs=4)
+    assert describe(hb, max_pruning_steps(hb)) == (
+        "pruner Hyperband over 12 epoch steps a trial, minResource 1, reductionFactor 3, "
+        "maxResource 12 (reportEvery Auto: Epoch)"
+    )
+    sh = spec({"type": "SuccessiveHalving", "minResource": 2}, folds=6, reportEvery="Fold")
+    assert describe(sh, max_pruning_steps(sh)) == (
+        "pruner SuccessiveHalving over 6 fold steps a trial, minResource 2, reductionFactor 3"
+    )
+    wilcoxon = spec({"type": "Wilcoxon"}, folds=3, epochs=4, reportEvery="Epoch")
+    assert describe(wilcoxon, max_pruning_steps(wilcoxon)) == (
+        "pruner Wilcoxon over 3 fold steps a trial"
+    )
