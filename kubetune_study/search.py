@@ -1,6 +1,8 @@
 """Search space, samplers and pruners built from the spec, with Optuna's own classes.
 
 Pruner step numbering (what the pruner sees; see README "Pruning"):
+    * ``reportEvery: Auto`` (the default) is one of the two below, by the rule of
+      :func:`kubetune_study.pruning.report_every`.
     * ``reportEvery: Fold`` — step ``k`` (0-based) after fold ``k``; the value is the mean score
       of folds ``0..k``, so successive steps are comparable across trials and the last step
       equals the trial's final value. Hyperband's resource is then "folds trained".
@@ -46,6 +48,7 @@ from optuna.samplers import (
 
 from kubetune_api.spec import Parameter, StudySpec, WarmStartPoint, choose_sampler
 from kubetune_api.spec import Pruner as PrunerSpec
+from kubetune_study.pruning import halving_resources, max_epochs, report_every
 
 __all__ = [
     "build_pruner",
@@ -210,13 +213,10 @@ def build_sampler(
 
 
 def max_pruning_steps(spec: StudySpec) -> int:
-    training = spec.training
-    if training.report_every == "Fold" or spec.pruner.type == "Wilcoxon":
-        return training.folds
-    epochs = max(
-        [training.epochs] + [e.epochs for e in training.epoch_schedule or []],
-    )
-    return training.folds * epochs
+    """Steps a trial reports at most: its folds, or folds × the largest epoch count."""
+    if report_every(spec) == "Fold" or spec.pruner.type == "Wilcoxon":
+        return spec.training.folds
+    return spec.training.folds * max_epochs(spec)
 
 
 def build_pruner(spec: StudySpec) -> BasePruner:
@@ -239,17 +239,17 @@ def build_pruner(spec: StudySpec) -> BasePruner:
             n_startup_trials=5 if startup is None else startup,
             n_warmup_steps=0 if warmup is None else warmup,
         )
-    elif p.type == "Hyperband":
-        pruner = HyperbandPruner(
-            min_resource=p.min_resource or 1,
-            max_resource=p.max_resource or max(steps, 2),
-            reduction_factor=p.reduction_factor or 3,
-        )
-    elif p.type == "SuccessiveHalving":
-        pruner = SuccessiveHalvingPruner(
-            min_resource=p.min_resource or 1,
-            reduction_factor=p.reduction_factor or 3,
-        )
+    elif p.type in ("Hyperband", "SuccessiveHalving"):
+        # Not given: chosen from the schedule (kubetune_study.pruning).
+        min_resource, eta = halving_resources(steps, p.min_resource, p.reduction_factor)
+        if p.type == "Hyperband":
+            pruner = HyperbandPruner(
+                min_resource=min_resource,
+                max_resource=p.max_resource or max(steps, 2),
+                reduction_factor=eta,
+            )
+        else:
+            pruner = SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=eta)
     else:
         pruner = WilcoxonPruner(
             p_threshold=p.p_threshold_value if p.p_threshold_value is not None else 0.1,

@@ -18,6 +18,7 @@ from torch import nn
 
 from kubetune_api.contract import TrialTelemetry
 from kubetune_api.spec import StudySpec
+from kubetune_study.pruning import report_every
 from kubetune_study.search import max_pruning_steps
 from trial_runner.device import pick_device
 from trial_runner.engine._compile import compiled_since, dynamo_frames
@@ -187,7 +188,7 @@ class Engine:
         run = TrialRun(
             reporter,
             max_epochs=max(max_pruning_steps(self.spec) // self.training.folds, epochs),
-            per_epoch=self.training.report_every == "Epoch" and not wilcoxon,
+            per_epoch=report_every(self.spec) == "Epoch" and not wilcoxon,
             wilcoxon=wilcoxon,
             micro=batches.micro_batch,
         )
