@@ -8,6 +8,9 @@ Pruner step numbering (what the pruner sees; see README "Pruning"):
       largest epoch count of the schedule); the value is that fold's validation score.
     * Wilcoxon always sees step ``k`` = fold ``k`` with that fold's own score: its paired test
       compares per-fold scores of a trial with the best trial's on the same folds.
+    * With several objectives (MOASHA) the steps are the same and each reports the vector of
+      the objectives' metrics (per fold: each one's mean over folds ``0..k``), through
+      :class:`~kubetune_study.mo_pruning.IntermediateVectors`.
 """
 
 from __future__ import annotations
@@ -47,8 +50,10 @@ from optuna.samplers import (
 from kubetune_api.spec import Parameter, StudySpec, WarmStartPoint
 from kubetune_api.spec import Pruner as PrunerSpec
 from kubetune_api.spec import Sampler as SamplerSpec
+from kubetune_study.mo_pruning import IntermediateVectors, MOASHAPruner
 
 __all__ = [
+    "IntermediateVectors",
     "build_pruner",
     "build_sampler",
     "default_value",
@@ -230,6 +235,10 @@ def build_pruner(spec: StudySpec) -> BasePruner:
             min_resource=p.min_resource or 1,
             max_resource=p.max_resource or max(steps, 2),
             reduction_factor=p.reduction_factor or 3,
+        )
+    elif p.type == "MOASHA":
+        pruner = MOASHAPruner(
+            min_resource=p.min_resource or 1, reduction_factor=p.reduction_factor or 3
         )
     elif p.type == "SuccessiveHalving":
         pruner = SuccessiveHalvingPruner(

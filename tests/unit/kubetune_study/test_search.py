@@ -9,6 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from kubetune_api.spec import StudySpec, study_from_mapping
+from kubetune_study.mo_pruning import MOASHAPruner
 from kubetune_study.search import (
     build_pruner,
     build_sampler,
@@ -95,6 +96,25 @@ def test_tpe_uses_constant_liar_and_seed_offsets_differ() -> None:
 def test_pruners_are_optunas_own(pruner: dict[str, Any], cls: type) -> None:
     spec = spec_with(pruner=pruner)
     assert isinstance(build_pruner(spec), cls)
+
+
+def test_moasha_is_built_from_the_spec_with_successive_halvings_defaults() -> None:
+    two = [
+        {"metric": "accuracy", "direction": "Maximize"},
+        {"metric": "parameters", "direction": "Minimize"},
+    ]
+    default = build_pruner(spec_with(objective=None, objectives=two, pruner={"type": "MOASHA"}))
+    assert isinstance(default, MOASHAPruner)
+    assert (default.min_resource, default.reduction_factor) == (1, 3)
+    given = build_pruner(
+        spec_with(
+            objective=None,
+            objectives=two,
+            pruner={"type": "MOASHA", "minResource": 2, "reductionFactor": 2},
+        )
+    )
+    assert isinstance(given, MOASHAPruner)
+    assert (given.min_resource, given.reduction_factor) == (2, 2)
 
 
 def test_hyperband_resource_is_folds_or_epochs() -> None:
