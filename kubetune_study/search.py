@@ -237,8 +237,11 @@ def build_pruner(spec: StudySpec) -> BasePruner:
             reduction_factor=p.reduction_factor or 3,
         )
     elif p.type == "MOASHA":
+        factor = p.reduction_factor or 3
+        # By default the rungs sit at 1/factor² and 1/factor of the steps: a trial is judged
+        # after a ninth of its epochs or folds, not after its first one (the benchmark's HV).
         pruner = MOASHAPruner(
-            min_resource=p.min_resource or 1, reduction_factor=p.reduction_factor or 3
+            min_resource=p.min_resource or max(1, steps // factor**2), reduction_factor=factor
         )
     elif p.type == "SuccessiveHalving":
         pruner = SuccessiveHalvingPruner(

@@ -269,7 +269,7 @@ class Engine:
         """Every fold in turn, those ``carried`` over replayed, until the trial ends."""
         last_fold = len(self.folds) - 1
         for fold_index, (train_idx, val_idx) in enumerate(self.folds):
-            run.reported.clear()
+            run.start_fold()
             previous = carried.get(fold_index)
             if previous is not None:
                 if run.replay(previous):

@@ -59,6 +59,11 @@ class TrialRun:
     #: The same with several objectives: the first vector of each step.
     vectors: dict[int, tuple[float, ...]] = field(default_factory=dict)
 
+    def start_fold(self) -> None:
+        """A fold starts: its record keeps its own reports only."""
+        self.reported.clear()
+        self.vectors.clear()
+
     def report(self, value: float, step: int, metrics: Mapping[str, float]) -> bool:
         """Report ``value`` at ``step`` (several objectives: the vector of their ``metrics``);
         whether the trial should be pruned."""

@@ -32,9 +32,14 @@ def test_fold_steps_report_each_objectives_running_mean() -> None:
     study = study_with(optuna.pruners.NopPruner())
     trial = study.ask()
     reporter = IntermediateVectors(trial, spec.all_objectives)
-    result = Engine(SizedBlobs({}), spec).run_trial(PARAMS, trial_number=0, reporter=reporter)
+    kept: list[FoldRecord] = []
+    result = Engine(SizedBlobs({}), spec).run_trial(
+        PARAMS, trial_number=0, reporter=reporter, on_fold=kept.append
+    )
     vectors = vectors_of(study, trial)
     assert sorted(vectors) == [0, 1, 2]
+    # Each fold's record (what a retry replays) holds its own step's vector only.
+    assert [r.vectors for r in kept] == [((0, vectors[0]),), ((1, vectors[1]),)]
     # The last step is the trial's final value of each objective: the mean over its folds.
     assert vectors[2] == pytest.approx((result.metrics["accuracy"], result.metrics["parameters"]))
     assert {v[1] for v in vectors.values()} == {result.metrics["parameters"]}
