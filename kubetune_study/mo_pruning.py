@@ -31,6 +31,7 @@ import numpy as np
 import optuna
 from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
+from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import FrozenTrial, TrialState
 
 from kubetune_api.spec import Objective
@@ -54,27 +55,19 @@ RUNG_PREFIX = "kubetune:moasha_rung_"
 Vector = tuple[float, ...]
 
 
-def non_dominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
+def non_dominated_fronts(
+    points: Sequence[Sequence[float]], n_below: int | None = None
+) -> list[list[int]]:
     """The indices of ``points`` (every objective minimised) by non-dominated front, best first.
 
     A point dominates another when it is no worse in every objective and better in one; equal
-    points share a front.
+    points share a front. Optuna's fast non-dominated sort (NSGA-II's) ranks them; with
+    ``n_below``, only the fronts up to the one holding the ``n_below``-th point are exact.
     """
-    if not points:
+    if not len(points):
         return []
-    values = np.asarray(points, dtype=float)
-    no_worse = np.all(values[:, None, :] <= values[None, :, :], axis=2)
-    better = np.any(values[:, None, :] < values[None, :, :], axis=2)
-    dominates = no_worse & better  # dominates[i, j]: point i dominates point j
-    dominated_by = dominates.sum(axis=0)
-    fronts: list[list[int]] = []
-    remaining = np.ones(len(points), dtype=bool)
-    while remaining.any():
-        front = np.flatnonzero(remaining & (dominated_by == 0))
-        fronts.append([int(i) for i in front])
-        remaining[front] = False
-        dominated_by = dominated_by - dominates[front].sum(axis=0)
-    return fronts
+    ranks = _fast_non_domination_rank(np.asarray(points, dtype=float), n_below=n_below)
+    return [[int(i) for i in np.flatnonzero(ranks == rank)] for rank in np.unique(ranks)]
 
 
 def crowding_distances(points: Sequence[Sequence[float]], front: Sequence[int]) -> list[float]:
@@ -107,7 +100,7 @@ def kept_at_rung(
     signs = [-1.0 if up else 1.0 for up in maximize]
     minimised = [[s * v for s, v in zip(signs, point, strict=True)] for point in points]
     kept: list[int] = []
-    for front in non_dominated_fronts(minimised):
+    for front in non_dominated_fronts(minimised, n_below=keep):
         room = keep - len(kept)
         if room <= 0:
             break
