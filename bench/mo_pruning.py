@@ -2,7 +2,7 @@
 of the Pareto front each one finds.
 
     nice python bench/mo_pruning.py             # 40 trials × 27 epochs, TPE and Random, seed 0
-    nice python bench/mo_pruning.py --samplers TPE --seeds 1 2 --min-resource 0 1
+    nice python bench/mo_pruning.py --seeds 1 2 --min-resource 3 9
 
 The study: the built-in digits task (:class:`trial_runner.tasks.digits.DigitsMLP`, CPU),
 maximise ``accuracy`` and minimise ``parameters``, over learning rate, width, depth and dropout;
@@ -127,7 +127,7 @@ def main() -> None:
         type=int,
         nargs="+",
         default=[0],
-        help="MOASHA's minResource, one arm each; 0: the spec's default (steps ÷ factor²)",
+        help="MOASHA's minResource, one arm each; 0: the spec's default (steps ÷ factor)",
     )
     parser.add_argument("--reduction-factor", type=int, default=3)
     args = parser.parse_args()

@@ -238,10 +238,10 @@ def build_pruner(spec: StudySpec) -> BasePruner:
         )
     elif p.type == "MOASHA":
         factor = p.reduction_factor or 3
-        # By default the rungs sit at 1/factor² and 1/factor of the steps: a trial is judged
-        # after a ninth of its epochs or folds, not after its first one (the benchmark's HV).
+        # By default the first rung is at 1/factor of the steps: judged earlier, after its first
+        # or a ninth of its epochs, the benchmark's fronts lost up to 12% of their hypervolume.
         pruner = MOASHAPruner(
-            min_resource=p.min_resource or max(1, steps // factor**2), reduction_factor=factor
+            min_resource=p.min_resource or max(1, steps // factor), reduction_factor=factor
         )
     elif p.type == "SuccessiveHalving":
         pruner = SuccessiveHalvingPruner(

@@ -98,7 +98,7 @@ def test_pruners_are_optunas_own(pruner: dict[str, Any], cls: type) -> None:
     assert isinstance(build_pruner(spec), cls)
 
 
-def test_moasha_is_built_from_the_spec_its_first_rung_at_a_ninth_of_the_steps() -> None:
+def test_moasha_is_built_from_the_spec_its_first_rung_at_a_third_of_the_steps() -> None:
     two = [
         {"metric": "accuracy", "direction": "Maximize"},
         {"metric": "parameters", "direction": "Minimize"},
@@ -106,7 +106,7 @@ def test_moasha_is_built_from_the_spec_its_first_rung_at_a_ninth_of_the_steps() 
     default = build_pruner(spec_with(objective=None, objectives=two, pruner={"type": "MOASHA"}))
     assert isinstance(default, MOASHAPruner)
     assert (default.min_resource, default.reduction_factor) == (1, 3)  # 1 fold: 1 step
-    # By default the first rung is at a ninth of the steps (3 of 27 epochs), the next at a third.
+    # By default the first rung is at a third of the steps (step 9 of 27 epochs).
     epochs = build_pruner(
         spec_with(
             objective=None,
@@ -116,7 +116,7 @@ def test_moasha_is_built_from_the_spec_its_first_rung_at_a_ninth_of_the_steps() 
         )
     )
     assert isinstance(epochs, MOASHAPruner)
-    assert (epochs.min_resource, epochs.reduction_factor) == (3, 3)
+    assert (epochs.min_resource, epochs.reduction_factor) == (9, 3)
     given = build_pruner(
         spec_with(
             objective=None,
