@@ -53,7 +53,6 @@ from kubetune_api.spec import Sampler as SamplerSpec
 from kubetune_study.mo_pruning import IntermediateVectors, MOASHAPruner
 
 __all__ = [
-    "IntermediateVectors",
     "build_pruner",
     "build_sampler",
     "default_value",
@@ -63,6 +62,7 @@ __all__ = [
     "max_pruning_steps",
     "point_params",
     "searched_names",
+    "step_reporter",
     "suggest_all",
 ]
 
@@ -260,3 +260,9 @@ def build_pruner(spec: StudySpec) -> BasePruner:
             min_delta=p.min_delta_value if p.min_delta_value is not None else 0.0,
         )
     return pruner
+
+
+def step_reporter(trial: optuna.Trial, spec: StudySpec) -> optuna.Trial | IntermediateVectors:
+    """What a trial reports its steps through: the trial itself, or with several objectives
+    (``optuna.Trial.report`` refuses them) their vectors, to the storage for MOASHA."""
+    return IntermediateVectors(trial, spec.all_objectives) if spec.multi_objective else trial

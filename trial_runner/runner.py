@@ -50,7 +50,7 @@ from kubetune_study.preemption import (
     release_stale_trials,
 )
 from kubetune_study.progress import Claim, overclaimed, plan_claim
-from kubetune_study.search import IntermediateVectors, build_pruner, suggest_all
+from kubetune_study.search import build_pruner, step_reporter, suggest_all
 from kubetune_study.storage import (
     ClaimLock,
     StorageError,
@@ -325,11 +325,8 @@ class _Runner:
         self.lock.release()  # the trial exists: other runners may claim now
         params = suggest_all(trial, spec)
         folds = TrialFolds(trial, spec.training.folds)
-        # Optuna's trials report one value: with several objectives each step's vector goes
-        # to the storage, where the MOASHA pruner (kubetune_study.mo_pruning) reads it.
-        reporter = (
-            IntermediateVectors(trial, spec.all_objectives) if spec.multi_objective else trial
-        )
+        # The trial, or with several objectives their vectors (kubetune_study.mo_pruning).
+        reporter = step_reporter(trial, spec)
         engine = self.engine
         trial_id, storage = trial._trial_id, self.study._storage
 

@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from kubetune_api.spec import StudySpec, study_from_mapping
-from kubetune_study.mo_pruning import MOASHAPruner
+from kubetune_study.mo_pruning import IntermediateVectors, MOASHAPruner
 from kubetune_study.search import (
     build_pruner,
     build_sampler,
@@ -19,6 +19,7 @@ from kubetune_study.search import (
     in_distribution,
     max_pruning_steps,
     point_params,
+    step_reporter,
     suggest_all,
 )
 from tests.harness.studies import study_document as base
@@ -126,6 +127,19 @@ def test_moasha_is_built_from_the_spec_its_first_rung_at_a_third_of_the_steps() 
     )
     assert isinstance(given, MOASHAPruner)
     assert (given.min_resource, given.reduction_factor) == (2, 2)
+
+
+def test_a_trial_of_several_objectives_reports_its_vectors_one_objective_the_trial() -> None:
+    single = optuna.create_study().ask()
+    assert step_reporter(single, spec_with()) is single
+    two = [
+        {"metric": "accuracy", "direction": "Maximize"},
+        {"metric": "parameters", "direction": "Minimize"},
+    ]
+    trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
+    vectors = step_reporter(trial, spec_with(objective=None, objectives=two))
+    assert isinstance(vectors, IntermediateVectors)
+    assert vectors.metrics == ("accuracy", "parameters")
 
 
 def test_hyperband_resource_is_folds_or_epochs() -> None:
