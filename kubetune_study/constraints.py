@@ -7,9 +7,25 @@ The runner records each constraint's value with the trial as Optuna does
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import optuna
 from optuna.trial import FrozenTrial
 
-__all__ = ["feasible", "violated"]
+from kubetune_api.spec import StudySpec
+
+__all__ = ["feasible", "record_constraints", "violated"]
+
+
+def record_constraints(trial: optuna.Trial, spec: StudySpec, metrics: Mapping[str, float]) -> bool:
+    """Record each constraint's value of a finished trial (``metric - max``, ``min - metric``:
+    at most 0 when it holds); whether the trial is feasible."""
+    feasible = True
+    for constraint in spec.constraints or ():
+        violation = constraint.violation(metrics[constraint.metric])
+        trial.set_constraint(constraint.metric, violation)
+        feasible = feasible and violation <= 0.0
+    return feasible
 
 
 def feasible(trial: FrozenTrial) -> bool:

@@ -10,6 +10,9 @@ Pruner step numbering (what the pruner sees; see README "Pruning"):
       largest epoch count of the schedule); the value is that fold's validation score.
     * Wilcoxon always sees step ``k`` = fold ``k`` with that fold's own score: its paired test
       compares per-fold scores of a trial with the best trial's on the same folds.
+    * With several objectives (MOASHA) the steps are the same and each reports the vector of
+      the objectives' metrics (per fold: each one's mean over folds ``0..k``), through
+      :class:`~kubetune_study.mo_pruning.IntermediateVectors`.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from optuna.samplers import (
 
 from kubetune_api.spec import Parameter, StudySpec, WarmStartPoint, choose_sampler
 from kubetune_api.spec import Pruner as PrunerSpec
+from kubetune_study.mo_pruning import IntermediateVectors, MOASHAPruner
 from kubetune_study.pruning import halving_resources, max_epochs, report_every
 
 __all__ = [
@@ -61,6 +65,7 @@ __all__ = [
     "max_pruning_steps",
     "point_params",
     "searched_names",
+    "step_reporter",
     "suggest_all",
 ]
 
@@ -250,6 +255,13 @@ def build_pruner(spec: StudySpec) -> BasePruner:
             )
         else:
             pruner = SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=eta)
+    elif p.type == "MOASHA":
+        factor = p.reduction_factor or 3
+        # By default the first rung is at 1/factor of the steps: judged earlier, after its first
+        # or a ninth of its epochs, the benchmark's fronts lost up to 12% of their hypervolume.
+        pruner = MOASHAPruner(
+            min_resource=p.min_resource or max(1, steps // factor), reduction_factor=factor
+        )
     else:
         pruner = WilcoxonPruner(
             p_threshold=p.p_threshold_value if p.p_threshold_value is not None else 0.1,
@@ -262,3 +274,9 @@ def build_pruner(spec: StudySpec) -> BasePruner:
             min_delta=p.min_delta_value if p.min_delta_value is not None else 0.0,
         )
     return pruner
+
+
+def step_reporter(trial: optuna.Trial, spec: StudySpec) -> optuna.Trial | IntermediateVectors:
+    """What a trial reports its steps through: the trial itself, or with several objectives
+    (``optuna.Trial.report`` refuses them) their vectors, to the storage for MOASHA."""
+    return IntermediateVectors(trial, spec.all_objectives) if spec.multi_objective else trial

@@ -213,7 +213,8 @@ STUDY_RULES: list[dict[str, str]] = [
     },
 ]
 
-# One objective or several; several rule out CMA-ES and pruning (Optuna supports neither).
+# One objective or several; several rule out CMA-ES and every pruner but MOASHA, which
+# takes nothing else.
 OBJECTIVE_RULES: list[dict[str, str]] = [
     {
         "rule": "!(has(self.objective) && has(self.objectives))",
@@ -240,14 +241,22 @@ OBJECTIVE_RULES: list[dict[str, str]] = [
         "fieldPath": ".sampler.type",
     },
     {
-        "rule": "!has(self.objectives) || !has(self.pruner) || self.pruner.type == 'Nop'",
-        "message": "must be Nop with several objectives: Optuna cannot prune a multi-objective "
-        "trial (a pruner compares one intermediate value)",
+        "rule": "!has(self.objectives) || !has(self.pruner) || !has(self.pruner.type) "
+        "|| self.pruner.type in ['Nop', 'MOASHA']",
+        "message": "must be Nop or MOASHA with several objectives: the other pruners compare "
+        "one intermediate value",
+        "fieldPath": ".pruner.type",
+    },
+    {
+        "rule": "has(self.objectives) || !has(self.pruner) || !has(self.pruner.type) "
+        "|| self.pruner.type != 'MOASHA'",
+        "message": "MOASHA prunes studies of several objectives (spec.objectives); with one "
+        "objective use SuccessiveHalving",
         "fieldPath": ".pruner.type",
     },
     {
         "rule": "!has(self.objectives) || !has(self.pruner) || !has(self.pruner.patience)",
-        "message": "not accepted with several objectives (nothing is pruned)",
+        "message": "not accepted with several objectives (PatientPruner takes one)",
         "fieldPath": ".pruner.patience",
     },
 ]

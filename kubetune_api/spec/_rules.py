@@ -176,6 +176,12 @@ def _pruner(spec: StudySpec, found: Findings) -> None:
         found.add("pruner.maxResource", f"must be above minResource (got {pr.max_resource})")
     if pr.min_delta is not None and pr.patience is None:
         found.add("pruner.minDelta", "only used with patience: set pruner.patience too")
+    if pr.type == "MOASHA" and not spec.objectives:
+        found.add(
+            "pruner.type",
+            "MOASHA prunes studies of several objectives (spec.objectives); with one "
+            "objective use SuccessiveHalving",
+        )
 
 
 def _objectives(spec: StudySpec, found: Findings) -> None:
@@ -199,14 +205,16 @@ def _objectives(spec: StudySpec, found: Findings) -> None:
             f"{spec.sampler.type} cannot optimise several objectives; use one of "
             f"{', '.join(MULTI_OBJECTIVE_SAMPLERS)}",
         )
-    if spec.pruner.type != "Nop":
+    if spec.pruner.type not in ("Nop", "MOASHA"):
         found.add(
             "pruner.type",
-            "must be Nop with several objectives: Optuna cannot prune a multi-objective trial "
-            "(a pruner compares one intermediate value)",
+            "must be Nop or MOASHA with several objectives: the other pruners compare one "
+            "intermediate value",
         )
     if spec.pruner.patience is not None:
-        found.add("pruner.patience", "not accepted with several objectives (nothing is pruned)")
+        found.add(
+            "pruner.patience", "not accepted with several objectives (PatientPruner takes one)"
+        )
 
 
 def _constraints(spec: StudySpec, found: Findings) -> None:

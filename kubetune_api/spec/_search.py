@@ -182,8 +182,12 @@ class Sampler(SpecModel):
 
 
 class Pruner(SpecModel):
-    type: Literal["Nop", "Median", "Percentile", "Hyperband", "SuccessiveHalving", "Wilcoxon"] = (
-        "Nop"
+    type: Literal[
+        "Nop", "Median", "Percentile", "Hyperband", "SuccessiveHalving", "Wilcoxon", "MOASHA"
+    ] = Field(
+        default="Nop",
+        description="MOASHA (successive halving over the objective vectors) is the one pruner "
+        "of a study with several objectives; the others take one objective.",
     )
     n_startup_trials: int | None = Field(default=None, ge=0)
     n_warmup_steps: int | None = Field(default=None, ge=0)

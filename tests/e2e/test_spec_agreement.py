@@ -730,6 +730,28 @@ def test_conditions_and_constraints_get_one_verdict(
     assert server is not None and field in server, server
 
 
+@pytest.mark.parametrize(
+    ("base", "pruner", "field"),
+    [
+        (_SEVERAL, {"type": "MOASHA", "minResource": 2, "reductionFactor": 4}, None),
+        (_SEVERAL, {"type": "Hyperband"}, "spec.pruner.type"),
+        (_SEVERAL, {"type": "MOASHA", "patience": 2}, "spec.pruner.patience"),
+        (_SIMPLE, {"type": "MOASHA"}, "spec.pruner.type"),
+    ],
+    ids=["moasha-several", "hyperband-several", "moasha-patience", "moasha-one-objective"],
+)
+def test_the_multi_objective_pruner_gets_one_verdict(
+    study_api: Any, namespace: str, base: dict[str, Any], pruner: dict[str, Any], field: str | None
+) -> None:
+    spec = {**copy.deepcopy(base), "pruner": pruner}
+    local, server = local_verdict(spec), server_verdict(study_api, namespace, spec)
+    if field is None:
+        assert local is None and server is None, (local, server)
+        return
+    assert local is not None and any(e.path == field for e in local.errors), local
+    assert server is not None and field in server, server
+
+
 def test_a_misspelt_stage_group_is_one_server_error_naming_stage_and_group(
     study_api: Any, namespace: str
 ) -> None:

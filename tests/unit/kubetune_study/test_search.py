@@ -9,6 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from kubetune_api.spec import StudySpec, study_from_mapping
+from kubetune_study.mo_pruning import IntermediateVectors, MOASHAPruner
 from kubetune_study.search import (
     build_pruner,
     build_sampler,
@@ -18,6 +19,7 @@ from kubetune_study.search import (
     in_distribution,
     max_pruning_steps,
     point_params,
+    step_reporter,
     suggest_all,
 )
 from tests.harness.studies import study_document as base
@@ -95,6 +97,49 @@ def test_tpe_uses_constant_liar_and_seed_offsets_differ() -> None:
 def test_pruners_are_optunas_own(pruner: dict[str, Any], cls: type) -> None:
     spec = spec_with(pruner=pruner)
     assert isinstance(build_pruner(spec), cls)
+
+
+def test_moasha_is_built_from_the_spec_its_first_rung_at_a_third_of_the_steps() -> None:
+    two = [
+        {"metric": "accuracy", "direction": "Maximize"},
+        {"metric": "parameters", "direction": "Minimize"},
+    ]
+    default = build_pruner(spec_with(objective=None, objectives=two, pruner={"type": "MOASHA"}))
+    assert isinstance(default, MOASHAPruner)
+    assert (default.min_resource, default.reduction_factor) == (1, 3)  # 1 fold: 1 step
+    # By default the first rung is at a third of the steps (step 9 of 27 epochs).
+    epochs = build_pruner(
+        spec_with(
+            objective=None,
+            objectives=two,
+            pruner={"type": "MOASHA"},
+            training={"folds": 3, "epochs": 9, "reportEvery": "Epoch"},
+        )
+    )
+    assert isinstance(epochs, MOASHAPruner)
+    assert (epochs.min_resource, epochs.reduction_factor) == (9, 3)
+    given = build_pruner(
+        spec_with(
+            objective=None,
+            objectives=two,
+            pruner={"type": "MOASHA", "minResource": 2, "reductionFactor": 2},
+        )
+    )
+    assert isinstance(given, MOASHAPruner)
+    assert (given.min_resource, given.reduction_factor) == (2, 2)
+
+
+def test_a_trial_of_several_objectives_reports_its_vectors_one_objective_the_trial() -> None:
+    single = optuna.create_study().ask()
+    assert step_reporter(single, spec_with()) is single
+    two = [
+        {"metric": "accuracy", "direction": "Maximize"},
+        {"metric": "parameters", "direction": "Minimize"},
+    ]
+    trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
+    vectors = step_reporter(trial, spec_with(objective=None, objectives=two))
+    assert isinstance(vectors, IntermediateVectors)
+    assert vectors.metrics == ("accuracy", "parameters")
 
 
 def test_hyperband_resource_is_folds_or_epochs() -> None:
