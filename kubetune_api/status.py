@@ -43,6 +43,7 @@ __all__ = [
     "ParetoFront",
     "RunnerCounts",
     "RunnerStartFailure",
+    "SamplerStatus",
     "SizingStatus",
     "StageStatus",
     "StartFailureReason",
@@ -102,6 +103,19 @@ class TrialCounts(_Status):
     running: int | None = _int("Trials running now.")
     waiting: int | None = _int("Trials queued: retries of preempted trials, warm-start points.")
     budget: int | None = _int("spec.budget.maxTrials as the runners see it.")
+    infeasible: int | None = _int(
+        "Complete trials outside spec.constraints (counted in complete too): never the best, "
+        "never on the front."
+    )
+
+
+class SamplerStatus(_Status):
+    """The sampler the study runs: spec.sampler.type, or what Auto chose."""
+
+    type: str | None = Field(default=None, max_length=16, description="The sampler.")
+    reason: str | None = Field(
+        default=None, max_length=256, description="Why: set in the spec, or Auto's rule."
+    )
 
 
 class BestTrial(_Status):
@@ -271,6 +285,7 @@ class StudyStatus(_Status):
     )
     best: BestTrial | None = None
     pareto_front: ParetoFront | None = None
+    sampler: SamplerStatus | None = None
     stage: StageStatus | None = None
     runners: RunnerCounts | None = None
     runners_summary: str | None = Field(

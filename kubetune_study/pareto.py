@@ -20,6 +20,7 @@ from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from kubetune_api.spec import Objective, best_first_key
+from kubetune_study.constraints import feasible
 
 __all__ = [
     "ParetoPoint",
@@ -48,7 +49,8 @@ def pareto_front(
 
 
 def front_trials(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
-    """The complete trials of ``trials`` no other one dominates (unordered).
+    """The feasible complete trials of ``trials`` no other one dominates (unordered); a trial
+    outside the study's constraints is never on the front.
 
     The front of a front plus new trials is the front of all of them, which is how
     :class:`kubetune_study.progress.ProgressTally` keeps it up to date.
@@ -58,6 +60,7 @@ def front_trials(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> li
         t
         for t in trials
         if t.state == TrialState.COMPLETE
+        and feasible(t)
         and t.values is not None
         and len(t.values) == len(directions)
     ]

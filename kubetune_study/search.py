@@ -1,6 +1,8 @@
 """Search space, samplers and pruners built from the spec, with Optuna's own classes.
 
 Pruner step numbering (what the pruner sees; see README "Pruning"):
+    * ``reportEvery: Auto`` (the default) is one of the two below, by the rule of
+      :func:`kubetune_study.pruning.report_every`.
     * ``reportEvery: Fold`` — step ``k`` (0-based) after fold ``k``; the value is the mean score
       of folds ``0..k``, so successive steps are comparable across trials and the last step
       equals the trial's final value. Hyperband's resource is then "folds trained".
@@ -8,6 +10,9 @@ Pruner step numbering (what the pruner sees; see README "Pruning"):
       largest epoch count of the schedule); the value is that fold's validation score.
     * Wilcoxon always sees step ``k`` = fold ``k`` with that fold's own score: its paired test
       compares per-fold scores of a trial with the best trial's on the same folds.
+    * With several objectives (MOASHA) the steps are the same and each reports the vector of
+      the objectives' metrics (per fold: each one's mean over folds ``0..k``), through
+      :class:`~kubetune_study.mo_pruning.IntermediateVectors`.
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ from optuna.samplers import (
     TPESampler,
 )
 
-from kubetune_api.spec import Parameter, StudySpec, WarmStartPoint
+from kubetune_api.spec import Parameter, StudySpec, WarmStartPoint, choose_sampler
 from kubetune_api.spec import Pruner as PrunerSpec
-from kubetune_api.spec import Sampler as SamplerSpec
+from kubetune_study.mo_pruning import IntermediateVectors, MOASHAPruner
+from kubetune_study.pruning import halving_resources, max_epochs, report_every
 
 __all__ = [
     "build_pruner",
@@ -55,9 +61,11 @@ __all__ = [
     "distribution",
     "fixed_params_for_stage",
     "in_distribution",
+    "is_conditional",
     "max_pruning_steps",
     "point_params",
     "searched_names",
+    "step_reporter",
     "suggest_all",
 ]
 
@@ -111,8 +119,20 @@ def default_value(p: Parameter) -> Any:
 
 
 def suggest_all(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
-    """Ask the trial for every parameter; a PartialFixedSampler answers the fixed ones."""
-    return {p.name: trial._suggest(p.name, distribution(p)) for p in spec.search_space}
+    """Ask the trial for every active parameter, in the order of the search space (define by
+    run: a conditional parameter is asked only when its condition holds, so an inactive one
+    is absent from the trial); a PartialFixedSampler answers the fixed ones."""
+    by_name = {p.name: p for p in spec.search_space}
+    params: dict[str, Any] = {}
+    for p in spec.search_space:
+        if p.active(params, by_name):
+            params[p.name] = trial._suggest(p.name, distribution(p))
+    return params
+
+
+def is_conditional(spec: StudySpec) -> bool:
+    """Whether some parameter of the search space is conditional (``when``)."""
+    return any(p.when is not None for p in spec.search_space)
 
 
 def searched_names(spec: StudySpec, stage: int) -> set[str]:
@@ -148,43 +168,45 @@ def fixed_params_for_stage(
 
 
 def build_sampler(
-    sampler: SamplerSpec, *, seed_offset: int = 0, fixed: Mapping[str, Any] | None = None
+    spec: StudySpec, *, seed_offset: int = 0, fixed: Mapping[str, Any] | None = None
 ) -> BaseSampler:
-    """The spec's sampler; ``seed_offset`` (the next trial number) keeps parallel runners apart.
+    """The study's sampler (``Auto`` resolved by :func:`kubetune_api.spec.choose_sampler`);
+    ``seed_offset`` (the next trial number) keeps parallel runners apart.
 
     Runners build a sampler per trial under the study's claim lock. Offsetting the seed by the
     trial number makes runs reproducible with one runner and keeps several runners from
     drawing the same values. QMC keeps one seed: its sequence index is the trial number.
     NSGA-II and NSGA-III keep their generations in the study's trials, so a sampler built per
-    trial continues them.
+    trial continues them. TPE groups the parameters that appear together when the space is
+    conditional (``group``, with ``multivariate``), Optuna's way of modelling a conditional
+    space. Constraints reach TPE, GP and NSGA through each trial's constraint values
+    (``Trial.set_constraint``), which the runner records.
     """
+    sampler = spec.sampler
+    kind = choose_sampler(spec).type
     seed = None if sampler.seed is None else (sampler.seed + 7919 * seed_offset) % 2**31
+    startup: dict[str, Any] = {}
+    if sampler.n_startup_trials is not None:
+        startup["n_startup_trials"] = sampler.n_startup_trials
     base: BaseSampler
-    if sampler.type == "TPE":
-        kwargs: dict[str, Any] = {}
-        if sampler.n_startup_trials is not None:
-            kwargs["n_startup_trials"] = sampler.n_startup_trials
+    if kind == "TPE":
+        multivariate = sampler.multivariate
         base = TPESampler(
             seed=seed,
             constant_liar=sampler.constant_liar,
-            multivariate=sampler.multivariate,
-            **kwargs,
+            multivariate=multivariate,
+            group=multivariate and is_conditional(spec),
+            **startup,
         )
-    elif sampler.type == "Random":
+    elif kind == "Random":
         base = RandomSampler(seed=seed)
-    elif sampler.type == "CMAES":
-        kwargs = {}
-        if sampler.n_startup_trials is not None:
-            kwargs["n_startup_trials"] = sampler.n_startup_trials
-        base = CmaEsSampler(seed=seed, warn_independent_sampling=False, **kwargs)
-    elif sampler.type == "GP":
-        kwargs = {}
-        if sampler.n_startup_trials is not None:
-            kwargs["n_startup_trials"] = sampler.n_startup_trials
-        base = GPSampler(seed=seed, **kwargs)
-    elif sampler.type in ("NSGAII", "NSGAIII"):
-        genetic = NSGAIISampler if sampler.type == "NSGAII" else NSGAIIISampler
-        kwargs = {}
+    elif kind == "CMAES":
+        base = CmaEsSampler(seed=seed, warn_independent_sampling=False, **startup)
+    elif kind == "GP":
+        base = GPSampler(seed=seed, **startup)
+    elif kind in ("NSGAII", "NSGAIII"):
+        genetic = NSGAIISampler if kind == "NSGAII" else NSGAIIISampler
+        kwargs: dict[str, Any] = {}
         if sampler.population_size is not None:
             kwargs["population_size"] = sampler.population_size
         base = genetic(seed=seed, **kwargs)
@@ -196,13 +218,10 @@ def build_sampler(
 
 
 def max_pruning_steps(spec: StudySpec) -> int:
-    training = spec.training
-    if training.report_every == "Fold" or spec.pruner.type == "Wilcoxon":
-        return training.folds
-    epochs = max(
-        [training.epochs] + [e.epochs for e in training.epoch_schedule or []],
-    )
-    return training.folds * epochs
+    """Steps a trial reports at most: its folds, or folds × the largest epoch count."""
+    if report_every(spec) == "Fold" or spec.pruner.type == "Wilcoxon":
+        return spec.training.folds
+    return spec.training.folds * max_epochs(spec)
 
 
 def build_pruner(spec: StudySpec) -> BasePruner:
@@ -225,16 +244,23 @@ def build_pruner(spec: StudySpec) -> BasePruner:
             n_startup_trials=5 if startup is None else startup,
             n_warmup_steps=0 if warmup is None else warmup,
         )
-    elif p.type == "Hyperband":
-        pruner = HyperbandPruner(
-            min_resource=p.min_resource or 1,
-            max_resource=p.max_resource or max(steps, 2),
-            reduction_factor=p.reduction_factor or 3,
-        )
-    elif p.type == "SuccessiveHalving":
-        pruner = SuccessiveHalvingPruner(
-            min_resource=p.min_resource or 1,
-            reduction_factor=p.reduction_factor or 3,
+    elif p.type in ("Hyperband", "SuccessiveHalving"):
+        # Not given: chosen from the schedule (kubetune_study.pruning).
+        min_resource, eta = halving_resources(steps, p.min_resource, p.reduction_factor)
+        if p.type == "Hyperband":
+            pruner = HyperbandPruner(
+                min_resource=min_resource,
+                max_resource=p.max_resource or max(steps, 2),
+                reduction_factor=eta,
+            )
+        else:
+            pruner = SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=eta)
+    elif p.type == "MOASHA":
+        factor = p.reduction_factor or 3
+        # By default the first rung is at 1/factor of the steps: judged earlier, after its first
+        # or a ninth of its epochs, the benchmark's fronts lost up to 12% of their hypervolume.
+        pruner = MOASHAPruner(
+            min_resource=p.min_resource or max(1, steps // factor), reduction_factor=factor
         )
     else:
         pruner = WilcoxonPruner(
@@ -248,3 +274,9 @@ def build_pruner(spec: StudySpec) -> BasePruner:
             min_delta=p.min_delta_value if p.min_delta_value is not None else 0.0,
         )
     return pruner
+
+
+def step_reporter(trial: optuna.Trial, spec: StudySpec) -> optuna.Trial | IntermediateVectors:
+    """What a trial reports its steps through: the trial itself, or with several objectives
+    (``optuna.Trial.report`` refuses them) their vectors, to the storage for MOASHA."""
+    return IntermediateVectors(trial, spec.all_objectives) if spec.multi_objective else trial

@@ -42,6 +42,7 @@ from kubetune_api.contract import (
     WORKER_ATTR,
 )
 from kubetune_api.spec import HPOStudy, StudySpec
+from kubetune_study.constraints import record_constraints
 from kubetune_study.metrics import RunnerMetrics
 from kubetune_study.outage import first_line, is_connection_error
 from kubetune_study.preemption import (
@@ -50,7 +51,7 @@ from kubetune_study.preemption import (
     release_stale_trials,
 )
 from kubetune_study.progress import Claim, overclaimed, plan_claim
-from kubetune_study.search import build_pruner, suggest_all
+from kubetune_study.search import build_pruner, step_reporter, suggest_all
 from kubetune_study.storage import (
     ClaimLock,
     StorageError,
@@ -325,9 +326,8 @@ class _Runner:
         self.lock.release()  # the trial exists: other runners may claim now
         params = suggest_all(trial, spec)
         folds = TrialFolds(trial, spec.training.folds)
-        # Optuna prunes single-objective trials only; the spec allows no pruner with several
-        # objectives, so their trials report nothing.
-        reporter = None if spec.multi_objective else trial
+        # The trial, or with several objectives their vectors (kubetune_study.mo_pruning).
+        reporter = step_reporter(trial, spec)
         engine = self.engine
         trial_id, storage = trial._trial_id, self.study._storage
 
@@ -369,7 +369,8 @@ class _Runner:
         trial.set_user_attr(TELEMETRY_ATTR, {**result.telemetry, "metrics": result.metrics})
         if result.pruned:
             raise optuna.TrialPruned(result.stop_reason)
-        if self.checkpoint is not None and result.model is not None:
+        feasible = record_constraints(trial, spec, result.metrics)
+        if self.checkpoint is not None and result.model is not None and feasible:
             self.checkpoint.offer(trial.number, result.value, result.model, params)
         if spec.multi_objective:
             return [result.metrics[o.metric] for o in spec.all_objectives]

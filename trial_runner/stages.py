@@ -20,7 +20,7 @@ def sampler_for_claim(spec: StudySpec, progress: StudyProgress, claim: Claim) ->
     stage's fixed parameters."""
     best_earlier = best_params_before(progress, claim, spec.all_objectives)
     return build_sampler(
-        spec.sampler,
+        spec,
         seed_offset=progress.trials_total,
         fixed=fixed_params_for_stage(spec, claim.stage, best_earlier),
     )

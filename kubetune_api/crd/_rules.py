@@ -18,6 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubetune_api.crd._study_rules import (
+    CONDITION_RULES,
+    CONSTRAINT_ITEM_RULES,
+    CONSTRAINT_RULES,
     OBJECTIVE_RULES,
     PARAMETER_RULES,
     STUDY_RULES,
@@ -45,6 +48,7 @@ CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
     # The model bounds string choices; int-or-string items carry no maxLength from the union.
     "searchSpace[].choices[]": {"maxLength": 253},
     "searchSpace[].default": {"maxLength": 253},
+    "searchSpace[].when.in[]": {"maxLength": 253},
     "warmStart.points[].params[].value": {"maxLength": 253},
     # Names and paths the template's rules read (the model checks the same lengths).
     **{
@@ -60,7 +64,14 @@ CRD_ONLY_BOUNDS: Mapping[str, Mapping[str, int]] = {
 
 PATH_RULES: Mapping[str, list[dict[str, str]]] = {
     **{f"{TEMPLATE}.{path}": rules for path, rules in TEMPLATE_RULES.items()},
-    "": [*STUDY_RULES, *OBJECTIVE_RULES, *WARM_START_RULES],
+    "": [
+        *STUDY_RULES,
+        *CONDITION_RULES,
+        *OBJECTIVE_RULES,
+        *CONSTRAINT_RULES,
+        *WARM_START_RULES,
+    ],
+    "constraints[]": CONSTRAINT_ITEM_RULES,
     "searchSpace[]": PARAMETER_RULES,
     "objective": [
         {
@@ -223,6 +234,7 @@ PATH_EXTRAS: Mapping[str, Mapping[str, Any]] = {
     "searchSpace": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     # Lists of named items: the API server rejects a repeated metric or parameter name.
     "objectives": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["metric"]},
+    "constraints": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["metric"]},
     "warmStart.points[].params": {
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["name"],
@@ -230,4 +242,5 @@ PATH_EXTRAS: Mapping[str, Mapping[str, Any]] = {
     **{".".join(path): {"x-kubernetes-preserve-unknown-fields": True} for path in FREE_FORM_FIELDS},
     # A set: the API server rejects a repeated choice (semantic_errors: "must not repeat").
     "searchSpace[].choices": {"x-kubernetes-list-type": "set"},
+    "searchSpace[].when.in": {"x-kubernetes-list-type": "set"},
 }

@@ -3,9 +3,22 @@
 
 from __future__ import annotations
 
-from kubetune_api.spec import MAX_STAGES, MULTI_OBJECTIVE_SAMPLERS
+from kubetune_api.spec import (
+    CONSTRAINED_SAMPLERS,
+    MAX_PARAMETERS,
+    MAX_STAGES,
+    MULTI_OBJECTIVE_SAMPLERS,
+)
 
-__all__ = ["OBJECTIVE_RULES", "PARAMETER_RULES", "STUDY_RULES", "WARM_START_RULES"]
+__all__ = [
+    "CONDITION_RULES",
+    "CONSTRAINT_ITEM_RULES",
+    "CONSTRAINT_RULES",
+    "OBJECTIVE_RULES",
+    "PARAMETER_RULES",
+    "STUDY_RULES",
+    "WARM_START_RULES",
+]
 
 # NUMBER_PATTERN without backslashes, so it can sit in a CEL string literal.
 _CEL_NUMBER = "^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$"
@@ -200,7 +213,8 @@ STUDY_RULES: list[dict[str, str]] = [
     },
 ]
 
-# One objective or several; several rule out CMA-ES and pruning (Optuna supports neither).
+# One objective or several; several rule out CMA-ES and every pruner but MOASHA, which
+# takes nothing else.
 OBJECTIVE_RULES: list[dict[str, str]] = [
     {
         "rule": "!(has(self.objective) && has(self.objectives))",
@@ -227,14 +241,22 @@ OBJECTIVE_RULES: list[dict[str, str]] = [
         "fieldPath": ".sampler.type",
     },
     {
-        "rule": "!has(self.objectives) || !has(self.pruner) || self.pruner.type == 'Nop'",
-        "message": "must be Nop with several objectives: Optuna cannot prune a multi-objective "
-        "trial (a pruner compares one intermediate value)",
+        "rule": "!has(self.objectives) || !has(self.pruner) || !has(self.pruner.type) "
+        "|| self.pruner.type in ['Nop', 'MOASHA']",
+        "message": "must be Nop or MOASHA with several objectives: the other pruners compare "
+        "one intermediate value",
+        "fieldPath": ".pruner.type",
+    },
+    {
+        "rule": "has(self.objectives) || !has(self.pruner) || !has(self.pruner.type) "
+        "|| self.pruner.type != 'MOASHA'",
+        "message": "MOASHA prunes studies of several objectives (spec.objectives); with one "
+        "objective use SuccessiveHalving",
         "fieldPath": ".pruner.type",
     },
     {
         "rule": "!has(self.objectives) || !has(self.pruner) || !has(self.pruner.patience)",
-        "message": "not accepted with several objectives (nothing is pruned)",
+        "message": "not accepted with several objectives (PatientPruner takes one)",
         "fieldPath": ".pruner.patience",
     },
 ]
@@ -269,5 +291,74 @@ WARM_START_RULES: list[dict[str, str]] = [
         "message": "points and fromStudy.topK must fit in budget.maxTrials (and in "
         "stages[0].trials)",
         "fieldPath": ".warmStart",
+    },
+]
+
+
+#: CEL: the indexes a search space may have, a literal list (CEL has no range; a list of names
+#: built with ``map`` has no size bound the API server's cost estimator can see).
+_INDEXES = f"[{', '.join(str(i) for i in range(MAX_PARAMETERS))}]"
+_ORDER_RULE = (
+    f"{_INDEXES}.all(i, i >= size(self.searchSpace) || !has(self.searchSpace[i].when) "
+    "|| !self.searchSpace.exists(x, x.name == self.searchSpace[i].when.parameter) "
+    f"|| {_INDEXES}.exists(k, k < i "
+    "&& self.searchSpace[k].name == self.searchSpace[i].when.parameter))"
+)
+
+
+# Conditional parameters (searchSpace[].when), mirroring kubetune_api.spec._condition_rules.
+# The values of ``in`` are checked by the spec model only (kubetune validate, the operator's
+# InvalidSpec condition): a CEL rule over every value against every choice of the parameter
+# it names exceeds the API server's cost budget, as for warm-start points' values.
+CONDITION_RULES: list[dict[str, str]] = [
+    {
+        "rule": "self.searchSpace.all(p, !has(p.when) "
+        "|| self.searchSpace.exists(x, x.name == p.when.parameter))",
+        "message": "when.parameter must name a searchSpace parameter",
+        "fieldPath": ".searchSpace",
+    },
+    {
+        "rule": _ORDER_RULE,
+        "message": "when.parameter must name a parameter listed before its own: conditions "
+        "follow the order of searchSpace",
+        "fieldPath": ".searchSpace",
+    },
+    {
+        "rule": "self.searchSpace.all(p, !has(p.when) "
+        "|| self.searchSpace.all(q, q.name != p.when.parameter || q.type != 'Float'))",
+        "message": "when.parameter must name a Categorical or Int parameter",
+        "fieldPath": ".searchSpace",
+    },
+    {
+        "rule": "self.searchSpace.all(p, !has(p.when) || p.name != (has(self.training) "
+        "&& has(self.training.batchSizeParameter) ? self.training.batchSizeParameter "
+        ": 'batch_size'))",
+        "message": "the batch size parameter (training.batchSizeParameter) cannot be "
+        "conditional: every trial needs one",
+        "fieldPath": ".searchSpace",
+    },
+]
+
+# Constraints (spec.constraints), mirroring the spec model's _constraints.
+CONSTRAINT_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!has(self.constraints) || !has(self.sampler) || !has(self.sampler.type) "
+        f"|| self.sampler.type in {list(CONSTRAINED_SAMPLERS)}",
+        "message": "this sampler takes no constraints (spec.constraints); use one of "
+        f"{', '.join(CONSTRAINED_SAMPLERS)}",
+        "fieldPath": ".sampler.type",
+    },
+]
+
+#: Rules on each constraint (``constraints[]``).
+CONSTRAINT_ITEM_RULES: list[dict[str, str]] = [
+    {
+        "rule": "has(self.max) || has(self.min)",
+        "message": "set max, min or both: a constraint bounds its metric",
+    },
+    {
+        "rule": "!has(self.max) || !has(self.min) || double(self.min) <= double(self.max)",
+        "message": "must not be above max",
+        "fieldPath": ".min",
     },
 ]

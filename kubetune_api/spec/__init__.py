@@ -22,9 +22,12 @@ mirror :func:`semantic_errors`, so a spec that validates locally validates at ap
 from __future__ import annotations
 
 from kubetune_api.spec._base import (
+    CONSTRAINED_SAMPLERS,
     DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS,
     FREE_FORM_FIELDS,
+    MAX_CONSTRAINTS,
     MAX_OBJECTIVES,
+    MAX_PARAMETERS,
     MAX_SEED,
     MAX_STAGES,
     MAX_STUDY_NAME,
@@ -60,7 +63,16 @@ from kubetune_api.spec._runner import (
     Resources,
     Runner,
 )
-from kubetune_api.spec._search import Objective, Parameter, Pruner, Sampler, Stage
+from kubetune_api.spec._sampler_choice import AUTO_GP_BUDGET, SamplerChoice, choose_sampler
+from kubetune_api.spec._search import (
+    Condition,
+    Constraint,
+    Objective,
+    Parameter,
+    Pruner,
+    Sampler,
+    Stage,
+)
 from kubetune_api.spec._template import (
     MAX_MOUNT_PATH,
     MAX_TEMPLATE_ITEMS,
@@ -83,12 +95,16 @@ from kubetune_api.spec._warm_start import FromStudy, ParameterValue, WarmStart, 
 from kubetune_api.spec._yaml import dump_yaml, load_yaml_documents
 
 __all__ = [
+    "AUTO_GP_BUDGET",
     "CLIENT_SIDE_APPLY_BYTES",
+    "CONSTRAINED_SAMPLERS",
     "DEFAULT_MAX_CONSECUTIVE_FAILED_TRIALS",
     "FREE_FORM_FIELDS",
+    "MAX_CONSTRAINTS",
     "MAX_DOCUMENT_BYTES",
     "MAX_MOUNT_PATH",
     "MAX_OBJECTIVES",
+    "MAX_PARAMETERS",
     "MAX_SEED",
     "MAX_SHOWN_ERRORS",
     "MAX_STAGES",
@@ -108,6 +124,8 @@ __all__ = [
     "SHARED_MEMORY_PER_WORKER",
     "Budget",
     "Checkpoint",
+    "Condition",
+    "Constraint",
     "EarlyStopping",
     "EpochScheduleEntry",
     "FieldError",
@@ -122,6 +140,7 @@ __all__ = [
     "Resources",
     "Runner",
     "Sampler",
+    "SamplerChoice",
     "SecretKeyRef",
     "SpecError",
     "Stage",
@@ -134,6 +153,7 @@ __all__ = [
     "as_api_server_stores",
     "best_first",
     "best_first_key",
+    "choose_sampler",
     "device_precision",
     "dump_yaml",
     "format_path",

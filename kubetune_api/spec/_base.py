@@ -37,11 +37,17 @@ ChoiceValue = int | Annotated[str, Field(max_length=253)]
 
 
 #: Samplers Optuna can run on a study with several objectives (CMA-ES cannot).
-MULTI_OBJECTIVE_SAMPLERS = ("TPE", "NSGAII", "NSGAIII", "Random", "GP", "QMC")
+MULTI_OBJECTIVE_SAMPLERS = ("Auto", "TPE", "NSGAII", "NSGAIII", "Random", "GP", "QMC")
+#: Samplers that take constraints (``spec.constraints``): Optuna's constrained samplers.
+CONSTRAINED_SAMPLERS = ("Auto", "TPE", "GP", "NSGAII", "NSGAIII")
+#: Constraints a study may have.
+MAX_CONSTRAINTS = 16
 #: Objectives a study may have (``spec.objectives``).
 MAX_OBJECTIVES = 8
 #: Warm-start points a study may list.
 MAX_WARM_START_POINTS = 16
+#: Parameters a search space may have.
+MAX_PARAMETERS = 64
 #: Stages a study may have.
 MAX_STAGES = 16
 #: The largest ``sampler.seed``: NumPy and scikit-learn take seeds in [0, 2**32 - 1].

@@ -14,20 +14,23 @@ this module assembles them into :class:`StudySpec` and :class:`HPOStudy`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field
 
 from kubetune_api.contract import ApiVersion
 from kubetune_api.spec._base import (
+    MAX_CONSTRAINTS,
     MAX_OBJECTIVES,
+    MAX_PARAMETERS,
     MAX_STAGES,
     SpecModel,
 )
 from kubetune_api.spec._budget import Budget, Storage
 from kubetune_api.spec._metadata import ObjectMeta
 from kubetune_api.spec._runner import Resources, Runner
-from kubetune_api.spec._search import Objective, Parameter, Pruner, Sampler, Stage
+from kubetune_api.spec._search import Constraint, Objective, Parameter, Pruner, Sampler, Stage
 from kubetune_api.spec._training import TaskSpec, Training
 from kubetune_api.spec._warm_start import WarmStart
 
@@ -43,12 +46,18 @@ class StudySpec(SpecModel):
         description="Several metrics to optimise at once (a Pareto front); instead of objective.",
     )
     task: TaskSpec
-    search_space: list[Parameter] = Field(min_length=1, max_length=64)
+    search_space: list[Parameter] = Field(min_length=1, max_length=MAX_PARAMETERS)
     stages: list[Stage] | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_STAGES,
         description="Progressive stages; omitted, the whole search space is one stage.",
+    )
+    constraints: list[Constraint] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_CONSTRAINTS,
+        description="Bounds on metrics the task returns; a trial outside one is infeasible.",
     )
     budget: Budget
     sampler: Sampler = Field(default_factory=Sampler)
@@ -84,6 +93,16 @@ class StudySpec(SpecModel):
     @property
     def multi_objective(self) -> bool:
         return bool(self.objectives)
+
+    def active_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` without the parameters their own values make inactive (``when``) and
+        without names the search space lacks, in the order of the search space."""
+        by_name = {p.name: p for p in self.search_space}
+        kept: dict[str, Any] = {}
+        for p in self.search_space:
+            if p.name in params and p.active(kept, by_name):
+                kept[p.name] = params[p.name]
+        return kept
 
 
 class HPOStudy(SpecModel):

@@ -10,7 +10,7 @@ from kubetune_api.spec._errors import Findings
 from kubetune_api.spec._parse import parse_number
 from kubetune_api.spec._search import Parameter
 
-__all__ = ["parameter_errors", "point_value_error"]
+__all__ = ["is_integral", "off_grid", "parameter_errors", "point_value_error"]
 
 
 def point_value_error(p: Parameter, raw: int | str) -> str | None:
@@ -26,7 +26,7 @@ def point_value_error(p: Parameter, raw: int | str) -> str | None:
         return None
     if isinstance(raw, str) and not _is_number(raw):
         return f"must be a number for a {p.type} parameter (got {raw!r})"
-    if p.type == "Int" and not _is_integral(raw):
+    if p.type == "Int" and not is_integral(raw):
         return f"must be an integer for an Int parameter (got {raw!r})"
     value = parse_number(raw)
     low, high, step = p.low_value, p.high_value, p.step_value
@@ -67,7 +67,7 @@ def parameter_errors(p: Parameter, at: str, found: Findings) -> None:
         if value is None:
             err(field, f"required for a {p.type} parameter")
             bounds_ok = False
-        elif p.type == "Int" and not _is_integral(value):
+        elif p.type == "Int" and not is_integral(value):
             err(field, f"must be an integer for an Int parameter (got {value!r})")
             bounds_ok = False
     if not bounds_ok:
@@ -87,13 +87,13 @@ def parameter_errors(p: Parameter, at: str, found: Findings) -> None:
             err("step", f"must be above 0 (got {p.step})")
         elif p.scale == "Log":
             err("step", "not accepted with scale Log")
-        elif p.type == "Int" and not _is_integral(p.step):
+        elif p.type == "Int" and not is_integral(p.step):
             err("step", f"must be an integer for an Int parameter (got {p.step!r})")
         elif (
             p.type == "Int"
             and p.high is not None
             and low < high
-            and _off_grid(p.high, p.low, p.step)
+            and off_grid(p.high, p.low, p.step)
         ):
             # Optuna would narrow the range to the last point of the grid, unasked.
             span, step = int(high) - int(low), int(p.step_value)
@@ -109,13 +109,13 @@ def parameter_errors(p: Parameter, at: str, found: Findings) -> None:
             err("default", f"must be a number for a {p.type} parameter (got {p.default!r})")
         elif not low <= default <= high:
             err("default", f"must lie within [low, high] (got {p.default})")
-        elif p.type == "Int" and not _is_integral(p.default):
+        elif p.type == "Int" and not is_integral(p.default):
             err("default", f"must be an integer for an Int parameter (got {p.default!r})")
         elif (
             p.type == "Int"
             and p.step is not None
             and low <= default
-            and _off_grid(p.default, p.low, p.step)
+            and off_grid(p.default, p.low, p.step)
         ):
             err("default", f"must be low plus a multiple of step {p.step} (got {p.default})")
 
@@ -125,7 +125,7 @@ def parameter_errors(p: Parameter, at: str, found: Findings) -> None:
 GRID_INTEGER = re.compile(r"[-+]?[0-9]{1,18}")
 
 
-def _off_grid(value: int | str, low: int | str | None, step: int | str) -> bool:
+def off_grid(value: int | str, low: int | str | None, step: int | str) -> bool:
     """Whether ``value`` is not ``low`` plus a multiple of ``step`` (positive), all integers the
     grid is checked for (:data:`GRID_INTEGER`); False when one is not."""
     numbers = (value, low, step)
@@ -143,7 +143,7 @@ def _is_number(value: int | str) -> bool:
     return True
 
 
-def _is_integral(value: int | str) -> bool:
+def is_integral(value: int | str) -> bool:
     if isinstance(value, int):
         return True
     try:

@@ -7,13 +7,15 @@ profile, pruner, objectives, warm start, runner), each adding what it finds to a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from kubetune_api.spec._base import MULTI_OBJECTIVE_SAMPLERS
+from kubetune_api.spec._base import CONSTRAINED_SAMPLERS, MULTI_OBJECTIVE_SAMPLERS
+from kubetune_api.spec._condition_rules import condition_errors
 from kubetune_api.spec._errors import FieldError, Findings
 from kubetune_api.spec._models import StudySpec
 from kubetune_api.spec._parameter_rules import parameter_errors, point_value_error
 from kubetune_api.spec._template import template_errors
+from kubetune_api.spec._warm_start import ParameterValue
 
 __all__ = ["point_value_error", "semantic_errors"]
 
@@ -34,18 +36,21 @@ def _first_index_by_name(spec: StudySpec) -> dict[str, int]:
     return names
 
 
+def _unique(keys: Sequence[str], at: str, what: str, found: Findings) -> None:
+    """Each of ``keys`` (of the list at ``at``, by the field ``what.split()[-1]``) once."""
+    field = what.split()[-1]
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in first:
+            found.add(f"{at}[{i}].{field}", f"duplicate {what} {key!r} (also {at}[{first[key]}])")
+        first.setdefault(key, i)
+
+
 def _search_space(spec: StudySpec, found: Findings) -> None:
     """Unique parameter names, and each parameter's own rules."""
-    names: dict[str, int] = {}
+    _unique([p.name for p in spec.search_space], "searchSpace", "parameter name", found)
     for i, p in enumerate(spec.search_space):
-        at = f"searchSpace[{i}]"
-        if p.name in names:
-            found.add(
-                f"{at}.name",
-                f"duplicate parameter name {p.name!r} (also searchSpace[{names[p.name]}])",
-            )
-        names.setdefault(p.name, i)
-        parameter_errors(p, at, found)
+        parameter_errors(p, f"searchSpace[{i}]", found)
 
 
 def _stages(spec: StudySpec, found: Findings) -> None:
@@ -171,6 +176,12 @@ def _pruner(spec: StudySpec, found: Findings) -> None:
         found.add("pruner.maxResource", f"must be above minResource (got {pr.max_resource})")
     if pr.min_delta is not None and pr.patience is None:
         found.add("pruner.minDelta", "only used with patience: set pruner.patience too")
+    if pr.type == "MOASHA" and not spec.objectives:
+        found.add(
+            "pruner.type",
+            "MOASHA prunes studies of several objectives (spec.objectives); with one "
+            "objective use SuccessiveHalving",
+        )
 
 
 def _objectives(spec: StudySpec, found: Findings) -> None:
@@ -187,29 +198,42 @@ def _objectives(spec: StudySpec, found: Findings) -> None:
         found.add("sampler.populationSize", "only used by the NSGAII and NSGAIII samplers")
     if not spec.objectives:
         return
-    seen: dict[str, int] = {}
-    for i, objective in enumerate(spec.objectives):
-        if objective.metric in seen:
-            found.add(
-                f"objectives[{i}].metric",
-                f"duplicate metric {objective.metric!r} "
-                f"(also objectives[{seen[objective.metric]}])",
-            )
-        seen.setdefault(objective.metric, i)
+    _unique([o.metric for o in spec.objectives], "objectives", "metric", found)
     if spec.sampler.type not in MULTI_OBJECTIVE_SAMPLERS:
         found.add(
             "sampler.type",
             f"{spec.sampler.type} cannot optimise several objectives; use one of "
             f"{', '.join(MULTI_OBJECTIVE_SAMPLERS)}",
         )
-    if spec.pruner.type != "Nop":
+    if spec.pruner.type not in ("Nop", "MOASHA"):
         found.add(
             "pruner.type",
-            "must be Nop with several objectives: Optuna cannot prune a multi-objective trial "
-            "(a pruner compares one intermediate value)",
+            "must be Nop or MOASHA with several objectives: the other pruners compare one "
+            "intermediate value",
         )
     if spec.pruner.patience is not None:
-        found.add("pruner.patience", "not accepted with several objectives (nothing is pruned)")
+        found.add(
+            "pruner.patience", "not accepted with several objectives (PatientPruner takes one)"
+        )
+
+
+def _constraints(spec: StudySpec, found: Findings) -> None:
+    """Each constraint bounds its metric (once), and the sampler takes constraints."""
+    if not spec.constraints:
+        return
+    _unique([c.metric for c in spec.constraints], "constraints", "metric", found)
+    for i, c in enumerate(spec.constraints):
+        at = f"constraints[{i}]"
+        if c.max is None and c.min is None:
+            found.add(at, "set max, min or both: a constraint bounds its metric")
+        elif c.max_value is not None and c.min_value is not None and c.min_value > c.max_value:
+            found.add(f"{at}.min", f"must not be above max (got min={c.min}, max={c.max})")
+    if spec.sampler.type not in CONSTRAINED_SAMPLERS:
+        found.add(
+            "sampler.type",
+            f"{spec.sampler.type} takes no constraints (spec.constraints); use one of "
+            f"{', '.join(CONSTRAINED_SAMPLERS)}",
+        )
 
 
 def _warm_start_points(spec: StudySpec, found: Findings) -> None:
@@ -243,6 +267,30 @@ def _warm_start_points(spec: StudySpec, found: Findings) -> None:
                     f"searches {', '.join(sorted(first_groups))}): points are the first "
                     "stage's first trials",
                 )
+        _inactive_in_point(spec, i, point.params, found)
+
+
+def _inactive_in_point(
+    spec: StudySpec, index: int, given: Sequence[ParameterValue], found: Findings
+) -> None:
+    """A point must not set a parameter its own values make inactive (it would be dropped)."""
+    by_name = {p.name: p for p in spec.search_space}
+    values = {
+        v.name: by_name[v.name].typed(v.value)
+        for v in given
+        if v.name in by_name and point_value_error(by_name[v.name], v.value) is None
+    }
+    for j, v in enumerate(given):
+        p = by_name.get(v.name)
+        if p is None or p.when is None or p.when.parameter not in values:
+            continue
+        if not p.active(values, by_name):
+            found.add(
+                f"warmStart.points[{index}].params[{j}].name",
+                f"{p.name!r} is inactive in this point: it is active only when "
+                f"{p.when.parameter} is one of {list(p.when.values)} "
+                f"(the point sets {values[p.when.parameter]!r})",
+            )
 
 
 def _warm_start(spec: StudySpec, found: Findings) -> None:
@@ -290,6 +338,7 @@ def _runner(spec: StudySpec, found: Findings) -> None:
 #: The checkers :func:`semantic_errors` runs, in the order their problems are listed.
 _CHECKS: tuple[Callable[[StudySpec, Findings], None], ...] = (
     _search_space,
+    condition_errors,
     _stages,
     _batch_size,
     _epoch_schedule,
@@ -298,6 +347,7 @@ _CHECKS: tuple[Callable[[StudySpec, Findings], None], ...] = (
     _profile,
     _pruner,
     _objectives,
+    _constraints,
     _warm_start,
     _runner,
 )

@@ -76,8 +76,11 @@ class Training(SpecModel):
         description="Epochs by trial number; overrides epochs where it applies.",
     )
     folds: int = Field(default=1, ge=1, le=50, description="k-fold CV; 1 means a holdout split.")
-    report_every: Literal["Fold", "Epoch"] = Field(
-        default="Fold", description="Report intermediate values to the pruner per fold or epoch."
+    report_every: Literal["Auto", "Fold", "Epoch"] = Field(
+        default="Auto",
+        description="Report intermediate values to the pruner per fold or epoch. Auto: per "
+        "epoch when a stepwise pruner (Median, Percentile, Hyperband, SuccessiveHalving) "
+        "prunes fewer than 5 folds of more than one epoch, else per fold.",
     )
     validation_every: int = Field(default=1, ge=1, description="Validate every N epochs.")
     early_stopping: EarlyStopping | None = None

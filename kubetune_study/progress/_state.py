@@ -104,6 +104,8 @@ class StudyProgress:
     telemetry: TelemetrySummary = field(default=TelemetrySummary(None, 0, None))
     #: Every trial of the study, warm-start and preempted ones included (the next number).
     trials_total: int = 0
+    #: Complete trials outside the study's constraints (counted in ``complete`` too).
+    infeasible: int = 0
 
     @property
     def finished(self) -> int:

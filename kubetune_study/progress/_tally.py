@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kubetune_api.contract import PREEMPTED_ATTR, PRIOR_ATTR, WORKER_ATTR
 from kubetune_api.spec import best_first_key
+from kubetune_study.constraints import feasible
 from kubetune_study.pareto import front_trials, ordered_front
 from kubetune_study.progress._state import (
     BudgetState,
@@ -51,7 +52,7 @@ class _Best:
         values = trial.values
         if trial.state != TrialState.COMPLETE or values is None or len(values) != len(directions):
             return
-        if any(math.isnan(v) for v in values):
+        if any(math.isnan(v) for v in values) or not feasible(trial):
             return
         key = best_first_key(directions, values)
         if (
@@ -69,9 +70,12 @@ class _Group:
     complete: int = 0
     pruned: int = 0
     best: _Best = field(default_factory=_Best)
+    #: Complete trials outside the study's constraints (never the best, never on the front).
+    infeasible: int = 0
 
     def add(self, trial: FrozenTrial, directions: Sequence[str]) -> None:
         self.complete += trial.state == TrialState.COMPLETE
+        self.infeasible += trial.state == TrialState.COMPLETE and not feasible(trial)
         self.pruned += trial.state == TrialState.PRUNED
         self.best.offer(trial, directions)
 
@@ -204,6 +208,7 @@ class ProgressTally:
         return StudyProgress(
             complete=complete,
             pruned=pruned,
+            infeasible=self._study.infeasible,
             failed=failed,
             running=running,
             waiting=waiting,

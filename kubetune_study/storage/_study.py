@@ -14,10 +14,15 @@ from optuna.trial import TrialState
 from kubetune_api.contract import STARTED_ATTR, WORKER_ATTR
 from kubetune_api.spec import FieldError, SpecError, StudySpec
 from kubetune_study.preemption import preempt
+from kubetune_study.pruning import report_every
 from kubetune_study.storage._budget import budget_from_spec, read_budget, write_budget
 from kubetune_study.storage._claim import ClaimLock
 
-__all__ = ["ensure_study", "requeue_trials_of_worker"]
+__all__ = ["REPORT_EVERY_ATTR", "ensure_study", "requeue_trials_of_worker"]
+
+#: The cadence the study's trials report at (``Fold`` or ``Epoch``), recorded when a study is
+#: first created or resumed by a kubetune with ``reportEvery: Auto``.
+REPORT_EVERY_ATTR = "kubetune.reportEvery"
 
 
 def ensure_study(storage: BaseStorage, name: str, spec: StudySpec) -> optuna.Study:
@@ -63,12 +68,37 @@ def ensure_study(storage: BaseStorage, name: str, spec: StudySpec) -> optuna.Stu
                 )
             ]
         )
+    _keep_report_cadence(study, name, spec)
     if STARTED_ATTR not in study.user_attrs:
         study.set_user_attr(STARTED_ATTR, datetime.now(UTC).isoformat())
     budget = budget_from_spec(spec)
     if read_budget(study) != budget:
         write_budget(study, budget)
     return study
+
+
+def _keep_report_cadence(study: optuna.Study, name: str, spec: StudySpec) -> None:
+    """Record the cadence the study's trials report at, and refuse a spec that leaves it to
+    ``Auto`` where ``Auto`` would now change it: the pruner would compare steps of two kinds.
+    A study started before ``reportEvery: Auto`` existed recorded nothing: it reported per
+    ``Fold``, the old default. A cadence the spec gives is taken as asked."""
+    resolved = report_every(spec)
+    recorded = study.user_attrs.get(REPORT_EVERY_ATTR)
+    if recorded is None and STARTED_ATTR in study.user_attrs:
+        recorded = "Fold" if study.get_trials(deepcopy=False) else None
+    if recorded not in (None, resolved) and spec.training.report_every == "Auto":
+        raise SpecError(
+            [
+                FieldError(
+                    "spec.training.reportEvery",
+                    f"study {name!r} reported per {recorded} (the default when it started), "
+                    f"and Auto now reports per {resolved}; set reportEvery: {recorded} to "
+                    f"resume it as it ran, or {resolved} to change its pruning steps",
+                )
+            ]
+        )
+    if study.user_attrs.get(REPORT_EVERY_ATTR) != resolved:
+        study.set_user_attr(REPORT_EVERY_ATTR, resolved)
 
 
 def _describe_objectives(directions: list[str], metrics: list[str] | None) -> str:

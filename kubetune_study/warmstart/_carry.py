@@ -50,7 +50,10 @@ def carry(trial: FrozenTrial, spec: StudySpec) -> tuple[Carried, set[str]]:
             params[name] = external
         else:
             problems.append(_misfit(parameter, value))
-    return Carried(trial, params, tuple(problems)), dropped
+    # A parameter the carried values make inactive here is absent, as in a trial of this study.
+    active = spec.active_params(params)
+    dropped.update(name for name in params if name not in active)
+    return Carried(trial, active, tuple(problems)), dropped
 
 
 def _misfit(p: Parameter, value: Any) -> str:

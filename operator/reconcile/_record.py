@@ -14,6 +14,7 @@ from hpo_operator.reconcile._plan import (
     WriteFront,
 )
 
+from kubetune_api.spec import choose_sampler
 from kubetune_api.status import (
     FRONT_LIMIT,
     MESSAGE_LIMIT,
@@ -22,6 +23,7 @@ from kubetune_api.status import (
     ConditionType,
     FrontTrial,
     ParetoFront,
+    SamplerStatus,
     StageStatus,
     TelemetryStatus,
     TrialCounts,
@@ -40,7 +42,11 @@ def record_progress(b: PlanBuilder, progress: StudyProgress) -> None:
     """Trial counts, the best trial (and its ConfigMap when it changed), the stage."""
     spec = b.spec
     counts = {state: getattr(progress, state) for state in _TRIAL_STATES}
+    if spec.constraints:
+        counts["infeasible"] = progress.infeasible
     b.status.trials = TrialCounts(**counts, budget=progress.max_trials)
+    choice = choose_sampler(spec)
+    b.status.sampler = SamplerStatus(type=choice.type, reason=choice.reason)
     b.status.trials_summary = f"{progress.finished}/{progress.max_trials}"
     telemetry = progress.telemetry
     if telemetry.processes:

@@ -121,14 +121,22 @@ def write_storage_secret(core: Any, body: Mapping[str, Any], url: str, state: St
 
 
 def patch_status(patch: kopf.Patch, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    """Write ``new`` as the status; nested keys that disappeared are removed (merge patch).
-    Fields that did not change are left out, so a pass that changed nothing writes nothing. A
-    merge patch's ``null`` removes a key, so a field ``None`` in ``new`` and absent in ``old``
-    is unchanged."""
+    """Write ``new`` as the status; nested keys that disappeared are removed (merge patch), at
+    every depth (the best trial's parameters: a conditional parameter of the old best that the
+    new best lacks). Fields that did not change are left out, so a pass that changed nothing
+    writes nothing. A merge patch's ``null`` removes a key, so a field ``None`` in ``new`` and
+    absent in ``old`` is unchanged."""
     for key, value in new.items():
         previous = old.get(key)
         if without_nulls(value) == without_nulls(previous):
             continue
-        if isinstance(value, dict) and isinstance(previous, Mapping):
-            value = {**{k: None for k in previous if k not in value}, **value}
-        patch.status[key] = value
+        patch.status[key] = _removing(value, previous)
+
+
+def _removing(value: Any, previous: Any) -> Any:
+    """``value`` as a merge patch over ``previous``: a key of a mapping in ``previous`` that
+    ``value`` lacks is ``None`` (removed), in nested mappings too. Lists are replaced whole."""
+    if not isinstance(value, dict) or not isinstance(previous, Mapping):
+        return value
+    removed: dict[str, Any] = {k: None for k in previous if k not in value}
+    return {**removed, **{k: _removing(v, previous.get(k)) for k, v in value.items()}}

@@ -21,6 +21,8 @@ from typing import Any
 import optuna
 import pytest
 
+from kubetune_api.spec import study_from_mapping
+from kubetune_study.constraints import feasible
 from tests.harness.controlplane import ControlPlane
 from tests.harness.helpers import wait_until
 from tests.harness.node_fixtures import (
@@ -195,6 +197,40 @@ def test_cpu_example_finishes_in_real_containers(
     best = node_studies.configmap(f"{name}-best")
     assert best is not None and best["trial"] == str(status["best"]["trial"])
     assert float(status["best"]["value"]) > 0.5
+    assert_exact_budget(node_database, node_studies, name, budget)
+
+
+def test_conditional_example_finishes_in_real_containers(
+    node_studies: StudyClient,
+    chart_operator: Operator,
+    node_database: Database,
+    test_images: BuiltImages,
+) -> None:
+    """``kubectl apply -f examples/digits-conditional.yaml`` (image set to the built one, six
+    trials): the runners sample its conditional space under its constraint; every trial holds
+    only its active parameters; the status says which sampler Auto chose and counts the
+    infeasible trials; the best is feasible."""
+    example = on_node(load_example("digits-conditional.yaml"), test_images.image)
+    example["spec"]["budget"]["maxTrials"] = budget = 6
+    name = example["metadata"]["name"]
+    node_studies.apply(example)
+    node_studies.wait_condition(name, "Succeeded", "True", STUDY_TIMEOUT, reason="BudgetSpent")
+    status = (node_studies.study(name) or {})["status"]
+    assert status["sampler"]["type"] == "TPE", status
+    assert "conditional" in status["sampler"]["reason"]
+    spec = study_from_mapping(example).spec
+    trials = _optuna_study(node_database, node_studies, name).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == budget
+    for trial in complete:
+        assert trial.params == spec.active_params(trial.params), trial.params
+    infeasible = sum(not feasible(t) for t in complete)
+    assert status["trials"]["infeasible"] == infeasible
+    best = node_studies.configmap(f"{name}-best")
+    assert best is not None and best["trial"] == str(status["best"]["trial"])
+    best_trial = next(t for t in complete if t.number == int(status["best"]["trial"]))
+    assert feasible(best_trial)
+    assert set(status["best"]["params"]) == set(best_trial.params)
     assert_exact_budget(node_database, node_studies, name, budget)
 
 

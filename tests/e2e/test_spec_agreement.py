@@ -201,7 +201,49 @@ _TEMPLATED: dict[str, Any] = {
     },
 }
 
-VALID_SPECS = (_SIMPLE, _SEVERAL, _EVERYTHING, _TEMPLATED)
+#: Conditional parameters (chained: width_3 depends on width_2, itself conditional) and
+#: constraints.
+_CONDITIONAL: dict[str, Any] = {
+    "objective": {"metric": "accuracy"},
+    "task": {"entrypoint": "trial_runner.tasks.digits:DigitsMLP"},
+    "searchSpace": [
+        {"name": "optimizer", "type": "Categorical", "choices": ["SGD", "Adam", 3]},
+        {
+            "name": "momentum",
+            "type": "Float",
+            "low": "0",
+            "high": "0.99",
+            "when": {"parameter": "optimizer", "in": ["SGD"]},
+        },
+        {"name": "layers", "type": "Int", "low": 1, "high": 3},
+        {
+            "name": "width_2",
+            "type": "Int",
+            "low": 8,
+            "high": 64,
+            "step": 8,
+            "when": {"parameter": "layers", "in": [2, "3"]},
+        },
+        {
+            "name": "width_3",
+            "type": "Int",
+            "low": 8,
+            "high": 64,
+            "group": "Wide",
+            "default": 8,
+            "when": {"parameter": "width_2", "in": [16, 64]},
+        },
+    ],
+    "stages": [{"groups": ["Default"], "trials": 5}, {"groups": ["Wide"]}],
+    "constraints": [
+        {"metric": "parameters", "max": "50000"},
+        {"metric": "latency_ms", "min": "0", "max": "5"},
+    ],
+    "budget": {"maxTrials": 20},
+    "sampler": {"type": "TPE", "seed": 1},
+}
+
+VALID_SPECS = (_SIMPLE, _SEVERAL, _EVERYTHING, _TEMPLATED, _CONDITIONAL)
 
 # --------------------------------------------------------------------------- mutations
 
@@ -215,6 +257,8 @@ LIST_LIMITS = {
     "points": 16,
     "params": 64,
     "epochSchedule": 64,
+    "in": 256,
+    "constraints": 16,
     **dict.fromkeys(
         [
             "volumes",
@@ -393,11 +437,15 @@ def _snake(name: str) -> str:
 WARM_START_VALUE = re.compile(r"^spec\.warmStart\.points\[\d+\]\.params\[\d+\]\.value$")
 
 
+CONDITION_VALUE = re.compile(r"^spec\.searchSpace\[\d+\]\.when\.in(\[\d+\])?$")
+
+
 def _documented_difference(error: Any) -> bool:
-    """Where only kubetune may reject: a warm-start point's value, or a whole float (``30.0``)
-    for an integer of the pod template (no number-kind CEL rules there: they would exceed the
-    API server's cost budget over the Kubernetes API's objects; docs/spec.md says so)."""
-    if WARM_START_VALUE.match(error.path):
+    """Where only kubetune may reject: a warm-start point's value or a condition's value
+    (``when.in``) against its parameter, or a whole float (``30.0``) for an integer of the pod
+    template (no CEL rules there: they would exceed the API server's cost budget; docs/spec.md
+    says so)."""
+    if WARM_START_VALUE.match(error.path) or CONDITION_VALUE.match(error.path):
         return True
     return error.path.startswith("spec.runner.template.") and "(got the number " in error.message
 
@@ -634,6 +682,73 @@ def test_the_reported_cases_are_rejected_by_both(
     local = local_verdict(spec)
     assert local is not None and any(e.path.startswith(field) for e in local.errors)
     server = server_verdict(study_api, namespace, spec)
+    assert server is not None and field in server, server
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda s: s["searchSpace"][1]["when"].update(parameter="layers"), "spec.searchSpace"),
+        (lambda s: s["searchSpace"][1]["when"].update(parameter="momentum"), "spec.searchSpace"),
+        (lambda s: s["searchSpace"][3]["when"].update(parameter="nope"), "spec.searchSpace"),
+        (
+            lambda s: s["searchSpace"][4]["when"].update(parameter="momentum", **{"in": [1]}),
+            "spec.searchSpace",
+        ),
+        (
+            lambda s: (
+                s["searchSpace"][3].update(name="batch_size")
+                or s["searchSpace"][4]["when"].update(parameter="batch_size")
+            ),
+            "spec.searchSpace",
+        ),
+        (lambda s: s["constraints"][0].pop("max"), "spec.constraints[0]"),
+        (lambda s: s["constraints"][1].update(min="9"), "spec.constraints[1].min"),
+        (lambda s: s["sampler"].update(type="Random"), "spec.sampler.type"),
+        (lambda s: s["sampler"].update(type="CMAES"), "spec.sampler.type"),
+    ],
+    ids=[
+        "condition-after",
+        "condition-on-itself",
+        "condition-unknown",
+        "condition-on-float",
+        "conditional-batch-size",
+        "constraint-unbounded",
+        "constraint-min-above-max",
+        "constraints-random",
+        "constraints-cmaes",
+    ],
+)
+def test_conditions_and_constraints_get_one_verdict(
+    study_api: Any, namespace: str, change: Any, field: str
+) -> None:
+    spec = copy.deepcopy(_CONDITIONAL)
+    change(spec)
+    local = local_verdict(spec)
+    assert local is not None and any(e.path.startswith(field) for e in local.errors), local
+    server = server_verdict(study_api, namespace, spec)
+    assert server is not None and field in server, server
+
+
+@pytest.mark.parametrize(
+    ("base", "pruner", "field"),
+    [
+        (_SEVERAL, {"type": "MOASHA", "minResource": 2, "reductionFactor": 4}, None),
+        (_SEVERAL, {"type": "Hyperband"}, "spec.pruner.type"),
+        (_SEVERAL, {"type": "MOASHA", "patience": 2}, "spec.pruner.patience"),
+        (_SIMPLE, {"type": "MOASHA"}, "spec.pruner.type"),
+    ],
+    ids=["moasha-several", "hyperband-several", "moasha-patience", "moasha-one-objective"],
+)
+def test_the_multi_objective_pruner_gets_one_verdict(
+    study_api: Any, namespace: str, base: dict[str, Any], pruner: dict[str, Any], field: str | None
+) -> None:
+    spec = {**copy.deepcopy(base), "pruner": pruner}
+    local, server = local_verdict(spec), server_verdict(study_api, namespace, spec)
+    if field is None:
+        assert local is None and server is None, (local, server)
+        return
+    assert local is not None and any(e.path == field for e in local.errors), local
     assert server is not None and field in server, server
 
 

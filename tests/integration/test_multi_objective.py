@@ -1,4 +1,5 @@
-"""A study with two objectives, shared by two runner processes on PostgreSQL."""
+"""A study with two objectives, shared by two runner processes on PostgreSQL: to the end of
+every trial, and pruned by MO-ASHA."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from optuna.trial import TrialState
 
 from kubetune_api.contract import TELEMETRY_ATTR, WORKER_ATTR
 from kubetune_api.spec import load_study
+from kubetune_study.mo_pruning import RUNG_PREFIX, intermediate_vectors
 from kubetune_study.storage import ensure_study, open_storage, read_progress
 from tests.harness.runners import kubetune, start_runners_together
-from tests.harness.studies import digits_study
+from tests.harness.studies import categorical_param, digits_study, float_param
 from tests.integration.test_shared_study import finish
 
 OBJECTIVES = [
@@ -78,3 +81,56 @@ def test_two_runners_finish_exactly_the_budget_of_a_two_objective_study(
     assert front["size"] == len(study.best_trials)
     assert {t["trial"] for t in front["trials"]} == {t.number for t in study.best_trials}
     assert all(set(t["values"]) == {"accuracy", "parameters"} for t in front["trials"])
+
+
+def test_two_runners_prune_a_two_objective_study_with_moasha_to_the_exact_budget(
+    postgres_url: str, write_study: Callable[[dict[str, Any]], Path], tmp_path: Path
+) -> None:
+    epochs = 6
+    doc = digits_study(
+        "moasha",
+        objective=None,
+        objectives=OBJECTIVES,
+        searchSpace=[
+            float_param("learning_rate", "1e-4", "1e-1", log=True),
+            categorical_param("hidden_size", [16, 64]),
+        ],
+        budget={"maxTrials": 12},
+        sampler={"type": "Random", "seed": 0},
+        pruner={"type": "MOASHA", "minResource": 1, "reductionFactor": 2},
+        training={"epochs": epochs, "reportEvery": "Epoch"},
+    )
+    path = write_study(doc)
+    spec = load_study(path).spec
+    logs = [tmp_path / f"runner-{i}.log" for i in range(2)]
+    procs, study = start_runners_together(
+        path,
+        postgres_url,
+        "moasha",
+        logs,
+        lambda: ensure_study(open_storage(postgres_url), "moasha", spec),
+    )
+    finish(procs, logs)
+
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(12)), [t.state for t in trials]
+    states = [t.state for t in trials]
+    assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}, states
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and len(pruned) < 12, states
+    assert len({t.user_attrs[WORKER_ATTR] for t in trials}) == 2, "both runners took trials"
+    rungs = {1, 2, 4}  # min_resource * 2**k below the last step (5)
+    for t in trials:
+        vectors = intermediate_vectors(t)
+        if t.state == TrialState.COMPLETE:
+            assert sorted(vectors) == list(range(epochs))
+            assert vectors[epochs - 1] == pytest.approx(tuple(t.values))
+        else:  # stopped at a rung, where it left the vector it competed with
+            last = max(vectors)
+            assert last in rungs and last < epochs - 1
+            rung = sorted(rungs).index(last)
+            assert t.system_attrs[f"{RUNG_PREFIX}{rung}"] == list(vectors[last])
+            assert t.user_attrs[TELEMETRY_ATTR]["epochs_run"] == last + 1
+    progress = read_progress(study, spec)
+    assert progress.finished == 12 and progress.pruned == len(pruned)
+    assert progress.outcome == "BudgetSpent"

@@ -35,7 +35,7 @@ from kubetune_api.contract import (
     STUDY_NAME_OPTION,
     TERMINATION_MESSAGE_OPTION,
 )
-from kubetune_api.spec import CLIENT_SIDE_APPLY_BYTES, SpecError, load_study
+from kubetune_api.spec import CLIENT_SIDE_APPLY_BYTES, SpecError, choose_sampler, load_study
 from kubetune_study.storage import DEFAULT_LOCAL_STORAGE, StorageError
 from trial_runner.cli._common import (
     EXIT_INPUT,
@@ -59,11 +59,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     spec = study.spec
     stages = len(spec.stages) if spec.stages else 1
+    choice = choose_sampler(spec)
     print(
         f"{args.study}: valid HPOStudy {study.name!r}: {len(spec.search_space)} parameters, "
-        f"{stages} stage(s), budget {spec.budget.max_trials} trials, sampler {spec.sampler.type}, "
+        f"{stages} stage(s), budget {spec.budget.max_trials} trials, sampler {choice.type}, "
         f"pruner {spec.pruner.type}"
     )
+    print(f"  sampler: {choice.type} ({choice.reason})")
+    conditional = [p.name for p in spec.search_space if p.when is not None]
+    if conditional:
+        print(f"  conditional parameters: {', '.join(conditional)}")
+    if spec.constraints:
+        print(f"  constraints: {'; '.join(c.describe() for c in spec.constraints)}")
     if spec.multi_objective:
         listed = ", ".join(f"{o.metric} ({o.direction})" for o in spec.all_objectives)
         print(f"  {len(spec.all_objectives)} objectives: {listed}")

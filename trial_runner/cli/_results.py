@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune_api.contract import PRIOR_ATTR
-from kubetune_api.spec import StudySpec, best_first_key, dump_yaml, load_study
+from kubetune_api.spec import StudySpec, best_first_key, choose_sampler, dump_yaml, load_study
+from kubetune_study.constraints import feasible, violated
 from kubetune_study.pareto import front_document
 from kubetune_study.progress import StudyProgress, is_preempted, retried_numbers, trial_telemetry
 from kubetune_study.storage import read_progress
@@ -66,6 +67,11 @@ def _summary_table(
         ("preempted", f"{progress.preempted} (re-queued; not failures, not in the budget)"),
         ("running", progress.running),
     ]
+    if spec.constraints:
+        bounds = "; ".join(c.describe() for c in spec.constraints)
+        rows.append(("infeasible", f"{progress.infeasible} of the complete (outside {bounds})"))
+    choice = choose_sampler(spec)
+    rows.append(("sampler", f"{choice.type} ({choice.reason})"))
     if spec.multi_objective:
         rows.append(("Pareto front", f"{len(progress.pareto_front)} trial(s)"))
     else:
@@ -127,14 +133,18 @@ def _trials_table(spec: StudySpec, trials: Sequence[FrozenTrial], top: int) -> T
         finished,
         key=lambda t: (
             t.state != TrialState.COMPLETE,
+            not feasible(t),
             best_first_key(directions, t.values or [0.0] * len(directions)),
         ),
     )
     for t in ranked[:top]:
         a = trial_telemetry(t)
+        state = "PREEMPTED" if is_preempted(t, retried) else t.state.name
+        if violated(t):
+            state += f" (infeasible: {', '.join(violated(t))})"
         table.add_row(
             str(t.number),
-            "PREEMPTED" if is_preempted(t, retried) else t.state.name,
+            state,
             _values(t.values),
             str(a.get("epochs_run", "-")),
             str(a.get("folds_run", "-")),
@@ -171,6 +181,10 @@ def _document(name: str, spec: StudySpec, progress: StudyProgress) -> dict[str, 
         "running": progress.running,
         "budget": progress.max_trials,
     }
+    if spec.constraints:
+        out["trials"]["infeasible"] = progress.infeasible
+    choice = choose_sampler(spec)
+    out["sampler"] = {"type": choice.type, "reason": choice.reason}
     stages = []
     for row in progress.stages:
         stage: dict[str, Any] = {"stage": row.index + 1}

@@ -19,6 +19,8 @@ from typing import Any
 from kubetune_api.spec import Runner, StudySpec, load_study
 from kubetune_study.outage import first_line
 from kubetune_study.progress import StudyProgress
+from kubetune_study.pruning import describe as describe_pruning
+from kubetune_study.search import max_pruning_steps
 from kubetune_study.storage import (
     ClaimLock,
     budget_from_spec,
@@ -156,6 +158,8 @@ def _set_up(
         stages = _scaled_stages(budget.stage_trials, args.trials)
         write_budget(study, replace(budget, max_trials=args.trials, stage_trials=stages))
     print(f"study {name!r}: storage {redact(url)}, {workers} runner process(es)", flush=True)
+    if spec.pruner.type != "Nop":
+        print(describe_pruning(spec, max_pruning_steps(spec)), flush=True)
     # After the budget (a warm start queues only what the budget leaves room for); local
     # studies are named after their HPOStudy, so hpoStudy names the source as it is.
     return study, apply_warm_start(study, spec, url, source_study_name(spec))

@@ -17,7 +17,7 @@ from trial_runner.engine._data import FoldedData, make_folds
 from trial_runner.engine._engine import Engine, TrialResult, epochs_for_trial
 from trial_runner.engine._fold import Interrupted, StopReason
 from trial_runner.engine._resume import FoldRecord, folds_from_attr, folds_to_attr
-from trial_runner.engine._trial import Reporter
+from trial_runner.engine._trial import Reporter, VectorReporter
 from trial_runner.step import is_out_of_memory
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Reporter",
     "StopReason",
     "TrialResult",
+    "VectorReporter",
     "epochs_for_trial",
     "folds_from_attr",
     "folds_to_attr",

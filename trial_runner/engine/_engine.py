@@ -18,6 +18,7 @@ from torch import nn
 
 from kubetune_api.contract import TrialTelemetry
 from kubetune_api.spec import StudySpec
+from kubetune_study.pruning import report_every
 from kubetune_study.search import max_pruning_steps
 from trial_runner.device import pick_device
 from trial_runner.engine._compile import compiled_since, dynamo_frames
@@ -30,7 +31,7 @@ from trial_runner.engine._fold import (
     StopReason,
 )
 from trial_runner.engine._resume import FoldRecord
-from trial_runner.engine._trial import Reporter, TrialRun
+from trial_runner.engine._trial import Reporter, TrialRun, VectorReporter
 from trial_runner.memory import (
     MemoryPlanner,
     TrialBatches,
@@ -149,7 +150,7 @@ class Engine:
         params: Mapping[str, Any],
         *,
         trial_number: int,
-        reporter: Reporter | None = None,
+        reporter: Reporter | VectorReporter | None = None,
         micro_batch: int | None = None,
         resume: Sequence[FoldRecord] = (),
         on_fold: Callable[[FoldRecord], None] | None = None,
@@ -161,7 +162,8 @@ class Engine:
             params: The trial's parameters.
             trial_number: The number its epoch budget and seeds derive from; a retry passes the
                 number of the trial it resumes, so its folds train exactly as they would have.
-            reporter: Where intermediate values go (the Optuna trial); ``None``: nowhere.
+            reporter: Where intermediate values go (the Optuna trial; with several objectives
+                their vectors, :class:`VectorReporter`); ``None``: nowhere.
             micro_batch: Skips planning (benchmarks of systems that do not plan): that
                 micro-batch, and a validation batch of four times it.
             resume: Folds a preempted run of this trial finished: they are not trained again,
@@ -187,7 +189,7 @@ class Engine:
         run = TrialRun(
             reporter,
             max_epochs=max(max_pruning_steps(self.spec) // self.training.folds, epochs),
-            per_epoch=self.training.report_every == "Epoch" and not wilcoxon,
+            per_epoch=report_every(self.spec) == "Epoch" and not wilcoxon,
             wilcoxon=wilcoxon,
             micro=batches.micro_batch,
         )
@@ -268,7 +270,7 @@ class Engine:
         """Every fold in turn, those ``carried`` over replayed, until the trial ends."""
         last_fold = len(self.folds) - 1
         for fold_index, (train_idx, val_idx) in enumerate(self.folds):
-            run.reported.clear()
+            run.start_fold()
             previous = carried.get(fold_index)
             if previous is not None:
                 if run.replay(previous):

@@ -121,7 +121,7 @@ class FoldTrainer:
         epochs: int,
         seed: int,
         clock: Clock,
-        report: Callable[[float, int], bool] | None,
+        report: Callable[[float, dict[str, float], int], bool] | None,
         on_step: Callable[[float], None] = lambda started: None,
     ) -> FoldOutcome:
         """Train one fold; raises :class:`OutOfMemory` or :class:`Interrupted`.
@@ -159,7 +159,7 @@ class FoldTrainer:
             clock.eval += time.perf_counter() - started
             if best is None or self.spec.primary_objective.better(last[0], best[0]):
                 best = last
-            if report is not None and report(last[0], epoch):
+            if report is not None and report(*last, epoch):
                 stop = "Pruned"
                 break
             if stopper.should_stop(last[0]):
@@ -283,6 +283,12 @@ class FoldTrainer:
                 raise KeyError(
                     f"spec.{field}.metric: the task returned no metric {objective.metric!r} "
                     f"(it returned: {', '.join(sorted(metrics))})"
+                )
+        for i, constraint in enumerate(spec.constraints or ()):
+            if constraint.metric not in metrics:
+                raise KeyError(
+                    f"spec.constraints[{i}].metric: the task returned no metric "
+                    f"{constraint.metric!r} (it returned: {', '.join(sorted(metrics))})"
                 )
         return float(metrics[spec.primary_objective.metric]), metrics
 

@@ -33,6 +33,8 @@ class FoldRecord:
     stop: StopReason
     #: The intermediate values reported while the fold ran, as ``(step, value)``.
     reports: tuple[tuple[int, float], ...] = field(default=())
+    #: With several objectives, the objective vectors reported instead, as ``(step, vector)``.
+    vectors: tuple[tuple[int, tuple[float, ...]], ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,11 @@ class FoldRecord:
             "epochs": self.epochs,
             "stop": self.stop,
             "reports": [[step, _number(value)] for step, value in self.reports],
+            **(
+                {"vectors": [[s, [_number(v) for v in vec]] for s, vec in self.vectors]}
+                if self.vectors
+                else {}
+            ),
         }
 
     @classmethod
@@ -56,6 +63,10 @@ class FoldRecord:
             epochs=int(raw["epochs"]),
             stop=stop,
             reports=tuple((int(step), float(value)) for step, value in raw["reports"]),
+            vectors=tuple(
+                (int(step), tuple(float(v) for v in vector))
+                for step, vector in raw.get("vectors", ())
+            ),
         )
 
 

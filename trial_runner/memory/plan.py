@@ -108,7 +108,8 @@ def largest_configuration(spec: StudySpec) -> dict[str, Any]:
         else:
             assert p.high is not None
             config[p.name] = p.typed(p.high)
-    return config
+    # Conditional parameters the chosen values leave inactive are absent, as in a trial.
+    return spec.active_params(config)
 
 
 def _numeric(value: int | str) -> float | None:

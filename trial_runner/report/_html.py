@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kubetune_study.constraints import feasible
 from kubetune_study.progress import StudyProgress, summarize_telemetry
 from trial_runner.report._figures import build_figure
 from trial_runner.report._plan import ProfileLink, ReportPlan, plan_report
@@ -152,10 +153,21 @@ def _summary(
         ("failed", counts[TrialState.FAIL]),
         ("running", counts[TrialState.RUNNING]),
     ]
-    if counts[TrialState.COMPLETE] and len(study.directions) > 1:
+    constrained = any(t.constraints for t in trials)
+    feasible_complete = sum(t.state == TrialState.COMPLETE and feasible(t) for t in trials)
+    if constrained:
+        rows.append(
+            (
+                "feasible / infeasible",
+                f"{feasible_complete} / "
+                f"{counts[TrialState.COMPLETE] - feasible_complete} (of the complete)",
+            )
+        )
+    # Optuna's best_trial and best_trials leave out trials outside the constraints.
+    if feasible_complete and len(study.directions) > 1:
         pareto = ", ".join(str(t.number) for t in study.best_trials)
         rows.append(("Pareto-optimal trials", pareto))
-    elif counts[TrialState.COMPLETE]:
+    elif feasible_complete:
         best = study.best_trial
         rows.append(("best value", f"{_fmt(best.value)} (trial {best.number})"))
         rows.append(("best parameters", _params(best.params)))

@@ -67,7 +67,7 @@ def test_the_largest_accepted_seed_runs(sampler: str) -> None:
     labels = np.arange(40) % 2
     assert len(make_folds(40, 3, labels, MAX_SEED)) == 3
     assert len(make_folds(40, 1, labels, MAX_SEED)) == 1
-    study = optuna.create_study(sampler=build_sampler(spec.sampler, seed_offset=10**6))
+    study = optuna.create_study(sampler=build_sampler(spec, seed_offset=10**6))
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     assert len(study.trials) == 2
     assert Sampler(seed=0).seed == 0
@@ -160,7 +160,7 @@ def test_null_fields_are_absent_but_free_form_nulls_are_kept() -> None:
     document["spec"]["suspend"] = None
     document["spec"]["task"]["config"] = {"a": None}
     spec = study_from_mapping(document).spec
-    assert spec.sampler.type == "TPE" and spec.suspend is False
+    assert spec.sampler.type == "Auto" and spec.suspend is False
     assert spec.task.config == {"a": None}
     required = study_document()
     required["spec"]["task"] = None

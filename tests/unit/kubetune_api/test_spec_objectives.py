@@ -43,6 +43,21 @@ def test_every_sampler_that_takes_several_objectives_is_accepted() -> None:
     assert nsga.sampler.population_size == 8
 
 
+def test_moasha_prunes_several_objectives_with_its_rungs() -> None:
+    spec = study_from_mapping(
+        multi(pruner={"type": "MOASHA", "minResource": 2, "reductionFactor": 4})
+    ).spec
+    assert (spec.pruner.type, spec.pruner.min_resource, spec.pruner.reduction_factor) == (
+        "MOASHA",
+        2,
+        4,
+    )
+    # Every pruner of one objective is still refused with several.
+    for single in ("Median", "Hyperband", "SuccessiveHalving", "Wilcoxon"):
+        with pytest.raises(SpecError, match="must be Nop or MOASHA"):
+            study_from_mapping(multi(pruner={"type": single, "pThreshold": "0.1"}))
+
+
 def test_lexicographic_order_breaks_ties_by_the_next_objective() -> None:
     directions = ("Maximize", "Minimize")
     ranked = sorted(
@@ -68,7 +83,19 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "duplicate metric 'accuracy'",
     ),
     ("cmaes", multi(sampler={"type": "CMAES"}), "spec.sampler.type", "cannot optimise several"),
-    ("pruner", multi(pruner={"type": "Median"}), "spec.pruner.type", "cannot prune"),
+    ("pruner", multi(pruner={"type": "Median"}), "spec.pruner.type", "must be Nop or MOASHA"),
+    (
+        "moasha-of-one-objective",
+        study_document(pruner={"type": "MOASHA"}),
+        "spec.pruner.type",
+        "MOASHA prunes studies of several objectives",
+    ),
+    (
+        "moasha-with-patience",
+        multi(pruner={"type": "MOASHA", "patience": 2}),
+        "spec.pruner.patience",
+        "not accepted",
+    ),
     ("patience", multi(pruner={"patience": 2}), "spec.pruner.patience", "not accepted"),
     (
         "population-for-tpe",

@@ -9,6 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from kubetune_api.spec import StudySpec, study_from_mapping
+from kubetune_study.mo_pruning import IntermediateVectors, MOASHAPruner
 from kubetune_study.search import (
     build_pruner,
     build_sampler,
@@ -18,6 +19,7 @@ from kubetune_study.search import (
     in_distribution,
     max_pruning_steps,
     point_params,
+    step_reporter,
     suggest_all,
 )
 from tests.harness.studies import study_document as base
@@ -61,17 +63,17 @@ def test_defaults_are_declared_or_central() -> None:
 )
 def test_samplers_are_optunas_own(sampler: dict[str, Any], cls: type) -> None:
     spec = spec_with(sampler=sampler)
-    assert isinstance(build_sampler(spec.sampler), cls)
+    assert isinstance(build_sampler(spec), cls)
 
 
 def test_tpe_uses_constant_liar_and_seed_offsets_differ() -> None:
     spec = spec_with(sampler={"type": "TPE", "seed": 3})
-    sampler = build_sampler(spec.sampler)
+    sampler = build_sampler(spec)
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._constant_liar is True
 
     def first_value(offset: int) -> float:
-        study = optuna.create_study(sampler=build_sampler(spec.sampler, seed_offset=offset))
+        study = optuna.create_study(sampler=build_sampler(spec, seed_offset=offset))
         trial = study.ask()
         return trial.suggest_float("x", 0, 1)
 
@@ -95,6 +97,49 @@ def test_tpe_uses_constant_liar_and_seed_offsets_differ() -> None:
 def test_pruners_are_optunas_own(pruner: dict[str, Any], cls: type) -> None:
     spec = spec_with(pruner=pruner)
     assert isinstance(build_pruner(spec), cls)
+
+
+def test_moasha_is_built_from_the_spec_its_first_rung_at_a_third_of_the_steps() -> None:
+    two = [
+        {"metric": "accuracy", "direction": "Maximize"},
+        {"metric": "parameters", "direction": "Minimize"},
+    ]
+    default = build_pruner(spec_with(objective=None, objectives=two, pruner={"type": "MOASHA"}))
+    assert isinstance(default, MOASHAPruner)
+    assert (default.min_resource, default.reduction_factor) == (1, 3)  # 1 fold: 1 step
+    # By default the first rung is at a third of the steps (step 9 of 27 epochs).
+    epochs = build_pruner(
+        spec_with(
+            objective=None,
+            objectives=two,
+            pruner={"type": "MOASHA"},
+            training={"folds": 3, "epochs": 9, "reportEvery": "Epoch"},
+        )
+    )
+    assert isinstance(epochs, MOASHAPruner)
+    assert (epochs.min_resource, epochs.reduction_factor) == (9, 3)
+    given = build_pruner(
+        spec_with(
+            objective=None,
+            objectives=two,
+            pruner={"type": "MOASHA", "minResource": 2, "reductionFactor": 2},
+        )
+    )
+    assert isinstance(given, MOASHAPruner)
+    assert (given.min_resource, given.reduction_factor) == (2, 2)
+
+
+def test_a_trial_of_several_objectives_reports_its_vectors_one_objective_the_trial() -> None:
+    single = optuna.create_study().ask()
+    assert step_reporter(single, spec_with()) is single
+    two = [
+        {"metric": "accuracy", "direction": "Maximize"},
+        {"metric": "parameters", "direction": "Minimize"},
+    ]
+    trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
+    vectors = step_reporter(trial, spec_with(objective=None, objectives=two))
+    assert isinstance(vectors, IntermediateVectors)
+    assert vectors.metrics == ("accuracy", "parameters")
 
 
 def test_hyperband_resource_is_folds_or_epochs() -> None:
@@ -153,7 +198,7 @@ def test_later_stages_fix_earlier_best_and_defaults() -> None:
 
 def test_partial_fixed_sampler_answers_fixed_parameters() -> None:
     spec = spec_with()
-    sampler = build_sampler(spec.sampler, fixed=fixed_params_for_stage(spec, 0, None))
+    sampler = build_sampler(spec, fixed=fixed_params_for_stage(spec, 0, None))
     study = optuna.create_study(sampler=sampler)
     for _ in range(3):
         trial = study.ask()
@@ -183,7 +228,7 @@ def test_every_accepted_sampler_optimises_two_objectives_in_optuna(kind: str) ->
     )
     study = optuna.create_study(directions=["maximize", "minimize"])
     for number in range(6):
-        study.sampler = build_sampler(spec.sampler, seed_offset=number)
+        study.sampler = build_sampler(spec, seed_offset=number)
         trial = study.ask()
         params = suggest_all(trial, spec)
         study.tell(trial, [params["learning_rate"], float(params["hidden_size"])])
@@ -194,7 +239,7 @@ def test_every_accepted_sampler_optimises_two_objectives_in_optuna(kind: str) ->
 def test_cmaes_cannot_take_two_objectives_which_is_why_the_spec_refuses_it() -> None:
     study = optuna.create_study(
         directions=["maximize", "minimize"],
-        sampler=build_sampler(spec_with(sampler={"type": "CMAES"}).sampler),
+        sampler=build_sampler(spec_with(sampler={"type": "CMAES"})),
     )
     with pytest.raises(ValueError, match="multi-objective"):
         study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=1)
@@ -205,7 +250,7 @@ def test_nsga_samplers_take_the_population_size() -> None:
         ("NSGAII", optuna.samplers.NSGAIISampler),
         ("NSGAIII", optuna.samplers.NSGAIIISampler),
     ):
-        sampler = build_sampler(spec_with(sampler={"type": kind, "populationSize": 6}).sampler)
+        sampler = build_sampler(spec_with(sampler={"type": kind, "populationSize": 6}))
         assert isinstance(sampler, cls) and sampler._population_size == 6
 
 

@@ -38,6 +38,7 @@ from kubetune_study.storage import (
     storage_patience,
     write_budget,
 )
+from kubetune_study.storage._study import REPORT_EVERY_ATTR
 from tests.harness.studies import spec_model
 
 
@@ -171,6 +172,39 @@ def test_ensure_study_stores_the_spec_budget_and_refuses_another_direction(tmp_p
         ensure_study(
             storage, "digits", spec_model(objective={"metric": "loss", "direction": "Minimize"})
         )
+
+
+def test_a_study_keeps_the_cadence_it_started_with(tmp_path: Path) -> None:
+    storage = open_storage(f"journal:{tmp_path}/s.journal")
+    few_folds = {"folds": 3, "epochs": 4}
+    auto = spec_model(pruner={"type": "Hyperband"}, training=few_folds)
+    new = ensure_study(storage, "new", auto)
+    assert new.user_attrs[REPORT_EVERY_ATTR] == "Epoch"
+    new.tell(new.ask(), 0.5)
+    assert ensure_study(storage, "new", auto).user_attrs[REPORT_EVERY_ATTR] == "Epoch"
+    # A study an older kubetune started (no cadence recorded, its default was Fold): Auto
+    # would report per epoch now, so it is refused until the spec says which cadence.
+    old = optuna.create_study(storage=storage, study_name="old", direction="maximize")
+    old.set_user_attr(STARTED_ATTR, "2026-01-01T00:00:00+00:00")
+    old.tell(old.ask(), 0.5)
+    with pytest.raises(SpecError) as refused:
+        ensure_study(storage, "old", auto)
+    assert refused.value.errors[0].path == "spec.training.reportEvery"
+    assert "set reportEvery: Fold to resume it as it ran" in str(refused.value.errors[0])
+    fold = spec_model(pruner={"type": "Hyperband"}, training={**few_folds, "reportEvery": "Fold"})
+    assert ensure_study(storage, "old", fold).user_attrs[REPORT_EVERY_ATTR] == "Fold"
+    with pytest.raises(SpecError, match="reported per Fold"):
+        ensure_study(storage, "old", auto)  # recorded now, refused the same way
+    # A cadence the spec gives is taken as asked, and recorded.
+    epoch = spec_model(pruner={"type": "Hyperband"}, training={**few_folds, "reportEvery": "Epoch"})
+    assert ensure_study(storage, "old", epoch).user_attrs[REPORT_EVERY_ATTR] == "Epoch"
+    assert ensure_study(storage, "old", auto).user_attrs[REPORT_EVERY_ATTR] == "Epoch"
+    # Where Auto resolves to Fold, as the old default did, an older study resumes unasked.
+    nop = optuna.create_study(storage=storage, study_name="nop", direction="maximize")
+    nop.set_user_attr(STARTED_ATTR, "2026-01-01T00:00:00+00:00")
+    nop.tell(nop.ask(), 0.5)
+    resumed = ensure_study(storage, "nop", spec_model(training=few_folds))
+    assert resumed.user_attrs[REPORT_EVERY_ATTR] == "Fold"
 
 
 def test_a_study_of_several_objectives_keeps_them(tmp_path: Path) -> None:

@@ -64,6 +64,21 @@ def test_status_patch_removes_nested_keys_that_disappeared() -> None:
     }
 
 
+def test_status_patch_removes_keys_that_disappeared_at_any_depth() -> None:
+    """A new best trial without the old best's conditional parameters: the old ones go (a
+    merge patch merges nested mappings, so without a null they would stay in the status)."""
+    old = {"best": {"trial": 3, "params": {"optimizer": "SGD", "momentum": "0.9"}}}
+    new = {"best": {"trial": 5, "params": {"optimizer": "AdamW", "weight_decay": "0.01"}}}
+    patch = kopf.Patch()
+    patch_status(patch, old, new)
+    assert dict(patch.status) == {
+        "best": {
+            "trial": 5,
+            "params": {"optimizer": "AdamW", "weight_decay": "0.01", "momentum": None},
+        }
+    }
+
+
 def test_status_patch_leaves_out_what_did_not_change() -> None:
     """A pass that changed nothing writes nothing (no PATCH request in steady state); one that
     changed a field writes that field only."""

@@ -117,6 +117,17 @@ def test_epoch_reports_use_global_epoch_steps() -> None:
     assert [s for s, _ in recorder.reports] == [0, 1, 2, 3, 4, 5]
 
 
+def test_the_default_cadence_reports_epochs_of_few_folds_to_a_stepwise_pruner() -> None:
+    few = make_spec({"folds": 2, "epochs": 3}, pruner={"type": "Median"})
+    recorder = Recorder()
+    Engine(Blobs({}), few).run_trial(PARAMS, trial_number=0, reporter=recorder)
+    assert [s for s, _ in recorder.reports] == [0, 1, 2, 3, 4, 5]
+    many = make_spec({"folds": 5, "epochs": 2}, pruner={"type": "Median"})
+    recorder = Recorder()
+    Engine(Blobs({}), many).run_trial(PARAMS, trial_number=0, reporter=recorder)
+    assert [s for s, _ in recorder.reports] == [0, 1, 2, 3, 4]
+
+
 def test_pruned_trial_stops_within_one_step() -> None:
     engine = Engine(Blobs({}), make_spec({"folds": 4, "epochs": 2}))
     result = engine.run_trial(PARAMS, trial_number=0, reporter=Recorder(prune_at=1))

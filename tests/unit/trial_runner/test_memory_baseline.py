@@ -180,6 +180,9 @@ def test_a_runner_keeps_no_tensor_of_a_finished_trial(tmp_path: Path) -> None:
         ],
         stages=None,
         budget={"maxTrials": 12},
+        # TPE, as before Auto became the default: GP (what Auto picks for this space) keeps its
+        # fitted model's tensors in the sampler, which lives until the next claim.
+        sampler={"type": "TPE"},
         training={"epochs": 1, "folds": 2, "checkpoint": {"directory": str(tmp_path / "best")}},
     )
     url = f"journal:{tmp_path}/studies.journal"
