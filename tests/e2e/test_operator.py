@@ -240,7 +240,7 @@ INVALID += [
     pytest.param(
         lambda s: _several(s, pruner={"type": "Median"}),
         "spec.pruner.type",
-        "cannot prune a multi-objective trial",
+        "must be Nop or MOASHA with several objectives",
         id="several-objectives-pruner",
     ),
     pytest.param(
