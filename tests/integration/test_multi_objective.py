@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from kubetune_api.contract import TELEMETRY_ATTR, WORKER_ATTR
-from kubetune_api.spec import load_study
+from kubetune_api.spec import StudySpec, load_study
 from kubetune_study.mo_pruning import RUNG_PREFIX, intermediate_vectors
 from kubetune_study.storage import ensure_study, open_storage, read_progress
 from tests.harness.runners import kubetune, start_runners_together
@@ -46,15 +47,7 @@ def test_two_runners_finish_exactly_the_budget_of_a_two_objective_study(
     )
     path = write_study(doc)
     spec = load_study(path).spec
-    logs = [tmp_path / f"runner-{i}.log" for i in range(2)]
-    procs, study = start_runners_together(
-        path,
-        postgres_url,
-        "pareto",
-        logs,
-        lambda: ensure_study(open_storage(postgres_url), "pareto", spec),
-    )
-    finish(procs, logs)
+    study = _run_two_runners(path, spec, postgres_url, "pareto", tmp_path)
 
     trials = study.get_trials()
     assert len(trials) == 8, [t.state for t in trials]
@@ -102,15 +95,7 @@ def test_two_runners_prune_a_two_objective_study_with_moasha_to_the_exact_budget
     )
     path = write_study(doc)
     spec = load_study(path).spec
-    logs = [tmp_path / f"runner-{i}.log" for i in range(2)]
-    procs, study = start_runners_together(
-        path,
-        postgres_url,
-        "moasha",
-        logs,
-        lambda: ensure_study(open_storage(postgres_url), "moasha", spec),
-    )
-    finish(procs, logs)
+    study = _run_two_runners(path, spec, postgres_url, "moasha", tmp_path)
 
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(12)), [t.state for t in trials]
@@ -134,3 +119,20 @@ def test_two_runners_prune_a_two_objective_study_with_moasha_to_the_exact_budget
     progress = read_progress(study, spec)
     assert progress.finished == 12 and progress.pruned == len(pruned)
     assert progress.outcome == "BudgetSpent"
+
+
+def _run_two_runners(
+    path: Path, spec: StudySpec, postgres_url: str, name: str, tmp_path: Path
+) -> optuna.Study:
+    """Two runner processes on the study file at ``path``, started before the study exists
+    (so both take trials), run to the end; the study."""
+    logs = [tmp_path / f"runner-{i}.log" for i in range(2)]
+    procs, study = start_runners_together(
+        path,
+        postgres_url,
+        name,
+        logs,
+        lambda: ensure_study(open_storage(postgres_url), name, spec),
+    )
+    finish(procs, logs)
+    return study

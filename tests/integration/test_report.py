@@ -53,6 +53,15 @@ def _sections(dom: str) -> list[tuple[str, str]]:
     return [(part.split('"', 1)[0], part.split("</section>", 1)[0]) for part in parts]
 
 
+def _assert_every_figure_drawn(dom: str) -> None:
+    """The report holds the expected figures, in order, each an SVG with its traces."""
+    sections = _sections(dom)
+    assert [kind for kind, _ in sections] == EXPECTED_FIGURES
+    for kind, section in sections:
+        assert 'class="main-svg"' in section, f"{kind}: plotly drew nothing"
+        assert DRAWN.search(section), f"{kind}: a plot without traces"
+
+
 def test_report_of_a_run_study_renders_every_plot_in_a_headless_browser(
     postgres_url: str,
     tmp_path: Path,
@@ -87,11 +96,7 @@ def test_report_of_a_run_study_renders_every_plot_in_a_headless_browser(
     assert f"wrote {report}" in made.stderr
 
     dom = browser.dom(report.as_uri(), width=1280, height=900)
-    sections = _sections(dom)
-    assert [kind for kind, _ in sections] == EXPECTED_FIGURES
-    for kind, section in sections:
-        assert 'class="main-svg"' in section, f"{kind}: plotly drew nothing"
-        assert DRAWN.search(section), f"{kind}: a plot without traces"
+    _assert_every_figure_drawn(dom)
     text = page_text(dom)
     assert "Best of each stage" in text
     study = optuna.load_study(study_name="digits-mlp", storage=postgres_url)
@@ -151,11 +156,7 @@ def test_conditional_example_leaves_inactive_parameters_out_of_every_output(
                 "--output", str(report))  # fmt: skip
     assert made.returncode == 0, made.stderr
     dom = Browser(tmp_path).dom(report.as_uri(), width=1280, height=900)
-    sections = _sections(dom)
-    assert [kind for kind, _ in sections] == EXPECTED_FIGURES
-    for kind, section in sections:
-        assert 'class="main-svg"' in section, f"{kind}: plotly drew nothing"
-        assert DRAWN.search(section), f"{kind}: a plot without traces"
+    _assert_every_figure_drawn(dom)
     text = page_text(dom)
     feasible_count = len(complete) - len(infeasible)
     assert f"feasible / infeasible {feasible_count} / {len(infeasible)}" in text, text[:2000]
